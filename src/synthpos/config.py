@@ -1,0 +1,305 @@
+"""Configuration: one pydantic schema for every stage, read from YAML.
+
+A run is described by one YAML file (:class:`RunConfig`). Each stage command
+(``train-generator``, ``generate``, ``pretrain``, ``evaluate``) reads the same
+file and uses its own section, so a recipe is one file. ``--set a.b=c``
+overrides any value; the value is parsed as YAML (``--set pretrain.epochs=5``,
+``--set data.subset=null``). Unknown keys and wrong types are errors.
+
+Configuration is validated once, here; inner code takes plain arguments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from synthpos.errors import SynthposError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class DataConfig(_Strict):
+    """Which dataset, where it lives, and how much of it to use."""
+
+    name: Literal["fashion_mnist", "cifar10", "cifar100", "image_folder"] = "fashion_mnist"
+    root: Path | None = Field(
+        None,
+        description="Folder with the data. Default: $SYNTHPOS_DATA, then the system location "
+        "(/usr/share/datasets/fashion-mnist for Fashion-MNIST).",
+    )
+    test_root: Path | None = Field(None, description="image_folder only: the evaluation split's folder.")
+    image_size: int | None = Field(None, ge=8, description="Resize images to this size when loading (default: native).")
+    subset: int | None = Field(None, ge=1, description="Use only the first N training images.")
+
+
+class UNetConfig(_Strict):
+    """Shape of the diffusers UNet2DModel (the CLSP/DDPM CIFAR UNet by default)."""
+
+    block_out_channels: list[int] = [128, 256, 256, 256]
+    attention_levels: list[int] = Field([1], description="Levels (0 = highest resolution) with self-attention.")
+    layers_per_block: int = Field(2, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    norm_num_groups: int = Field(32, ge=1)
+    attention_head_dim: int | None = Field(None, description="Default: one head over all channels.")
+
+
+class TrainGeneratorConfig(_Strict):
+    """Stage 1: an unconditional DDPM trained from scratch (CLSP's recipe by default)."""
+
+    unet: UNetConfig = UNetConfig()
+    num_train_timesteps: int = Field(1000, ge=2)
+    beta_start: float = Field(1e-4, gt=0)
+    beta_end: float = Field(0.02, gt=0, lt=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    warmup_steps: int = Field(5000, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    ema_decay: float = Field(0.9999, ge=0, lt=1)
+    batch_size: int = Field(128, ge=1)
+    max_steps: int = Field(800_000, ge=1)
+    max_minutes: float | None = Field(None, gt=0, description="Stop (and save) after this wall time.")
+    checkpoint_every: int = Field(1000, ge=1)
+    hflip: bool = True
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    channels_last: bool = True
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's).")
+
+
+class GenerateConfig(_Strict):
+    """Stage 2: CLSP synthetic positives (DDIM with bottleneck interpolation) into a store."""
+
+    generator: Path | None = Field(
+        None, description="Generator directory (diffusers format). Default: <run_dir>/generator/model. "
+        "'builtin:fashion_mnist' names the checkpoint shipped with synthpos.",
+    )
+    store: Path | None = Field(None, description="Store directory. Default: <run_dir>/store.")
+    candidates: int = Field(8, ge=1, description="K: candidates per anchor.")
+    num_steps: int = Field(100, ge=1, description="DDIM steps.")
+    eta: float = Field(0.1, ge=0.0)
+    interpolation_weight: float = Field(
+        0.1, ge=0.0, le=1.0, description="w in w*h + (1-w)*h_anchor (1 = plain DDIM, 0 = the anchor's bottleneck)."
+    )
+    clip_x0: bool = Field(False, description="Clip the predicted x0 to [-1, 1] at every step (paper: off).")
+    num_anchors: int | None = Field(None, ge=1, description="Generate for the first N training images only.")
+    shard_size: int = Field(500, ge=1, description="Anchors per shard.")
+    batch_size: int = Field(128, ge=1, description="Images (anchor x candidate) per UNet call.")
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    channels_last: bool = True
+    num_threads: int | None = Field(None, ge=1)
+
+
+class BackboneConfig(_Strict):
+    name: Literal["resnet18", "resnet50", "small_resnet", "convnet"] = "resnet18"
+    cifar_stem: bool = Field(True, description="3x3 stride-1 first conv, no max-pool (for 28-64 px images).")
+    width: int = Field(32, ge=4, description="small_resnet / convnet base width.")
+
+
+class AugmentConfig(_Strict):
+    """SimCLR augmentations at CIFAR scale (CLSP's parameters)."""
+
+    crop_size: int = Field(32, ge=8)
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    jitter_prob: float = Field(0.8, ge=0, le=1)
+    brightness: float = Field(0.4, ge=0)
+    contrast: float = Field(0.4, ge=0)
+    saturation: float = Field(0.4, ge=0)
+    hue: float = Field(0.1, ge=0, le=0.5)
+    grayscale_prob: float = Field(0.2, ge=0, le=1)
+    hflip_prob: float = Field(0.5, ge=0, le=1)
+
+
+class SyntheticConfig(_Strict):
+    mode: Literal["none", "clsp"] = "none"
+    weight: float = Field(1.0, ge=0, description="lambda of the CLSP term.")
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["sgd", "lars"] = "sgd"
+    lr: float = Field(0.5, gt=0, description="Peak learning rate (after warm-up).")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: float = Field(10, ge=0)
+    warmup_start_lr: float = Field(1e-3, ge=0)
+    min_lr: float = Field(0.0, ge=0)
+
+
+class PretrainConfig(_Strict):
+    """Stage 3: self-supervised pretraining, with or without synthetic positives."""
+
+    method: Literal["simclr"] = "simclr"
+    synthetic: SyntheticConfig = SyntheticConfig()
+    store: Path | None = Field(None, description="Synthetic store (default: <run_dir>/store).")
+    output_dir: Path | None = Field(None, description="Default: <run_dir>/pretrain (or pretrain_<name>).")
+    backbone: BackboneConfig = BackboneConfig()
+    projector_hidden_dim: int = Field(4096, ge=1)
+    projector_out_dim: int = Field(256, ge=1)
+    temperature: float = Field(0.2, gt=0)
+    augment: AugmentConfig = AugmentConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    batch_size: int = Field(1024, ge=2, description="Global batch size (split across devices).")
+    epochs: int = Field(1000, ge=1)
+    max_minutes: float | None = Field(None, gt=0)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    channels_last: bool = True
+    knn_every_epochs: int = Field(0, ge=0, description="Online kNN monitor on the test split (0: off).")
+    knn_subset: int = Field(2000, ge=1)
+    devices: int | Literal["auto"] = 1
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    num_nodes: int = Field(1, ge=1)
+    sync_batchnorm: bool = False
+    num_threads: int | None = Field(None, ge=1)
+
+
+class LinearProbeConfig(_Strict):
+    epochs: int = Field(100, ge=1)
+    lr: float = Field(1.0, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(256, ge=1)
+    milestones: list[float] = Field([0.6, 0.8], description="Fractions of the epochs where lr is cut by 10.")
+
+
+class EvaluateConfig(_Strict):
+    """Stage 4: kNN and linear probe on frozen features."""
+
+    checkpoint: Path | None = Field(None, description="Backbone state_dict (default: <pretrain>/backbone.pt).")
+    datasets: list[DataConfig] | None = Field(None, description="Datasets to evaluate on (default: the run's data).")
+    knn_k: int = Field(200, ge=1)
+    knn_temperature: float = Field(0.1, gt=0)
+    linear: LinearProbeConfig = LinearProbeConfig()
+    feature_size: int | None = Field(None, description="Resize images to this before the backbone (default: crop size).")
+    max_train: int | None = Field(None, ge=1, description="Use only the first N training images for kNN and the probe.")
+    batch_size: int = Field(512, ge=1)
+
+
+class FidelityConfig(_Strict):
+    """The small classifier that judges synthetic positives (trained on real train images)."""
+
+    train_images: int = Field(60000, ge=1)
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    width: int = Field(32, ge=4)
+
+
+class RunConfig(_Strict):
+    """A whole run: data, the four stages, one run directory."""
+
+    run_dir: Path = Path("runs/default")
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    train_generator: TrainGeneratorConfig = TrainGeneratorConfig()
+    generate: GenerateConfig = GenerateConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    fidelity: FidelityConfig = FidelityConfig()
+
+    @model_validator(mode="after")
+    def _check_stages(self) -> RunConfig:
+        if self.pretrain.synthetic.mode != "none" and self.pretrain.method not in ("simclr",):
+            raise ValueError(f"synthetic.mode={self.pretrain.synthetic.mode} is not available for {self.pretrain.method}")
+        return self
+
+    # Paths a stage writes or reads, derived from run_dir unless set.
+    @property
+    def generator_dir(self) -> Path:
+        return self.run_dir / "generator"
+
+    @property
+    def generator_model(self) -> Path:
+        return self.generate.generator or self.generator_dir / "model"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.pretrain.store or self.generate.store or self.run_dir / "store"
+
+    @property
+    def pretrain_dir(self) -> Path:
+        return self.pretrain.output_dir or self.run_dir / "pretrain"
+
+    @property
+    def backbone_path(self) -> Path:
+        return self.evaluate.checkpoint or self.pretrain_dir / "backbone.pt"
+
+    @property
+    def evaluate_dir(self) -> Path:
+        return self.run_dir / "evaluate"
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise SynthposError(f"--set {dotted}: '{key}' is a value, not a section; drop the part after it")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """Parse ``key=value`` strings; the value is read as YAML."""
+    parsed = []
+    for item in overrides:
+        if "=" not in item:
+            raise SynthposError(f"--set {item!r}: expected key=value, e.g. --set pretrain.epochs=10")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise SynthposError(f"--set {item!r}: the key is empty")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise SynthposError(f"--set {item!r}: the value is not valid YAML ({err.__class__.__name__})") from err
+        parsed.append((key, value))
+    return parsed
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{where}'; check its spelling (see the recipes in configs/)"
+    return f"{source}: '{where}': {first['msg']} (got {first.get('input')!r})"
+
+
+def load_config(path: Path | str | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a run config from YAML (or the defaults), apply ``--set`` overrides and validate.
+
+    Raises:
+        SynthposError: the file is missing or not YAML, a key is unknown, a value has the wrong type.
+    """
+    tree: dict[str, Any] = {}
+    source = "the defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise SynthposError(f"config file {path} does not exist; pass --config with a YAML recipe such as configs/fashion_mnist/clsp_simclr.yaml")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            at = f" at line {mark.line + 1}" if mark is not None else ""
+            raise SynthposError(f"{path} is not valid YAML{at}; fix the syntax there") from err
+        if not isinstance(tree, dict):
+            raise SynthposError(f"{path} must hold a mapping of sections (data:, pretrain:, ...), not a {type(tree).__name__}")
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(tree, key, value)
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        raise SynthposError(_describe(err, source + (" with --set" if overrides else ""))) from err
+
+
+def dump_config(config: RunConfig, path: Path) -> None:
+    """Write the resolved config beside a stage's outputs, so a run records what it ran."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

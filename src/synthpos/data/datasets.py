@@ -1,0 +1,497 @@
+"""Indexed in-memory image datasets: Fashion-MNIST, CIFAR-10/100 and image folders.
+
+Every dataset is loaded once into a uint8 array of shape (N, H, W, C). The
+datasets used here are small (Fashion-MNIST is 47 MB, CIFAR 150 MB), so holding
+them in memory removes decoding from the training loop, and the augmentation
+then runs on whole batches (see :mod:`synthpos.data.augment`).
+
+Each item carries its index, because the synthetic-positive store is keyed by
+the index of the training image (its anchor).
+
+The readers parse the on-disk formats directly (idx files, the CIFAR "python"
+pickles, image files through PIL) instead of going through torchvision's
+dataset classes, which would try to download missing data; nothing here
+touches the network.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from synthpos.config import DataConfig
+from synthpos.errors import SynthposError
+
+DATA_ENV = "SYNTHPOS_DATA"
+
+# Where a distribution package installs the data (Debian: dataset-fashion-mnist).
+SYSTEM_ROOTS: dict[str, Path] = {
+    "fashion_mnist": Path("/usr/share/datasets/fashion-mnist"),
+}
+
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+
+# Per-channel mean/std of the training split in [0, 1] (population std). Fixed
+# constants so that a subset or a resized copy normalises like the full set.
+_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_CIFAR10_DIR = "cifar-10-batches-py"
+_CIFAR100_DIR = "cifar-100-python"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+_PRETTY = {"fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "image_folder": "Image folder"}
+
+_HOW_TO_FIX = {
+    "fashion_mnist": "install the Debian package dataset-fashion-mnist (apt-get install dataset-fashion-mnist) "
+    "or pass --set data.root=DIR with the four idx .gz files (train-images-idx3-ubyte.gz, "
+    "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz)",
+    "cifar10": f"pass --set data.root=DIR where DIR holds {_CIFAR10_DIR}/ (torchvision's python version: "
+    "data_batch_1..5, test_batch, batches.meta) or set $SYNTHPOS_DATA",
+    "cifar100": f"pass --set data.root=DIR where DIR holds {_CIFAR100_DIR}/ (torchvision's python version: "
+    "train, test, meta) or set $SYNTHPOS_DATA",
+    "image_folder": "pass --set data.root=DIR with one sub-folder of images per class "
+    "(or the images directly in DIR for unlabelled data)",
+}
+
+
+@dataclass(eq=False)  # field-wise == on arrays is ambiguous; identity is what makes sense
+class ImageDataset(torch.utils.data.Dataset):
+    """Images held in memory as uint8 (N, H, W, C); each item knows its index.
+
+    Items are ``(index, image, label)``: the index into this dataset, a uint8
+    tensor of shape (C, H, W), and the class label (-1 when unlabelled).
+    """
+
+    name: str
+    split: str
+    images: np.ndarray  # uint8 (N, H, W, C), C = 1 or 3, C-contiguous
+    labels: np.ndarray | None  # int64 (N,) or None (unlabelled)
+    classes: list[str]
+    mean: tuple[float, ...]  # per-channel mean in [0, 1]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        # Catch wrong shapes here, once, rather than as a confusing error in a model.
+        if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[-1] not in (1, 3):
+            raise ValueError(f"images must be uint8 (N, H, W, C) with C in {{1, 3}}, got {self.images.dtype} {self.images.shape}")
+        if self.labels is not None and self.labels.shape != (len(self.images),):
+            raise ValueError(f"labels must have shape ({len(self.images)},), got {self.labels.shape}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError(f"mean/std need {self.channels} values, got {self.mean} / {self.std}")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, int]:
+        """Return ``(index, image, label)``; image shape: (C, H, W), uint8."""
+        index = int(index)
+        if index < 0:
+            index += len(self)
+        # A copy, so a caller that edits the tensor in place cannot corrupt the dataset.
+        image = torch.from_numpy(self.images[index].transpose(2, 0, 1).copy())
+        label = -1 if self.labels is None else int(self.labels[index])
+        return index, image, label
+
+    def batch(self, indices: torch.Tensor | np.ndarray | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fetch many items at once (faster than a DataLoader over single items).
+
+        Returns ``(images, labels)``: images uint8 of shape (B, C, H, W); labels
+        int64 of shape (B,), -1 when unlabelled.
+        """
+        idx = np.asarray(indices.cpu() if isinstance(indices, torch.Tensor) else indices, dtype=np.int64)
+        images = torch.from_numpy(self.images[idx]).permute(0, 3, 1, 2).contiguous()
+        if self.labels is None:
+            labels = torch.full((len(idx),), -1, dtype=torch.int64)
+        else:
+            labels = torch.from_numpy(self.labels[idx])
+        return images, labels
+
+    def take(self, n: int) -> ImageDataset:
+        """The first ``n`` items, sharing memory with this dataset (no copy)."""
+        if n < 1:
+            raise ValueError(f"take(n) needs n >= 1, got {n}")
+        return ImageDataset(
+            name=self.name,
+            split=self.split,
+            images=self.images[:n],
+            labels=None if self.labels is None else self.labels[:n],
+            classes=self.classes,
+            mean=self.mean,
+            std=self.std,
+        )
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (0 when unlabelled)."""
+        return len(self.classes)
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[-1])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of every image."""
+        _, h, w, c = self.images.shape
+        return int(h), int(w), int(c)
+
+
+# --------------------------------------------------------------------------- roots
+
+
+def _has_data(name: str, folder: Path) -> bool:
+    """Whether ``folder`` holds the dataset in a layout that the reader accepts."""
+    if not folder.is_dir():
+        return False
+    if name == "fashion_mnist":
+        return all(_find_idx(folder, stem) is not None for pair in _IDX_FILES.values() for stem in pair)
+    if name == "cifar10":
+        return _cifar_dir(folder, _CIFAR10_DIR, "batches.meta") is not None
+    if name == "cifar100":
+        return _cifar_dir(folder, _CIFAR100_DIR, "meta") is not None
+    if name == "image_folder":
+        return True
+    raise SynthposError(f"unknown dataset '{name}'; use one of fashion_mnist, cifar10, cifar100, image_folder")
+
+
+def _candidates(name: str, root: Path | None) -> tuple[list[Path], list[str]]:
+    """Folders to try in order, and how to name each place in an error message."""
+    paths: list[Path] = []
+    described: list[str] = []
+    if root is not None:
+        # A folder the user names is the only place looked at: silently reading the
+        # system copy instead would hide a typo.
+        return [Path(root).expanduser()], [f"data.root={root}"]
+    described.append("data.root (unset)")
+    env = os.environ.get(DATA_ENV)
+    if env:
+        base = Path(env).expanduser()
+        if name == "image_folder":
+            # $SYNTHPOS_DATA itself holds other datasets; only its named sub-folder can be an image folder.
+            paths.append(base / name)
+            described.append(f"${DATA_ENV}/{name}={base / name}")
+        else:
+            paths += [base, base / name]
+            described.append(f"${DATA_ENV}={base} (and {base / name})")
+    else:
+        described.append(f"${DATA_ENV} (unset)")
+    system = SYSTEM_ROOTS.get(name)
+    if system is not None:
+        paths.append(system)
+        described.append(str(system))
+    return paths, described
+
+
+def find_data_root(name: str, root: Path | None) -> Path:
+    """The folder that holds dataset ``name``.
+
+    Looks only in ``root`` when it is given; otherwise in ``$SYNTHPOS_DATA`` and its
+    sub-folder ``<name>``, then in the system location
+    (``/usr/share/datasets/fashion-mnist`` for Fashion-MNIST).
+
+    Raises:
+        SynthposError: no place holds the data; the message names every place tried.
+    """
+    if name not in _PRETTY:
+        raise SynthposError(f"unknown dataset '{name}'; use one of fashion_mnist, cifar10, cifar100, image_folder")
+    paths, described = _candidates(name, root)
+    for path in paths:
+        if _has_data(name, path):
+            return path
+    raise SynthposError(f"{_PRETTY[name]} not found: looked in {', '.join(described)}; {_HOW_TO_FIX[name]}")
+
+
+# --------------------------------------------------------------------------- Fashion-MNIST (idx)
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / f"{stem}.gz", folder / stem):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an idx file (the MNIST format), gzipped or not, as a uint8 array.
+
+    Format: two zero bytes, a type byte (0x08 = unsigned byte), the number of
+    dimensions, then each dimension as a big-endian int32, then the data.
+
+    Raises:
+        SynthposError: the file is truncated, not gzip where named .gz, or not idx.
+    """
+    fix = "delete it and reinstall the data (apt-get install --reinstall dataset-fashion-mnist) or point data.root elsewhere"
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
+    except (OSError, EOFError, zlib.error) as err:
+        raise SynthposError(f"{path} is corrupt ({err}); {fix}") from err
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise SynthposError(f"{path} is not an idx file (bad magic number); {fix}")
+    if raw[2] != 0x08:
+        raise SynthposError(f"{path}: idx data type 0x{raw[2]:02x} is not unsigned byte (0x08); {fix}")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise SynthposError(f"{path} has a truncated idx header; {fix}")
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4))
+    expected = int(np.prod(dims))
+    if len(raw) - header != expected:
+        raise SynthposError(f"{path} holds {len(raw) - header} data bytes but its header {dims} says {expected}; {fix}")
+    # A writable copy: frombuffer views the immutable bytes object.
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()
+
+
+def _load_fashion_mnist(folder: Path, split: str) -> ImageDataset:
+    image_stem, label_stem = _IDX_FILES[split]
+    image_path, label_path = _find_idx(folder, image_stem), _find_idx(folder, label_stem)
+    assert image_path is not None and label_path is not None  # find_data_root checked
+    images = read_idx(image_path)
+    labels = read_idx(label_path)
+    if images.ndim != 3:
+        raise SynthposError(f"{image_path}: expected images of shape (N, H, W), got {images.shape}; is it a label file?")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise SynthposError(f"{label_path}: expected {len(images)} labels to match {image_path.name}, got shape {labels.shape}")
+    if labels.max(initial=0) >= len(FASHION_MNIST_CLASSES):
+        raise SynthposError(f"{label_path}: label {labels.max()} is out of range 0-9; the file is not Fashion-MNIST labels")
+    mean, std = _STATS["fashion_mnist"]
+    return ImageDataset(
+        name="fashion_mnist",
+        split=split,
+        images=np.ascontiguousarray(images[..., None]),
+        labels=labels.astype(np.int64),
+        classes=list(FASHION_MNIST_CLASSES),
+        mean=mean,
+        std=std,
+    )
+
+
+# --------------------------------------------------------------------------- CIFAR (python pickles)
+
+
+def _cifar_dir(folder: Path, subdir: str, meta_name: str) -> Path | None:
+    """The batches folder, whether ``folder`` is its parent or the folder itself."""
+    for candidate in (folder / subdir, folder):
+        if (candidate / meta_name).is_file():
+            return candidate
+    return None
+
+
+def _unpickle(path: Path) -> dict[bytes | str, Any]:
+    fix = "re-extract the CIFAR archive (torchvision's python version) there"
+    if not path.is_file():
+        raise SynthposError(f"{path} is missing; {fix}")
+    try:
+        with path.open("rb") as f:
+            # encoding="bytes": the archives were pickled by Python 2 (str keys become bytes).
+            obj = pickle.load(f, encoding="bytes")
+    except (pickle.UnpicklingError, EOFError, OSError, ValueError, AttributeError, ImportError, IndexError) as err:
+        raise SynthposError(f"{path} is corrupt ({err.__class__.__name__}: {err}); {fix}") from err
+    if not isinstance(obj, dict):
+        raise SynthposError(f"{path} does not hold a CIFAR dict (got {type(obj).__name__}); {fix}")
+    return obj
+
+
+def _get(d: dict[bytes | str, Any], key: str, path: Path) -> Any:
+    # Accept both Python-2 style bytes keys and str keys (pickles re-saved by Python 3).
+    for k in (key.encode(), key):
+        if k in d:
+            return d[k]
+    raise SynthposError(f"{path} has no '{key}' entry; it is not a CIFAR batch of the expected kind")
+
+
+def _decode(names: list[bytes | str]) -> list[str]:
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+
+
+def _read_cifar_batches(paths: list[Path], label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = [], []
+    for path in paths:
+        batch = _unpickle(path)
+        data = np.asarray(_get(batch, "data", path), dtype=np.uint8)
+        batch_labels = np.asarray(_get(batch, label_key, path), dtype=np.int64)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(batch_labels) != len(data):
+            raise SynthposError(
+                f"{path}: expected data of shape (N, 3072) and N labels, got {data.shape} and {batch_labels.shape}; re-extract the archive"
+            )
+        # Rows are channel-major (1024 red, 1024 green, 1024 blue); store as (N, H, W, C).
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(batch_labels)
+    return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
+
+
+def _load_cifar(folder: Path, name: str, split: str) -> ImageDataset:
+    if name == "cifar10":
+        base = _cifar_dir(folder, _CIFAR10_DIR, "batches.meta")
+        assert base is not None
+        files = [base / f"data_batch_{i}" for i in range(1, 6)] if split == "train" else [base / "test_batch"]
+        classes = _decode(_get(_unpickle(base / "batches.meta"), "label_names", base / "batches.meta"))
+        images, labels = _read_cifar_batches(files, "labels")
+    else:
+        base = _cifar_dir(folder, _CIFAR100_DIR, "meta")
+        assert base is not None
+        classes = _decode(_get(_unpickle(base / "meta"), "fine_label_names", base / "meta"))
+        images, labels = _read_cifar_batches([base / split], "fine_labels")
+    if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise SynthposError(f"{base}: labels run outside 0..{len(classes) - 1} (the meta file names {len(classes)} classes); re-extract the archive")
+    mean, std = _STATS[name]
+    return ImageDataset(name=name, split=split, images=images, labels=labels, classes=classes, mean=mean, std=std)
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+def _image_files(folder: Path, recursive: bool) -> list[Path]:
+    pattern = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in pattern if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    """Sub-folders that hold at least one image (at any depth), sorted by name."""
+    return sorted(d for d in folder.iterdir() if d.is_dir() and _image_files(d, recursive=True))
+
+
+def _read_image(path: Path, size: int | None) -> np.ndarray:
+    """One image as uint8 (H, W, 3), resized to (size, size) when ``size`` is set."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            rgb = np.array(img.convert("RGB"), dtype=np.uint8)  # a copy: asarray would be read-only
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise SynthposError(f"{path} cannot be read as an image ({err}); delete or replace it") from err
+    if size is not None and rgb.shape[:2] != (size, size):
+        rgb = _resize_uint8(rgb[None], size)[0]
+    return rgb
+
+
+def _load_image_folder(folder: Path, split: str, size: int | None, train_root: Path | None) -> ImageDataset:
+    class_dirs = _class_dirs(folder)
+    loose = _image_files(folder, recursive=False)
+    if class_dirs and loose:
+        raise SynthposError(
+            f"{folder} holds both class sub-folders and loose images (e.g. {loose[0].name}); "
+            "move the loose images into a class folder, or put all images directly in the folder for unlabelled data"
+        )
+    if class_dirs:
+        classes = [d.name for d in class_dirs]
+        # The test split must number classes like the training split, or labels would not line up.
+        if train_root is not None and train_root.is_dir() and train_root != folder:
+            train_classes = [d.name for d in _class_dirs(train_root)]
+            if train_classes:
+                unknown = sorted(set(classes) - set(train_classes))
+                if unknown:
+                    raise SynthposError(f"{folder} has classes not in the training folder {train_root}: {', '.join(unknown)}; rename or remove them")
+                classes = train_classes
+        class_index = {c: i for i, c in enumerate(classes)}
+        files, labels_list = [], []
+        for d in class_dirs:
+            for path in _image_files(d, recursive=True):
+                files.append(path)
+                labels_list.append(class_index[d.name])
+        labels: np.ndarray | None = np.asarray(labels_list, dtype=np.int64)
+    else:
+        classes = []
+        files = loose
+        labels = None
+    if not files:
+        raise SynthposError(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}); {_HOW_TO_FIX['image_folder']}")
+    arrays = [_read_image(path, size) for path in files]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        first = arrays[0].shape
+        odd = next(i for i, a in enumerate(arrays) if a.shape != first)
+        raise SynthposError(
+            f"images in {folder} have different sizes ({files[0].name} is {first[1]}x{first[0]}, "
+            f"{files[odd].name} is {arrays[odd].shape[1]}x{arrays[odd].shape[0]}); set data.image_size=N to resize them all to N x N"
+        )
+    images = np.stack(arrays)
+    # Unknown data: measure its statistics rather than assume them.
+    scaled = images.reshape(-1, 3).astype(np.float64) / 255.0
+    mean = tuple(float(m) for m in scaled.mean(axis=0))
+    std = tuple(float(max(s, 1e-3)) for s in scaled.std(axis=0))  # floor: a constant image must not divide by 0
+    return ImageDataset(name="image_folder", split=split, images=images, labels=labels, classes=classes, mean=mean, std=std)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _resize_uint8(images: np.ndarray, size: int, chunk: int = 2048) -> np.ndarray:
+    """Resize uint8 (N, H, W, C) to (N, size, size, C), antialiased bilinear.
+
+    Chunked so that a 60,000-image set never needs a float copy of all of it.
+    """
+    out = np.empty((len(images), size, size, images.shape[-1]), dtype=np.uint8)
+    for start in range(0, len(images), chunk):
+        x = torch.from_numpy(np.array(images[start : start + chunk])).permute(0, 3, 1, 2).float()
+        y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[start : start + chunk] = y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return out
+
+
+def load_dataset(config: DataConfig, split: Literal["train", "test"]) -> ImageDataset:
+    """Load one split of the dataset that ``config`` names, into memory.
+
+    ``config.image_size`` resizes every image once here (antialiased bilinear);
+    ``config.subset`` keeps the first N images of the training split (the test
+    split is always whole, so evaluations stay comparable).
+
+    Raises:
+        SynthposError: the data is missing or malformed, or the config asks for
+            more images than there are.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    name = config.name
+    size = config.image_size
+    if name == "image_folder":
+        if split == "test":
+            if config.test_root is None:
+                raise SynthposError("the image_folder test split needs data.test_root; pass --set data.test_root=DIR with the evaluation images")
+            if not Path(config.test_root).is_dir():
+                raise SynthposError(f"data.test_root {config.test_root} is not a folder; point it at the evaluation images")
+            try:
+                train_root: Path | None = find_data_root(name, config.root)
+            except SynthposError:
+                train_root = None  # no training folder: the test split alone is still usable
+            dataset = _load_image_folder(Path(config.test_root), split, size, train_root)
+        else:
+            dataset = _load_image_folder(find_data_root(name, config.root), split, size, None)
+        # Image folders are resized per file while reading (they may differ in size).
+        size = None
+    else:
+        folder = find_data_root(name, config.root)
+        dataset = _load_fashion_mnist(folder, split) if name == "fashion_mnist" else _load_cifar(folder, name, split)
+
+    if split == "train" and config.subset is not None:
+        if config.subset > len(dataset):
+            raise SynthposError(
+                f"data.subset={config.subset} but the {name} training split has only {len(dataset)} images; lower it or set data.subset=null"
+            )
+        dataset = dataset.take(config.subset)
+    if size is not None and dataset.image_shape[:2] != (size, size):
+        dataset.images = _resize_uint8(dataset.images, size)
+    return dataset

@@ -1,0 +1,271 @@
+"""The synthetic store: K generated candidates for each anchor image, on disk.
+
+A store is a directory::
+
+    manifest.json            format version, dataset fingerprint, generator, K, shape, shards
+    shard-00000.npy          uint8 (n, K, H, W, C) for anchors [0, shard_size)
+    shard-00001.npy          ... the next range
+
+A shard is written to a temporary name and renamed when complete, so a crash never
+leaves a half-written shard under a real name; re-running generation fills only the
+missing shards. Opening a store for a dataset other than the one it was made from is
+an error. Reads are memory-mapped: the store is never loaded whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synthpos.errors import SynthposError
+
+FORMAT_VERSION = 1
+_SAMPLES = 64
+
+
+def dataset_fingerprint(name: str, split: str, images: np.ndarray) -> dict[str, Any]:
+    """What identifies the anchors a store was made from.
+
+    name, split, count and shape, plus a SHA-256 of each of up to 64 images spread
+    evenly over the anchors (and one hash over all of those). Per-image hashes let a
+    store made for N anchors be checked against a dataset that uses its first M <= N.
+    """
+    count = len(images)
+    indices = np.unique(np.linspace(0, count - 1, num=min(count, _SAMPLES)).round().astype(np.int64))
+    samples = {str(int(i)): hashlib.sha256(np.ascontiguousarray(images[i]).tobytes()).hexdigest()[:16] for i in indices}
+    content = hashlib.sha256("".join(samples.values()).encode()).hexdigest()[:16]
+    return {
+        "name": name,
+        "split": split,
+        "count": int(count),
+        "image_shape": list(images.shape[1:]),
+        "content_hash": content,
+        "sample_hashes": samples,
+    }
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    num_anchors: int
+    candidates: int
+    image_shape: tuple[int, int, int]  # (H, W, C)
+    shard_size: int
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num_anchors // self.shard_size)
+
+    def shard_range(self, shard: int) -> tuple[int, int]:
+        start = shard * self.shard_size
+        return start, min(start + self.shard_size, self.num_anchors)
+
+
+class SyntheticStore:
+    """K candidates per anchor, sharded, resumable, memory-mapped.
+
+    Example:
+        >>> store = SyntheticStore.open("runs/fmnist/store", dataset)  # checks the fingerprint
+        >>> store[12].shape            # the K candidates of anchor 12
+        (8, 28, 28, 1)
+        >>> store.get(np.array([3, 5]), np.array([0, 7])).shape
+        (2, 28, 28, 1)
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+        self.layout = StoreLayout(
+            num_anchors=manifest["num_anchors"],
+            candidates=manifest["candidates"],
+            image_shape=tuple(manifest["image_shape"]),
+            shard_size=manifest["shard_size"],
+        )
+        self._maps: dict[int, np.ndarray] = {}
+
+    # ------------------------------------------------------------------ creation and opening
+
+    @classmethod
+    def create(
+        cls,
+        path: Path | str,
+        fingerprint: dict[str, Any],
+        candidates: int,
+        shard_size: int,
+        generator: dict[str, Any],
+    ) -> SyntheticStore:
+        """Create a store, or reopen an existing one made with the same settings (to resume).
+
+        Raises:
+            SynthposError: ``path`` holds a store made for other data or other settings.
+        """
+        path = Path(path)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "dataset": fingerprint,
+            "num_anchors": fingerprint["count"],
+            "candidates": candidates,
+            "image_shape": fingerprint["image_shape"],
+            "dtype": "uint8",
+            "shard_size": shard_size,
+            "generator": generator,
+        }
+        manifest_path = path / "manifest.json"
+        if manifest_path.is_file():
+            existing = cls._read_manifest(path)
+            for key in ("dataset", "num_anchors", "candidates", "image_shape", "shard_size", "generator"):
+                if existing.get(key) != manifest[key]:
+                    raise SynthposError(
+                        f"store {path} was made with a different {key}; to keep it, restore the settings it was made "
+                        f"with, or pass another generate.store (or delete {path}) to make a new one"
+                    )
+            return cls(path, existing)
+        path.mkdir(parents=True, exist_ok=True)
+        tmp = manifest_path.with_name(f"manifest.json.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(manifest, indent=2))
+        os.replace(tmp, manifest_path)
+        return cls(path, manifest)
+
+    @staticmethod
+    def _read_manifest(path: Path) -> dict[str, Any]:
+        manifest_path = path / "manifest.json"
+        if not manifest_path.is_file():
+            raise SynthposError(
+                f"no synthetic store at {path} (manifest.json missing); make one with `synthpos generate --config FILE`"
+            )
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as err:
+            raise SynthposError(f"{manifest_path} is not valid JSON; delete the store and generate it again") from err
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise SynthposError(
+                f"store {path} has format version {manifest.get('format_version')}, this synthpos reads {FORMAT_VERSION}; "
+                "generate the store again"
+            )
+        return manifest
+
+    @classmethod
+    def open(cls, path: Path | str, name: str | None = None, split: str | None = None,
+             images: np.ndarray | None = None, require_complete: bool = True) -> SyntheticStore:
+        """Open a store and check it belongs to the given anchors.
+
+        Args:
+            name, split, images: the dataset it will be used with; ``images`` are its
+                first M anchors (uint8 (M, H, W, C)), M <= the store's anchors.
+            require_complete: every shard must be present.
+
+        Raises:
+            SynthposError: the store is missing, incomplete, or made for other data.
+        """
+        path = Path(path)
+        store = cls(path, cls._read_manifest(path))
+        if images is not None:
+            store.check_dataset(name or "", split or "", images)
+        if require_complete and (missing := store.missing_shards()):
+            raise SynthposError(
+                f"store {path} is incomplete ({len(missing)} of {store.layout.num_shards} shards missing); "
+                "run `synthpos generate` with the same config to finish it"
+            )
+        return store
+
+    def check_dataset(self, name: str, split: str, images: np.ndarray) -> None:
+        """Raise unless ``images`` are (the first anchors of) the dataset this store was made from."""
+        made = self.manifest["dataset"]
+        fix = "generate a store for this dataset, or point pretrain.store at the right one"
+        if made["name"] != name or made["split"] != split:
+            raise SynthposError(
+                f"store {self.path} was made for {made['name']}/{made['split']}, not {name}/{split}; {fix}"
+            )
+        if list(images.shape[1:]) != list(made["image_shape"]):
+            raise SynthposError(
+                f"store {self.path} holds {tuple(made['image_shape'])} images, the dataset has {tuple(images.shape[1:])}; "
+                f"set data.image_size to match, or {fix}"
+            )
+        if len(images) > made["count"]:
+            raise SynthposError(
+                f"store {self.path} has candidates for {made['count']} anchors but the dataset has {len(images)} images; "
+                f"set data.subset={made['count']} or generate for more anchors"
+            )
+        for index, digest in made["sample_hashes"].items():
+            i = int(index)
+            if i < len(images) and hashlib.sha256(np.ascontiguousarray(images[i]).tobytes()).hexdigest()[:16] != digest:
+                raise SynthposError(
+                    f"store {self.path} was made from different images (image {i} differs); {fix}"
+                )
+
+    # ------------------------------------------------------------------ shards
+
+    def shard_path(self, shard: int) -> Path:
+        return self.path / f"shard-{shard:05d}.npy"
+
+    def missing_shards(self) -> list[int]:
+        return [s for s in range(self.layout.num_shards) if not self.shard_path(s).is_file()]
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing_shards()
+
+    def write_shard(self, shard: int, candidates: np.ndarray) -> None:
+        """Write one shard atomically: a temporary file, flushed, then renamed.
+
+        Args:
+            candidates: uint8. Shape: (n, K, H, W, C), n = the shard's anchor count.
+        """
+        start, end = self.layout.shard_range(shard)
+        expected = (end - start, self.layout.candidates, *self.layout.image_shape)
+        if candidates.dtype != np.uint8 or candidates.shape != expected:
+            raise ValueError(f"shard {shard} must be uint8 {expected}, got {candidates.dtype} {candidates.shape}")
+        final = self.shard_path(shard)
+        tmp = final.with_name(final.name + f".tmp-{os.getpid()}")
+        with open(tmp, "wb") as fh:
+            np.save(fh, candidates)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+
+    def _shard(self, shard: int) -> np.ndarray:
+        if shard not in self._maps:
+            path = self.shard_path(shard)
+            if not path.is_file():
+                raise SynthposError(f"store {self.path} is missing {path.name}; run `synthpos generate` to finish it")
+            self._maps[shard] = np.load(path, mmap_mode="r")
+        return self._maps[shard]
+
+    # ------------------------------------------------------------------ reads
+
+    def __len__(self) -> int:
+        return self.layout.num_anchors
+
+    @property
+    def candidates(self) -> int:
+        return self.layout.candidates
+
+    def __getitem__(self, anchor: int) -> np.ndarray:
+        """The K candidates of one anchor. Shape: (K, H, W, C)."""
+        if not 0 <= anchor < self.layout.num_anchors:
+            raise IndexError(f"anchor {anchor} outside 0..{self.layout.num_anchors - 1}")
+        shard, offset = divmod(anchor, self.layout.shard_size)
+        return self._shard(shard)[offset]
+
+    def get(self, anchors: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """One chosen candidate per anchor. Shape: (B, H, W, C)."""
+        anchors = np.asarray(anchors, dtype=np.int64)
+        candidates = np.asarray(candidates, dtype=np.int64)
+        out = np.empty((len(anchors), *self.layout.image_shape), dtype=np.uint8)
+        shards, offsets = np.divmod(anchors, self.layout.shard_size)
+        for shard in np.unique(shards):
+            rows = np.nonzero(shards == shard)[0]
+            out[rows] = self._shard(int(shard))[offsets[rows], candidates[rows]]
+        return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Memory maps are reopened lazily in each DataLoader worker.
+        return {"path": self.path, "manifest": self.manifest}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], state["manifest"])

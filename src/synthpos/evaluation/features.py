@@ -1,0 +1,60 @@
+"""Frozen features: computed once per (backbone, dataset) and cached on disk."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from synthpos.data.augment import to_model_input
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module,
+    images: np.ndarray,
+    size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    batch_size: int = 512,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Backbone features of uint8 images, in eval mode, no augmentation.
+
+    Args:
+        images: Shape: (N, H, W, C), uint8.
+        size: images are resized to ``size`` x ``size`` (the pretraining crop size).
+
+    Returns:
+        float32 features on the CPU. Shape: (N, D).
+    """
+    device = torch.device(device or next(backbone.parameters()).device)
+    was_training = backbone.training
+    backbone.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(images[start: start + batch_size])).permute(0, 3, 1, 2).to(device)
+        out.append(backbone(to_model_input(batch, size, mean, std)).float().cpu())
+    backbone.train(was_training)
+    return torch.cat(out)
+
+
+def cached_features(
+    cache_dir: Path, key: str, compute, *, backbone_file: Path | None = None
+) -> torch.Tensor:
+    """``compute()`` once; later calls with the same key (and backbone bytes) read ``cache_dir``."""
+    tag = key
+    if backbone_file is not None:
+        tag += "-" + hashlib.sha256(Path(backbone_file).read_bytes()).hexdigest()[:12]
+    path = Path(cache_dir) / f"{tag}.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    features = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(features, tmp)
+    tmp.replace(path)
+    return features

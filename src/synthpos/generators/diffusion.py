@@ -1,0 +1,273 @@
+"""Stage 1: an unconditional DDPM on diffusers' UNet2DModel, trained from scratch.
+
+The recipe is CLSP's (Ho et al.'s CIFAR DDPM): linear betas, Adam with a linear
+warm-up, gradient clipping, an EMA of the weights, horizontal flips only, images in
+[-1, 1]. The final model is written as a diffusers ``DDPMPipeline`` directory
+(``model_index.json``, ``unet/``, ``scheduler/``), so ``DDPMPipeline.from_pretrained``
+loads it as it is.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+from synthpos.config import RunConfig, TrainGeneratorConfig, UNetConfig
+from synthpos.errors import SynthposError
+from synthpos.precision import autocast
+from synthpos.progress import progress_bar
+
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+def build_unet(config: UNetConfig, sample_size: int, channels: int) -> UNet2DModel:
+    """A UNet2DModel shaped like the DDPM/CLSP UNet: ``len(block_out_channels)`` levels,
+    attention at ``attention_levels``, a middle block with attention."""
+    levels = len(config.block_out_channels)
+    bad = [lvl for lvl in config.attention_levels if not 0 <= lvl < levels]
+    if bad:
+        raise SynthposError(f"unet.attention_levels {bad} out of range: the UNet has levels 0..{levels - 1}")
+    if any(ch % config.norm_num_groups for ch in config.block_out_channels):
+        raise SynthposError(
+            f"unet.block_out_channels {config.block_out_channels} must all be multiples of "
+            f"unet.norm_num_groups={config.norm_num_groups}"
+        )
+    down = tuple("AttnDownBlock2D" if lvl in config.attention_levels else "DownBlock2D" for lvl in range(levels))
+    up = tuple("AttnUpBlock2D" if lvl in config.attention_levels else "UpBlock2D" for lvl in reversed(range(levels)))
+    return UNet2DModel(
+        sample_size=sample_size,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=tuple(config.block_out_channels),
+        down_block_types=down,
+        up_block_types=up,
+        layers_per_block=config.layers_per_block,
+        dropout=config.dropout,
+        norm_num_groups=config.norm_num_groups,
+        attention_head_dim=config.attention_head_dim,
+        resnet_time_scale_shift="default",
+        add_attention=True,
+    )
+
+
+def build_noise_scheduler(config: TrainGeneratorConfig) -> DDPMScheduler:
+    return DDPMScheduler(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_start=config.beta_start,
+        beta_end=config.beta_end,
+        beta_schedule="linear",
+        prediction_type="epsilon",
+        clip_sample=True,
+    )
+
+
+def resolve_generator_dir(path: Path) -> Path:
+    """Map ``builtin:NAME`` to the checkpoint shipped in the package."""
+    text = str(path)
+    if text.startswith(BUILTIN_PREFIX):
+        return BUILTIN_DIR / text[len(BUILTIN_PREFIX):]
+    return Path(path)
+
+
+def load_generator(path: Path) -> tuple[UNet2DModel, DDPMScheduler]:
+    """Load a generator written by :func:`train_generator` (any DDPMPipeline directory).
+
+    Raises:
+        SynthposError: the directory or its weights are missing.
+    """
+    path = resolve_generator_dir(path)
+    unet_dir, sched_dir = path / "unet", path / "scheduler"
+    if not path.is_dir():
+        raise SynthposError(
+            f"generator directory {path} does not exist; train one with `synthpos train-generator --config FILE` "
+            "or set generate.generator to a DDPMPipeline folder (or builtin:fashion_mnist)"
+        )
+    weights = list(unet_dir.glob("diffusion_pytorch_model.*")) if unet_dir.is_dir() else []
+    if not (unet_dir / "config.json").is_file() or not weights or not (sched_dir / "scheduler_config.json").is_file():
+        raise SynthposError(
+            f"generator directory {path} is incomplete: expected unet/config.json, unet/diffusion_pytorch_model.safetensors "
+            "and scheduler/scheduler_config.json (the layout DDPMPipeline.save_pretrained writes)"
+        )
+    unet = UNet2DModel.from_pretrained(unet_dir)
+    scheduler = DDPMScheduler.from_pretrained(sched_dir)
+    unet.eval().requires_grad_(False)
+    return unet, scheduler
+
+
+def images_to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, C) -> float (B, C, H, W) in [-1, 1]."""
+    return images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def model_range_to_images(x: torch.Tensor) -> torch.Tensor:
+    """float (B, C, H, W) in [-1, 1] -> uint8 (B, H, W, C)."""
+    return x.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p.detach(), 1.0 - decay)
+        for e, b in zip(ema.buffers(), model.buffers()):
+            e.copy_(b)
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_pipeline(unet: UNet2DModel, scheduler: DDPMScheduler, path: Path) -> None:
+    """Write a DDPMPipeline directory atomically (to a temporary name, then renamed)."""
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    unet = copy.deepcopy(unet).float().to(memory_format=torch.contiguous_format).cpu()
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp)
+    old = path.with_name(path.name + f".old-{os.getpid()}")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def train_generator(
+    images: np.ndarray,
+    config: TrainGeneratorConfig,
+    output_dir: Path,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    show_progress: bool = True,
+) -> Path:
+    """Train a DDPM on ``images`` and write it to ``output_dir/model``.
+
+    Resumes from ``output_dir/checkpoint.pt`` when it exists. A checkpoint (model,
+    EMA, optimiser, step) is written atomically every ``checkpoint_every`` steps, on
+    ``max_minutes`` and on Ctrl-C, so an interrupted run loses at most that many steps.
+
+    Args:
+        images: uint8 training images. Shape: (N, H, W, C), H == W.
+        config: the stage's settings.
+        output_dir: where ``checkpoint.pt``, ``model/`` and ``COMPLETE`` go.
+
+    Returns:
+        The path of the saved DDPMPipeline directory.
+    """
+    n, h, w, c = images.shape
+    if h != w:
+        raise SynthposError(f"the generator needs square images, got {h}x{w}; set data.image_size")
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = output_dir / "checkpoint.pt"
+    model_dir = output_dir / "model"
+
+    torch.manual_seed(seed)
+    unet = build_unet(config.unet, h, c).to(device)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    unet = unet.to(memory_format=memory_format)
+    ema = copy.deepcopy(unet).eval().requires_grad_(False)
+    scheduler = build_noise_scheduler(config)
+    optimizer = torch.optim.Adam(unet.parameters(), lr=config.learning_rate)
+    step = 0
+    rng = np.random.default_rng(seed)
+    if ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        unet.load_state_dict(state["unet"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = state["step"]
+        rng = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+    (output_dir / "train_config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2))
+
+    data = torch.from_numpy(images)  # stays uint8 in memory; converted per batch
+    alphas = scheduler.alphas_cumprod.to(device)
+    start = time.monotonic()
+
+    def checkpoint() -> None:
+        _save_atomic(
+            {
+                "unet": unet.state_dict(),
+                "ema": ema.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "numpy_rng": rng,
+                "torch_rng": torch.get_rng_state(),
+            },
+            ckpt_path,
+        )
+        save_pipeline(ema, scheduler, model_dir)
+
+    unet.train()
+    losses: list[float] = []
+    with progress_bar("train generator", total=config.max_steps, completed=step, enabled=show_progress) as bar:
+        try:
+            while step < config.max_steps:
+                idx = rng.integers(0, n, size=config.batch_size)
+                x0 = images_to_model_range(data[idx]).to(device)
+                if config.hflip:
+                    flip = torch.rand(x0.shape[0], device=device) < 0.5
+                    x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+                x0 = x0.contiguous(memory_format=memory_format)
+                noise = torch.randn_like(x0)
+                t = torch.randint(0, config.num_train_timesteps, (x0.shape[0],), device=device)
+                a = alphas[t].view(-1, 1, 1, 1)
+                xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+                lr = config.learning_rate * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else config.learning_rate
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with autocast(device, config.precision):
+                    pred = unet(xt, t).sample
+                loss = F.mse_loss(pred.float(), noise)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
+                optimizer.step()
+                # Short CPU runs cannot wait out a 0.9999 EMA; the warm-up (1+s)/(10+s)
+                # lets the average follow the model early and reach `ema_decay` later.
+                decay = min(config.ema_decay, (1 + step) / (10 + step))
+                _ema_update(ema, unet, decay)
+                step += 1
+                losses.append(loss.item())
+                bar.update(1, info=f"loss {np.mean(losses[-100:]):.4f}")
+                out_of_time = config.max_minutes is not None and time.monotonic() - start > 60 * config.max_minutes
+                if step % config.checkpoint_every == 0 or step == config.max_steps or out_of_time:
+                    checkpoint()
+                    with open(output_dir / "loss.log", "a") as fh:
+                        fh.write(f"{step}\t{np.mean(losses[-config.checkpoint_every:]):.5f}\n")
+                if out_of_time:
+                    break
+        except KeyboardInterrupt:
+            checkpoint()
+            raise
+    if not model_dir.exists():
+        checkpoint()
+    (output_dir / "COMPLETE").write_text(json.dumps({"step": step}))
+    return model_dir
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+
+def train_generator_stage(config: RunConfig, show_progress: bool = True) -> Path:
+    """Stage 1 from a run config: the run's training split -> ``<run_dir>/generator``."""
+    from synthpos.data import load_dataset
+
+    dataset = load_dataset(config.data, "train")
+    return train_generator(dataset.images, config.train_generator, config.generator_dir, config.seed, show_progress=show_progress)

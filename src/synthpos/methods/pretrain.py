@@ -1,0 +1,141 @@
+"""Stage 3: pretraining with Lightning, with or without synthetic positives."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, Dataset
+
+from synthpos.config import PretrainConfig, RunConfig, dump_config
+from synthpos.data import BatchAugment, ImageDataset, load_dataset
+from synthpos.data.synthetic_store import SyntheticStore
+from synthpos.evaluation.monitor import KNNMonitor
+from synthpos.methods.simclr import SimCLR
+from synthpos.models.backbones import build_backbone, save_backbone
+from synthpos.precision import resolve_precision
+
+
+class PretrainBatches(Dataset):
+    """Anchor indices -> one batch dict, fetched whole (``__getitems__``), not item by item.
+
+    Fetching a batch is one fancy-index into the in-memory images (and one read per
+    store shard), so a small model's step never waits for per-image Python work, and
+    no worker processes are needed to steal the cores the model needs.
+    """
+
+    def __init__(self, dataset: ImageDataset, store: SyntheticStore | None = None, seed: int = 0) -> None:
+        self.dataset, self.store = dataset, store
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        idx = np.asarray(indices, dtype=np.int64)
+        images, labels = self.dataset.batch(idx)
+        batch = {"indices": torch.from_numpy(idx), "images": images, "labels": labels}
+        if self.store is not None:
+            # One candidate per anchor, drawn uniformly and anew every time the anchor is seen.
+            choice = self.rng.integers(0, self.store.candidates, size=len(idx))
+            batch["synthetic"] = torch.from_numpy(self.store.get(idx, choice)).permute(0, 3, 1, 2).contiguous()
+        return batch
+
+
+def _first(batch):
+    return batch
+
+
+def build_method(cfg: PretrainConfig, dataset: ImageDataset) -> SimCLR:
+    augment = BatchAugment(
+        crop_size=cfg.augment.crop_size, crop_scale=tuple(cfg.augment.crop_scale), jitter_prob=cfg.augment.jitter_prob,
+        brightness=cfg.augment.brightness, contrast=cfg.augment.contrast, saturation=cfg.augment.saturation,
+        hue=cfg.augment.hue, grayscale_prob=cfg.augment.grayscale_prob, hflip_prob=cfg.augment.hflip_prob,
+        mean=dataset.mean, std=dataset.std,
+    )
+    backbone = build_backbone(cfg.backbone, dataset.channels)
+    return SimCLR(
+        backbone, augment, cfg.optimizer, cfg.projector_hidden_dim, cfg.projector_out_dim, cfg.temperature,
+        synthetic_weight=cfg.synthetic.weight if cfg.synthetic.mode == "clsp" else None,
+        channels_last=cfg.channels_last,
+    )
+
+
+def pretrain(
+    cfg: PretrainConfig,
+    dataset: ImageDataset,
+    output_dir: Path,
+    store: SyntheticStore | None = None,
+    monitor_data: ImageDataset | None = None,
+    seed: int = 0,
+    show_progress: bool = True,
+    strategy: str = "auto",
+) -> Path:
+    """Pretrain on ``dataset`` and export the backbone to ``output_dir/backbone.pt``.
+
+    Resumes from ``output_dir/checkpoints/last.ckpt`` when it exists.
+    """
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    L.seed_everything(seed, workers=True, verbose=False)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = cfg.accelerator if cfg.accelerator != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
+    precision = resolve_precision(cfg.precision, torch.device("cuda" if accelerator == "gpu" else "cpu"))
+    method = build_method(cfg, dataset)
+    devices = cfg.devices
+    n_devices = (torch.cuda.device_count() if accelerator == "gpu" else 1) if devices == "auto" else devices
+    world = n_devices * cfg.num_nodes
+    if cfg.batch_size % world:
+        raise ValueError(f"pretrain.batch_size={cfg.batch_size} must divide evenly over {world} devices")
+    loader = DataLoader(
+        PretrainBatches(dataset, store, seed), batch_size=cfg.batch_size // world, shuffle=True, drop_last=True,
+        collate_fn=_first, num_workers=0,
+    )
+    if len(loader) == 0:
+        raise ValueError(f"pretrain.batch_size={cfg.batch_size} is larger than the dataset ({len(dataset)} images)")
+    callbacks: list[L.Callback] = [ModelCheckpoint(dirpath=output_dir / "checkpoints", save_last=True, save_top_k=0)]
+    if cfg.knn_every_epochs and monitor_data is not None and dataset.labels is not None:
+        bank = dataset.take(min(len(dataset), 10 * cfg.knn_subset))
+        test = monitor_data.take(min(len(monitor_data), cfg.knn_subset))
+        callbacks.append(KNNMonitor(bank.images, bank.labels, test.images, test.labels, dataset.num_classes,
+                                    cfg.augment.crop_size, dataset.mean, dataset.std, cfg.knn_every_epochs))
+    if strategy == "auto" and world > 1:
+        strategy = "ddp"
+    trainer = L.Trainer(
+        accelerator=accelerator, devices=devices, num_nodes=cfg.num_nodes, strategy=strategy,
+        precision="bf16-mixed" if precision == "bf16" else "32-true",
+        max_epochs=cfg.epochs, max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
+        sync_batchnorm=cfg.sync_batchnorm, default_root_dir=output_dir, logger=CSVLogger(output_dir, name="logs"),
+        callbacks=callbacks, enable_progress_bar=show_progress, enable_model_summary=False,
+        log_every_n_steps=10, num_sanity_val_steps=0, use_distributed_sampler=True,
+    )
+    last = output_dir / "checkpoints" / "last.ckpt"
+    trainer.fit(method, train_dataloaders=loader, ckpt_path=last if last.is_file() else None)
+    path = output_dir / "backbone.pt"
+    if trainer.is_global_zero:
+        save_backbone(method.backbone.to(memory_format=torch.contiguous_format), cfg.backbone, dataset.channels, path)
+        history = next((c.history for c in callbacks if isinstance(c, KNNMonitor)), [])
+        (output_dir / "summary.json").write_text(json.dumps({
+            "epochs": trainer.current_epoch, "steps": trainer.global_step, "knn_history": history,
+        }, indent=2))
+    return path
+
+
+def pretrain_stage(config: RunConfig, show_progress: bool = True) -> Path:
+    """Stage 3 from a run config."""
+    cfg = config.pretrain
+    dataset = load_dataset(config.data, "train")
+    store = None
+    if cfg.synthetic.mode != "none":
+        store = SyntheticStore.open(config.store_dir, dataset.name, dataset.split, dataset.images)
+    monitor = load_dataset(config.data.model_copy(update={"subset": None}), "test") if cfg.knn_every_epochs else None
+    dump_config(config, config.pretrain_dir / "config.yaml")
+    return pretrain(cfg, dataset, config.pretrain_dir, store, monitor, config.seed, show_progress)

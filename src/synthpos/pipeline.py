@@ -1,0 +1,61 @@
+"""`synthpos run`: the four stages chained, skipping what is already done."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from rich.console import Console
+
+from synthpos.config import RunConfig
+from synthpos.data.synthetic_store import SyntheticStore
+
+console = Console(stderr=True)
+
+
+def stage_done(config: RunConfig, stage: str) -> str | None:
+    """Why ``stage`` can be skipped, or None if it must run."""
+    if stage == "train-generator":
+        if config.pretrain.synthetic.mode == "none":
+            return "no synthetic positives in this run"
+        if config.generate.generator is not None:
+            return f"using generator {config.generate.generator}"
+        if (config.generator_dir / "COMPLETE").is_file():
+            return f"generator already trained in {config.generator_dir}"
+    elif stage == "generate":
+        if config.pretrain.synthetic.mode == "none":
+            return "no synthetic positives in this run"
+        if (config.store_dir / "manifest.json").is_file() and SyntheticStore.open(config.store_dir, require_complete=False).complete:
+            return f"store {config.store_dir} is complete"
+    elif stage == "pretrain":
+        if config.backbone_path.is_file():
+            return f"backbone {config.backbone_path} exists"
+    elif stage == "evaluate":
+        if (config.evaluate_dir / "metrics.json").is_file():
+            return f"metrics {config.evaluate_dir / 'metrics.json'} exist"
+    return None
+
+
+def run_pipeline(config: RunConfig, show_progress: bool = True) -> dict:
+    """Run every stage that is not done yet; return the evaluation metrics."""
+    from synthpos.evaluation.evaluate import evaluate_stage
+    from synthpos.generators.diffusion import train_generator_stage
+    from synthpos.generators.generate import generate_stage
+    from synthpos.methods.pretrain import pretrain_stage
+
+    stages: list[tuple[str, Callable]] = [
+        ("train-generator", train_generator_stage),
+        ("generate", generate_stage),
+        ("pretrain", pretrain_stage),
+        ("evaluate", evaluate_stage),
+    ]
+    result = None
+    for name, fn in stages:
+        reason = stage_done(config, name)
+        if reason:
+            console.print(f"[dim]skip {name}: {reason}[/dim]")
+            continue
+        console.print(f"[bold]{name}[/bold]")
+        result = fn(config, show_progress=show_progress)
+    import json
+
+    return json.loads((config.evaluate_dir / "metrics.json").read_text()) if result is None else result

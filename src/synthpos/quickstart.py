@@ -1,0 +1,143 @@
+"""`synthpos quickstart`: the whole CLSP idea on Fashion-MNIST, at CPU scale.
+
+Generates synthetic positives with a DDPM (the one shipped with synthpos, or one
+trained from scratch), measures their fidelity, pretrains SimCLR and CLSP-SimCLR
+with the same budget, and prints kNN and linear top-1 beside raw pixels and a
+randomly initialised encoder. Every step keeps its outputs under the run directory
+and is skipped when run again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from synthpos.config import RunConfig, load_config
+from synthpos.data import load_dataset
+from synthpos.data.synthetic_store import SyntheticStore
+from synthpos.evaluation.evaluate import evaluate_backbone, score_features
+from synthpos.evaluation.fidelity import store_fidelity, train_classifier
+from synthpos.generators.diffusion import train_generator_stage
+from synthpos.generators.generate import generate_stage
+from synthpos.methods.pretrain import pretrain_stage
+from synthpos.models.backbones import build_backbone, load_backbone, save_backbone
+from synthpos.report.grid import positives_grid
+
+console = Console()
+
+
+def quickstart_recipe() -> Path:
+    return Path(str(resources.files("synthpos") / "recipes" / "quickstart.yaml"))
+
+
+def _timed(timings: dict, name: str, fn, *args, **kwargs):
+    start = time.monotonic()
+    out = fn(*args, **kwargs)
+    timings[name] = round(time.monotonic() - start, 1)
+    return out
+
+
+def run_quickstart(run_dir: Path, train_generator: bool = False, overrides: list[str] | None = None,
+                   show_progress: bool = True) -> dict:
+    start = time.monotonic()
+    overrides = [f"run_dir={run_dir}"] + (["generate.generator=null"] if train_generator else []) + list(overrides or [])
+    config = load_config(quickstart_recipe(), overrides)
+    timings: dict[str, float] = {}
+    train = load_dataset(config.data, "train")
+    test = load_dataset(config.data.model_copy(update={"subset": None}), "test")
+
+    # 1. the generator
+    if config.generate.generator is None:
+        console.print("[bold]1/5[/bold] training a DDPM from scratch (--train-generator)")
+        if not (config.generator_dir / "COMPLETE").is_file():
+            _timed(timings, "train_generator_s", train_generator_stage, config, show_progress)
+    else:
+        console.print(f"[bold]1/5[/bold] generator: {config.generate.generator} (shipped with synthpos, trained by this "
+                      "project: see docs/generator.md; --train-generator trains one from scratch)")
+
+    # 2. synthetic positives
+    console.print(f"[bold]2/5[/bold] generating {config.generate.candidates} synthetic positives for each of "
+                  f"{len(train)} images ({config.generate.num_steps} DDIM steps, w={config.generate.interpolation_weight})")
+    store = _timed(timings, "generate_s", generate_stage, config, show_progress)
+    positives_grid(train, store, config.run_dir / "positives.png", rows=10)
+
+    # 3. fidelity of the positives
+    console.print("[bold]3/5[/bold] fidelity: a classifier trained on real images labels the synthetic positives")
+    full_train = load_dataset(config.data.model_copy(update={"subset": None}), "train")
+    classifier = _timed(timings, "fidelity_s", train_classifier, full_train, config.fidelity, config.seed, show_progress)
+    from synthpos.evaluation.fidelity import predict
+
+    real_acc = float((predict(classifier, test.images, test.mean, test.std) == test.labels).mean())
+    fidelity = store_fidelity(classifier, store, train.labels, train.mean, train.std)
+
+    # 4. SimCLR and CLSP-SimCLR, same budget
+    runs = {}
+    for name, mode in (("SimCLR", "none"), ("CLSP-SimCLR", "clsp")):
+        sub = config.model_copy(deep=True)
+        sub.pretrain.synthetic.mode = mode
+        sub.pretrain.output_dir = config.run_dir / ("simclr" if mode == "none" else "clsp_simclr")
+        console.print(f"[bold]4/5[/bold] pretraining {name} ({sub.pretrain.epochs} epochs on {len(train)} images)")
+        if not (sub.pretrain_dir / "backbone.pt").is_file():
+            _timed(timings, f"pretrain_{name}_s", pretrain_stage, sub, show_progress)
+        runs[name] = sub.pretrain_dir / "backbone.pt"
+
+    # 5. evaluation
+    console.print("[bold]5/5[/bold] evaluating frozen features (kNN k=200, linear probe)")
+    size = config.pretrain.augment.crop_size
+    eval_start = time.monotonic()
+    rows = {"raw pixels": _pixel_scores(config)}
+    torch.manual_seed(config.seed)
+    random_path = config.run_dir / "random_init" / "backbone.pt"
+    if not random_path.is_file():
+        save_backbone(build_backbone(config.pretrain.backbone, train.channels), config.pretrain.backbone, train.channels, random_path)
+    for name, path in (("random init", random_path), *runs.items()):
+        rows[name] = evaluate_backbone(load_backbone(path), config.data, config.evaluate, size,
+                                       config.evaluate_dir / "features", path, config.seed)
+    timings["evaluate_s"] = round(time.monotonic() - eval_start, 1)
+
+    results = {
+        "rows": rows,
+        "fidelity": fidelity,
+        "classifier_test_top1": real_acc,
+        "pretrain_images": len(train),
+        "timings": timings,
+        "wall_s": round(time.monotonic() - start, 1),
+        "generator": str(config.generate.generator or config.generator_model),
+    }
+    (config.run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    _print_table(config, results)
+    return results
+
+
+def _pixel_scores(config: RunConfig) -> dict[str, float]:
+    data = config.data.model_copy(update={"subset": None})
+    tr, te = load_dataset(data, "train"), load_dataset(data, "test")
+    if config.evaluate.max_train:
+        tr = tr.take(min(len(tr), config.evaluate.max_train))
+    flat = lambda ds: torch.from_numpy(ds.images.reshape(len(ds), -1).astype(np.float32) / 255.0)
+    return score_features(flat(tr), tr.labels, flat(te), te.labels, tr.num_classes, config.evaluate, config.seed)
+
+
+def _print_table(config: RunConfig, results: dict) -> None:
+    table = Table(title=f"Fashion-MNIST, {results['pretrain_images']} pretraining images, {config.pretrain.epochs} epochs, "
+                        f"{config.pretrain.backbone.name}")
+    table.add_column("encoder")
+    table.add_column("kNN top-1 (k=200)", justify="right")
+    table.add_column("linear top-1", justify="right")
+    for name, r in results["rows"].items():
+        table.add_row(name, f"{100 * r['knn_top1']:.2f}", f"{100 * r['linear_top1']:.2f}")
+    console.print(table)
+    f = results["fidelity"]
+    console.print(
+        f"fidelity of the synthetic positives: {100 * f['fidelity']:.1f}% of {f['anchors'] * f['candidates']} candidates "
+        f"get their anchor's label (the classifier scores {100 * results['classifier_test_top1']:.1f}% on real test images)"
+    )
+    console.print(f"anchors beside their positives: {config.run_dir / 'positives.png'}")
+    console.print(f"results: {config.run_dir / 'results.json'}   wall time: {results['wall_s'] / 60:.1f} min")

@@ -1,0 +1,1 @@
+"""Reports: image grids and result tables."""
