@@ -183,7 +183,7 @@ class FidelityConfig(_Strict):
     train_images: int = Field(60000, ge=1)
     epochs: int = Field(2, ge=1)
     batch_size: int = Field(256, ge=1)
-    lr: float = Field(3e-3, gt=0)
+    lr: float = Field(2e-3, gt=0)
     width: int = Field(32, ge=4)
 
 

@@ -1,0 +1,157 @@
+"""warmup_cosine against its closed form; LARS against a hand-written step; parameter groups."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from synthpos.methods.optim import LARS, parameter_groups, warmup_cosine
+
+TOTAL, WARMUP, BASE, START, MIN = 110, 10, 0.5, 1e-3, 0.01
+
+
+def _closed_form(step: int) -> float:
+    if step < WARMUP:
+        return START + (BASE - START) * step / WARMUP
+    t = (step - WARMUP) / (TOTAL - WARMUP)
+    return MIN + (BASE - MIN) * (1 + math.cos(math.pi * t)) / 2
+
+
+@pytest.mark.parametrize(
+    ("step", "expected"),
+    [
+        (0, START),  # start: the warm-up start value
+        (5, (START + BASE) / 2),  # mid-warm-up: halfway between start and peak
+        (WARMUP, BASE),  # end of warm-up: the peak
+        (WARMUP + (TOTAL - WARMUP) // 2, (BASE + MIN) / 2),  # middle of the cosine: halfway down
+        (TOTAL, MIN),  # end: the minimum
+    ],
+)
+def test_warmup_cosine_landmarks(step: int, expected: float) -> None:
+    assert warmup_cosine(step, TOTAL, WARMUP, BASE, START, MIN) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("step", [1, 3, 9, 11, 37, 84, 109])
+def test_warmup_cosine_closed_form(step: int) -> None:
+    assert warmup_cosine(step, TOTAL, WARMUP, BASE, START, MIN) == pytest.approx(_closed_form(step), rel=1e-12)
+
+
+def test_warmup_cosine_without_warmup_and_past_the_end() -> None:
+    assert warmup_cosine(0, 100, 0, 1.0, 0.0, 0.0) == pytest.approx(1.0)
+    assert warmup_cosine(25, 100, 0, 1.0, 0.0, 0.0) == pytest.approx((1 + math.cos(math.pi / 4)) / 2)
+    assert warmup_cosine(500, 100, 0, 1.0, 0.0, 0.2) == pytest.approx(0.2)  # held at the minimum
+
+
+def test_warmup_cosine_is_monotone() -> None:
+    lrs = [warmup_cosine(s, TOTAL, WARMUP, BASE, START, MIN) for s in range(TOTAL + 1)]
+    assert all(a < b for a, b in zip(lrs[:WARMUP], lrs[1 : WARMUP + 1]))
+    assert all(a >= b for a, b in zip(lrs[WARMUP:], lrs[WARMUP + 1 :]))
+
+
+# ----------------------------------------------------------------------------- LARS
+
+
+def _lars_reference(w, g, buf, lr, momentum, wd, eta, exclude):
+    """One LARS step written out: returns (new w, new momentum buffer)."""
+    if exclude:
+        update = g.clone()
+    else:
+        d = g + wd * w
+        trust = eta * w.norm() / d.norm()
+        update = trust * d
+    buf = update if buf is None else momentum * buf + update
+    return w - lr * buf, buf
+
+
+def _lars_setup(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    weight = nn.Parameter(torch.randn(4, 3, generator=g))
+    bias = nn.Parameter(torch.randn(4, generator=g))
+    return weight, bias, g
+
+
+def test_lars_two_steps_match_hand_computation() -> None:
+    lr, momentum, wd, eta = 0.3, 0.9, 1e-2, 0.02
+    weight, bias, g = _lars_setup()
+    opt = LARS(
+        [{"params": [weight], "weight_decay": wd}, {"params": [bias], "weight_decay": 0.0, "lars_exclude": True}],
+        lr=lr, momentum=momentum, weight_decay=wd, eta=eta,
+    )
+    w_ref, b_ref = weight.detach().clone(), bias.detach().clone()
+    w_buf = b_buf = None
+    for _ in range(2):
+        gw, gb = torch.randn(4, 3, generator=g), torch.randn(4, generator=g)
+        weight.grad, bias.grad = gw.clone(), gb.clone()
+        opt.step()
+        w_ref, w_buf = _lars_reference(w_ref, gw, w_buf, lr, momentum, wd, eta, exclude=False)
+        b_ref, b_buf = _lars_reference(b_ref, gb, b_buf, lr, momentum, wd, eta, exclude=True)
+        torch.testing.assert_close(weight.detach(), w_ref, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(bias.detach(), b_ref, rtol=1e-6, atol=1e-7)
+
+
+def test_lars_trust_ratio_scales_the_step() -> None:
+    # One step from a zero buffer moves w by exactly lr * eta * ||w|| along the unit (g + wd*w).
+    lr, wd, eta = 1.0, 0.1, 0.02
+    weight, _, g = _lars_setup(1)
+    w0 = weight.detach().clone()
+    grad = torch.randn(4, 3, generator=g) * 100  # a large gradient: LARS normalises it away
+    weight.grad = grad.clone()
+    LARS([weight], lr=lr, momentum=0.9, weight_decay=wd, eta=eta).step()
+    step = w0 - weight.detach()
+    assert step.norm().item() == pytest.approx(lr * eta * w0.norm().item(), rel=1e-5)
+    direction = grad + wd * w0
+    torch.testing.assert_close(step / step.norm(), direction / direction.norm(), rtol=1e-5, atol=1e-6)
+
+
+def test_lars_excluded_group_is_plain_sgd_without_decay() -> None:
+    lr, momentum = 0.1, 0.9
+    _, bias, g = _lars_setup(2)
+    opt = LARS([{"params": [bias], "weight_decay": 0.5, "lars_exclude": True}], lr=lr, momentum=momentum, weight_decay=0.5)
+    sgd_bias = nn.Parameter(bias.detach().clone())
+    sgd = torch.optim.SGD([sgd_bias], lr=lr, momentum=momentum, weight_decay=0.0)
+    for _ in range(3):
+        grad = torch.randn(4, generator=g)
+        bias.grad, sgd_bias.grad = grad.clone(), grad.clone()
+        opt.step(), sgd.step()
+        torch.testing.assert_close(bias.detach(), sgd_bias.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_lars_zero_weights_take_a_plain_step() -> None:
+    p = nn.Parameter(torch.zeros(3, 2))
+    p.grad = torch.ones(3, 2)
+    LARS([p], lr=0.1, momentum=0.0, weight_decay=0.0).step()
+    torch.testing.assert_close(p.detach(), torch.full((3, 2), -0.1))
+
+
+# ----------------------------------------------------------------------------- parameter groups
+
+
+def test_parameter_groups_put_biases_and_norms_in_no_decay() -> None:
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, bias=True), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2), nn.LayerNorm(2),
+    )
+    frozen = nn.Linear(2, 2)
+    frozen.requires_grad_(False)
+    model.append(frozen)
+    decay, no_decay = parameter_groups(model, 5e-4)
+    decay_ids = {id(p) for p in decay["params"]}
+    no_decay_ids = {id(p) for p in no_decay["params"]}
+    conv, bn, lin, ln = model[0], model[1], model[4], model[5]
+    assert decay_ids == {id(conv.weight), id(lin.weight)}
+    assert no_decay_ids == {id(conv.bias), id(bn.weight), id(bn.bias), id(lin.bias), id(ln.weight), id(ln.bias)}
+    assert decay["weight_decay"] == 5e-4 and not decay.get("lars_exclude", False)
+    assert no_decay["weight_decay"] == 0.0 and no_decay["lars_exclude"] is True
+
+
+def test_sgd_with_parameter_groups_does_not_decay_biases() -> None:
+    # With a zero gradient only weight decay moves a parameter.
+    model = nn.Linear(3, 2)
+    w0, b0 = model.weight.detach().clone(), model.bias.detach().clone()
+    opt = torch.optim.SGD(parameter_groups(model, 0.1), lr=1.0, momentum=0.0, weight_decay=0.1)
+    model.weight.grad, model.bias.grad = torch.zeros_like(w0), torch.zeros_like(b0)
+    opt.step()
+    torch.testing.assert_close(model.weight.detach(), w0 * 0.9)
+    torch.testing.assert_close(model.bias.detach(), b0)
