@@ -23,7 +23,7 @@ FMNIST = Path("/usr/share/datasets/fashion-mnist")
 needs_fmnist = pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").is_file(), reason="Fashion-MNIST not installed")
 
 
-def synthpos(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def synthpos(cwd: Path, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="120")
     env.pop("SYNTHPOS_DATA", None)
     return subprocess.run([str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -63,33 +63,47 @@ def test_help_of_every_command(tmp_path: Path, command: str | None) -> None:
     assert _tree(tmp_path) == set()
 
 
-def test_unknown_command_is_bad_input(tmp_path: Path) -> None:
-    assert_bad_input(synthpos(tmp_path, "pretrian"))
+def test_bare_command_shows_the_help(tmp_path: Path) -> None:
+    result = synthpos(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Usage" in result.stdout and "pretrain" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [(["pretrian"], "pretrian"), (["run", "--bogus"], "--bogus"), (["run", "--config"], "--config")],
+    ids=["unknown-command", "unknown-option", "option-without-value"],
+)
+def test_usage_errors_are_bad_input(tmp_path: Path, args: list[str], needle: str) -> None:
+    assert_bad_input(synthpos(tmp_path, *args), needle)
+    assert _tree(tmp_path) == set()
 
 
 # ----------------------------------------------------------------------------- config errors
+# `run` reads its config before it imports any stage, so these need no torch import.
 
 
 def test_missing_config_file(tmp_path: Path) -> None:
-    assert_bad_input(synthpos(tmp_path, "pretrain", "--config", "missing.yaml"), "missing.yaml")
+    assert_bad_input(synthpos(tmp_path, "run", "--config", "missing.yaml"), "missing.yaml")
     assert _tree(tmp_path) == set()
 
 
 def test_unknown_key_in_config_file(tmp_path: Path) -> None:
     (tmp_path / "cfg.yaml").write_text("run_dir: run\npretrain:\n  epohcs: 3\n")
-    assert_bad_input(synthpos(tmp_path, "pretrain", "--config", "cfg.yaml"), "pretrain.epohcs")
+    assert_bad_input(synthpos(tmp_path, "run", "--config", "cfg.yaml"), "pretrain.epohcs")
     assert _tree(tmp_path) == {"cfg.yaml"}
 
 
 def test_wrong_type_via_set(tmp_path: Path) -> None:
-    result = synthpos(tmp_path, "evaluate", "--set", "run_dir=run", "--set", "evaluate.knn_k=many")
+    result = synthpos(tmp_path, "run", "--set", "run_dir=run", "--set", "evaluate.knn_k=many")
     assert_bad_input(result, "evaluate.knn_k")
     assert not (tmp_path / "run").exists()
     assert _tree(tmp_path) == set()
 
 
 def test_set_without_equals(tmp_path: Path) -> None:
-    assert_bad_input(synthpos(tmp_path, "generate", "--set", "generate.candidates"), "generate.candidates")
+    assert_bad_input(synthpos(tmp_path, "run", "--set", "generate.candidates"), "generate.candidates")
     assert _tree(tmp_path) == set()
 
 
@@ -167,3 +181,4 @@ def test_pretrain_batch_larger_than_data_is_bad_input(tmp_path: Path) -> None:
     result = synthpos(tmp_path, "pretrain", "-q", "--set", "run_dir=run", "--set", "data.subset=8",
                       "--set", "pretrain.batch_size=16", "--set", "pretrain.backbone.name=convnet")
     assert_bad_input(result, "pretrain.batch_size")
+    assert not (tmp_path / "run").exists()

@@ -96,7 +96,22 @@ def quickstart(
     run_quickstart(run_dir, train_generator=train_generator, overrides=set or [], show_progress=not quiet)
 
 
+def _quiet_libraries() -> None:
+    """Keep the console to what synthpos says: no framework tips or deprecation chatter."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from local folders only
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*(does not have many workers|smaller than the logging interval|LeafSpec|low_cpu_mem_usage|accelerate).*")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "diffusers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main() -> None:
+    _quiet_libraries()
     try:
         app(standalone_mode=False)
     except SynthposError as err:
@@ -111,9 +126,26 @@ def main() -> None:
     except SystemExit:
         raise
     except Exception as err:  # click's usage errors arrive as ClickException subclasses
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
-            _say(f"error: {err.format_message()}")
+        usage_errors = _click_exception_types()
+        if isinstance(err, usage_errors):
+            if type(err).__name__ == "NoArgsIsHelpError":
+                # `synthpos` alone: the help, as with --help.
+                typer.echo(err.format_message())
+                sys.exit(0)
+            _say(f"error: {' '.join(err.format_message().split())}")
             sys.exit(2)
         raise
+
+
+def _click_exception_types() -> tuple[type[Exception], ...]:
+    """ClickException as typer raises it: recent typers vendor click as ``typer._click``,
+    whose exceptions are not ``click.ClickException``; older typers raise click's own."""
+    import importlib
+
+    types = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            types.append(importlib.import_module(module).ClickException)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(types)

@@ -335,3 +335,21 @@ def test_store_in_dataloader_workers(full_store, candidates) -> None:
     loader = torch.utils.data.DataLoader(Anchors(), batch_size=4, num_workers=1, multiprocessing_context="fork" if os.name == "posix" else None)
     got = torch.cat(list(loader)).numpy()
     np.testing.assert_array_equal(got, candidates)
+
+
+# ----------------------------------------------------------------------------- bad indices
+
+
+@pytest.mark.parametrize(
+    ("anchors", "cands"),
+    [([N], [0]), ([N + 2], [0]), ([4 * SHARD], [0]), ([-1], [0]), ([0], [K]), ([0], [-1]), ([3, N], [0, 0])],
+)
+def test_get_rejects_out_of_range_indices(full_store, anchors, cands) -> None:
+    # An IndexError, not a wrap-around and not a "shard missing, run generate" message.
+    with pytest.raises(IndexError):
+        full_store.get(np.array(anchors), np.array(cands))
+
+
+def test_get_needs_one_candidate_per_anchor(full_store) -> None:
+    with pytest.raises(ValueError):
+        full_store.get(np.array([0, 1, 2]), np.array([0]))

@@ -256,6 +256,14 @@ class SyntheticStore:
         """One chosen candidate per anchor. Shape: (B, H, W, C)."""
         anchors = np.asarray(anchors, dtype=np.int64)
         candidates = np.asarray(candidates, dtype=np.int64)
+        if anchors.shape != candidates.shape or anchors.ndim != 1:
+            raise ValueError(f"need one candidate index per anchor: anchors {anchors.shape}, candidates {candidates.shape}")
+        # Checked here: an anchor past the end would otherwise read as a missing shard, and
+        # a negative candidate would silently wrap around.
+        if len(anchors) and not (0 <= anchors.min() and anchors.max() < self.layout.num_anchors):
+            raise IndexError(f"anchor indices must be in 0..{self.layout.num_anchors - 1}, got {anchors.min()}..{anchors.max()}")
+        if len(candidates) and not (0 <= candidates.min() and candidates.max() < self.layout.candidates):
+            raise IndexError(f"candidate indices must be in 0..{self.layout.candidates - 1}, got {candidates.min()}..{candidates.max()}")
         out = np.empty((len(anchors), *self.layout.image_shape), dtype=np.uint8)
         shards, offsets = np.divmod(anchors, self.layout.shard_size)
         for shard in np.unique(shards):

@@ -98,7 +98,7 @@ def load_generator(path: Path) -> tuple[UNet2DModel, DDPMScheduler]:
             f"generator directory {path} is incomplete: expected unet/config.json, unet/diffusion_pytorch_model.safetensors "
             "and scheduler/scheduler_config.json (the layout DDPMPipeline.save_pretrained writes)"
         )
-    unet = UNet2DModel.from_pretrained(unet_dir)
+    unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False)
     scheduler = DDPMScheduler.from_pretrained(sched_dir)
     unet.eval().requires_grad_(False)
     return unet, scheduler

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from synthpos.config import PretrainConfig, RunConfig, dump_config
 from synthpos.data import BatchAugment, ImageDataset, load_dataset
 from synthpos.data.synthetic_store import SyntheticStore
+from synthpos.errors import SynthposError
 from synthpos.evaluation.monitor import KNNMonitor
 from synthpos.methods.simclr import SimCLR
 from synthpos.models.backbones import build_backbone, save_backbone
@@ -69,6 +70,28 @@ def build_method(cfg: PretrainConfig, dataset: ImageDataset) -> SimCLR:
     )
 
 
+def check_batch_size(cfg: PretrainConfig, num_images: int) -> tuple[str, int]:
+    """The accelerator and the number of processes; the global batch must split evenly over them
+    and fit in the data (``drop_last``: a smaller set would give no step at all).
+
+    Raises:
+        SynthposError: the batch does not divide over the devices or is larger than the data.
+    """
+    accelerator = cfg.accelerator if cfg.accelerator != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
+    n_devices = (torch.cuda.device_count() if accelerator == "gpu" else 1) if cfg.devices == "auto" else cfg.devices
+    world = max(1, n_devices) * cfg.num_nodes
+    if cfg.batch_size % world:
+        raise SynthposError(
+            f"pretrain.batch_size={cfg.batch_size} must divide evenly over {world} devices; set it to a multiple of {world}"
+        )
+    if cfg.batch_size > num_images:
+        raise SynthposError(
+            f"pretrain.batch_size={cfg.batch_size} is larger than the dataset ({num_images} images); "
+            "lower pretrain.batch_size or use more data (data.subset)"
+        )
+    return accelerator, world
+
+
 def pretrain(
     cfg: PretrainConfig,
     dataset: ImageDataset,
@@ -83,24 +106,18 @@ def pretrain(
 
     Resumes from ``output_dir/checkpoints/last.ckpt`` when it exists.
     """
+    accelerator, world = check_batch_size(cfg, len(dataset))
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     L.seed_everything(seed, workers=True, verbose=False)
     output_dir.mkdir(parents=True, exist_ok=True)
-    accelerator = cfg.accelerator if cfg.accelerator != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
     precision = resolve_precision(cfg.precision, torch.device("cuda" if accelerator == "gpu" else "cpu"))
     method = build_method(cfg, dataset)
     devices = cfg.devices
-    n_devices = (torch.cuda.device_count() if accelerator == "gpu" else 1) if devices == "auto" else devices
-    world = n_devices * cfg.num_nodes
-    if cfg.batch_size % world:
-        raise ValueError(f"pretrain.batch_size={cfg.batch_size} must divide evenly over {world} devices")
     loader = DataLoader(
         PretrainBatches(dataset, store, seed), batch_size=cfg.batch_size // world, shuffle=True, drop_last=True,
         collate_fn=_first, num_workers=0,
     )
-    if len(loader) == 0:
-        raise ValueError(f"pretrain.batch_size={cfg.batch_size} is larger than the dataset ({len(dataset)} images)")
     callbacks: list[L.Callback] = [ModelCheckpoint(dirpath=output_dir / "checkpoints", save_last=True, save_top_k=0)]
     if cfg.knn_every_epochs and monitor_data is not None and dataset.labels is not None:
         bank = dataset.take(min(len(dataset), 10 * cfg.knn_subset))
@@ -136,6 +153,7 @@ def pretrain_stage(config: RunConfig, show_progress: bool = True) -> Path:
     store = None
     if cfg.synthetic.mode != "none":
         store = SyntheticStore.open(config.store_dir, dataset.name, dataset.split, dataset.images)
+    check_batch_size(cfg, len(dataset))  # before anything is written
     monitor = load_dataset(config.data.model_copy(update={"subset": None}), "test") if cfg.knn_every_epochs else None
     dump_config(config, config.pretrain_dir / "config.yaml")
     return pretrain(cfg, dataset, config.pretrain_dir, store, monitor, config.seed, show_progress)

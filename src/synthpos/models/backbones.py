@@ -10,6 +10,7 @@ so ``torchvision.models.resnet18()`` with the same two changes loads it as it is
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -127,7 +128,16 @@ def load_backbone(path: Path) -> nn.Module:
     spec = json.loads(spec_path.read_text())
     backbone = build_backbone(BackboneConfig(**spec["backbone"]), spec["in_channels"])
     try:
-        backbone.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as err:
+        # A truncated or foreign file: torch raises OSError for a broken zip, RuntimeError or
+        # UnpicklingError for other damage.
+        raise SynthposError(
+            f"backbone {path} cannot be read ({err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else 'corrupt file'}); "
+            "it is truncated or not a synthpos backbone: pretrain again or point evaluate.checkpoint at another file"
+        ) from err
+    try:
+        backbone.load_state_dict(state)
     except (RuntimeError, EOFError, ValueError) as err:
         raise SynthposError(f"backbone {path} does not fit the architecture in {spec_path.name}: {str(err).splitlines()[0]}") from err
     return backbone
