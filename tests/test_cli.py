@@ -129,9 +129,9 @@ def test_evaluate_without_backbone(tmp_path: Path) -> None:
 
 @needs_fmnist
 def test_generate_without_generator(tmp_path: Path) -> None:
-    result = synthpos(tmp_path, "generate", "-q", "--set", "run_dir=run", "--set", "data.subset=8",
-                      "--set", "generate.generator=gen/missing")
-    assert_bad_input(result, "gen/missing")
+    # The default generator, <run_dir>/generator/model, was never trained.
+    result = synthpos(tmp_path, "generate", "-q", "--set", "run_dir=run", "--set", "data.subset=8")
+    assert_bad_input(result, "run/generator/model", "train-generator")
     assert not (tmp_path / "run").exists()
     assert _tree(tmp_path) == set()
 

@@ -26,10 +26,11 @@ from synthpos.progress import progress_bar
 
 
 def generator_id(generator_dir: Path) -> str:
-    """SHA-256 of the UNet weights: the store records which generator made it."""
+    """SHA-256 of the UNet weights and the noise schedule: the store records which generator made it."""
     digest = hashlib.sha256()
     for path in sorted((generator_dir / "unet").glob("diffusion_pytorch_model.*")):
         digest.update(path.read_bytes())
+    digest.update((generator_dir / "scheduler" / "scheduler_config.json").read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -116,7 +117,7 @@ def generate_store(
         shard_size=settings.shard_size,
         generator={
             "kind": "clsp_ddim_interpolation",
-            "unet_sha256": generator_id(generator_dir),
+            "generator_sha256": generator_id(generator_dir),
             "num_steps": settings.num_steps,
             "eta": settings.eta,
             "interpolation_weight": settings.interpolation_weight,

@@ -11,8 +11,9 @@ from torch import nn
 class LARS(torch.optim.Optimizer):
     """SGD with momentum and layer-wise adaptive rate scaling (You et al., 2017).
 
-    Each parameter's update is scaled by the trust ratio
-    ``eta * ||w|| / (||g|| + weight_decay * ||w||)``. Parameters in groups with
+    Each parameter's update ``d = g + weight_decay * w`` is scaled by the trust ratio
+    ``eta * ||w|| / ||d||`` (as in SimCLR's LARS; 1 where either norm is 0), then
+    accumulated in the momentum buffer. Parameters in groups with
     ``lars_exclude=True`` (biases and normalisation layers, as in SimCLR) get plain
     SGD and no weight decay.
     """

@@ -132,7 +132,8 @@ def pretrain(
         max_epochs=cfg.epochs, max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
         sync_batchnorm=cfg.sync_batchnorm, default_root_dir=output_dir, logger=CSVLogger(output_dir, name="logs"),
         callbacks=callbacks, enable_progress_bar=show_progress, enable_model_summary=False,
-        log_every_n_steps=10, num_sanity_val_steps=0, use_distributed_sampler=True,
+        # At most once per epoch: with the fixed 10, a run of fewer steps logged no loss at all.
+        log_every_n_steps=max(1, min(10, len(loader) // world)), num_sanity_val_steps=0, use_distributed_sampler=True,
     )
     last = output_dir / "checkpoints" / "last.ckpt"
     trainer.fit(method, train_dataloaders=loader, ckpt_path=last if last.is_file() else None)
