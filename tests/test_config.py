@@ -213,7 +213,9 @@ def test_derived_paths_follow_explicit_settings() -> None:
     assert cfg.store_dir == Path("/s/gen")  # pretraining reads the store generation wrote
     assert cfg.pretrain_dir == Path("/p/out")
     assert cfg.backbone_path == Path("/p/out/backbone.pt")
-    # pretrain.store, when set, wins over generate.store; evaluate.checkpoint over the pretrain dir.
-    cfg = load_config(None, ["generate.store=/s/gen", "pretrain.store=/s/pre", "evaluate.checkpoint=/c/b.pt"])
+    # One store path for both stages: pretrain.store alone serves generation too; two different ones are an error.
+    cfg = load_config(None, ["pretrain.store=/s/pre", "evaluate.checkpoint=/c/b.pt"])
     assert cfg.store_dir == Path("/s/pre")
     assert cfg.backbone_path == Path("/c/b.pt")
+    with pytest.raises(SynthposError, match="generate.store and pretrain.store differ"):
+        load_config(None, ["generate.store=/s/gen", "pretrain.store=/s/pre"])

@@ -34,9 +34,8 @@ def _say(message: str) -> None:
 @app.command("train-generator")
 def train_generator(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Stage 1: train the unconditional DDPM on the run's training split."""
-    from synthpos.generators.diffusion import train_generator_stage
-
     cfg = _load(config, set)
+    from synthpos.generators.diffusion import train_generator_stage
     path = train_generator_stage(cfg, show_progress=not quiet)
     _say(f"generator written to {path}")
 
@@ -44,9 +43,8 @@ def train_generator(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOp
 @app.command()
 def generate(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Stage 2: CLSP synthetic positives into the store (resumes where it stopped)."""
-    from synthpos.generators.generate import generate_stage
-
     cfg = _load(config, set)
+    from synthpos.generators.generate import generate_stage
     store = generate_stage(cfg, show_progress=not quiet)
     _say(f"store written to {store.path} ({len(store)} anchors x {store.candidates} candidates)")
 
@@ -54,9 +52,8 @@ def generate(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = Fal
 @app.command()
 def pretrain(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Stage 3: self-supervised pretraining (resumes from the last checkpoint)."""
-    from synthpos.methods.pretrain import pretrain_stage
-
     cfg = _load(config, set)
+    from synthpos.methods.pretrain import pretrain_stage
     path = pretrain_stage(cfg, show_progress=not quiet)
     _say(f"backbone written to {path}")
 
@@ -64,9 +61,8 @@ def pretrain(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = Fal
 @app.command()
 def evaluate(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Stage 4: kNN and linear probe on frozen features; writes metrics.json."""
-    from synthpos.evaluation.evaluate import evaluate_stage
-
     cfg = _load(config, set)
+    from synthpos.evaluation.evaluate import evaluate_stage
     metrics = evaluate_stage(cfg, show_progress=not quiet)
     typer.echo(json.dumps(metrics["results"], indent=2))
     _say(f"metrics written to {cfg.evaluate_dir / 'metrics.json'}")
@@ -75,9 +71,8 @@ def evaluate(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = Fal
 @app.command()
 def run(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = False) -> None:
     """All four stages from one config, skipping those already done."""
-    from synthpos.pipeline import run_pipeline
-
     cfg = _load(config, set)
+    from synthpos.pipeline import run_pipeline
     metrics = run_pipeline(cfg, show_progress=not quiet)
     typer.echo(json.dumps(metrics["results"], indent=2))
     _say(f"run directory: {cfg.run_dir}")

@@ -201,6 +201,8 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_stages(self) -> RunConfig:
+        if self.generate.store and self.pretrain.store and self.generate.store != self.pretrain.store:
+            raise ValueError("generate.store and pretrain.store differ; set one of them (both stages use it)")
         if self.pretrain.synthetic.mode != "none" and self.pretrain.method not in ("simclr",):
             raise ValueError(f"synthetic.mode={self.pretrain.synthetic.mode} is not available for {self.pretrain.method}")
         return self
@@ -216,7 +218,8 @@ class RunConfig(_Strict):
 
     @property
     def store_dir(self) -> Path:
-        return self.pretrain.store or self.generate.store or self.run_dir / "store"
+        """Where generation writes and pretraining reads (one path for both stages)."""
+        return self.generate.store or self.pretrain.store or self.run_dir / "store"
 
     @property
     def pretrain_dir(self) -> Path:

@@ -110,12 +110,19 @@ def test_missing_data_names_every_place(tmp_path: Path, monkeypatch: pytest.Monk
     empty = tmp_path / "nothing-here"
     empty.mkdir()
     monkeypatch.setattr("synthpos.data.datasets.SYSTEM_ROOTS", {"fashion_mnist": tmp_path / "no-system"})
+    monkeypatch.delenv("SYNTHPOS_DATA", raising=False)
     with pytest.raises(SynthposError) as err:
-        find_data_root("fashion_mnist", empty)
+        find_data_root("fashion_mnist", None)
     message = str(err.value)
     assert "\n" not in message
-    assert str(empty) in message and "$SYNTHPOS_DATA (unset)" in message and str(tmp_path / "no-system") in message
+    assert "data.root (unset)" in message and "$SYNTHPOS_DATA (unset)" in message and str(tmp_path / "no-system") in message
     assert "apt-get install dataset-fashion-mnist" in message and "data.root" in message
+
+    # A folder the user names is the only place looked at, even when the data exists elsewhere.
+    _fake_fashion_mnist(tmp_path / "no-system")
+    with pytest.raises(SynthposError) as err:
+        find_data_root("fashion_mnist", empty)
+    assert f"data.root={empty}" in str(err.value) and "SYNTHPOS_DATA" not in str(err.value)
 
     env = tmp_path / "env"
     monkeypatch.setenv("SYNTHPOS_DATA", str(env))

@@ -144,5 +144,5 @@ def generate_stage(config: RunConfig, show_progress: bool = True) -> SyntheticSt
         raise SynthposError(f"generate.num_anchors={count} but the training split has {len(dataset)} images")
     return generate_store(
         dataset.images[:count], dataset.name, dataset.split, config.generator_model,
-        config.generate.store or config.run_dir / "store", config.generate, config.seed, show_progress=show_progress,
+        config.store_dir, config.generate, config.seed, show_progress=show_progress,
     )
