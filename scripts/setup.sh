@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# pip on some machines warns about every missing local index folder; keep the rest of its output.
+pip_install() { .venv/bin/python -m pip install -q "$@" 2> >(grep -v "WARNING: Location '" >&2); }
+
 extras=""
 [ "${1:-}" = "--test" ] && extras="[test]"
 
@@ -22,11 +25,11 @@ fi
 # torch and torchvision first, pinned, so that no other package pulls another build.
 if ! .venv/bin/python -c 'import torch, torchvision; assert torch.__version__.startswith("2.14.1")' 2>/dev/null; then
   echo "== installing torch 2.14.1 and torchvision 0.29.1"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+  pip_install --upgrade pip
+  pip_install torch==2.14.1 torchvision==0.29.1
 fi
 echo "== installing synthpos${extras}"
-.venv/bin/python -m pip install -q -e ".${extras}"
+pip_install -e ".${extras}"
 
 data=/usr/share/datasets/fashion-mnist
 if [ -n "${SYNTHPOS_DATA:-}" ] && ls "$SYNTHPOS_DATA"/train-images-idx3-ubyte* >/dev/null 2>&1; then

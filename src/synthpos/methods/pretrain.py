@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -109,6 +110,8 @@ def pretrain(
     accelerator, world = check_batch_size(cfg, len(dataset))
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    # Lightning sets its loggers to INFO when imported; its device and tip lines are noise here.
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     L.seed_everything(seed, workers=True, verbose=False)
     output_dir.mkdir(parents=True, exist_ok=True)
     precision = resolve_precision(cfg.precision, torch.device("cuda" if accelerator == "gpu" else "cpu"))

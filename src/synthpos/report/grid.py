@@ -38,6 +38,7 @@ def positives_grid(dataset: ImageDataset, store: SyntheticStore, path: Path, row
     for c in range(1, k + 1):
         axes[0, c].set_title(f"synthetic {c}", fontsize=7)
     fig.tight_layout(pad=0.2)
+    fig.subplots_adjust(left=0.22)  # room for the class names left of the anchors
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
