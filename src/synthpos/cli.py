@@ -74,7 +74,8 @@ def run(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = False) -
     cfg = _load(config, set)
     from synthpos.pipeline import run_pipeline
     metrics = run_pipeline(cfg, show_progress=not quiet)
-    typer.echo(json.dumps(metrics["results"], indent=2))
+    if metrics:  # empty on DDP ranks other than 0
+        typer.echo(json.dumps(metrics["results"], indent=2))
     _say(f"run directory: {cfg.run_dir}")
 
 
@@ -112,10 +113,11 @@ def main() -> None:
     except SynthposError as err:
         _say(f"error: {err}")
         sys.exit(2)
-    except (typer.BadParameter, typer.Abort) as err:
+    except typer.BadParameter as err:
         _say(f"error: {err}")
         sys.exit(2)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
+        # click turns Ctrl-C into Abort when it does not handle exits itself.
         _say("interrupted: finished work is kept; run the same command again to resume")
         sys.exit(130)
     except SystemExit:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 from rich.console import Console
 
 from synthpos.config import RunConfig
 from synthpos.data.synthetic_store import SyntheticStore
+from synthpos.distributed import rank
 
 console = Console(stderr=True)
 
@@ -24,8 +26,14 @@ def stage_done(config: RunConfig, stage: str) -> str | None:
     elif stage == "generate":
         if config.pretrain.synthetic.mode == "none":
             return "no synthetic positives in this run"
-        if (config.store_dir / "manifest.json").is_file() and SyntheticStore.open(config.store_dir, require_complete=False).complete:
-            return f"store {config.store_dir} is complete"
+        if (config.store_dir / "manifest.json").is_file():
+            from synthpos.generators.generate import default_device, generator_record
+
+            store = SyntheticStore.open(config.store_dir, require_complete=False)
+            made_with = generator_record(config.generator_model, config.generate, config.seed, default_device())
+            same = store.manifest["generator"] == made_with and store.candidates == config.generate.candidates
+            if store.complete and same:
+                return f"store {config.store_dir} is complete"
     elif stage == "pretrain":
         if config.backbone_path.is_file():
             return f"backbone {config.backbone_path} exists"
@@ -48,14 +56,17 @@ def run_pipeline(config: RunConfig, show_progress: bool = True) -> dict:
         ("pretrain", pretrain_stage),
         ("evaluate", evaluate_stage),
     ]
-    result = None
+    upstream_ran = False
     for name, fn in stages:
-        reason = stage_done(config, name)
+        # Once a stage has run, every later one runs too: its inputs are new.
+        reason = None if upstream_ran else stage_done(config, name)
         if reason:
             console.print(f"[dim]skip {name}: {reason}[/dim]")
             continue
         console.print(f"[bold]{name}[/bold]")
-        result = fn(config, show_progress=show_progress)
-    import json
-
-    return json.loads((config.evaluate_dir / "metrics.json").read_text()) if result is None else result
+        fn(config, show_progress=show_progress)
+        upstream_ran = True
+        if rank() != 0:
+            # Lightning's DDP relaunches this command on every rank; only rank 0 goes on.
+            return {}
+    return json.loads((config.evaluate_dir / "metrics.json").read_text())

@@ -23,7 +23,7 @@ from synthpos.config import RunConfig, load_config
 from synthpos.data import load_dataset
 from synthpos.data.synthetic_store import SyntheticStore
 from synthpos.evaluation.evaluate import evaluate_backbone, score_features
-from synthpos.evaluation.fidelity import store_fidelity, train_classifier
+from synthpos.evaluation.fidelity import predict, store_fidelity, train_classifier
 from synthpos.generators.diffusion import train_generator_stage
 from synthpos.generators.generate import generate_stage
 from synthpos.methods.pretrain import pretrain_stage
@@ -72,8 +72,6 @@ def run_quickstart(run_dir: Path, train_generator: bool = False, overrides: list
     console.print("[bold]3/5[/bold] fidelity: a classifier trained on real images labels the synthetic positives")
     full_train = load_dataset(config.data.model_copy(update={"subset": None}), "train")
     classifier = _timed(timings, "fidelity_s", train_classifier, full_train, config.fidelity, config.seed, show_progress)
-    from synthpos.evaluation.fidelity import predict
-
     real_acc = float((predict(classifier, test.images, test.mean, test.std) == test.labels).mean())
     fidelity = store_fidelity(classifier, store, train.labels, train.mean, train.std)
 
@@ -121,7 +119,9 @@ def _pixel_scores(config: RunConfig) -> dict[str, float]:
     tr, te = load_dataset(data, "train"), load_dataset(data, "test")
     if config.evaluate.max_train:
         tr = tr.take(min(len(tr), config.evaluate.max_train))
-    flat = lambda ds: torch.from_numpy(ds.images.reshape(len(ds), -1).astype(np.float32) / 255.0)
+    def flat(ds):
+        return torch.from_numpy(ds.images.reshape(len(ds), -1).astype(np.float32) / 255.0)
+
     return score_features(flat(tr), tr.labels, flat(te), te.labels, tr.num_classes, config.evaluate, config.seed)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -64,7 +65,9 @@ def evaluate_backbone(
         def compute(ds=dataset):
             return extract_features(backbone, ds.images, size, ds.mean, ds.std, cfg.batch_size)
 
-        key = f"{data.name}-{split}-{len(dataset)}-{size}"
+        # The data config (root, image size, ...) is part of the key: same name and count is not same images.
+        data_tag = hashlib.sha256(data.model_dump_json().encode()).hexdigest()[:8]
+        key = f"{data.name}-{split}-{len(dataset)}-{size}-{data_tag}"
         feats = cached_features(cache_dir, key, compute, backbone_file=backbone_file) if cache_dir else compute()
         splits[split] = (feats, dataset.labels, dataset.num_classes)
     (train, ytr, num_classes), (test, yte, _) = splits["train"], splits["test"]
@@ -79,7 +82,8 @@ def evaluate_stage(config: RunConfig, show_progress: bool = True) -> dict:
     size = cfg.feature_size or config.pretrain.augment.crop_size
     results = {}
     for data in cfg.datasets or [config.data]:
-        results[data.name] = evaluate_backbone(backbone, data, cfg, size, config.evaluate_dir / "features", backbone_file, config.seed)
+        name = data.name if data.name not in results else f"{data.name}:{data.root}"
+        results[name] = evaluate_backbone(backbone, data, cfg, size, config.evaluate_dir / "features", backbone_file, config.seed)
     metrics = {"backbone": str(backbone_file), "feature_size": size, "results": results}
     config.evaluate_dir.mkdir(parents=True, exist_ok=True)
     tmp = config.evaluate_dir / "metrics.json.tmp"

@@ -34,6 +34,27 @@ def generator_id(generator_dir: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def default_device() -> torch.device:
+    """This process's GPU (``LOCAL_RANK`` under torchrun), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def generator_record(generator_dir: Path, settings: GenerateConfig, seed: int, device: torch.device) -> dict:
+    """What made a store's candidates; a store is only resumed or reused when this matches."""
+    return {
+        "kind": "clsp_ddim_interpolation",
+        "generator_sha256": generator_id(resolve_generator_dir(generator_dir)),
+        "num_steps": settings.num_steps,
+        "eta": settings.eta,
+        "interpolation_weight": settings.interpolation_weight,
+        "clip_x0": settings.clip_x0,
+        "precision": resolve_precision(settings.precision, device),
+        "seed": seed,
+    }
+
+
 def generate_shard(
     unet: UNet2DModel,
     noise_scheduler: SchedulerMixin,
@@ -98,7 +119,7 @@ def generate_store(
     world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device) if device is not None else default_device()
     generator_dir = resolve_generator_dir(generator_dir)
     unet, noise_scheduler = load_generator(generator_dir)
     channels, size = unet.config.in_channels, unet.config.sample_size
@@ -115,15 +136,7 @@ def generate_store(
         dataset_fingerprint(dataset_name, split, images),
         candidates=settings.candidates,
         shard_size=settings.shard_size,
-        generator={
-            "kind": "clsp_ddim_interpolation",
-            "generator_sha256": generator_id(generator_dir),
-            "num_steps": settings.num_steps,
-            "eta": settings.eta,
-            "interpolation_weight": settings.interpolation_weight,
-            "clip_x0": settings.clip_x0,
-            "seed": seed,
-        },
+        generator=generator_record(generator_dir, settings, seed, device),
     )
     todo = [s for s in store.missing_shards() if s % world_size == rank]
     total = sum(np.subtract(*store.layout.shard_range(s)[::-1]) for s in todo) * settings.candidates

@@ -147,6 +147,7 @@ def pretrain(
         (output_dir / "summary.json").write_text(json.dumps({
             "epochs": trainer.current_epoch, "steps": trainer.global_step, "knn_history": history,
         }, indent=2))
+    trainer.strategy.barrier()  # other ranks wait until backbone.pt is complete
     return path
 
 
