@@ -109,7 +109,13 @@ def _quiet_libraries() -> None:
 def main() -> None:
     _quiet_libraries()
     try:
-        app(standalone_mode=False)
+        # Without standalone mode typer returns, rather than raises, the exit code of
+        # ctx.exit(...) and of Ctrl-C (130).
+        code = app(standalone_mode=False)
+        if code == 130:
+            raise KeyboardInterrupt
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except SynthposError as err:
         _say(f"error: {err}")
         sys.exit(2)
