@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from synthpos.atomic import atomic_path
 from synthpos.errors import SynthposError
 
 FORMAT_VERSION = 1
@@ -126,9 +127,8 @@ class SyntheticStore:
                     )
             return cls(path, existing)
         path.mkdir(parents=True, exist_ok=True)
-        tmp = manifest_path.with_name(f"manifest.json.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(manifest, indent=2))
-        os.replace(tmp, manifest_path)
+        with atomic_path(manifest_path) as tmp:
+            tmp.write_text(json.dumps(manifest, indent=2))
         return cls(path, manifest)
 
     @staticmethod
@@ -221,12 +221,10 @@ class SyntheticStore:
         if candidates.dtype != np.uint8 or candidates.shape != expected:
             raise ValueError(f"shard {shard} must be uint8 {expected}, got {candidates.dtype} {candidates.shape}")
         final = self.shard_path(shard)
-        tmp = final.with_name(final.name + f".tmp-{os.getpid()}")
-        with open(tmp, "wb") as fh:
+        with atomic_path(final) as tmp, open(tmp, "wb") as fh:
             np.save(fh, candidates)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, final)
 
     def _shard(self, shard: int) -> np.ndarray:
         if shard not in self._maps:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from synthpos.atomic import atomic_path
 from synthpos.config import DataConfig, EvaluateConfig, RunConfig
 from synthpos.data import ImageDataset, load_dataset
 from synthpos.evaluation.features import cached_features, extract_features
@@ -86,7 +87,6 @@ def evaluate_stage(config: RunConfig, show_progress: bool = True) -> dict:
         results[name] = evaluate_backbone(backbone, data, cfg, size, config.evaluate_dir / "features", backbone_file, config.seed)
     metrics = {"backbone": str(backbone_file), "feature_size": size, "results": results}
     config.evaluate_dir.mkdir(parents=True, exist_ok=True)
-    tmp = config.evaluate_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2))
-    tmp.replace(config.evaluate_dir / "metrics.json")
+    with atomic_path(config.evaluate_dir / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2))
     return metrics

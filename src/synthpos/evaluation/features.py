@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from synthpos.atomic import atomic_path
 from synthpos.data.augment import to_model_input
 
 
@@ -54,7 +55,6 @@ def cached_features(
         return torch.load(path, weights_only=True)
     features = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(features, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(features, tmp)
     return features

@@ -19,7 +19,7 @@ class Classifier(nn.Module):
     """Two conv-BN-ReLU-maxpool stages (w, 2w) and an MLP on the flattened map.
 
     Keeping the spatial map (no global pooling) matters for Fashion-MNIST: the
-    same budget with a pooled ConvNet reached 84% test top-1, this one about 90%.
+    same budget (2 epochs) with a pooled ConvNet reached 84% test top-1, this one 87.9%.
     """
 
     def __init__(self, in_channels: int, num_classes: int, width: int = 32, size: int = 28) -> None:

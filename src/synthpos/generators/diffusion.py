@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
+from synthpos.atomic import atomic_path
 from synthpos.config import RunConfig, TrainGeneratorConfig, UNetConfig
 from synthpos.errors import SynthposError
 from synthpos.precision import autocast
@@ -123,9 +124,8 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def save_pipeline(unet: UNet2DModel, scheduler: DDPMScheduler, path: Path) -> None:

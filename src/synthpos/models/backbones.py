@@ -17,6 +17,7 @@ import torch
 import torchvision
 from torch import nn
 
+from synthpos.atomic import atomic_path
 from synthpos.config import BackboneConfig
 from synthpos.errors import SynthposError
 
@@ -105,11 +106,11 @@ def build_backbone(config: BackboneConfig, in_channels: int) -> nn.Module:
 def save_backbone(backbone: nn.Module, config: BackboneConfig, in_channels: int, path: Path) -> None:
     """Write ``path`` (a plain state_dict) and ``path.with_suffix('.json')`` (how to rebuild it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}, tmp)
     spec = {"backbone": config.model_dump(), "in_channels": in_channels, "feature_dim": backbone.feature_dim}
-    path.with_suffix(".json").write_text(json.dumps(spec, indent=2))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save({k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}, tmp)
+        # The description first: a backbone.pt that exists always has its .json.
+        path.with_suffix(".json").write_text(json.dumps(spec, indent=2))
 
 
 def load_backbone(path: Path) -> nn.Module:
