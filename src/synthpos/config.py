@@ -65,14 +65,46 @@ class TrainGeneratorConfig(_Strict):
     max_minutes: float | None = Field(None, gt=0, description="Stop (and save) after this wall time.")
     checkpoint_every: int = Field(1000, ge=1)
     hflip: bool = True
+    class_conditional: bool = Field(False, description="Condition the UNet on class labels (CLSP's conditional variant).")
+    label_dropout: float = Field(0.1, ge=0, lt=1, description="Class-conditional: drop the label with this probability "
+                                 "(the null class), so one model also predicts unconditionally for classifier-free guidance.")
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     channels_last: bool = True
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's).")
 
 
-class GenerateConfig(_Strict):
-    """Stage 2: CLSP synthetic positives (DDIM with bottleneck interpolation) into a store."""
+class AdaptiveNoiseConfig(_Strict):
+    """GenView's adaptive noise level: a foreground ratio per image, binned to a noise level."""
 
+    enabled: bool = Field(False, description="Off: every image uses unclip.noise_level (Ayromlou et al.).")
+    bins: list[float] = Field([0.2, 0.4, 0.6, 0.8], description="Foreground-ratio bin edges (ascending).")
+    levels: list[int] = Field([0, 100, 200, 300, 400], description="Noise level of each bin (one more than bins).")
+    fit_images: int = Field(1000, ge=2, description="Images sampled from the dataset to fit the principal component.")
+
+    @model_validator(mode="after")
+    def _check_bins(self) -> AdaptiveNoiseConfig:
+        if len(self.levels) != len(self.bins) + 1:
+            raise ValueError(f"levels needs one entry more than bins ({len(self.bins) + 1}); got {len(self.levels)}")
+        if any(b <= a for a, b in zip(self.bins, self.bins[1:])):
+            raise ValueError("bins must be strictly ascending")
+        return self
+
+
+class UnCLIPConfig(_Strict):
+    """Stable unCLIP image variations (Ayromlou et al.; GenView with adaptive noise)."""
+
+    num_steps: int = Field(10, ge=1, description="DDIM steps.")
+    eta: float = Field(0.0, ge=0.0)
+    guidance_scale: float = Field(1.0, ge=0.0, description="Classifier-free guidance over the empty prompt (1 = off).")
+    noise_level: int = Field(0, ge=0, description="Noise added to the image embedding when adaptive noise is off.")
+    adaptive_noise: AdaptiveNoiseConfig = AdaptiveNoiseConfig()
+
+
+class GenerateConfig(_Strict):
+    """Stage 2: synthetic positives into a store (CLSP's DDIM with bottleneck interpolation by default)."""
+
+    kind: str = Field("clsp", description="Which generator: 'clsp' (a DDPM, optionally class-conditional, with bottleneck "
+                      "interpolation) or 'unclip' (Stable unCLIP image variations); see synthpos.generators.registry.")
     generator: Path | None = Field(
         None, description="Generator directory (diffusers format). Default: <run_dir>/generator/model. "
         "'builtin:fashion_mnist' names the checkpoint shipped with synthpos.",
@@ -85,6 +117,14 @@ class GenerateConfig(_Strict):
         0.1, ge=0.0, le=1.0, description="w in w*h + (1-w)*h_anchor (1 = plain DDIM, 0 = the anchor's bottleneck)."
     )
     clip_x0: bool = Field(False, description="Clip the predicted x0 to [-1, 1] at every step (paper: off).")
+    sampler: Literal["ddim", "dpmsolver++"] = Field("ddim", description="ddim: the paper's sampler; dpmsolver++: "
+                                                    "DPM-Solver++ with the same interpolation, in far fewer steps.")
+    share_anchor_noise: bool = Field(False, description="One noised copy of the anchor per step for all its K candidates "
+                                     "(saves encoder passes; the paper draws fresh noise per candidate).")
+    guidance_scale: float = Field(1.0, ge=0.0, description="Class-conditional generators: classifier-free guidance scale "
+                                  "(1 = the conditional prediction alone).")
+    compile: bool = Field(False, description="torch.compile the UNet (pays off on long runs on GPUs).")
+    unclip: UnCLIPConfig = UnCLIPConfig()
     num_anchors: int | None = Field(None, ge=1, description="Generate for the first N training images only.")
     shard_size: int = Field(500, ge=1, description="Anchors per shard.")
     batch_size: int = Field(128, ge=1, description="Images (anchor x candidate) per UNet call.")
