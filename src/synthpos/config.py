@@ -80,6 +80,8 @@ class AdaptiveNoiseConfig(_Strict):
     bins: list[float] = Field([0.2, 0.4, 0.6, 0.8], description="Foreground-ratio bin edges (ascending).")
     levels: list[int] = Field([0, 100, 200, 300, 400], description="Noise level of each bin (one more than bins).")
     fit_images: int = Field(1000, ge=2, description="Images sampled from the dataset to fit the principal component.")
+    foreground_share: float = Field(0.6, gt=0, lt=1, description="Share of the fitting images' patches counted as "
+                                    "foreground: sets the threshold (GenView: the 60% point of the component's histogram).")
 
     @model_validator(mode="after")
     def _check_bins(self) -> AdaptiveNoiseConfig:
@@ -95,8 +97,13 @@ class UnCLIPConfig(_Strict):
 
     num_steps: int = Field(10, ge=1, description="DDIM steps.")
     eta: float = Field(0.0, ge=0.0)
-    guidance_scale: float = Field(1.0, ge=0.0, description="Classifier-free guidance over the empty prompt (1 = off).")
+    guidance_scale: float = Field(10.0, ge=0.0, description="Classifier-free guidance against a zero image embedding "
+                                  "and the empty prompt (1 = off; 10 = the pipeline's default, which Ayromlou et al. ran; GenView: 7).")
     noise_level: int = Field(0, ge=0, description="Noise added to the image embedding when adaptive noise is off.")
+    trailing_zero_snr: bool = Field(True, description="DDIM with trailing timesteps and betas rescaled to zero terminal SNR "
+                                    "(Ayromlou et al.'s code); off: the model's own DDIM schedule (GenView).")
+    image_size: int | None = Field(None, ge=8, multiple_of=8, description="Generate at this size (default: the model's, "
+                                   "768 for stable-diffusion-2-1-unclip-small); results are resized to the dataset's size.")
     adaptive_noise: AdaptiveNoiseConfig = AdaptiveNoiseConfig()
 
 
@@ -153,9 +160,51 @@ class AugmentConfig(_Strict):
     hflip_prob: float = Field(0.5, ge=0, le=1)
 
 
+METHODS = ("simclr", "mocov2plus", "mocov3", "byol", "simsiam", "barlow_twins", "vicreg", "nnclr", "dcl", "dclw",
+           "all4one", "supcon")
+MethodName = Literal["simclr", "mocov2plus", "mocov3", "byol", "simsiam", "barlow_twins", "vicreg", "nnclr", "dcl", "dclw",
+                     "all4one", "supcon"]
+# Which methods a synthetic mode makes sense for (clsp and replace: every method).
+MULTIPOS_METHODS = ("simclr", "supcon")  # an InfoNCE whose positives are set by instance (or label)
+QUALITY_METHODS = ("simclr", "mocov2plus", "mocov3", "byol", "simsiam", "nnclr", "dcl", "dclw")  # a loss per positive pair
+
+
 class SyntheticConfig(_Strict):
-    mode: Literal["none", "clsp"] = "none"
-    weight: float = Field(1.0, ge=0, description="lambda of the CLSP term.")
+    """How stored synthetic candidates enter pretraining.
+
+    - ``clsp`` (Zeng et al.): a third view from one candidate and ``weight * mean(2 - 2cos(z1, z3))``.
+    - ``replace`` (Ayromlou et al.): view 2's source is a candidate with probability ``replace_prob``.
+    - ``multipos``: ``positives`` candidates per anchor as extra positives of a multi-positive InfoNCE.
+    - ``quality`` (GenView): ``replace``, with each positive pair's loss weighted by ``N * softmax(gamma * q)``,
+      q = foreground minus background similarity of the pair under the frozen ``scorer``.
+    """
+
+    mode: Literal["none", "clsp", "replace", "multipos", "quality"] = "none"
+    weight: float = Field(1.0, ge=0, description="clsp: lambda of the synthetic term.")
+    replace_prob: float = Field(0.5, ge=0, le=1, description="replace/quality: probability that view 2 comes from a candidate.")
+    positives: int = Field(1, ge=1, description="multipos: synthetic candidates of each anchor used per step.")
+    scorer: Path | None = Field(None, description="quality: the frozen scorer, a synthpos backbone.pt or a TorchScript file "
+                                "mapping normalised images (B, C, H, W) to feature maps (B, C', h, w).")
+    gamma: float = Field(1.0, ge=0, description="quality: sharpness of the pair weights.")
+    scorer_fit_images: int = Field(1000, ge=2, description="quality: images used to fit the scorer's first principal component.")
+
+
+class MomentumConfig(_Strict):
+    """Momentum (EMA) encoder, cosine schedule from ``base`` to ``final`` (MoCo, BYOL, MoCo v3, All4One)."""
+
+    base: float = Field(0.99, ge=0, le=1)
+    final: float = Field(1.0, ge=0, le=1)
+
+
+class BarlowTwinsConfig(_Strict):
+    lambda_param: float = Field(0.0051, ge=0, description="Weight of the off-diagonal (redundancy) term.")
+    scale: float = Field(0.1, gt=0, description="Loss scale (solo-learn's scale_loss; 0.1 for CIFAR).")
+
+
+class VICRegConfig(_Strict):
+    sim_weight: float = Field(25.0, ge=0)
+    var_weight: float = Field(25.0, ge=0)
+    cov_weight: float = Field(1.0, ge=0)
 
 
 class OptimizerConfig(_Strict):
@@ -171,14 +220,20 @@ class OptimizerConfig(_Strict):
 class PretrainConfig(_Strict):
     """Stage 3: self-supervised pretraining, with or without synthetic positives."""
 
-    method: Literal["simclr"] = "simclr"
+    method: MethodName = "simclr"
     synthetic: SyntheticConfig = SyntheticConfig()
     store: Path | None = Field(None, description="Synthetic store (default: <run_dir>/store).")
     output_dir: Path | None = Field(None, description="Default: <run_dir>/pretrain (or pretrain_<name>).")
     backbone: BackboneConfig = BackboneConfig()
     projector_hidden_dim: int = Field(4096, ge=1)
     projector_out_dim: int = Field(256, ge=1)
-    temperature: float = Field(0.2, gt=0)
+    temperature: float = Field(0.2, gt=0, description="Contrastive methods' softmax temperature.")
+    predictor_hidden_dim: int = Field(4096, ge=1, description="BYOL, SimSiam, MoCo v3, NNCLR, All4One predictor.")
+    momentum: MomentumConfig = MomentumConfig()
+    queue_size: int = Field(65536, ge=1, description="MoCo v2+ negatives per view; NNCLR/All4One support set.")
+    dclw_sigma: float = Field(0.5, gt=0)
+    barlow_twins: BarlowTwinsConfig = BarlowTwinsConfig()
+    vicreg: VICRegConfig = VICRegConfig()
     augment: AugmentConfig = AugmentConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     batch_size: int = Field(1024, ge=2, description="Global batch size (split across devices).")
@@ -243,8 +298,15 @@ class RunConfig(_Strict):
     def _check_stages(self) -> RunConfig:
         if self.generate.store and self.pretrain.store and self.generate.store != self.pretrain.store:
             raise ValueError("generate.store and pretrain.store differ; set one of them (both stages use it)")
-        if self.pretrain.synthetic.mode != "none" and self.pretrain.method not in ("simclr",):
-            raise ValueError(f"synthetic.mode={self.pretrain.synthetic.mode} is not available for {self.pretrain.method}")
+        method, synthetic = self.pretrain.method, self.pretrain.synthetic
+        allowed = {"multipos": MULTIPOS_METHODS, "quality": QUALITY_METHODS}.get(synthetic.mode)
+        if allowed is not None and method not in allowed:
+            why = "a multi-positive InfoNCE" if synthetic.mode == "multipos" else "a loss per positive pair to weight"
+            raise ValueError(f"pretrain.synthetic.mode={synthetic.mode} needs {why}; {method} has none. "
+                             f"Use it with {', '.join(allowed)}, or choose mode clsp or replace")
+        if synthetic.mode == "quality" and synthetic.scorer is None:
+            raise ValueError("pretrain.synthetic.mode=quality needs pretrain.synthetic.scorer: a frozen network "
+                             "(a synthpos backbone.pt or a TorchScript file) that scores positive pairs")
         return self
 
     # Paths a stage writes or reads, derived from run_dir unless set.

@@ -17,12 +17,15 @@ global batch.
 
 from __future__ import annotations
 
+import itertools
+import os
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["gather", "is_distributed", "rank", "rank_offset", "world_size"]
+__all__ = ["GlobalBatchNorm", "all_reduce_sum", "convert_global_batchnorm", "gather", "is_distributed", "launched_world_size", "rank", "rank_offset", "wait_for_launched_processes", "world_size"]
 
 
 def is_distributed() -> bool:
@@ -107,3 +110,125 @@ def gather(tensor: torch.Tensor) -> torch.Tensor:
     if world_size() == 1:
         return tensor
     return _GatherWithGrad.apply(tensor)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """``all_reduce(SUM)`` whose backward is also a sum over ranks (every rank's output depends on every input)."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = tensor.contiguous().clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad_output.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum of ``tensor`` over ranks, differentiable (see :func:`gather` for the gradient convention)."""
+    return _AllReduceSum.apply(tensor) if world_size() > 1 else tensor
+
+
+class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are those of the global batch over all ranks, on any backend.
+
+    ``torch.nn.SyncBatchNorm`` runs only on GPUs; this one all-reduces the per-channel
+    sums (with gradient) over gloo as well, so a CPU run on N processes normalises
+    exactly like one process on the concatenated batch. Outside training, or with a
+    single process, it is a plain BatchNorm. Input: (N, C) or (N, C, ...).
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected (N, C, ...) input; got {tuple(input.shape)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or world_size() == 1:
+            return super().forward(x)
+        dims = [0, *range(2, x.dim())]
+        shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float64)
+        dist.all_reduce(count)
+        n = float(count.item())
+        xf = x.float()
+        mean = all_reduce_sum(xf.sum(dims)) / n
+        var = all_reduce_sum(((xf - mean.view(shape)) ** 2).sum(dims)) / n
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * n / max(n - 1, 1), alpha=m)
+        y = (xf - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+def convert_global_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """Replace every BatchNorm layer of ``module`` by a :class:`GlobalBatchNorm` with the same state."""
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        new = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        # The same Parameter objects (and so their requires_grad: a frozen momentum copy stays frozen).
+        if module.affine:
+            new.weight, new.bias = module.weight, module.bias
+        new.running_mean, new.running_var = module.running_mean, module.running_var
+        new.num_batches_tracked = module.num_batches_tracked
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        module.add_module(name, convert_global_batchnorm(child))
+    return module
+
+
+def launched_world_size() -> int:
+    """How many processes a launcher started for this job; 1 when none did.
+
+    ``$WORLD_SIZE`` when ``$RANK`` and a rendezvous address (``$MASTER_ADDR``,
+    ``$MASTER_PORT``) are also set, as torchrun sets them, so that a ``WORLD_SIZE``
+    left in the environment alone does not make a process wait for others.
+    """
+    if not all(os.environ.get(key) for key in ("RANK", "MASTER_ADDR", "MASTER_PORT")):
+        return 1
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+_barriers = itertools.count()
+
+
+def wait_for_launched_processes(name: str, timeout: timedelta = timedelta(days=7)) -> None:
+    """Barrier over the processes a launcher started; returns at once in a single process.
+
+    Uses the process group when one is initialised; otherwise forms a gloo group for
+    the barrier alone and destroys it. That group's keys in the rendezvous store live
+    under their own prefix: torchrun's store outlives a group, and a later default group
+    (Lightning's, when ``synthpos run`` goes on to pretrain) would otherwise find the
+    stale addresses of this one and fail to connect.
+
+    Args:
+        name: what is being waited for; every process must pass the same name, in the
+            same order of calls.
+        timeout: how long a process may wait for the slowest one. Long by default: the
+            ranks of a resumed generation can have very different amounts of work left,
+            and a rank that dies makes the launcher stop the others anyway.
+    """
+    call = next(_barriers)
+    if is_distributed():
+        dist.barrier()
+        return
+    size = launched_world_size()
+    if size <= 1:
+        return
+    process = int(os.environ["RANK"])
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")  # a restarted worker must not meet old keys
+    store, _, _ = next(dist.rendezvous("env://", process, size, timeout=timeout))
+    prefixed = dist.PrefixStore(f"synthpos/{name}/{attempt}/{call}", store)
+    dist.init_process_group("gloo", store=prefixed, rank=process, world_size=size, timeout=timeout)
+    try:
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()

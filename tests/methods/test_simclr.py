@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from synthpos.config import BackboneConfig, OptimizerConfig
+from synthpos.config import BackboneConfig, OptimizerConfig, SyntheticConfig
 from synthpos.data import ImageDataset
 from synthpos.data.synthetic_store import SyntheticStore, dataset_fingerprint
 from synthpos.methods.pretrain import PretrainBatches, _first
@@ -60,8 +60,9 @@ class LinearBackbone(nn.Module):
 def _method(synthetic_weight: float | None, channels_last: bool = False, convnet: bool = False) -> SimCLR:
     torch.manual_seed(0)
     backbone = build_backbone(BackboneConfig(name="convnet", width=4), C) if convnet else LinearBackbone()
+    synthetic = None if synthetic_weight is None else SyntheticConfig(mode="clsp", weight=synthetic_weight)
     method = SimCLR(backbone, FakeAugment(), OptimizerConfig(), projector_hidden_dim=16, projector_out_dim=8,
-                    temperature=TAU, synthetic_weight=synthetic_weight, channels_last=channels_last)
+                    temperature=TAU, channels_last=channels_last, synthetic=synthetic)
     method.setup("fit")
     # Eval mode: BatchNorm uses fixed statistics, so one pass over all views equals one pass per view.
     return method.eval()
@@ -107,7 +108,7 @@ def test_simclr_loss_is_ntxent_of_the_two_real_views() -> None:
     z1, z2, _ = _projections(method, batch)
     expected = ntxent_reference(z1, z2, TAU)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert set(logs) == {"loss"}
+    assert set(logs) == {"loss", "ntxent"}
     assert method.augment.calls == 2  # no synthetic view without synthetic positives
 
 

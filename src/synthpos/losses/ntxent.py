@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from synthpos import distributed
+from synthpos.losses.quality import _check_weights
 
 __all__ = ["NTXentLoss"]
 
@@ -55,6 +56,7 @@ class NTXentLoss(nn.Module):
         - out0: (N, D) projections of the first view.
         - out1: (N, D) projections of the second view; row i is the positive of
           ``out0[i]``.
+        - weights: optional (N,) per-pair weights (GenView's quality weights).
         - output: scalar.
 
     Example:
@@ -79,20 +81,27 @@ class NTXentLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, gather_distributed={self.gather_distributed}"
 
-    def forward(self, out0: torch.Tensor, out1: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, out0: torch.Tensor, out1: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Compute the loss.
 
         Args:
             out0: Projections of the first view. Shape: (N, D).
             out1: Projections of the second view. Shape: (N, D).
+            weights: Optional per-pair weights, used detached. Both anchors of
+                pair i (``out0[i]`` and ``out1[i]``) get ``weights[i]``. Shape: (N,).
 
         Returns:
-            Scalar loss, averaged over the 2N local anchors.
+            Scalar loss, averaged over the 2N local anchors (each multiplied by
+            its pair's weight when ``weights`` is given).
 
         Raises:
-            ValueError: If the inputs are not two (N, D) tensors of equal shape.
+            ValueError: If the inputs are not two (N, D) tensors of equal shape,
+                or ``weights`` is not a floating tensor of shape (N,).
         """
         _check_pair("out0", out0, "out1", out1)
+        weights = _check_weights(weights, out0.shape[0])
         n = out0.shape[0]
         out0 = F.normalize(out0, dim=1)
         out1 = F.normalize(out1, dim=1)
@@ -120,4 +129,7 @@ class NTXentLoss(nn.Module):
         self_mask = torch.zeros_like(logits, dtype=torch.bool)
         self_mask[rows, self_index] = True
         logits = logits.masked_fill(self_mask, float("-inf"))
-        return F.cross_entropy(logits, positive_index)
+        if weights is None:
+            return F.cross_entropy(logits, positive_index)
+        per_anchor = F.cross_entropy(logits, positive_index, reduction="none")  # (2N,)
+        return (weights.repeat(2).to(per_anchor) * per_anchor).mean()

@@ -15,10 +15,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from synthpos.config import PretrainConfig, RunConfig, dump_config
 from synthpos.data import BatchAugment, ImageDataset, load_dataset
+from synthpos.data.augment import to_model_input
 from synthpos.data.synthetic_store import SyntheticStore
+from synthpos.distributed import convert_global_batchnorm
 from synthpos.errors import SynthposError
 from synthpos.evaluation.monitor import KNNMonitor
-from synthpos.methods.simclr import SimCLR
+from synthpos.methods import SSLMethod, method_class
 from synthpos.models.backbones import build_backbone, save_backbone
 from synthpos.precision import resolve_precision
 
@@ -29,11 +31,31 @@ class PretrainBatches(Dataset):
     Fetching a batch is one fancy-index into the in-memory images (and one read per
     store shard), so a small model's step never waits for per-image Python work, and
     no worker processes are needed to steal the cores the model needs.
+
+    What the batch carries from the store depends on ``mode`` (see :class:`SyntheticConfig`),
+    with candidates drawn uniformly and anew every time an anchor is seen:
+
+    - ``clsp``: ``synthetic`` (B, C, H, W), one candidate per anchor;
+    - ``replace``/``quality``: ``second`` (B, C, H, W), the source of view 2: a candidate
+      with probability ``replace_prob``, else the real image;
+    - ``multipos``: ``synthetic`` (B, P, C, H, W), P distinct candidates per anchor.
     """
 
-    def __init__(self, dataset: ImageDataset, store: SyntheticStore | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        dataset: ImageDataset,
+        store: SyntheticStore | None = None,
+        seed: int = 0,
+        mode: str = "clsp",
+        replace_prob: float = 0.5,
+        positives: int = 1,
+    ) -> None:
         self.dataset, self.store = dataset, store
+        self.mode, self.replace_prob, self.positives = mode, replace_prob, positives
         self.rng = np.random.default_rng(seed)
+        if store is not None and mode == "multipos" and positives > store.candidates:
+            raise SynthposError(f"pretrain.synthetic.positives={positives} but the store has {store.candidates} candidates "
+                                "per anchor; lower positives or generate more candidates")
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -41,14 +63,29 @@ class PretrainBatches(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return self.__getitems__([index])
 
+    def _candidates(self, idx: np.ndarray, choice: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.store.get(idx, choice)).permute(0, 3, 1, 2).contiguous()
+
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         idx = np.asarray(indices, dtype=np.int64)
         images, labels = self.dataset.batch(idx)
         batch = {"indices": torch.from_numpy(idx), "images": images, "labels": labels}
-        if self.store is not None:
-            # One candidate per anchor, drawn uniformly and anew every time the anchor is seen.
-            choice = self.rng.integers(0, self.store.candidates, size=len(idx))
-            batch["synthetic"] = torch.from_numpy(self.store.get(idx, choice)).permute(0, 3, 1, 2).contiguous()
+        if self.store is None:
+            return batch
+        k = self.store.candidates
+        if self.mode == "multipos":
+            # P distinct slots per anchor: the first P of a random permutation of its K.
+            slots = np.argsort(self.rng.random((len(idx), k)), axis=1)[:, : self.positives]
+            batch["synthetic"] = torch.stack([self._candidates(idx, slots[:, j]) for j in range(self.positives)], dim=1)
+        elif self.mode in ("replace", "quality"):
+            choice = self.rng.integers(0, k, size=len(idx))
+            use = self.rng.random(len(idx)) < self.replace_prob
+            second = images.clone()
+            if use.any():
+                second[torch.from_numpy(use)] = self._candidates(idx[use], choice[use])
+            batch["second"] = second
+        else:
+            batch["synthetic"] = self._candidates(idx, self.rng.integers(0, k, size=len(idx)))
         return batch
 
 
@@ -56,19 +93,36 @@ def _first(batch):
     return batch
 
 
-def build_method(cfg: PretrainConfig, dataset: ImageDataset) -> SimCLR:
-    augment = BatchAugment(
-        crop_size=cfg.augment.crop_size, crop_scale=tuple(cfg.augment.crop_scale), jitter_prob=cfg.augment.jitter_prob,
-        brightness=cfg.augment.brightness, contrast=cfg.augment.contrast, saturation=cfg.augment.saturation,
-        hue=cfg.augment.hue, grayscale_prob=cfg.augment.grayscale_prob, hflip_prob=cfg.augment.hflip_prob,
+def build_augment(cfg: PretrainConfig, dataset: ImageDataset) -> BatchAugment:
+    a = cfg.augment
+    return BatchAugment(
+        crop_size=a.crop_size, crop_scale=tuple(a.crop_scale), jitter_prob=a.jitter_prob,
+        brightness=a.brightness, contrast=a.contrast, saturation=a.saturation,
+        hue=a.hue, grayscale_prob=a.grayscale_prob, hflip_prob=a.hflip_prob,
         mean=dataset.mean, std=dataset.std,
     )
+
+
+def build_method(cfg: PretrainConfig, dataset: ImageDataset, seed: int = 0) -> SSLMethod:
+    """The configured method, with its backbone, augmentation and (quality mode) fitted scorer.
+
+    Raises:
+        SynthposError: a supervised method on unlabelled data; a scorer that cannot be used.
+    """
+    cls = method_class(cfg.method)
+    if cls.needs_labels and dataset.labels is None:
+        raise SynthposError(f"pretrain.method={cfg.method} is supervised but {dataset.name} has no labels; "
+                            "use a labelled dataset or a self-supervised method")
+    augment = build_augment(cfg, dataset)
+    scorer = None
+    if cfg.synthetic.mode == "quality":
+        from synthpos.models.scorer import build_scorer
+
+        size = cfg.augment.crop_size
+        scorer = build_scorer(cfg.synthetic.scorer, dataset.images, lambda x: to_model_input(x, size, dataset.mean, dataset.std),
+                              cfg.synthetic.gamma, cfg.synthetic.scorer_fit_images, seed)
     backbone = build_backbone(cfg.backbone, dataset.channels)
-    return SimCLR(
-        backbone, augment, cfg.optimizer, cfg.projector_hidden_dim, cfg.projector_out_dim, cfg.temperature,
-        synthetic_weight=cfg.synthetic.weight if cfg.synthetic.mode == "clsp" else None,
-        channels_last=cfg.channels_last,
-    )
+    return cls.from_config(cfg, backbone, augment, scorer)
 
 
 def check_batch_size(cfg: PretrainConfig, num_images: int) -> tuple[str, int]:
@@ -115,10 +169,18 @@ def pretrain(
     L.seed_everything(seed, workers=True, verbose=False)
     output_dir.mkdir(parents=True, exist_ok=True)
     precision = resolve_precision(cfg.precision, torch.device("cuda" if accelerator == "gpu" else "cpu"))
-    method = build_method(cfg, dataset)
+    method = build_method(cfg, dataset, seed)
+    if method.scorer is not None:
+        method.scorer.to(torch.device("cuda" if accelerator == "gpu" else "cpu"))
+    # torch's SyncBatchNorm runs only on GPUs; on CPU processes (gloo) use synthpos's own.
+    sync_batchnorm = cfg.sync_batchnorm and world > 1
+    if sync_batchnorm and accelerator == "cpu":
+        method = convert_global_batchnorm(method)
+        sync_batchnorm = False
     devices = cfg.devices
     loader = DataLoader(
-        PretrainBatches(dataset, store, seed), batch_size=cfg.batch_size // world, shuffle=True, drop_last=True,
+        PretrainBatches(dataset, store, seed, cfg.synthetic.mode, cfg.synthetic.replace_prob, cfg.synthetic.positives),
+        batch_size=cfg.batch_size // world, shuffle=True, drop_last=True,
         collate_fn=_first, num_workers=0,
     )
     callbacks: list[L.Callback] = [ModelCheckpoint(dirpath=output_dir / "checkpoints", save_last=True, save_top_k=0)]
@@ -133,7 +195,7 @@ def pretrain(
         accelerator=accelerator, devices=devices, num_nodes=cfg.num_nodes, strategy=strategy,
         precision="bf16-mixed" if precision == "bf16" else "32-true",
         max_epochs=cfg.epochs, max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
-        sync_batchnorm=cfg.sync_batchnorm, default_root_dir=output_dir, logger=CSVLogger(output_dir, name="logs"),
+        sync_batchnorm=sync_batchnorm, default_root_dir=output_dir, logger=CSVLogger(output_dir, name="logs"),
         callbacks=callbacks, enable_progress_bar=show_progress, enable_model_summary=False,
         # At most once per epoch: with the fixed 10, a run of fewer steps logged no loss at all.
         log_every_n_steps=max(1, min(10, len(loader) // world)), num_sanity_val_steps=0, use_distributed_sampler=True,

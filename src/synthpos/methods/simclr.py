@@ -1,28 +1,25 @@
-"""SimCLR (Chen et al., 2020) and CLSP-SimCLR (Zeng et al., 2024)."""
+"""SimCLR (Chen et al., 2020); CLSP-SimCLR is SimCLR with ``synthetic.mode=clsp``."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from synthpos.config import OptimizerConfig
+from synthpos.config import OptimizerConfig, PretrainConfig, SyntheticConfig
 from synthpos.data.augment import BatchAugment
 from synthpos.distributed import world_size
-from synthpos.losses import CLSPSimCLRLoss, NTXentLoss
-from synthpos.methods.base import SSLMethod
-
-
-def projection_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Module:
-    """CLSP's projector: Linear(hidden) - ReLU - Linear(out)."""
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+from synthpos.losses import MultiPositiveInfoNCELoss, NTXentLoss
+from synthpos.methods.base import Outputs, SSLMethod
+from synthpos.models.heads import mlp
 
 
 class SimCLR(SSLMethod):
-    """SimCLR; with ``synthetic_weight`` set, CLSP-SimCLR.
+    """SimCLR: NT-Xent between the projections of two views; negatives are the other images' views.
 
-    CLSP-SimCLR adds a third view made from one synthetic candidate of each anchor
-    (same augmentation) and the loss ``NT-Xent(z1, z2) + lambda * mean(2 - 2 cos(z1, z3))``;
-    z3 is never a negative.
+    With ``synthetic.mode=clsp`` this is CLSP-SimCLR: ``NT-Xent(z1, z2) + lambda * mean(2 - 2 cos(z1, z3))``
+    with z3 a synthetic view that is never a negative. With ``multipos`` every view of an
+    image, real or synthetic, is a positive of every other (multi-positive NT-Xent).
+    Projector: Linear(hidden) - ReLU - Linear(out) (CLSP's).
     """
 
     def __init__(
@@ -33,32 +30,35 @@ class SimCLR(SSLMethod):
         projector_hidden_dim: int = 4096,
         projector_out_dim: int = 256,
         temperature: float = 0.2,
-        synthetic_weight: float | None = None,
         channels_last: bool = True,
+        synthetic: SyntheticConfig | None = None,
+        scorer: nn.Module | None = None,
     ) -> None:
-        super().__init__(backbone, augment, optimizer, channels_last)
-        self.projector = projection_head(backbone.feature_dim, projector_hidden_dim, projector_out_dim)
+        super().__init__(backbone, augment, optimizer, channels_last, synthetic, scorer)
+        self.projector = mlp(backbone.feature_dim, projector_hidden_dim, projector_out_dim)
         self.temperature = temperature
-        self.synthetic_weight = synthetic_weight
+        self.setup_losses()
+
+    @classmethod
+    def from_config(cls, cfg: PretrainConfig, backbone: nn.Module, augment: BatchAugment, scorer=None) -> SimCLR:
+        return cls(backbone, augment, cfg.optimizer, cfg.projector_hidden_dim, cfg.projector_out_dim, cfg.temperature,
+                   cfg.channels_last, cfg.synthetic, scorer)
+
+    def setup_losses(self) -> None:
+        gather = world_size() > 1
+        self.criterion = NTXentLoss(self.temperature, gather_distributed=gather)
+        self.multipos_criterion = MultiPositiveInfoNCELoss(self.temperature, gather_distributed=gather)
 
     def setup(self, stage: str) -> None:
-        gather = world_size() > 1
-        if self.synthetic_weight is None:
-            self.criterion = NTXentLoss(self.temperature, gather_distributed=gather)
-        else:
-            self.criterion = CLSPSimCLRLoss(self.temperature, self.synthetic_weight, gather_distributed=gather)
+        self.setup_losses()  # the world size is known only now
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)
+    def embed(self, x: torch.Tensor) -> Outputs:
+        return {"z": self.projector(self.backbone(x))}
 
-    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        views = self.views(batch["images"], 2)
-        if self.synthetic_weight is not None:
-            views += self.views(batch["synthetic"], 1)
-        # One backbone pass over all views: larger batches run faster on every device.
-        z = self.projector(self.backbone(torch.cat(views))).float().chunk(len(views))
-        if self.synthetic_weight is None:
-            loss = self.criterion(z[0], z[1])
-            return loss, {"loss": loss}
-        loss, ntxent, synthetic = self.criterion(z[0], z[1], z[2], return_parts=True)
-        return loss, {"loss": loss, "ntxent": ntxent, "synthetic": synthetic}
+    def pair_loss(self, outputs, views, batch, weights):
+        loss = self.criterion(outputs[0]["z"], outputs[1]["z"], weights=weights)
+        return loss, {"ntxent": loss}
+
+    def multipos_loss(self, outputs: list[Outputs], batch: dict) -> torch.Tensor:
+        z = torch.cat([o["z"] for o in outputs])
+        return self.multipos_criterion(z, batch["indices"].repeat(len(outputs)))

@@ -94,6 +94,18 @@ class ConvNet(nn.Module):
         return self.pool(self.features(x)).flatten(1)
 
 
+def feature_map(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The backbone's last spatial features, before global pooling. Shape: (B, C, H, W) -> (B, D, h, w)."""
+    if isinstance(backbone, ConvNet):
+        return backbone.features(x)
+    if isinstance(backbone, SmallResNet):
+        return backbone.blocks(backbone.stem(x))
+    if isinstance(backbone, torchvision.models.ResNet):
+        x = backbone.maxpool(backbone.relu(backbone.bn1(backbone.conv1(x))))
+        return backbone.layer4(backbone.layer3(backbone.layer2(backbone.layer1(x))))
+    raise TypeError(f"no feature map known for {type(backbone).__name__}")
+
+
 def build_backbone(config: BackboneConfig, in_channels: int) -> nn.Module:
     """The encoder named by ``config``; it has a ``feature_dim`` attribute."""
     if config.name in ("resnet18", "resnet50"):

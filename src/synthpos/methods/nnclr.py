@@ -1,0 +1,94 @@
+"""NNCLR (Dwibedi et al., ICCV 2021): nearest neighbours from a support set as positives."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from synthpos.config import OptimizerConfig, PretrainConfig, SyntheticConfig
+from synthpos.data.augment import BatchAugment
+from synthpos.distributed import world_size
+from synthpos.losses import MoCoLoss
+from synthpos.methods.base import Outputs, SSLMethod
+from synthpos.models.heads import mlp
+from synthpos.models.memory import NearestNeighbourSupport
+
+
+class NNCLR(SSLMethod):
+    """NNCLR: each view's projection is replaced by its nearest neighbour in a support set
+    of past projections, which must pick out the other view's prediction among the batch.
+
+    Loss (solo-learn's ``nnclr_loss_func``, the paper's eq. 2, symmetrised)::
+
+        (CE(NN(z1) . p2^T / T, own index) + CE(NN(z2) . p1^T / T, own index)) / 2
+
+    Rows are the neighbours, columns the predictions of all images (of all ranks: the
+    predictions are gathered with gradient, where solo-learn uses only its own rank's);
+    only the predictions carry a gradient. This is not lightly's NTXent form, which also
+    contrasts each vector with the views of its own side. The neighbour is looked up
+    among the stored unit vectors by cosine similarity; after each step the projections
+    ``z1`` of all ranks enter the support set. Quality weights multiply each row's
+    cross-entropy.
+
+    Heads and defaults as solo-learn's CIFAR recipe (scripts/pretrain/cifar/nnclr.yaml):
+    projector 3 layers (2048, 2048, 256) with BatchNorm after each, predictor
+    Linear(4096) - BatchNorm - ReLU - Linear(256), T 0.2, support set 65536.
+
+    CLSP term: on ``p``, the vector the loss scores against its positive (as MoCo's
+    query), so the synthetic view's prediction joins view 1's in the contrasted space.
+    """
+
+    synthetic_key = "p"
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        augment: BatchAugment,
+        optimizer: OptimizerConfig,
+        projector_hidden_dim: int = 2048,
+        projector_out_dim: int = 256,
+        predictor_hidden_dim: int = 4096,
+        temperature: float = 0.2,
+        queue_size: int = 65536,
+        channels_last: bool = True,
+        synthetic: SyntheticConfig | None = None,
+        scorer: nn.Module | None = None,
+    ) -> None:
+        super().__init__(backbone, augment, optimizer, channels_last, synthetic, scorer)
+        self.projector = mlp(backbone.feature_dim, projector_hidden_dim, projector_out_dim, num_layers=3,
+                             batch_norm=True, last_batch_norm=True)
+        self.predictor = mlp(projector_out_dim, predictor_hidden_dim, projector_out_dim, batch_norm=True)
+        self.support = NearestNeighbourSupport(queue_size, projector_out_dim)
+        self.temperature = temperature
+        self.setup_losses()
+        self._projections = torch.empty(0)
+
+    @classmethod
+    def from_config(cls, cfg: PretrainConfig, backbone: nn.Module, augment: BatchAugment, scorer=None) -> NNCLR:
+        return cls(backbone, augment, cfg.optimizer, cfg.projector_hidden_dim, cfg.projector_out_dim,
+                   cfg.predictor_hidden_dim, cfg.temperature, cfg.queue_size, cfg.channels_last, cfg.synthetic, scorer)
+
+    def setup_losses(self) -> None:
+        # MoCoLoss without a queue is exactly this contrast: row i (here a neighbour) against
+        # column j (a prediction), target i, negatives the other images' predictions.
+        self.criterion = MoCoLoss(self.temperature, gather_distributed=world_size() > 1)
+
+    def setup(self, stage: str) -> None:
+        self.setup_losses()  # the world size is known only now
+
+    def embed(self, x: torch.Tensor) -> Outputs:
+        z = self.projector(self.backbone(x))
+        return {"z": z, "p": self.predictor(z)}
+
+    def pair_loss(self, outputs, views, batch, weights):
+        (z1, p1), (z2, p2) = ((o["z"], o["p"]) for o in outputs)
+        nn1, nn2 = self.support.nearest(z1), self.support.nearest(z2)
+        loss = (self.criterion(nn1, p2, weights=weights) + self.criterion(nn2, p1, weights=weights)) / 2
+        self._projections = z1.detach()
+        return loss, {"nnclr": loss}
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # After the optimiser step: this step's neighbours came from the support set as it was.
+        if self._projections.numel():
+            self.support.enqueue(self._projections)
+        self._projections = torch.empty(0)

@@ -1,0 +1,64 @@
+"""SimSiam (Chen & He, CVPR 2021): predict the other view's projection behind a stop-gradient."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from synthpos.config import OptimizerConfig, PretrainConfig, SyntheticConfig
+from synthpos.data.augment import BatchAugment
+from synthpos.losses import NegativeCosineSimilarity
+from synthpos.methods.base import Outputs, SSLMethod
+from synthpos.models.heads import mlp
+
+
+class SimSiam(SSLMethod):
+    """SimSiam: ``-cos(p1, sg(z2)) / 2 - cos(p2, sg(z1)) / 2``, averaged over the batch.
+
+    No momentum encoder and no negatives: the stop-gradient on the projection ``z`` and
+    the predictor keep it from collapsing. Quality weights make each term
+    ``-mean_i(w_i cos_i) / 2``.
+
+    Heads and defaults as solo-learn's CIFAR recipe (scripts/pretrain/cifar/simsiam.yaml):
+    projector 3 layers of 2048 with BatchNorm, the last BatchNorm without affine
+    parameters; predictor Linear(512) - BatchNorm - ReLU - Linear(2048). solo-learn also
+    keeps the predictor's learning rate fixed (``static_lr``, as the paper); here it
+    follows the shared schedule like every other parameter.
+
+    CLSP term: on ``p``, the output the loss compares with its target, so the synthetic
+    view's prediction is pulled towards view 1's in the space the loss aligns.
+    """
+
+    synthetic_key = "p"
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        augment: BatchAugment,
+        optimizer: OptimizerConfig,
+        projector_hidden_dim: int = 2048,
+        projector_out_dim: int = 2048,
+        predictor_hidden_dim: int = 512,
+        channels_last: bool = True,
+        synthetic: SyntheticConfig | None = None,
+        scorer: nn.Module | None = None,
+    ) -> None:
+        super().__init__(backbone, augment, optimizer, channels_last, synthetic, scorer)
+        self.projector = mlp(backbone.feature_dim, projector_hidden_dim, projector_out_dim, num_layers=3,
+                             batch_norm=True, last_batch_norm=True, last_affine=False)
+        self.predictor = mlp(projector_out_dim, predictor_hidden_dim, projector_out_dim, batch_norm=True)
+        self.criterion = NegativeCosineSimilarity(dim=1)
+
+    @classmethod
+    def from_config(cls, cfg: PretrainConfig, backbone: nn.Module, augment: BatchAugment, scorer=None) -> SimSiam:
+        return cls(backbone, augment, cfg.optimizer, cfg.projector_hidden_dim, cfg.projector_out_dim,
+                   cfg.predictor_hidden_dim, cfg.channels_last, cfg.synthetic, scorer)
+
+    def embed(self, x: torch.Tensor) -> Outputs:
+        z = self.projector(self.backbone(x))
+        return {"z": z, "p": self.predictor(z)}
+
+    def pair_loss(self, outputs, views, batch, weights):
+        (z1, p1), (z2, p2) = ((o["z"], o["p"]) for o in outputs)
+        loss = (self.criterion(p1, z2.detach(), weights=weights) + self.criterion(p2, z1.detach(), weights=weights)) / 2
+        return loss, {"simsiam": loss}
