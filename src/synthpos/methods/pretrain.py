@@ -103,16 +103,26 @@ def build_augment(cfg: PretrainConfig, dataset: ImageDataset) -> BatchAugment:
     )
 
 
+def check_method(cfg: PretrainConfig, dataset: ImageDataset) -> type[SSLMethod]:
+    """The method's class, once it is known to work on ``dataset``.
+
+    Raises:
+        SynthposError: a supervised method on unlabelled data.
+    """
+    cls = method_class(cfg.method)
+    if cls.needs_labels and dataset.labels is None:
+        raise SynthposError(f"pretrain.method={cfg.method} is supervised but {dataset.name} has no labels; "
+                            "use a labelled dataset or a self-supervised method")
+    return cls
+
+
 def build_method(cfg: PretrainConfig, dataset: ImageDataset, seed: int = 0) -> SSLMethod:
     """The configured method, with its backbone, augmentation and (quality mode) fitted scorer.
 
     Raises:
         SynthposError: a supervised method on unlabelled data; a scorer that cannot be used.
     """
-    cls = method_class(cfg.method)
-    if cls.needs_labels and dataset.labels is None:
-        raise SynthposError(f"pretrain.method={cfg.method} is supervised but {dataset.name} has no labels; "
-                            "use a labelled dataset or a self-supervised method")
+    cls = check_method(cfg, dataset)
     augment = build_augment(cfg, dataset)
     scorer = None
     if cfg.synthetic.mode == "quality":
@@ -221,6 +231,7 @@ def pretrain_stage(config: RunConfig, show_progress: bool = True) -> Path:
     if cfg.synthetic.mode != "none":
         store = SyntheticStore.open(config.store_dir, dataset.name, dataset.split, dataset.images)
     check_batch_size(cfg, len(dataset))  # before anything is written
+    check_method(cfg, dataset)
     monitor = load_dataset(config.data.model_copy(update={"subset": None}), "test") if cfg.knn_every_epochs else None
     dump_config(config, config.pretrain_dir / "config.yaml")
     return pretrain(cfg, dataset, config.pretrain_dir, store, monitor, config.seed, show_progress)
