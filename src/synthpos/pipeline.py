@@ -19,6 +19,8 @@ def stage_done(config: RunConfig, stage: str) -> str | None:
     if stage == "train-generator":
         if config.pretrain.synthetic.mode == "none":
             return "no synthetic positives in this run"
+        if config.generate.kind != "clsp":
+            return f"generate.kind={config.generate.kind} uses a pretrained generator (generate.generator)"
         if config.generate.generator is not None:
             return f"using generator {config.generate.generator}"
         if (config.generator_dir / "COMPLETE").is_file():

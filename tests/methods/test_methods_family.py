@@ -284,7 +284,7 @@ def test_quality_weights(name: str) -> None:
     with torch.no_grad():
         plain, _ = _loss(_method(name), batch)
         ones, _ = _loss(_method(name, "quality", scorer=FixedScorer(torch.ones(N))), batch)
-        w = torch.tensor([3.0, 0.5, 0.1, 1.2, 0.2, 1.0])
+        w = torch.tensor([3.0, 0.5, 0.1, 1.2, 0.2, 2.0])  # mean 7/6: a loss that assumed mean(w) = 1 fails
         method = _method(name, "quality", scorer=FixedScorer(w))
         weighted, _ = _loss(method, batch)
         expected = reference(name, method, batch["images"], w)

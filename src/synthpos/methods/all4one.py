@@ -13,7 +13,7 @@ from torch import nn
 
 from synthpos.config import OptimizerConfig, PretrainConfig, SyntheticConfig
 from synthpos.data.augment import BatchAugment
-from synthpos.distributed import world_size
+from synthpos.distributed import gather, world_size
 from synthpos.errors import SynthposError
 from synthpos.losses import MoCoLoss
 from synthpos.methods.base import Outputs, SSLMethod
@@ -24,7 +24,7 @@ from synthpos.models.memory import NearestNeighbourSupport
 #: neighbours of each image the transformer summarises (solo-learn's 5)
 NEIGHBOURS = 5
 #: temperature of the centroid contrast (solo-learn calls nnclr_loss_func with its default 0.1 there)
-CENTROID_TEMPERATURE = 0.2
+CENTROID_TEMPERATURE = 0.1
 #: scale of the feature contrast (solo-learn's ``* 10``)
 FEATURE_SCALE = 10.0
 TRANSFORMER_LAYERS, TRANSFORMER_HEADS = 3, 8
@@ -76,7 +76,8 @@ class All4One(SSLMethod):
     - feature contrast (redundancy reduction): :func:`feature_contrast`.
 
     Each CE takes the image's own index as target and the other images (of all ranks,
-    gathered with gradient; solo-learn uses only its own rank's) as negatives. After each
+    gathered with gradient; solo-learn uses only its own rank's) as negatives; the feature
+    contrast's correlations, too, are over the global batch. After each
     step the momentum encoder moves towards the online one (cosine schedule) and the
     ``m1`` of all ranks enter the support set.
 
@@ -183,7 +184,8 @@ class All4One(SSLMethod):
         shifted1 = self.summarise(torch.cat([s1.unsqueeze(1), nn1[:, :-1]], dim=1))
         shifted2 = self.summarise(torch.cat([s2.unsqueeze(1), nn2[:, :-1]], dim=1))
         centroid = (self.centroid_criterion(rich1, shifted2) + self.centroid_criterion(rich2, shifted1)) / 2
-        feature = feature_contrast(m1, m2, z1, z2)
+        # Over the global batch (solo-learn: each rank's own), so that DDP trains as one process would.
+        feature = feature_contrast(*(gather(t) for t in (m1, m2, z1, z2)))
 
         loss = 0.5 * centroid + 0.5 * neighbour + 0.5 * feature
         self._keys = m1.detach()
