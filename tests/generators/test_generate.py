@@ -14,7 +14,7 @@ from synthpos.data.synthetic_store import SyntheticStore
 from synthpos.errors import SynthposError
 from synthpos.generators.clsp import clsp_interpolation_sample, ddim_scheduler
 from synthpos.generators.diffusion import images_to_model_range, load_generator, model_range_to_images, save_pipeline
-from synthpos.generators.generate import generate_shard, generate_store
+from synthpos.generators.generate import CLSPGenerator, generate_store
 
 SETTINGS = GenerateConfig(candidates=2, num_steps=3, shard_size=4, batch_size=3, precision="fp32", channels_last=False)
 NUM_SHARDS = 3  # 10 anchors, 4 per shard
@@ -198,12 +198,14 @@ def test_batch_size_does_not_change_the_bytes(tmp_path, reference_store, anchor_
         assert np.abs(a - b).max() <= 1 and (a != b).mean() < 1e-3
 
 
-def test_generate_shard_directly(anchor_images, generator_dir) -> None:
-    unet, noise_scheduler = load_generator(generator_dir)
-    out = generate_shard(unet, noise_scheduler, anchor_images[4:8], 4, SETTINGS, 0, torch.device("cpu"))
+def test_generate_a_shard_directly(reference_store, anchor_images, generator_dir) -> None:
+    generator = CLSPGenerator(generator_dir, SETTINGS, 0, "cpu")
+    out = generator.generate(anchor_images[4:8], 4)
     assert out.shape == (4, 2, 8, 8, 1) and out.dtype == np.uint8
+    # The store's shard 1 holds anchors 4..7: the same candidates.
+    assert np.array_equal(out, np.load(SyntheticStore.open(reference_store).shard_path(1)))
     # first_index enters the seeds: the same anchors at another index give other candidates.
-    other = generate_shard(unet, noise_scheduler, anchor_images[4:8], 0, SETTINGS, 0, torch.device("cpu"))
+    other = generator.generate(anchor_images[4:8], 0)
     assert (out != other).any()
 
 
@@ -243,3 +245,86 @@ def test_incomplete_generator_dir_names_the_layout(tmp_path, anchor_images, gene
     shutil.rmtree(partial / "scheduler")
     with pytest.raises(SynthposError, match="scheduler/scheduler_config.json"):
         _generate(anchor_images, partial, tmp_path / "store")
+
+
+# ----------------------------------------------------------------------------- (f) sampler settings in the store
+
+
+FAST = SETTINGS.model_copy(update={"sampler": "dpmsolver++", "share_anchor_noise": True, "num_steps": 4})
+
+
+@pytest.fixture(scope="module")
+def fast_store(tmp_path_factory, anchor_images, generator_dir) -> Path:
+    path = tmp_path_factory.mktemp("fast") / "store"
+    _generate(anchor_images, generator_dir, path, FAST)
+    return path
+
+
+def _assert_same_images(path: Path, ref: Path) -> None:
+    ours, theirs = _shard_bytes(path), _shard_bytes(ref)
+    assert ours.keys() == theirs.keys()
+    if ours != theirs:
+        # As above: other batch sizes may take other float kernels (at most one grey level, rarely).
+        a = np.concatenate([np.load(path / n).ravel() for n in ours]).astype(int)
+        b = np.concatenate([np.load(ref / n).ravel() for n in theirs]).astype(int)
+        assert np.abs(a - b).max() <= 1 and (a != b).mean() < 1e-3
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 5, 64])
+def test_shared_anchor_noise_store_is_the_same_in_any_batch_size(tmp_path, fast_store, anchor_images, generator_dir, batch_size) -> None:
+    path = tmp_path / "store"
+    _generate(anchor_images, generator_dir, path, FAST.model_copy(update={"batch_size": batch_size}))
+    _assert_same_images(path, fast_store)
+
+
+def test_shared_anchor_noise_store_split_across_ranks(tmp_path, fast_store, anchor_images, generator_dir) -> None:
+    path = tmp_path / "store"
+    for rank in (1, 0):
+        _generate(anchor_images, generator_dir, path, FAST, rank=rank, world_size=2)
+    assert _shard_bytes(path) == _shard_bytes(fast_store)
+
+
+def test_dpmsolver_store_equals_the_sampler_called_directly(fast_store, reference_store, anchor_images, generator_dir) -> None:
+    from synthpos.generators.clsp import SHARED_ANCHOR_NOISE, derive_seed
+    from synthpos.generators.samplers import dpmsolver_scheduler
+
+    unet, noise_scheduler = load_generator(generator_dir)
+    store = SyntheticStore.open(fast_store)
+    for a in (0, 6, 9):
+        anchor = images_to_model_range(torch.from_numpy(anchor_images[a: a + 1]))
+        sample = clsp_interpolation_sample(
+            unet, dpmsolver_scheduler(noise_scheduler), anchor, [torch.Generator().manual_seed(derive_seed(0, a, c)) for c in (0, 1)],
+            num_steps=FAST.num_steps, weight=FAST.interpolation_weight, anchor_index=torch.tensor([0, 0]),
+            anchor_generators=[torch.Generator().manual_seed(derive_seed(0, a, SHARED_ANCHOR_NOISE))],
+        )
+        expected = model_range_to_images(sample).numpy()
+        assert np.abs(expected.astype(int) - store[a].astype(int)).max() <= 1
+    # And the fast settings make other candidates than the paper's sampler.
+    assert not np.array_equal(np.load(store.shard_path(0)), np.load(SyntheticStore.open(reference_store).shard_path(0)))
+
+
+def test_record_holds_what_changes_the_bytes(fast_store, reference_store, generator_dir) -> None:
+    from synthpos.generators.generate import generator_record
+
+    fast = SyntheticStore.open(fast_store).manifest["generator"]
+    assert fast == generator_record(generator_dir, FAST, 0, torch.device("cpu"))
+    assert fast["kind"] == "clsp" and fast["sampler"] == "dpmsolver++" and fast["solver_order"] == 2
+    assert fast["share_anchor_noise"] is True and fast["eta"] is None and fast["num_classes"] is None
+    paper = SyntheticStore.open(reference_store).manifest["generator"]
+    assert paper["sampler"] == "ddim" and paper["eta"] == SETTINGS.eta and paper["share_anchor_noise"] is False
+    # Speed-only settings are not in it: a store made with them is reused as it is.
+    for change in ({"batch_size": 7}, {"compile": True}, {"num_threads": 1}, {"channels_last": True}):
+        assert generator_record(generator_dir, FAST.model_copy(update=change), 0, torch.device("cpu")) == fast
+    for change in ({"sampler": "ddim"}, {"share_anchor_noise": False}, {"num_steps": 5}, {"clip_x0": True}):
+        assert generator_record(generator_dir, FAST.model_copy(update=change), 0, torch.device("cpu")) != fast
+
+
+def test_resuming_with_another_sampler_raises(tmp_path, fast_store, anchor_images, generator_dir, count_writes) -> None:
+    path = tmp_path / "store"
+    shutil.copytree(fast_store, path)
+    for change in ({"sampler": "ddim"}, {"share_anchor_noise": False}):
+        with pytest.raises(SynthposError, match="different generator"):
+            _generate(anchor_images, generator_dir, path, FAST.model_copy(update=change))
+    count_writes.clear()
+    _generate(anchor_images, generator_dir, path, FAST.model_copy(update={"batch_size": 1}))
+    assert count_writes == []

@@ -1,26 +1,49 @@
-"""CLSP's synthetic positives: DDIM sampling with bottleneck feature interpolation.
+"""CLSP's synthetic positives: sampling with bottleneck feature interpolation.
 
-Zeng et al. (ECCV 2024). At every DDIM step the anchor is re-noised to the same
+Zeng et al. (ECCV 2024). At every sampler step the anchor is re-noised to the same
 timestep with fresh noise; the UNet's encoder and middle block run on both the
 trajectory ``x_t`` and the noised anchor; the middle block's output becomes
 ``w * h + (1 - w) * h_anchor``; the decoder runs on that with the trajectory's
-own skip connections; then the DDIM update is taken. ``w = 1`` is plain DDIM,
-``w = 0`` feeds the anchor's bottleneck at every step.
+own skip connections; then the sampler's update is taken. ``w = 1`` is plain
+sampling, ``w = 0`` feeds the anchor's bottleneck at every step.
 
-The DDIM steps are the official ones: diffusers' ``DDIMScheduler`` with
-``timestep_spacing="trailing"`` and ``set_alpha_to_one=True`` visits
-999, 989, ..., 9 and then jumps to x0 for 100 steps of a 1000-step model.
+The paper's sampler is DDIM on the official steps: diffusers' ``DDIMScheduler`` with
+``timestep_spacing="trailing"`` and ``set_alpha_to_one=True`` visits 999, 989, ..., 9
+and then jumps to x0 for 100 steps of a 1000-step model. DPM-Solver++ takes the same
+interpolated prediction in far fewer steps (see :mod:`synthpos.generators.samplers`).
+
+Class-conditional UNets (``num_class_embeds`` = classes + 1, the last id the null class)
+use classifier-free guidance: ``eps = eps_null + s * (eps_cond - eps_null)``, each of the
+two predictions interpolated at the bottleneck with the anchor under the same label.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from diffusers import DDIMScheduler, SchedulerMixin, UNet2DModel
 
+from synthpos.generators.samplers import ddim_scheduler, noise_to_timestep, sampler_step
 from synthpos.precision import autocast
+
+__all__ = [
+    "SHARED_ANCHOR_NOISE",
+    "clsp_interpolation_sample",
+    "ddim_scheduler",
+    "derive_seed",
+    "guided_eps",
+    "null_label",
+    "num_classes",
+    "unet_decode",
+    "unet_encode",
+]
+
+#: The candidate index whose seed draws an anchor's shared re-noising (``share_anchor_noise``):
+#: no real candidate has it, so the shared stream is independent of every candidate's.
+SHARED_ANCHOR_NOISE = 2**32
 
 
 def derive_seed(seed: int, anchor: int, candidate: int) -> int:
@@ -33,16 +56,27 @@ def derive_seed(seed: int, anchor: int, candidate: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
 
 
-def ddim_scheduler(noise_scheduler: SchedulerMixin, clip_x0: bool = False) -> DDIMScheduler:
-    """CLSP's DDIM from the generator's training schedule (same betas)."""
-    return DDIMScheduler.from_config(
-        noise_scheduler.config,
-        timestep_spacing="trailing",
-        set_alpha_to_one=True,
-        clip_sample=clip_x0,
-        clip_sample_range=1.0,
-        prediction_type="epsilon",
-    )
+def num_classes(unet: UNet2DModel) -> int | None:
+    """Classes of a class-conditional UNet (its class embeddings less the null class), else None."""
+    embeds = unet.config.num_class_embeds
+    return None if unet.class_embedding is None or embeds is None else int(embeds) - 1
+
+
+def null_label(unet: UNet2DModel) -> int:
+    """The null-class id of a class-conditional UNet: its last class embedding."""
+    classes = num_classes(unet)
+    if classes is None:
+        raise ValueError("this UNet is not class-conditional (no num_class_embeds)")
+    return classes
+
+
+def guided_eps(eps_null: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: ``eps_null + scale * (eps_cond - eps_null)``.
+
+    ``scale = 1`` is the conditional prediction, ``0`` the unconditional one. (The official
+    CLSP code writes ``(1 + w) * eps_cond - w * eps_null``: ``scale = 1 + w``.)
+    """
+    return eps_null + scale * (eps_cond - eps_null)
 
 
 def _check_unet(unet: UNet2DModel) -> None:
@@ -50,6 +84,8 @@ def _check_unet(unet: UNet2DModel) -> None:
         raise ValueError("bottleneck interpolation needs a UNet without skip-sample blocks (no Skip*Block2D)")
     if unet.config.time_embedding_type != "positional" or unet.config.center_input_sample:
         raise ValueError("bottleneck interpolation supports positional time embeddings without center_input_sample")
+    if unet.class_embedding is not None and unet.config.class_embed_type is not None:
+        raise ValueError("class-conditional sampling supports num_class_embeds (class_embed_type=None) only")
 
 
 def unet_encode(
@@ -91,10 +127,70 @@ def _randn_per_sample(shape: Sequence[int], generators: Sequence[torch.Generator
     return torch.stack([torch.randn(tuple(shape), generator=g) for g in generators]).to(device)
 
 
+Encode = Callable[..., tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]]
+Decode = Callable[..., torch.Tensor]
+
+
+@functools.cache
+def _compiled_split() -> tuple[Encode, Decode]:
+    # Compiled once per process; dynamo guards on the UNet passed in, so one compiled
+    # function serves every UNet (and recompiles only for a new one or a new shape class).
+    return torch.compile(unet_encode, dynamic=True), torch.compile(unet_decode, dynamic=True)
+
+
+def _unet_split(compiled: bool) -> tuple[Encode, Decode]:
+    return _compiled_split() if compiled else (unet_encode, unet_decode)
+
+
+def _interpolated_eps(
+    unet: UNet2DModel,
+    encode: Encode,
+    decode: Decode,
+    x: torch.Tensor,
+    noisy_anchor: torch.Tensor,
+    anchor_of_row: torch.Tensor,
+    t: torch.Tensor,
+    weight: float,
+    label_passes: list[tuple[torch.Tensor, torch.Tensor] | None],
+    memory_format: torch.memory_format,
+) -> list[torch.Tensor]:
+    """The bottleneck-interpolated noise prediction of ``x``, once per label pass.
+
+    One encoder call over every pass's trajectory rows and noised-anchor rows, one
+    decoder call over every pass's trajectory rows.
+
+    Args:
+        x: the trajectories. Shape: (B, C, H, W).
+        noisy_anchor: the noised anchors. Shape: (Na, C, H, W); row ``anchor_of_row[i]``
+            is trajectory i's.
+        label_passes: per pass, ``(trajectory labels (B,), anchor labels (Na,))``, or
+            ``[None]`` for an unconditional UNet.
+
+    Returns:
+        One float32 prediction (B, C, H, W) per pass.
+    """
+    b, passes = x.shape[0], len(label_passes)
+    use_anchor = weight != 1.0  # w = 1 ignores the anchor: skip its encoder rows
+    rows = [x] * passes + ([noisy_anchor] * passes if use_anchor else [])
+    inputs = torch.cat(rows).contiguous(memory_format=memory_format)
+    labels = None
+    if label_passes[0] is not None:
+        labels = torch.cat([p[0] for p in label_passes] + ([p[1] for p in label_passes] if use_anchor else []))
+    h_all, skips, emb = encode(unet, inputs, t, labels)
+    n_traj = passes * b
+    h = h_all[:n_traj]
+    if use_anchor:
+        na = noisy_anchor.shape[0]
+        h_anchor = torch.cat([h_all[n_traj + p * na: n_traj + (p + 1) * na][anchor_of_row] for p in range(passes)])
+        h = weight * h + (1.0 - weight) * h_anchor
+    eps = decode(unet, h, tuple(s[:n_traj] for s in skips), emb[:n_traj]).float()
+    return list(eps.split(b))
+
+
 @torch.no_grad()
 def clsp_interpolation_sample(
     unet: UNet2DModel,
-    scheduler: DDIMScheduler,
+    scheduler: SchedulerMixin,
     anchors: torch.Tensor,
     generators: Sequence[torch.Generator],
     num_steps: int = 100,
@@ -102,42 +198,80 @@ def clsp_interpolation_sample(
     weight: float = 0.1,
     precision: str = "fp32",
     class_labels: torch.Tensor | None = None,
+    *,
+    anchor_index: torch.Tensor | None = None,
+    anchor_generators: Sequence[torch.Generator] | None = None,
+    guidance_scale: float = 1.0,
+    compiled: bool = False,
 ) -> torch.Tensor:
-    """Synthetic positives of ``anchors`` by DDIM with bottleneck interpolation.
+    """Synthetic positives of ``anchors`` by DDIM or DPM-Solver++ with bottleneck interpolation.
+
+    Row ``i`` of the output is a trajectory toward anchor ``anchor_index[i]`` (default:
+    row i of ``anchors``), so the K candidates of one anchor share one anchor row.
 
     Args:
-        unet: an epsilon-prediction UNet2DModel.
-        scheduler: a DDIMScheduler (see :func:`ddim_scheduler`); ``clip_sample`` on it
-            clips the predicted x0 at every step (the paper does not).
-        anchors: the images to stay close to, in [-1, 1]. Shape: (B, C, H, W).
-        generators: one CPU ``torch.Generator`` per row; all noise of a row (x_T,
-            the anchor's re-noising, the DDIM variance) is drawn from its generator.
-        num_steps: DDIM steps.
-        eta: DDIM stochasticity (0 = deterministic).
+        unet: an epsilon-prediction UNet2DModel, unconditional or with ``num_class_embeds``.
+        scheduler: a DDIMScheduler (:func:`ddim_scheduler`) or a DPMSolverMultistepScheduler
+            (:func:`synthpos.generators.samplers.dpmsolver_scheduler`); clipping of the
+            predicted x0 at every step is the scheduler's setting (the paper does not clip).
+        anchors: the images to stay close to, in [-1, 1]. Shape: (A, C, H, W).
+        generators: one CPU ``torch.Generator`` per output row. A row draws, in order: x_T;
+            then per step its anchor re-noising (unless ``anchor_generators``) and, for DDIM,
+            the variance noise.
+        num_steps: sampler steps.
+        eta: DDIM stochasticity (0 = deterministic); DPM-Solver++ ignores it.
         weight: w in ``w * h + (1 - w) * h_anchor``.
+        class_labels: the anchors' labels (A,), required by a class-conditional UNet; a
+            trajectory and its anchor are both predicted under the anchor's label.
+        anchor_index: which anchor each output row follows. Shape: (B,); default ``arange(A)``.
+        anchor_generators: one generator per anchor (A): each step re-noises an anchor once
+            from it and all rows of that anchor share it (encoder rows B + A instead of 2B).
+            Default None: fresh noise per row (the paper).
+        guidance_scale: classifier-free guidance s (class-conditional UNets): 1 uses the
+            conditional prediction alone, 0 the null-class one; otherwise both are computed.
+        compiled: run the UNet's encoder and decoder through ``torch.compile``.
 
     Returns:
         Samples in [-1, 1] (clipped at the end only). Shape: (B, C, H, W).
     """
     _check_unet(unet)
-    if len(generators) != anchors.shape[0]:
-        raise ValueError(f"need one generator per anchor row: {len(generators)} for {anchors.shape[0]} rows")
     device = anchors.device
+    index = torch.arange(anchors.shape[0]) if anchor_index is None else anchor_index.long().cpu()
+    batch = len(index)
+    if len(generators) != batch:
+        raise ValueError(f"need one generator per anchor row: {len(generators)} for {batch} rows")
+    if anchor_generators is not None and len(anchor_generators) != anchors.shape[0]:
+        raise ValueError(f"need one anchor generator per anchor: {len(anchor_generators)} for {anchors.shape[0]} anchors")
+    index_dev = index.to(device)
+    shared = anchor_generators is not None
+    # Rows of the noised anchors: one per anchor when shared, else one per trajectory.
+    anchor_of_row = index_dev if shared else torch.arange(batch, device=device)
+    row_anchors = anchors if shared else anchors[index_dev]
+    label_passes: list[tuple[torch.Tensor, torch.Tensor] | None] = [None]
+    if num_classes(unet) is not None:
+        if class_labels is None:
+            raise ValueError("this UNet is class-conditional: pass class_labels")
+        labels = class_labels.to(device).long()
+        null = torch.full_like(labels, null_label(unet))
+        # s = 1 and s = 0 need one prediction only; otherwise the null pass comes first.
+        label_sets = {1.0: [labels], 0.0: [null]}.get(float(guidance_scale), [null, labels])
+        label_passes = [(y[index_dev], y if shared else y[index_dev]) for y in label_sets]
+    encode, decode = _unet_split(compiled)
+    is_ddim = isinstance(scheduler, DDIMScheduler)
     shape = anchors.shape[1:]
+    channels_last = anchors.shape[1] > 1 and anchors.is_contiguous(memory_format=torch.channels_last)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     scheduler.set_timesteps(num_steps)
-    memory_format = torch.channels_last if anchors.is_contiguous(memory_format=torch.channels_last) and anchors.shape[1] > 1 else torch.contiguous_format
     x = _randn_per_sample(shape, generators, device) * scheduler.init_noise_sigma
-    batch = anchors.shape[0]
     for t in scheduler.timesteps:
         t_dev = t.to(device)
-        anchor_noise = _randn_per_sample(shape, generators, device)
-        noisy_anchor = scheduler.add_noise(anchors, anchor_noise, t_dev.expand(batch))
-        both = torch.cat([x, noisy_anchor]).contiguous(memory_format=memory_format)
-        labels = None if class_labels is None else torch.cat([class_labels, class_labels])
+        anchor_noise = _randn_per_sample(shape, anchor_generators if shared else generators, device)
+        noisy_anchor = noise_to_timestep(scheduler, row_anchors, anchor_noise, t_dev)
         with autocast(device, precision):
-            h_both, skips, emb = unet_encode(unet, both, t_dev, labels)
-            h = weight * h_both[:batch] + (1.0 - weight) * h_both[batch:]
-            eps = unet_decode(unet, h, tuple(s[:batch] for s in skips), emb[:batch])
-        variance_noise = _randn_per_sample(shape, generators, device)
-        x = scheduler.step(eps.float(), t, x, eta=eta, variance_noise=variance_noise).prev_sample
+            eps_passes = _interpolated_eps(
+                unet, encode, decode, x, noisy_anchor, anchor_of_row, t_dev, weight, label_passes, memory_format
+            )
+        eps = guided_eps(eps_passes[0], eps_passes[1], guidance_scale) if len(eps_passes) == 2 else eps_passes[0]
+        variance_noise = _randn_per_sample(shape, generators, device) if is_ddim else None
+        x = sampler_step(scheduler, eps, t, x, eta, variance_noise)
     return x.clamp(-1.0, 1.0)

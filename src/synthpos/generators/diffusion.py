@@ -1,10 +1,16 @@
-"""Stage 1: an unconditional DDPM on diffusers' UNet2DModel, trained from scratch.
+"""Stage 1: a DDPM on diffusers' UNet2DModel, trained from scratch.
 
 The recipe is CLSP's (Ho et al.'s CIFAR DDPM): linear betas, Adam with a linear
 warm-up, gradient clipping, an EMA of the weights, horizontal flips only, images in
 [-1, 1]. The final model is written as a diffusers ``DDPMPipeline`` directory
 (``model_index.json``, ``unet/``, ``scheduler/``), so ``DDPMPipeline.from_pretrained``
 loads it as it is.
+
+Unconditional by default. With ``class_conditional`` the UNet gets ``num_class_embeds =
+classes + 1`` class embeddings (added to the time embedding); the last id is the null
+class: each training label is replaced by it with probability ``label_dropout``, so one
+model predicts both conditionally and unconditionally, as classifier-free guidance needs
+(Ho & Salimans, 2022). The number of classes is in ``unet/config.json``.
 """
 
 from __future__ import annotations
@@ -31,9 +37,13 @@ BUILTIN_PREFIX = "builtin:"
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 
 
-def build_unet(config: UNetConfig, sample_size: int, channels: int) -> UNet2DModel:
+def build_unet(config: UNetConfig, sample_size: int, channels: int, num_classes: int | None = None) -> UNet2DModel:
     """A UNet2DModel shaped like the DDPM/CLSP UNet: ``len(block_out_channels)`` levels,
-    attention at ``attention_levels``, a middle block with attention."""
+    attention at ``attention_levels``, a middle block with attention.
+
+    ``num_classes``: make it class-conditional with ``num_classes + 1`` class embeddings
+    (the last one is the null class of classifier-free guidance).
+    """
     levels = len(config.block_out_channels)
     bad = [lvl for lvl in config.attention_levels if not 0 <= lvl < levels]
     if bad:
@@ -58,6 +68,7 @@ def build_unet(config: UNetConfig, sample_size: int, channels: int) -> UNet2DMod
         attention_head_dim=config.attention_head_dim,
         resnet_time_scale_shift="default",
         add_attention=True,
+        num_class_embeds=None if num_classes is None else num_classes + 1,
     )
 
 
@@ -150,6 +161,8 @@ def train_generator(
     seed: int = 0,
     device: str | torch.device | None = None,
     show_progress: bool = True,
+    labels: np.ndarray | None = None,
+    num_classes: int | None = None,
 ) -> Path:
     """Train a DDPM on ``images`` and write it to ``output_dir/model``.
 
@@ -161,13 +174,21 @@ def train_generator(
         images: uint8 training images. Shape: (N, H, W, C), H == W.
         config: the stage's settings.
         output_dir: where ``checkpoint.pt``, ``model/`` and ``COMPLETE`` go.
+        labels: class labels (N,) in ``[0, num_classes)``; needed when ``config.class_conditional``.
+        num_classes: classes of a class-conditional model (default: ``labels.max() + 1``).
 
     Returns:
         The path of the saved DDPMPipeline directory.
+
+    Raises:
+        SynthposError: non-square images; a class-conditional model without labels or
+            with labels outside ``[0, num_classes)``.
     """
     n, h, w, c = images.shape
     if h != w:
         raise SynthposError(f"the generator needs square images, got {h}x{w}; set data.image_size")
+    if config.class_conditional:
+        labels, num_classes = _check_labels(labels, num_classes, n)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -176,7 +197,7 @@ def train_generator(
     model_dir = output_dir / "model"
 
     torch.manual_seed(seed)
-    unet = build_unet(config.unet, h, c).to(device)
+    unet = build_unet(config.unet, h, c, num_classes if config.class_conditional else None).to(device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     unet = unet.to(memory_format=memory_format)
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
@@ -195,6 +216,7 @@ def train_generator(
     (output_dir / "train_config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2))
 
     data = torch.from_numpy(images)  # stays uint8 in memory; converted per batch
+    targets = torch.from_numpy(labels) if config.class_conditional else None
     alphas = scheduler.alphas_cumprod.to(device)
     start = time.monotonic()
 
@@ -230,8 +252,15 @@ def train_generator(
                 lr = config.learning_rate * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else config.learning_rate
                 for group in optimizer.param_groups:
                     group["lr"] = lr
+                class_labels = None
+                if targets is not None:
+                    # The null class (the last id) with probability label_dropout: the
+                    # unconditional prediction that classifier-free guidance needs.
+                    class_labels = targets[idx].to(device)
+                    drop = torch.rand(class_labels.shape[0], device=device) < config.label_dropout
+                    class_labels = torch.where(drop, torch.full_like(class_labels, num_classes), class_labels)
                 with autocast(device, config.precision):
-                    pred = unet(xt, t).sample
+                    pred = unet(xt, t, class_labels=class_labels).sample
                 loss = F.mse_loss(pred.float(), noise)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -260,6 +289,26 @@ def train_generator(
     return model_dir
 
 
+def _check_labels(labels: np.ndarray | None, num_classes: int | None, n: int) -> tuple[np.ndarray, int]:
+    """Labels and class count of a class-conditional model, checked."""
+    if labels is None:
+        raise SynthposError(
+            "train_generator.class_conditional is true but the dataset has no class labels; "
+            "use a labelled dataset or set train_generator.class_conditional=false"
+        )
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.shape != (n,):
+        raise SynthposError(f"need one class label per image: {labels.shape[0] if labels.ndim else 0} labels for {n} images")
+    if num_classes is None or num_classes < 1:
+        num_classes = int(labels.max(initial=0)) + 1
+    if labels.min(initial=0) < 0 or labels.max(initial=0) >= num_classes:
+        raise SynthposError(
+            f"class labels must lie in 0..{num_classes - 1} for a class-conditional generator, got "
+            f"{labels.min()}..{labels.max()}; the dataset has unlabelled (-1) or out-of-range labels"
+        )
+    return labels, num_classes
+
+
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -270,4 +319,7 @@ def train_generator_stage(config: RunConfig, show_progress: bool = True) -> Path
     from synthpos.data import load_dataset
 
     dataset = load_dataset(config.data, "train")
-    return train_generator(dataset.images, config.train_generator, config.generator_dir, config.seed, show_progress=show_progress)
+    return train_generator(
+        dataset.images, config.train_generator, config.generator_dir, config.seed, show_progress=show_progress,
+        labels=dataset.labels, num_classes=dataset.num_classes or None,
+    )

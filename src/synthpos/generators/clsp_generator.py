@@ -1,0 +1,165 @@
+"""The CLSP generator (``generate.kind: clsp``): a DDPM with bottleneck interpolation.
+
+Loads a diffusers DDPMPipeline folder (unconditional or class-conditional), and makes
+K candidates per anchor with :func:`synthpos.generators.clsp.clsp_interpolation_sample`,
+the K candidates of an anchor in one batch. Every draw of candidate c of anchor a comes
+from a generator seeded by ``derive_seed(seed, a, c)`` (and, with ``share_anchor_noise``,
+the anchor's shared re-noising from ``derive_seed(seed, a, SHARED_ANCHOR_NOISE)``), so a
+candidate is the same in any batch, shard or process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from synthpos.config import GenerateConfig
+from synthpos.errors import SynthposError
+from synthpos.generators.clsp import SHARED_ANCHOR_NOISE, clsp_interpolation_sample, derive_seed, num_classes
+from synthpos.generators.diffusion import images_to_model_range, load_generator, model_range_to_images, resolve_generator_dir
+from synthpos.generators.registry import CandidateGenerator, register_generator
+from synthpos.generators.samplers import DPMSOLVER_ORDER, build_sampler
+from synthpos.precision import resolve_precision
+
+__all__ = ["CLSPGenerator", "generator_id"]
+
+
+def generator_id(generator_dir: Path) -> str:
+    """SHA-256 of the UNet weights and the noise schedule: the store records which generator made it."""
+    digest = hashlib.sha256()
+    for path in sorted((generator_dir / "unet").glob("diffusion_pytorch_model.*")):
+        digest.update(path.read_bytes())
+    digest.update((generator_dir / "scheduler" / "scheduler_config.json").read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@register_generator("clsp")
+class CLSPGenerator(CandidateGenerator):
+    """CLSP's synthetic positives from a DDPM folder (``builtin:NAME`` for a shipped one).
+
+    Args:
+        generator_dir: a DDPMPipeline directory, as ``train-generator`` writes it.
+        settings: the ``generate`` section (sampler, steps, w, K, share_anchor_noise,
+            guidance_scale, precision, channels_last, compile, batch_size).
+        seed: the run's seed; every candidate's noise derives from it.
+        device: where the UNet runs.
+
+    Raises:
+        SynthposError: the folder is missing or incomplete; ``guidance_scale`` is set for an
+            unconditional generator.
+    """
+
+    def __init__(self, generator_dir: Path, settings: GenerateConfig, seed: int, device: torch.device | str) -> None:
+        self.generator_dir = resolve_generator_dir(generator_dir)
+        self.settings = settings
+        self.seed = seed
+        self.device = torch.device(device)
+        self.candidates = settings.candidates
+        self.precision = resolve_precision(settings.precision, self.device)
+        unet, self.noise_scheduler = load_generator(self.generator_dir)
+        self.num_classes = num_classes(unet)
+        if self.num_classes is None and settings.guidance_scale != 1.0:
+            raise SynthposError(
+                f"generate.guidance_scale={settings.guidance_scale} needs a class-conditional generator, but "
+                f"{self.generator_dir} is unconditional; set generate.guidance_scale=1 or train one with "
+                "train_generator.class_conditional=true"
+            )
+        unet = unet.to(self.device)
+        if settings.channels_last:
+            unet = unet.to(memory_format=torch.channels_last)
+        self.unet = unet
+        self.scheduler = build_sampler(settings.sampler, self.noise_scheduler, clip_x0=settings.clip_x0)
+
+    # ------------------------------------------------------------------ the registry contract
+
+    def check_images(self, images: np.ndarray) -> None:
+        channels, size = self.unet.config.in_channels, self.unet.config.sample_size
+        if images.shape[1:] != (size, size, channels):
+            raise SynthposError(
+                f"the generator makes {size}x{size}x{channels} images but the data is {'x'.join(map(str, images.shape[1:]))}; "
+                "set data.image_size (or use a generator trained on this data)"
+            )
+
+    def prepare(self, images: np.ndarray, labels: np.ndarray | None, work_dir: Path) -> None:
+        """Nothing to fit; a class-conditional generator checks that every anchor has a label it knows."""
+        if self.num_classes is not None:
+            self._check_labels(labels, len(images))
+
+    def record(self) -> dict[str, Any]:
+        """What decides the bytes: weights, sampler and its settings, precision, seed.
+
+        Settings that change speed only (batch_size, compile, num_threads, channels_last)
+        are left out, so a store made with other ones is still reused.
+        """
+        s = self.settings
+        ddim = s.sampler == "ddim"
+        return {
+            "kind": "clsp",
+            "generator_sha256": generator_id(self.generator_dir),
+            "num_classes": self.num_classes,
+            "sampler": s.sampler,
+            "solver_order": None if ddim else DPMSOLVER_ORDER,
+            "num_steps": s.num_steps,
+            "eta": s.eta if ddim else None,  # DPM-Solver++ draws no noise
+            "interpolation_weight": s.interpolation_weight,
+            "clip_x0": s.clip_x0,
+            "share_anchor_noise": s.share_anchor_noise,
+            "guidance_scale": s.guidance_scale if self.num_classes is not None else None,
+            "precision": self.precision,
+            "seed": self.seed,
+        }
+
+    def generate(self, anchors: np.ndarray, first_index: int, labels: np.ndarray | None = None, bar: Any = None) -> np.ndarray:
+        """K candidates per anchor, ``max(1, batch_size // K)`` anchors (all their candidates) per UNet call.
+
+        Shape: anchors (n, H, W, C) uint8 -> (n, K, H, W, C) uint8.
+        """
+        s, k, n = self.settings, self.candidates, len(anchors)
+        if self.num_classes is not None:
+            labels = self._check_labels(labels, n)
+        out = np.empty((n, k, *anchors.shape[1:]), dtype=np.uint8)
+        anchor_tensor = images_to_model_range(torch.from_numpy(np.ascontiguousarray(anchors)))
+        per_call = max(1, s.batch_size // k)
+        for begin in range(0, n, per_call):
+            end = min(n, begin + per_call)
+            batch = anchor_tensor[begin:end].to(self.device)
+            if s.channels_last and batch.shape[1] > 1:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            indices = range(first_index + begin, first_index + end)
+            generators = [torch.Generator().manual_seed(derive_seed(self.seed, a, c)) for a in indices for c in range(k)]
+            shared = None
+            if s.share_anchor_noise:
+                shared = [torch.Generator().manual_seed(derive_seed(self.seed, a, SHARED_ANCHOR_NOISE)) for a in indices]
+            samples = clsp_interpolation_sample(
+                self.unet, self.scheduler, batch, generators,
+                num_steps=s.num_steps, eta=s.eta, weight=s.interpolation_weight, precision=self.precision,
+                class_labels=None if labels is None or self.num_classes is None else torch.from_numpy(labels[begin:end]),
+                anchor_index=torch.arange(end - begin).repeat_interleave(k),
+                anchor_generators=shared, guidance_scale=s.guidance_scale, compiled=s.compile,
+            )
+            out[begin:end] = model_range_to_images(samples.cpu()).numpy().reshape(end - begin, k, *anchors.shape[1:])
+            if bar is not None:
+                bar.update((end - begin) * k)
+        return out
+
+    # ------------------------------------------------------------------ helpers
+
+    def _check_labels(self, labels: np.ndarray | None, n: int) -> np.ndarray:
+        if labels is None:
+            raise SynthposError(
+                f"the generator {self.generator_dir} is class-conditional ({self.num_classes} classes) but the dataset "
+                "has no class labels; use a labelled dataset or an unconditional generator"
+            )
+        labels = np.asarray(labels, dtype=np.int64)
+        if labels.shape != (n,):
+            raise SynthposError(f"need one class label per anchor: got {labels.shape} for {n} anchors")
+        if n and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise SynthposError(
+                f"anchor labels run {labels.min()}..{labels.max()} but the generator knows classes 0..{self.num_classes - 1}; "
+                "use a generator trained on this dataset's classes"
+            )
+        return labels
