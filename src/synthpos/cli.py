@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -46,7 +47,8 @@ def generate(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = Fal
     cfg = _load(config, set)
     from synthpos.generators.generate import generate_stage
     store = generate_stage(cfg, show_progress=not quiet)
-    _say(f"store written to {store.path} ({len(store)} anchors x {store.candidates} candidates)")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun: one line, not one per process
+        _say(f"store written to {store.path} ({len(store)} anchors x {store.candidates} candidates)")
 
 
 @app.command()
@@ -66,6 +68,24 @@ def evaluate(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = Fal
     metrics = evaluate_stage(cfg, show_progress=not quiet)
     typer.echo(json.dumps(metrics["results"], indent=2))
     _say(f"metrics written to {cfg.evaluate_dir / 'metrics.json'}")
+
+
+@app.command("inspect-store")
+def inspect_store(
+    config: ConfigOpt = None,
+    set: SetOpt = None,
+    store: Annotated[Optional[Path], typer.Option(help="Store directory (default: the run's store).")] = None,
+    encoder: Annotated[Optional[Path], typer.Option(help="backbone.pt for feature distances (default: the fidelity classifier's features).")] = None,
+    max_anchors: Annotated[Optional[int], typer.Option(help="Inspect only the first N anchors (default: all).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Where inspect.json and grid.png go (default: <store>/inspect).")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fidelity and diversity of a store's synthetic positives, and a grid of them."""
+    cfg = _load(config, set)
+    from synthpos.evaluation.store_diagnostics import inspect_store_stage, print_report
+    report = inspect_store_stage(cfg, store, encoder, max_anchors, out, show_progress=not quiet)
+    print_report(report)
+    _say(f"diagnostics written to {Path(report['grid']).parent}")
 
 
 @app.command()
@@ -152,3 +172,7 @@ def _click_exception_types() -> tuple[type[Exception], ...]:
         except (ImportError, AttributeError):
             continue
     return tuple(types)
+
+
+if __name__ == "__main__":  # `python -m synthpos.cli`, `torchrun -m synthpos.cli`
+    main()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,19 +118,38 @@ class SyntheticStore:
             "generator": generator,
         }
         manifest_path = path / "manifest.json"
-        if manifest_path.is_file():
-            existing = cls._read_manifest(path)
-            for key in ("dataset", "num_anchors", "candidates", "image_shape", "shard_size", "generator"):
-                if existing.get(key) != manifest[key]:
-                    raise SynthposError(
-                        f"store {path} was made with a different {key}; to keep it, restore the settings it was made "
-                        f"with, or pass another generate.store (or delete {path}) to make a new one"
-                    )
-            return cls(path, existing)
-        path.mkdir(parents=True, exist_ok=True)
-        with atomic_path(manifest_path) as tmp:
+        if not manifest_path.is_file():
+            path.mkdir(parents=True, exist_ok=True)
+            cls._publish_manifest(manifest_path, manifest)
+        # Also when this process just wrote it: another one (a torchrun rank) may have won.
+        existing = cls._read_manifest(path)
+        for key in ("dataset", "num_anchors", "candidates", "image_shape", "shard_size", "generator"):
+            if existing.get(key) != manifest[key]:
+                raise SynthposError(
+                    f"store {path} was made with a different {key}; to keep it, restore the settings it was made "
+                    f"with, or pass another generate.store (or delete {path}) to make a new one"
+                )
+        return cls(path, existing)
+
+    @staticmethod
+    def _publish_manifest(manifest_path: Path, manifest: dict[str, Any]) -> None:
+        """Write the manifest unless one appears first: several processes may create one store at once.
+
+        The complete file is hard-linked into place, which fails when the name exists, so the
+        first manifest stays and nobody reads a half-written one. The temporary name carries
+        the host name too: PIDs repeat across the nodes of a shared file system.
+        """
+        tmp = manifest_path.with_name(f"{manifest_path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+        try:
             tmp.write_text(json.dumps(manifest, indent=2))
-        return cls(path, manifest)
+            try:
+                os.link(tmp, manifest_path)
+            except FileExistsError:
+                pass  # another process was first; the caller checks that its manifest equals ours
+            except OSError:
+                os.replace(tmp, manifest_path)  # a file system without hard links: last writer wins
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @staticmethod
     def _read_manifest(path: Path) -> dict[str, Any]:

@@ -40,6 +40,6 @@ def positives_grid(dataset: ImageDataset, store: SyntheticStore, path: Path, row
     fig.tight_layout(pad=0.2)
     fig.subplots_adjust(left=0.22)  # room for the class names left of the anchors
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")  # explicit: callers may write to a temporary name
     plt.close(fig)
     return path

@@ -1,0 +1,395 @@
+"""Store diagnostics (``synthpos inspect-store``): are the synthetic positives faithful, and how diverse?
+
+- **Fidelity**: the share of candidates that a classifier trained on the real train split
+  gives their anchor's label (a positive that changes class is not a positive).
+- **Diversity**: the mean distance between the K candidates of one anchor (over all K(K-1)/2
+  pairs), and from each candidate to its anchor; for scale, also between two different
+  real images (anchor i and anchor i+1). Measured in pixels and in an encoder's feature space.
+- **A grid**: anchors beside their candidates.
+
+The classifier is trained once per (dataset, fidelity settings, seed) and cached, so a
+second inspection costs only the pass over the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from synthpos.atomic import atomic_path
+from synthpos.config import DataConfig, FidelityConfig, RunConfig
+from synthpos.data import ImageDataset, load_dataset
+from synthpos.data.augment import to_model_input
+from synthpos.data.synthetic_store import SyntheticStore, dataset_fingerprint
+from synthpos.errors import SynthposError
+from synthpos.evaluation.fidelity import Classifier, predict, train_classifier
+from synthpos.progress import progress_bar
+
+__all__ = [
+    "FEATURE_METRIC",
+    "PIXEL_METRIC",
+    "backbone_embedding",
+    "classifier_outputs",
+    "feature_distances",
+    "fidelity_classifier",
+    "inspect_store",
+    "inspect_store_stage",
+    "pixel_distances",
+    "print_report",
+]
+
+PIXEL_METRIC = "RMS difference of the images scaled to [0, 1] (0: identical, 1: black against white everywhere)"
+FEATURE_METRIC = "cosine distance 1 - cos(a, b) of L2-normalised features (0: same direction, 1: orthogonal)"
+
+#: uint8 images (B, H, W, C) -> float features (B, D)
+Embedding = Callable[[np.ndarray], torch.Tensor]
+
+_BASELINE_IMAGES = 2000  # anchors used for the real-image distance (a scale, not a statistic to the last digit)
+
+
+# ----------------------------------------------------------------------------- distances
+
+
+def _upper_pairs(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rows, cols = torch.triu_indices(k, k, offset=1)
+    return rows, cols
+
+
+def pixel_distances(anchors: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-anchor mean RMS pixel distances (images scaled to [0, 1]).
+
+    Args:
+        anchors: uint8. Shape: (n, H, W, C).
+        candidates: uint8. Shape: (n, K, H, W, C).
+
+    Returns:
+        ``(between, to_anchor)``, float64, each of shape (n,): the mean distance over the
+        K(K-1)/2 pairs of one anchor's candidates (NaN when K = 1), and the mean distance
+        from its candidates to the anchor.
+    """
+    n, k = candidates.shape[:2]
+    c = torch.from_numpy(np.ascontiguousarray(candidates)).reshape(n, k, -1).double().div_(255)
+    a = torch.from_numpy(np.ascontiguousarray(anchors)).reshape(n, 1, -1).double().div_(255)
+    scale = math.sqrt(c.shape[-1])  # Euclidean distance / sqrt(pixels) = RMS difference
+    # Not the matrix-product shortcut: |x|^2 + |y|^2 - 2xy cancels badly for near-equal images.
+    exact = "donot_use_mm_for_euclid_dist"
+    to_anchor = torch.cdist(c, a, compute_mode=exact).squeeze(-1).mean(1) / scale
+    if k < 2:
+        return np.full(n, np.nan), to_anchor.numpy()
+    rows, cols = _upper_pairs(k)
+    between = torch.cdist(c, c, compute_mode=exact)[:, rows, cols].mean(1) / scale
+    return between.numpy(), to_anchor.numpy()
+
+
+def feature_distances(anchor_features: torch.Tensor, candidate_features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per-anchor mean cosine distances of L2-normalised features.
+
+    Args:
+        anchor_features: Shape: (n, D).
+        candidate_features: Shape: (n, K, D).
+
+    Returns:
+        ``(between, to_anchor)``, float64, each of shape (n,), as in :func:`pixel_distances`.
+    """
+    a = F.normalize(anchor_features.double(), dim=-1)
+    c = F.normalize(candidate_features.double(), dim=-1)
+    to_anchor = 1 - (c * a[:, None]).sum(-1).mean(1)
+    k = c.shape[1]
+    if k < 2:
+        return np.full(len(c), np.nan), to_anchor.numpy()
+    rows, cols = _upper_pairs(k)
+    between = 1 - (c @ c.transpose(1, 2))[:, rows, cols].mean(1)
+    return between.numpy(), to_anchor.numpy()
+
+
+# ----------------------------------------------------------------------------- encoders
+
+
+@torch.no_grad()
+def classifier_outputs(model: Classifier, images: np.ndarray, mean, std) -> tuple[np.ndarray, torch.Tensor]:
+    """The fidelity classifier's predicted classes and penultimate features (one forward pass).
+
+    Args:
+        images: uint8. Shape: (B, H, W, C).
+
+    Returns:
+        ``(classes (B,), features (B, 128))``.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    x = to_model_input(x, x.shape[-1], mean, std)
+    hidden = model.head[:-1](model.features(x))
+    return model.head[-1](hidden).argmax(1).numpy(), hidden
+
+
+def backbone_embedding(backbone: nn.Module, size: int, mean, std, batch_size: int = 512) -> Embedding:
+    """Features of a pretrained backbone (eval mode, images resized to ``size``, normalised).
+
+    Raises:
+        SynthposError: the backbone expects another number of channels than ``mean`` has.
+    """
+    in_channels = next(m for m in backbone.modules() if isinstance(m, nn.Conv2d)).in_channels
+    if in_channels != len(mean):
+        raise SynthposError(
+            f"the encoder takes {in_channels}-channel images but the store holds {len(mean)}-channel ones; "
+            "pass --encoder with a backbone pretrained on this dataset"
+        )
+    backbone.eval()
+
+    @torch.no_grad()
+    def embed(images: np.ndarray) -> torch.Tensor:
+        out = []
+        for start in range(0, len(images), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[start: start + batch_size])).permute(0, 3, 1, 2)
+            out.append(backbone(to_model_input(x, size, mean, std)).float())
+        return torch.cat(out)
+
+    return embed
+
+
+# ----------------------------------------------------------------------------- the cached classifier
+
+
+def _classifier_key(data: DataConfig, train: ImageDataset, cfg: FidelityConfig, seed: int) -> str:
+    """Names the classifier by what determines it: the data (config and a hash of its images), settings, seed."""
+    content = dataset_fingerprint(train.name, train.split, train.images)["content_hash"]
+    described = json.dumps({"data": data.model_dump(mode="json"), "images": content,
+                            "fidelity": cfg.model_dump(mode="json"), "seed": seed}, sort_keys=True)
+    return hashlib.sha256(described.encode()).hexdigest()[:16]
+
+
+def fidelity_classifier(
+    data: DataConfig, cfg: FidelityConfig, seed: int, cache_dir: Path, show_progress: bool = True
+) -> tuple[Classifier, dict[str, Any]] | None:
+    """The classifier trained on the whole real train split of ``data``; trained once, then read from ``cache_dir``.
+
+    Returns:
+        ``(model, info)`` with info = {path, cached, train_images, test_top1 (None without a
+        labelled test split)}; None when the training split has no labels.
+    """
+    data = data.model_copy(update={"subset": None})  # like the quick start: judged by a classifier of the whole split
+    train = load_dataset(data, "train")
+    if train.labels is None:
+        return None
+    path = Path(cache_dir) / f"classifier-{_classifier_key(data, train, cfg, seed)}.pt"
+    size = train.images.shape[1]
+    if path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        model = Classifier(train.channels, train.num_classes, cfg.width, size)
+        model.load_state_dict(saved["state_dict"])
+        return model.eval(), {"path": str(path), "cached": True, "train_images": int(saved["train_images"]),
+                              "test_top1": saved["test_top1"]}
+    model = train_classifier(train, cfg, seed, show_progress)
+    try:
+        test = load_dataset(data, "test")
+    except SynthposError:
+        test = None  # e.g. an image folder without data.test_root: fidelity still works
+    test_top1 = None
+    if test is not None and test.labels is not None:
+        test_top1 = float((predict(model, test.images, train.mean, train.std) == test.labels).mean())
+    train_images = min(len(train), cfg.train_images)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": model.state_dict(), "train_images": train_images, "test_top1": test_top1}, tmp)
+    return model, {"path": str(path), "cached": False, "train_images": train_images, "test_top1": test_top1}
+
+
+# ----------------------------------------------------------------------------- one pass over the store
+
+
+def _mean(parts: list[np.ndarray]) -> float | None:
+    values = np.concatenate(parts) if parts else np.empty(0)
+    return None if len(values) == 0 or np.isnan(values).all() else float(values.mean())
+
+
+def inspect_store(
+    store: SyntheticStore,
+    dataset: ImageDataset,
+    classifier: Classifier | None = None,
+    encoder: Embedding | None = None,
+    max_anchors: int | None = None,
+    batch_anchors: int = 256,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """Fidelity and diversity of the first ``max_anchors`` anchors' candidates (default: all).
+
+    Args:
+        dataset: the anchors' dataset (its first images are the store's anchors); its labels,
+            if any, are what fidelity checks against.
+        classifier: the fidelity classifier; without it (or without labels) fidelity is None.
+        encoder: embeds images for the feature-space distances; default: the classifier's
+            penultimate features; with neither, the feature distances are None.
+
+    Returns:
+        ``{"anchors", "candidates", "fidelity": {...} | None, "diversity": {"pixel": {...},
+        "features": {...} | None}}``; distances as in :func:`pixel_distances` and
+        :func:`feature_distances`, averaged over anchors.
+    """
+    n = min(len(store), len(dataset), max_anchors or len(store))
+    k = store.candidates
+    judge = classifier is not None and dataset.labels is not None
+    embedded = encoder is not None or classifier is not None
+    mean, std = dataset.mean, dataset.std
+
+    def embed(images: np.ndarray) -> tuple[np.ndarray | None, torch.Tensor | None]:
+        classes, features = classifier_outputs(classifier, images, mean, std) if classifier is not None else (None, None)
+        return classes, (encoder(images) if encoder is not None else features)
+
+    pixel: dict[str, list[np.ndarray]] = {"between": [], "to_anchor": []}
+    feature: dict[str, list[np.ndarray]] = {"between": [], "to_anchor": []}
+    agree, anchor_agree = [], []
+    with progress_bar("inspect", total=n, enabled=show_progress) as bar:
+        for start in range(0, n, batch_anchors):
+            end = min(n, start + batch_anchors)
+            anchors = dataset.images[start:end]
+            cands = np.stack([store[a] for a in range(start, end)])  # (b, K, H, W, C)
+            for key, value in zip(("between", "to_anchor"), pixel_distances(anchors, cands)):
+                pixel[key].append(value)
+            if judge or embedded:
+                classes, features = embed(cands.reshape(-1, *cands.shape[2:]))
+                anchor_classes, anchor_features = embed(anchors)
+                if judge:
+                    labels = dataset.labels[start:end]
+                    agree.append(classes.reshape(end - start, k) == labels[:, None])
+                    anchor_agree.append(anchor_classes == labels)
+                if features is not None:
+                    pair = feature_distances(anchor_features, features.reshape(end - start, k, -1))
+                    for key, value in zip(("between", "to_anchor"), pair):
+                        feature[key].append(value)
+            bar.update(end - start)
+
+    # For scale: two different real images, anchor i against anchor i+1.
+    m = min(n, _BASELINE_IMAGES)
+    real = dataset.images[:m]
+    others = np.roll(real, -1, axis=0)[:, None]
+    report: dict[str, Any] = {"anchors": n, "candidates": k, "fidelity": None}
+    report["diversity"] = {"pixel": {
+        "metric": PIXEL_METRIC,
+        "between_candidates": _mean(pixel["between"]),
+        "candidate_to_anchor": _mean(pixel["to_anchor"]),
+        "between_real_images": float(pixel_distances(real, others)[1].mean()) if m > 1 else None,
+    }, "features": None}
+    if feature["to_anchor"]:
+        _, real_features = embed(real)
+        report["diversity"]["features"] = {
+            "metric": FEATURE_METRIC,
+            "between_candidates": _mean(feature["between"]),
+            "candidate_to_anchor": _mean(feature["to_anchor"]),
+            "between_real_images": float(feature_distances(real_features, real_features.roll(-1, 0)[:, None])[1].mean())
+            if m > 1 else None,
+        }
+    if judge:
+        agreement = np.concatenate(agree)  # (n, K)
+        report["fidelity"] = {
+            "fidelity": float(agreement.mean()),
+            "all_candidates_agree": float(agreement.all(axis=1).mean()),
+            "anchors_classified_right": float(np.concatenate(anchor_agree).mean()),
+        }
+    return report
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def inspect_store_stage(
+    config: RunConfig,
+    store_dir: Path | None = None,
+    encoder_path: Path | None = None,
+    max_anchors: int | None = None,
+    out_dir: Path | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """``synthpos inspect-store``: writes ``inspect.json`` and ``grid.png`` to ``out_dir`` (default ``<store>/inspect``).
+
+    Raises:
+        SynthposError: the store is missing, incomplete or made for other data; the encoder
+            cannot be read or does not fit the images.
+    """
+    from synthpos.models.backbones import load_backbone
+    from synthpos.report.grid import positives_grid
+
+    if max_anchors is not None and max_anchors < 1:
+        raise SynthposError(f"--max-anchors must be at least 1, got {max_anchors}")
+    store_dir = Path(store_dir or config.store_dir)
+    dataset = load_dataset(config.data, "train")
+    store = SyntheticStore.open(store_dir, dataset.name, dataset.split, dataset.images)
+    notes = []
+    encoder, encoder_name = None, None
+    if encoder_path is not None:
+        size = config.evaluate.feature_size or config.pretrain.augment.crop_size  # as the evaluate stage sees images
+        encoder = backbone_embedding(load_backbone(Path(encoder_path)), size, dataset.mean, dataset.std)
+        encoder_name = f"{encoder_path} (images at {size} px)"
+    trained = None
+    if dataset.labels is None:
+        notes.append("fidelity skipped: the dataset has no labels (an image folder without class sub-folders)")
+    else:
+        trained = fidelity_classifier(config.data, config.fidelity, config.seed, config.run_dir / "fidelity", show_progress)
+    classifier, classifier_info = trained if trained is not None else (None, None)
+    if encoder is None and classifier is not None:
+        encoder_name = "the fidelity classifier's penultimate layer (128-d)"
+    if encoder is None and classifier is None:
+        notes.append("feature distances skipped: pass --encoder backbone.pt (a labelled dataset uses the fidelity classifier)")
+
+    report = inspect_store(store, dataset, classifier, encoder, max_anchors, show_progress=show_progress)
+    report = {"store": str(store_dir), "dataset": f"{dataset.name}/{dataset.split}", "store_anchors": len(store), **report}
+    if report["fidelity"] is not None:
+        report["fidelity"]["classifier"] = classifier_info
+    if report["diversity"]["features"] is not None:
+        report["diversity"]["features"]["encoder"] = encoder_name
+    if store.candidates < 2:
+        notes.append("distances between candidates need K >= 2; this store has one candidate per anchor")
+    report["notes"] = notes
+
+    out_dir = Path(out_dir or store_dir / "inspect")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report["grid"] = str(out_dir / "grid.png")
+    with atomic_path(out_dir / "grid.png") as tmp:
+        positives_grid(dataset.take(report["anchors"]), store, tmp, rows=min(10, report["anchors"]), seed=config.seed)
+    with atomic_path(out_dir / "inspect.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """A short table of the diagnostics on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    def show(value: float | None, percent: bool = False) -> str:
+        if value is None:
+            return "-"
+        return f"{100 * value:.1f}%" if percent else f"{value:.4f}"
+
+    console = Console()
+    title = f"{report['store']}: {report['anchors']} of {report['store_anchors']} anchors x {report['candidates']} candidates"
+    fidelity = report["fidelity"]
+    if fidelity is not None:
+        table = Table(title=title)
+        table.add_column("fidelity")
+        table.add_column("value", justify="right")
+        table.add_row("candidates with their anchor's label", show(fidelity["fidelity"], True))
+        table.add_row("anchors whose candidates all keep it", show(fidelity["all_candidates_agree"], True))
+        table.add_row("anchors the classifier gets right", show(fidelity["anchors_classified_right"], True))
+        table.add_row("classifier on real test images", show((fidelity.get("classifier") or {}).get("test_top1"), True))
+        console.print(table)
+        title = None
+    table = Table(title=title)
+    table.add_column("mean distance")
+    table.add_column("between candidates", justify="right")
+    table.add_column("candidate to anchor", justify="right")
+    table.add_column("two real images", justify="right")
+    for name, space in (("pixels (RMS, [0, 1])", "pixel"), ("features (cosine)", "features")):
+        d = report["diversity"][space]
+        if d is not None:
+            table.add_row(name, show(d["between_candidates"]), show(d["candidate_to_anchor"]), show(d["between_real_images"]))
+    console.print(table)
+    for note in report["notes"]:
+        console.print(f"note: {note}")
