@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from synthpos import distributed
+from synthpos.losses._common import check_gather_available
 from synthpos.losses.ntxent import _check_pair
 
 __all__ = ["BarlowTwinsLoss"]
@@ -65,11 +65,7 @@ class BarlowTwinsLoss(nn.Module):
         super().__init__()
         if not lambda_param >= 0:
             raise ValueError(f"lambda_param must be >= 0; got {lambda_param}")
-        if gather_distributed and not dist.is_available():
-            raise ValueError(
-                "gather_distributed=True but torch.distributed is not available in this "
-                "torch build; set gather_distributed=False"
-            )
+        check_gather_available(gather_distributed)
         self.lambda_param = float(lambda_param)
         self.gather_distributed = bool(gather_distributed)
 

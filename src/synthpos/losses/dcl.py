@@ -12,18 +12,17 @@ already close pull less.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
 
 from synthpos import distributed
+from synthpos.losses._common import TemperatureLoss
 from synthpos.losses.ntxent import _check_pair
 from synthpos.losses.quality import _check_weights
 
 __all__ = ["DCLLoss", "DCLWLoss"]
 
 
-class DCLLoss(nn.Module):
+class DCLLoss(TemperatureLoss):
     """Decoupled contrastive loss over two views of a batch, symmetrised.
 
     Each of the 2N projections is an anchor. For anchor ``out0[i]`` the
@@ -62,19 +61,7 @@ class DCLLoss(nn.Module):
     """
 
     def __init__(self, temperature: float = 0.1, gather_distributed: bool = False) -> None:
-        super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0; got {temperature}")
-        if gather_distributed and not dist.is_available():
-            raise ValueError(
-                "gather_distributed=True but torch.distributed is not available in this "
-                "torch build; set gather_distributed=False"
-            )
-        self.temperature = float(temperature)
-        self.gather_distributed = bool(gather_distributed)
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, gather_distributed={self.gather_distributed}"
+        super().__init__(temperature, gather_distributed)
 
     def _positive_weights(
         self, all0: torch.Tensor, all1: torch.Tensor, offset: int, n: int

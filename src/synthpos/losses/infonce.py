@@ -11,14 +11,14 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
 
 from synthpos import distributed
+from synthpos.losses._common import TemperatureLoss
 
 __all__ = ["MultiPositiveInfoNCELoss", "SupConLoss"]
 
 
-class MultiPositiveInfoNCELoss(nn.Module):
+class MultiPositiveInfoNCELoss(TemperatureLoss):
     """Multi-positive InfoNCE over rows grouped by id (SupCon's ``L_out``).
 
     Every row of ``z`` is an anchor. For anchor a, its positives P(a) are the
@@ -64,19 +64,7 @@ class MultiPositiveInfoNCELoss(nn.Module):
     _ids_name = "instance"
 
     def __init__(self, temperature: float = 0.1, gather_distributed: bool = False) -> None:
-        super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0; got {temperature}")
-        if gather_distributed and not dist.is_available():
-            raise ValueError(
-                "gather_distributed=True but torch.distributed is not available in this "
-                "torch build; set gather_distributed=False"
-            )
-        self.temperature = float(temperature)
-        self.gather_distributed = bool(gather_distributed)
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, gather_distributed={self.gather_distributed}"
+        super().__init__(temperature, gather_distributed)
 
     def forward(self, z: torch.Tensor, instance: torch.Tensor) -> torch.Tensor:
         """Compute the loss.

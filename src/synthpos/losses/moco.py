@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
 
 from synthpos import distributed
+from synthpos.losses._common import TemperatureLoss
 from synthpos.losses.ntxent import _check_pair
 from synthpos.losses.quality import _check_weights
 
 __all__ = ["MoCoLoss"]
 
 
-class MoCoLoss(nn.Module):
+class MoCoLoss(TemperatureLoss):
     """InfoNCE of each query against its key (positive) and negatives.
 
     All vectors are L2-normalised. With a ``queue`` (MoCo v1/v2/v2+), the
@@ -57,19 +56,7 @@ class MoCoLoss(nn.Module):
     """
 
     def __init__(self, temperature: float = 0.2, gather_distributed: bool = False) -> None:
-        super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0; got {temperature}")
-        if gather_distributed and not dist.is_available():
-            raise ValueError(
-                "gather_distributed=True but torch.distributed is not available in this "
-                "torch build; set gather_distributed=False"
-            )
-        self.temperature = float(temperature)
-        self.gather_distributed = bool(gather_distributed)
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, gather_distributed={self.gather_distributed}"
+        super().__init__(temperature, gather_distributed)
 
     def forward(
         self,

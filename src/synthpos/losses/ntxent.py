@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
 
 from synthpos import distributed
+from synthpos.losses._common import TemperatureLoss
 from synthpos.losses.quality import _check_weights
 
 __all__ = ["NTXentLoss"]
@@ -28,7 +27,7 @@ def _check_pair(name0: str, x0: torch.Tensor, name1: str, x1: torch.Tensor) -> N
         )
 
 
-class NTXentLoss(nn.Module):
+class NTXentLoss(TemperatureLoss):
     """SimCLR's NT-Xent loss over two views of a batch.
 
     Each of the 2N projections is an anchor; its positive is the other view
@@ -67,19 +66,7 @@ class NTXentLoss(nn.Module):
     """
 
     def __init__(self, temperature: float = 0.5, gather_distributed: bool = False) -> None:
-        super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0; got {temperature}")
-        if gather_distributed and not dist.is_available():
-            raise ValueError(
-                "gather_distributed=True but torch.distributed is not available in this "
-                "torch build; set gather_distributed=False"
-            )
-        self.temperature = float(temperature)
-        self.gather_distributed = bool(gather_distributed)
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, gather_distributed={self.gather_distributed}"
+        super().__init__(temperature, gather_distributed)
 
     def forward(
         self, out0: torch.Tensor, out1: torch.Tensor, weights: torch.Tensor | None = None

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from synthpos import distributed
+from synthpos.losses._common import check_gather_available
 from synthpos.losses.ntxent import _check_pair
 
 __all__ = ["VICRegLoss"]
@@ -87,11 +87,7 @@ class VICRegLoss(nn.Module):
         ):
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0; got {value}")
-        if gather_distributed and not dist.is_available():
-            raise ValueError(
-                "gather_distributed=True but torch.distributed is not available in this "
-                "torch build; set gather_distributed=False"
-            )
+        check_gather_available(gather_distributed)
         self.lambda_param = float(lambda_param)
         self.mu_param = float(mu_param)
         self.nu_param = float(nu_param)

@@ -1,0 +1,35 @@
+"""What the losses share: argument checks and the temperature + gathering base."""
+
+from __future__ import annotations
+
+import torch.distributed as dist
+from torch import nn
+
+
+def check_gather_available(gather_distributed: bool) -> None:
+    """Raise ValueError when gathering over ranks is asked for but this torch build has no torch.distributed."""
+    if gather_distributed and not dist.is_available():
+        raise ValueError(
+            "gather_distributed=True but torch.distributed is not available in this "
+            "torch build; set gather_distributed=False"
+        )
+
+
+class TemperatureLoss(nn.Module):
+    """Base of the softmax losses: a positive ``temperature`` and opt-in ``gather_distributed``.
+
+    Raises:
+        ValueError: If ``temperature`` is not positive, or ``gather_distributed`` is set
+            but ``torch.distributed`` is not available.
+    """
+
+    def __init__(self, temperature: float, gather_distributed: bool = False) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0; got {temperature}")
+        check_gather_available(gather_distributed)
+        self.temperature = float(temperature)
+        self.gather_distributed = bool(gather_distributed)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, gather_distributed={self.gather_distributed}"
