@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -47,6 +45,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from _machine import machine_info  # benchmarks/_machine.py
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_OUT = ROOT / "results" / "generation.json"
@@ -94,29 +94,6 @@ def variants(bf16_anchors: int) -> list[Variant]:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def machine_info() -> dict[str, Any]:
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import diffusers
-
-    return {
-        "cpu_model": model,
-        "nproc": os.cpu_count(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "python": platform.python_version(),
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
 
 
 def paired_stats(agree: np.ndarray, ref: np.ndarray) -> dict[str, float]:
@@ -180,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     from synthpos.generators.clsp_generator import CLSPGenerator
 
     started = time.perf_counter()
-    machine = machine_info()
+    machine = machine_info("diffusers")
     train = load_dataset(DataConfig(name="fashion_mnist"), "train")
     test = load_dataset(DataConfig(name="fashion_mnist"), "test")
     anchors, labels = train.images[: args.anchors], train.labels[: args.anchors]

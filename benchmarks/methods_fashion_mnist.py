@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from _machine import machine_info  # benchmarks/_machine.py
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
@@ -104,7 +104,7 @@ def main() -> None:
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("out", "work")}
     results.setdefault("runs", {})
     results["settings"] = settings
-    results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__}
+    results["machine"] = machine_info()
     results["command"] = "python benchmarks/methods_fashion_mnist.py " + " ".join(sys.argv[1:])
 
     def save() -> None:

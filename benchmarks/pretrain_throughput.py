@@ -36,8 +36,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -48,6 +46,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from _machine import machine_info  # benchmarks/_machine.py
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_OUT = ROOT / "results" / "pretrain_throughput.json"
@@ -62,37 +62,6 @@ SGD = {"lr": 0.06, "momentum": 0.9, "weight_decay": 5e-4}  # lightly's CIFAR-10 
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine_info() -> dict:
-    import lightly
-    import torchvision
-
-    import synthpos
-
-    return {
-        "cpu_model": cpu_model(),
-        "nproc": os.cpu_count(),
-        "sched_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "lightly": lightly.__version__,
-        "synthpos": getattr(synthpos, "__version__", "unknown"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
 
 
 def autocast(precision: str):
@@ -345,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "pretrain_throughput",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": machine_info(),
+        "machine": machine_info("torchvision", "lightly", "synthpos"),
         "settings": {
             "dataset": f"fashion_mnist train ({len(ds)} images, {ds.image_shape}, mean {ds.mean}, std {ds.std})",
             "image_mode": "L (1 channel) for all pipelines; encoder in_channels=1",
