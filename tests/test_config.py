@@ -145,6 +145,11 @@ def test_out_of_range_value_is_named() -> None:
         load_config(None, ["generate.interpolation_weight=1.5"])
 
 
+def test_negative_adaptive_noise_level_is_named() -> None:
+    with pytest.raises(SynthposError, match=r"levels must be >= 0"):
+        load_config(None, ["generate.unclip.adaptive_noise.levels=[-100, 0, 100, 200, 300]"])
+
+
 def test_missing_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
     with pytest.raises(SynthposError, match="nope.yaml"):

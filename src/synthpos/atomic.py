@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,5 +22,32 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def publish_once(path: Path, text: str) -> bool:
+    """Write ``text`` to ``path`` unless a file appears there first; return whether this call wrote it.
+
+    For files that several processes may create at once (a store's manifest, a fit shared by
+    torchrun ranks): the complete, fsynced file is hard-linked into place, which fails when the
+    name exists, so the first writer's file stays and nobody reads a half-written one. The
+    temporary name carries the host name too: process ids repeat across the nodes of a shared
+    file system. On a file system without hard links the last writer wins (still atomically).
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:
+            os.replace(tmp, path)
+        return True
     finally:
         tmp.unlink(missing_ok=True)

@@ -89,6 +89,8 @@ class AdaptiveNoiseConfig(_Strict):
             raise ValueError(f"levels needs one entry more than bins ({len(self.bins) + 1}); got {len(self.levels)}")
         if any(b <= a for a, b in zip(self.bins, self.bins[1:])):
             raise ValueError("bins must be strictly ascending")
+        if any(level < 0 for level in self.levels):
+            raise ValueError(f"levels must be >= 0 (noise levels of the image embedding); got {self.levels}")
         return self
 
 

@@ -21,7 +21,6 @@ from rich.table import Table
 
 from synthpos.config import RunConfig, load_config
 from synthpos.data import load_dataset
-from synthpos.data.synthetic_store import SyntheticStore
 from synthpos.evaluation.evaluate import evaluate_backbone, score_features
 from synthpos.evaluation.fidelity import predict, store_fidelity, train_classifier
 from synthpos.generators.diffusion import train_generator_stage

@@ -148,11 +148,11 @@ def test_a_saved_fit_reloads_exactly_and_the_first_writer_wins(tmp_path) -> None
     on_disk = save_fit_once(first, path)
     np.testing.assert_array_equal(on_disk.component, first.component)
     np.testing.assert_array_equal(on_disk.mean, first.mean)
-    assert on_disk.threshold == first.threshold and on_disk.digest() == first.digest() and on_disk.made_with == {"seed": 0}
+    assert on_disk.threshold == first.threshold and on_disk.to_json() == first.to_json() and on_disk.made_with == {"seed": 0}
     # A later (or concurrent) writer gets the fit already there; no temporary file is left.
-    assert save_fit_once(second, path).digest() == first.digest()
+    assert save_fit_once(second, path).to_json() == first.to_json()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adaptive_noise.json"]
-    assert first.digest() != second.digest()
+    assert first.to_json() != second.to_json()
     np.testing.assert_array_equal(load_fit(path).foreground_ratio(tokens), first.foreground_ratio(tokens))
 
 

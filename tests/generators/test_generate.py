@@ -247,6 +247,25 @@ def test_incomplete_generator_dir_names_the_layout(tmp_path, anchor_images, gene
         _generate(anchor_images, partial, tmp_path / "store")
 
 
+@pytest.mark.parametrize("sampler", ["ddim", "dpmsolver++"])
+def test_more_steps_than_the_trained_timesteps_raises_before_the_store(tmp_path, anchor_images, generator_dir, sampler) -> None:
+    # DPM-Solver++ would repeat a timestep, divide by a zero step and write NaN images.
+    settings = SETTINGS.model_copy(update={"sampler": sampler, "num_steps": 51})
+    with pytest.raises(SynthposError, match="at most 50"):
+        _generate(anchor_images, generator_dir, tmp_path / "store", settings)
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_unet_bottleneck_interpolation_cannot_split_raises_before_the_store(tmp_path, anchor_images, unet_factory, scheduler_factory) -> None:
+    unet = unet_factory()
+    unet.register_to_config(center_input_sample=True)
+    gen = tmp_path / "centred"
+    save_pipeline(unet, scheduler_factory(50), gen)
+    with pytest.raises(SynthposError, match="cannot make CLSP positives.*center_input_sample"):
+        _generate(anchor_images, gen, tmp_path / "store")
+    assert not (tmp_path / "store").exists()
+
+
 # ----------------------------------------------------------------------------- (f) sampler settings in the store
 
 

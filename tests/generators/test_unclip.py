@@ -198,6 +198,12 @@ def test_a_corrupt_weights_file_is_a_clear_error(tmp_path, unclip_dir, grey_anch
     generator = UnCLIPGenerator(broken, SETTINGS, seed=0, device="cpu")  # cheap: nothing loads yet
     with pytest.raises(SynthposError, match="could not load the unCLIP pipeline"):
         generator.generate(grey_anchors[:1], 0)
+    # Through stage 2 it fails before the store is created, so fixing the weights is enough to go on.
+    from synthpos.generators.generate import generate_store
+
+    with pytest.raises(SynthposError, match="could not load the unCLIP pipeline"):
+        generate_store(grey_anchors, "toy", "train", broken, tmp_path / "store", SETTINGS, seed=0, device="cpu", show_progress=False)
+    assert not (tmp_path / "store").exists()
 
 
 # ----------------------------------------------------------------------------- candidates
@@ -323,9 +329,10 @@ def test_a_saved_fit_is_reused_and_a_different_one_refused(tmp_path, unclip_dir,
     saved = (tmp_path / FIT_FILE).read_bytes()
     assert generator.record() == record
     again = UnCLIPGenerator(unclip_dir, _settings(adaptive_noise=adaptive), seed=0, device="cpu")
+    (tmp_path / "manifest.json").write_text("{}")  # the store exists: a resumed run
     again.prepare(grey_anchors, None, tmp_path)
     assert (tmp_path / FIT_FILE).read_bytes() == saved and again.record() == record
-    assert again._pipe is None  # reusing the fit loads nothing
+    assert again._pipe is None  # reusing the fit of an existing store loads nothing
     for changed, seed in ((adaptive.model_copy(update={"foreground_share": 0.3}), 0), (adaptive, 1)):
         other = UnCLIPGenerator(unclip_dir, _settings(adaptive_noise=changed), seed=seed, device="cpu")
         with pytest.raises(SynthposError, match="fitted with other data"):
@@ -334,7 +341,6 @@ def test_a_saved_fit_is_reused_and_a_different_one_refused(tmp_path, unclip_dir,
         again.prepare(255 - grey_anchors, None, tmp_path)
     # A store whose fit is gone is not refitted behind the shards' back.
     (tmp_path / FIT_FILE).unlink()
-    (tmp_path / "manifest.json").write_text("{}")
     with pytest.raises(SynthposError, match="has no adaptive_noise.json"):
         again.prepare(grey_anchors, None, tmp_path)
 

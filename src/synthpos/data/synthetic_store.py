@@ -17,14 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from synthpos.atomic import atomic_path
+from synthpos.atomic import atomic_path, publish_once
 from synthpos.errors import SynthposError
 
 FORMAT_VERSION = 1
@@ -120,7 +119,7 @@ class SyntheticStore:
         manifest_path = path / "manifest.json"
         if not manifest_path.is_file():
             path.mkdir(parents=True, exist_ok=True)
-            cls._publish_manifest(manifest_path, manifest)
+            publish_once(manifest_path, json.dumps(manifest, indent=2))  # another process may win
         # Also when this process just wrote it: another one (a torchrun rank) may have won.
         existing = cls._read_manifest(path)
         for key in ("dataset", "num_anchors", "candidates", "image_shape", "shard_size", "generator"):
@@ -130,26 +129,6 @@ class SyntheticStore:
                     f"with, or pass another generate.store (or delete {path}) to make a new one"
                 )
         return cls(path, existing)
-
-    @staticmethod
-    def _publish_manifest(manifest_path: Path, manifest: dict[str, Any]) -> None:
-        """Write the manifest unless one appears first: several processes may create one store at once.
-
-        The complete file is hard-linked into place, which fails when the name exists, so the
-        first manifest stays and nobody reads a half-written one. The temporary name carries
-        the host name too: PIDs repeat across the nodes of a shared file system.
-        """
-        tmp = manifest_path.with_name(f"{manifest_path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-        try:
-            tmp.write_text(json.dumps(manifest, indent=2))
-            try:
-                os.link(tmp, manifest_path)
-            except FileExistsError:
-                pass  # another process was first; the caller checks that its manifest equals ours
-            except OSError:
-                os.replace(tmp, manifest_path)  # a file system without hard links: last writer wins
-        finally:
-            tmp.unlink(missing_ok=True)
 
     @staticmethod
     def _read_manifest(path: Path) -> dict[str, Any]:

@@ -25,9 +25,7 @@ here a ratio of 1 falls into the last bin.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from synthpos.atomic import publish_once
 from synthpos.errors import SynthposError
 
 __all__ = ["ForegroundFit", "PatchMoments", "fit_foreground", "load_fit", "noise_levels", "orientation", "save_fit_once"]
@@ -136,9 +135,6 @@ class ForegroundFit:
             made_with=dict(data.get("made_with", {})),
         )
 
-    def digest(self) -> str:
-        """SHA-256 of the fit (its JSON form), for the store's record."""
-        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def fit_foreground(
@@ -195,17 +191,8 @@ def load_fit(path: Path) -> ForegroundFit:
 def save_fit_once(fit: ForegroundFit, path: Path) -> ForegroundFit:
     """Write ``fit`` to ``path`` unless a fit is already there; return the one on disk.
 
-    The first writer wins atomically (a hard link does not replace an existing file), so
-    processes that fit at the same time all go on with the same fit.
+    The first writer wins atomically (:func:`synthpos.atomic.publish_once`), so processes
+    that fit at the same time all go on with the same fit.
     """
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(fit.to_json(), indent=1))
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-    finally:
-        tmp.unlink(missing_ok=True)
+    publish_once(Path(path), json.dumps(fit.to_json(), indent=1))
     return load_fit(path)

@@ -79,7 +79,8 @@ def guided_eps(eps_null: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> 
     return eps_null + scale * (eps_cond - eps_null)
 
 
-def _check_unet(unet: UNet2DModel) -> None:
+def check_unet(unet: UNet2DModel) -> None:
+    """Raise ValueError when bottleneck interpolation cannot split ``unet`` at its middle block."""
     if any(hasattr(block, "skip_conv") for block in (*unet.down_blocks, *unet.up_blocks)):
         raise ValueError("bottleneck interpolation needs a UNet without skip-sample blocks (no Skip*Block2D)")
     if unet.config.time_embedding_type != "positional" or unet.config.center_input_sample:
@@ -234,7 +235,7 @@ def clsp_interpolation_sample(
     Returns:
         Samples in [-1, 1] (clipped at the end only). Shape: (B, C, H, W).
     """
-    _check_unet(unet)
+    check_unet(unet)
     device = anchors.device
     index = torch.arange(anchors.shape[0]) if anchor_index is None else anchor_index.long().cpu()
     batch = len(index)

@@ -19,7 +19,7 @@ import torch
 
 from synthpos.config import GenerateConfig
 from synthpos.errors import SynthposError
-from synthpos.generators.clsp import SHARED_ANCHOR_NOISE, clsp_interpolation_sample, derive_seed, num_classes
+from synthpos.generators.clsp import SHARED_ANCHOR_NOISE, check_unet, clsp_interpolation_sample, derive_seed, num_classes
 from synthpos.generators.diffusion import images_to_model_range, load_generator, model_range_to_images, resolve_generator_dir
 from synthpos.generators.registry import CandidateGenerator, register_generator
 from synthpos.generators.samplers import DPMSOLVER_ORDER, build_sampler
@@ -49,8 +49,9 @@ class CLSPGenerator(CandidateGenerator):
         device: where the UNet runs.
 
     Raises:
-        SynthposError: the folder is missing or incomplete; ``guidance_scale`` is set for an
-            unconditional generator.
+        SynthposError: the folder is missing or incomplete, or holds a UNet that bottleneck
+            interpolation cannot split; ``num_steps`` exceeds the trained timesteps;
+            ``guidance_scale`` is set for an unconditional generator.
     """
 
     def __init__(self, generator_dir: Path, settings: GenerateConfig, seed: int, device: torch.device | str) -> None:
@@ -61,6 +62,16 @@ class CLSPGenerator(CandidateGenerator):
         self.candidates = settings.candidates
         self.precision = resolve_precision(settings.precision, self.device)
         unet, self.noise_scheduler = load_generator(self.generator_dir)
+        try:
+            check_unet(unet)
+        except ValueError as err:
+            raise SynthposError(f"{self.generator_dir} cannot make CLSP positives: {err}") from err
+        trained_steps = self.noise_scheduler.config.num_train_timesteps
+        if settings.num_steps > trained_steps:
+            raise SynthposError(
+                f"generate.num_steps={settings.num_steps} is more than the {trained_steps} timesteps {self.generator_dir} "
+                f"was trained with; set generate.num_steps to at most {trained_steps}"
+            )
         self.num_classes = num_classes(unet)
         if self.num_classes is None and settings.guidance_scale != 1.0:
             raise SynthposError(

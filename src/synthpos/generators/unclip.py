@@ -293,6 +293,8 @@ class UnCLIPGenerator(CandidateGenerator):
             SynthposError: ``work_dir`` holds a fit made from other data, weights or settings,
                 or a store without its fit.
         """
+        if self._pipe is None and not (Path(work_dir) / "manifest.json").is_file():
+            self._pipe = self._load()  # a new store: weights that fail to load fail before it is created
         adaptive = self.options.adaptive_noise
         if not adaptive.enabled:
             return
