@@ -1,0 +1,39 @@
+"""precision: auto picks bf16 only where the CPU computes it natively."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from synthpos import precision
+
+SAPPHIRE_RAPIDS = "flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16 amx_bf16 amx_tile\n"
+ICE_LAKE = "flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni\n"
+EPYC_ZEN2 = "flags\t\t: fpu sse2 avx2 fma\n"
+
+
+def test_cpu_flags_reads_the_flags_line(tmp_path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU\n" + SAPPHIRE_RAPIDS)
+    assert {"avx512_bf16", "amx_bf16", "avx2"} <= precision.cpu_flags(info)
+    assert precision.cpu_flags(tmp_path / "missing") == set()
+
+
+@pytest.mark.parametrize(
+    ("capability", "flags", "expected"),
+    [
+        ("AVX512", SAPPHIRE_RAPIDS, "bf16"),  # torch says only AVX512 on these: the flags decide
+        ("AVX512", ICE_LAKE, "fp32"),
+        ("AVX2", EPYC_ZEN2, "fp32"),
+        ("AVX512_BF16", "", "bf16"),
+        ("AMX", "", "bf16"),
+    ],
+)
+def test_auto_precision_on_cpus(tmp_path, monkeypatch, capability, flags, expected) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text(flags)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    read_flags = precision.cpu_flags
+    monkeypatch.setattr(precision, "cpu_flags", lambda: read_flags(info))
+    assert precision.resolve_precision("auto", torch.device("cpu")) == expected
+    assert precision.resolve_precision("fp32", torch.device("cpu")) == "fp32"
