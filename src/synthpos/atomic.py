@@ -9,16 +9,21 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def temporary_sibling(path: Path) -> Path:
+    """``path`` + ``.tmp-HOST-PID``: unique per process, also across the nodes of a shared file system."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write; rename it onto ``path`` if the block succeeds.
 
-    The temporary name carries the process id, so concurrent writers (DDP ranks,
-    generation processes) never write into each other's file; on an error the
-    temporary file is removed and ``path`` is left as it was.
+    The temporary name carries the host name and process id, so concurrent writers (DDP
+    ranks, generation processes, on one node or several) never write into each other's
+    file; on an error the temporary file is removed and ``path`` is left as it was.
     """
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_sibling(path)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -31,12 +36,11 @@ def publish_once(path: Path, text: str) -> bool:
 
     For files that several processes may create at once (a store's manifest, a fit shared by
     torchrun ranks): the complete, fsynced file is hard-linked into place, which fails when the
-    name exists, so the first writer's file stays and nobody reads a half-written one. The
-    temporary name carries the host name too: process ids repeat across the nodes of a shared
-    file system. On a file system without hard links the last writer wins (still atomically).
+    name exists, so the first writer's file stays and nobody reads a half-written one. On a
+    file system without hard links the last writer wins (still atomically).
     """
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+    tmp = temporary_sibling(path)
     try:
         with open(tmp, "w") as fh:
             fh.write(text)
