@@ -53,6 +53,13 @@ class TrainGeneratorConfig(_Strict):
     """Stage 1: an unconditional DDPM trained from scratch (CLSP's recipe by default)."""
 
     unet: UNetConfig = UNetConfig()
+    sample_size: int | None = Field(None, ge=8, description="Train (and sample) at this side, padding the images with "
+                                    "black borders (e.g. 28 -> 32 px for a 4x4 level); stores keep the data's size. "
+                                    "Default: the images' own size.")
+    loss_weighting: Literal["none", "min_snr"] = Field("none", description="none: the DDPM's plain epsilon MSE (CLSP); "
+                                                       "min_snr: each timestep's loss weighted by min(SNR, gamma) / SNR "
+                                                       "(Hang et al., ICCV 2023), which converges faster.")
+    min_snr_gamma: float = Field(5.0, gt=0, description="gamma of min_snr weighting.")
     num_train_timesteps: int = Field(1000, ge=2)
     beta_start: float = Field(1e-4, gt=0)
     beta_end: float = Field(0.02, gt=0, lt=1)

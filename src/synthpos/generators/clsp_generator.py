@@ -20,7 +20,15 @@ import torch
 from synthpos.config import GenerateConfig
 from synthpos.errors import SynthposError
 from synthpos.generators.clsp import SHARED_ANCHOR_NOISE, check_unet, clsp_interpolation_sample, derive_seed, num_classes
-from synthpos.generators.diffusion import images_to_model_range, load_generator, model_range_to_images, resolve_generator_dir
+from synthpos.generators.diffusion import (
+    crop_from_model,
+    images_to_model_range,
+    load_generator,
+    model_range_to_images,
+    pad_to_model,
+    padding_for,
+    resolve_generator_dir,
+)
 from synthpos.generators.registry import CandidateGenerator, register_generator
 from synthpos.generators.samplers import DPMSOLVER_ORDER, build_sampler
 from synthpos.precision import resolve_precision
@@ -89,7 +97,9 @@ class CLSPGenerator(CandidateGenerator):
 
     def check_images(self, images: np.ndarray) -> None:
         channels, size = self.unet.config.in_channels, self.unet.config.sample_size
-        if images.shape[1:] != (size, size, channels):
+        h, w, c = images.shape[1:]
+        # A UNet trained on padded images (train_generator.sample_size) takes them padded the same way.
+        if c != channels or h != w or h > size or (size - h) % 2:
             raise SynthposError(
                 f"the generator makes {size}x{size}x{channels} images but the data is {'x'.join(map(str, images.shape[1:]))}; "
                 "set data.image_size (or use a generator trained on this data)"
@@ -133,7 +143,8 @@ class CLSPGenerator(CandidateGenerator):
         if self.num_classes is not None:
             labels = self._check_labels(labels, n)
         out = np.empty((n, k, *anchors.shape[1:]), dtype=np.uint8)
-        anchor_tensor = images_to_model_range(torch.from_numpy(np.ascontiguousarray(anchors)))
+        border = padding_for(anchors.shape[1], self.unet.config.sample_size)
+        anchor_tensor = pad_to_model(images_to_model_range(torch.from_numpy(np.ascontiguousarray(anchors))), border)
         per_call = max(1, s.batch_size // k)
         for begin in range(0, n, per_call):
             end = min(n, begin + per_call)
@@ -152,7 +163,7 @@ class CLSPGenerator(CandidateGenerator):
                 anchor_index=torch.arange(end - begin).repeat_interleave(k),
                 anchor_generators=shared, guidance_scale=s.guidance_scale, compiled=s.compile,
             )
-            out[begin:end] = model_range_to_images(samples.cpu()).numpy().reshape(end - begin, k, *anchors.shape[1:])
+            out[begin:end] = model_range_to_images(crop_from_model(samples.cpu(), border)).numpy().reshape(end - begin, k, *anchors.shape[1:])
             if bar is not None:
                 bar.update((end - begin) * k)
         return out

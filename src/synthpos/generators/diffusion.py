@@ -126,6 +126,44 @@ def model_range_to_images(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
+def padding_for(image_size: int, sample_size: int) -> int:
+    """Border (pixels per side) that pads ``image_size`` images to the UNet's ``sample_size``.
+
+    Raises:
+        SynthposError: the UNet is smaller than the images or the difference is odd.
+    """
+    extra = sample_size - image_size
+    if extra < 0 or extra % 2:
+        raise SynthposError(
+            f"the generator works at {sample_size} px but the images are {image_size} px: it can pad them by an even "
+            f"number of pixels only; set train_generator.sample_size to {image_size} + an even number"
+        )
+    return extra // 2
+
+
+def pad_to_model(x: torch.Tensor, border: int) -> torch.Tensor:
+    """Pad (B, C, H, W) images in [-1, 1] with ``border`` black (-1) pixels on each side."""
+    return F.pad(x, (border,) * 4, value=-1.0) if border else x
+
+
+def crop_from_model(x: torch.Tensor, border: int) -> torch.Tensor:
+    """Undo :func:`pad_to_model`."""
+    return x[..., border: x.shape[-2] - border, border: x.shape[-1] - border] if border else x
+
+
+def loss_weights(alphas_cumprod: torch.Tensor, weighting: str, gamma: float) -> torch.Tensor:
+    """Per-timestep weight of the epsilon MSE. Shape: (T,).
+
+    ``min_snr``: ``min(SNR(t), gamma) / SNR(t)`` with ``SNR = a / (1 - a)`` (Hang et al.,
+    2023, the epsilon-prediction form): the many nearly noise-free timesteps, whose
+    small gradients fight the rest, count less; from t where SNR < gamma on it is 1.
+    """
+    if weighting == "none":
+        return torch.ones_like(alphas_cumprod)
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    return snr.clamp(max=gamma) / snr
+
+
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():
         for e, p in zip(ema.parameters(), model.parameters()):
@@ -187,6 +225,8 @@ def train_generator(
     n, h, w, c = images.shape
     if h != w:
         raise SynthposError(f"the generator needs square images, got {h}x{w}; set data.image_size")
+    size = config.sample_size or h
+    border = padding_for(h, size)
     if config.class_conditional:
         labels, num_classes = _check_labels(labels, num_classes, n)
     if config.num_threads:
@@ -197,7 +237,7 @@ def train_generator(
     model_dir = output_dir / "model"
 
     torch.manual_seed(seed)
-    unet = build_unet(config.unet, h, c, num_classes if config.class_conditional else None).to(device)
+    unet = build_unet(config.unet, size, c, num_classes if config.class_conditional else None).to(device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     unet = unet.to(memory_format=memory_format)
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
@@ -218,6 +258,7 @@ def train_generator(
     data = torch.from_numpy(images)  # stays uint8 in memory; converted per batch
     targets = torch.from_numpy(labels) if config.class_conditional else None
     alphas = scheduler.alphas_cumprod.to(device)
+    timestep_weights = loss_weights(alphas, config.loss_weighting, config.min_snr_gamma)
     start = time.monotonic()
 
     def checkpoint() -> None:
@@ -240,7 +281,7 @@ def train_generator(
         try:
             while step < config.max_steps:
                 idx = rng.integers(0, n, size=config.batch_size)
-                x0 = images_to_model_range(data[idx]).to(device)
+                x0 = pad_to_model(images_to_model_range(data[idx]), border).to(device)
                 if config.hflip:
                     flip = torch.rand(x0.shape[0], device=device) < 0.5
                     x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
@@ -261,7 +302,8 @@ def train_generator(
                     class_labels = torch.where(drop, torch.full_like(class_labels, num_classes), class_labels)
                 with autocast(device, config.precision):
                     pred = unet(xt, t, class_labels=class_labels).sample
-                loss = F.mse_loss(pred.float(), noise)
+                per_sample = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
+                loss = (per_sample * timestep_weights[t]).mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
