@@ -49,6 +49,25 @@ class UNetConfig(_Strict):
     attention_head_dim: int | None = Field(None, description="Default: one head over all channels.")
 
 
+class GeneratorCheckConfig(_Strict):
+    """Generator training's check: every ``every_minutes``, CLSP positives of the first ``anchors``
+    training images, made with the run's ``generate`` settings, judged by the fidelity classifier.
+
+    Training stops when fidelity reaches ``target_fidelity`` with both diversity floors met, or
+    when ``patience`` checks in a row each gain less than ``min_gain``.
+    """
+
+    every_minutes: float = Field(30.0, gt=0)
+    anchors: int = Field(300, ge=1)
+    candidates: int = Field(2, ge=1)
+    target_fidelity: float = Field(0.8, gt=0, le=1)
+    min_pixel_distance: float = Field(0.20, ge=0, description="Floor of the mean pixel RMS from a candidate to its anchor.")
+    min_feature_ratio: float = Field(0.5, ge=0, description="Floor of the candidate-to-anchor feature distance over the "
+                                     "distance between two real images of the same class.")
+    min_gain: float = Field(0.01, ge=0, description="A check that gains less fidelity than this (a fraction) makes no progress.")
+    patience: int = Field(2, ge=1, description="Stop after this many checks in a row without progress.")
+
+
 class TrainGeneratorConfig(_Strict):
     """Stage 1: an unconditional DDPM trained from scratch (CLSP's recipe by default)."""
 
@@ -78,6 +97,8 @@ class TrainGeneratorConfig(_Strict):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     channels_last: bool = True
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's).")
+    check: GeneratorCheckConfig | None = Field(None, description="Measure the positives during training and stop "
+                                                "by their fidelity (null: train for max_steps).")
 
 
 class AdaptiveNoiseConfig(_Strict):
@@ -133,6 +154,8 @@ class GenerateConfig(_Strict):
         0.1, ge=0.0, le=1.0, description="w in w*h + (1-w)*h_anchor (1 = plain DDIM, 0 = the anchor's bottleneck)."
     )
     clip_x0: bool = Field(False, description="Clip the predicted x0 to [-1, 1] at every step (paper: off).")
+    strength: float = Field(1.0, gt=0.0, le=1.0, description="diffusers' img2img strength: 1 starts from pure noise (the "
+                            "paper); 0.3 starts from the anchor noised 30% of the way and takes 30% of num_steps.")
     sampler: Literal["ddim", "dpmsolver++"] = Field("ddim", description="ddim: the paper's sampler; dpmsolver++: "
                                                     "DPM-Solver++ with the same interpolation, in far fewer steps.")
     share_anchor_noise: bool = Field(False, description="One noised copy of the anchor per step for all its K candidates "
@@ -147,6 +170,14 @@ class GenerateConfig(_Strict):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     channels_last: bool = True
     num_threads: int | None = Field(None, ge=1)
+
+
+    @model_validator(mode="after")
+    def _check_strength(self) -> GenerateConfig:
+        if int(self.num_steps * self.strength) < 1:
+            raise ValueError(f"strength={self.strength} leaves no step of num_steps={self.num_steps}; "
+                             f"raise strength to at least {1 / self.num_steps:.3g} or num_steps")
+        return self
 
 
 class BackboneConfig(_Strict):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from synthpos.data.augment import to_model_input
 from synthpos.data.synthetic_store import SyntheticStore, dataset_fingerprint
 from synthpos.errors import SynthposError
 from synthpos.evaluation.fidelity import Classifier, predict, train_classifier
+from synthpos.evaluation.positives import FEATURE_METRIC, PIXEL_METRIC, PositivesStats, feature_distances, pixel_distances
 from synthpos.progress import progress_bar
 
 __all__ = [
@@ -47,68 +47,8 @@ __all__ = [
     "print_report",
 ]
 
-PIXEL_METRIC = "RMS difference of the images scaled to [0, 1] (0: identical, 1: black against white everywhere)"
-FEATURE_METRIC = "cosine distance 1 - cos(a, b) of L2-normalised features (0: same direction, 1: orthogonal)"
-
 #: uint8 images (B, H, W, C) -> float features (B, D)
 Embedding = Callable[[np.ndarray], torch.Tensor]
-
-_BASELINE_IMAGES = 2000  # anchors used for the real-image distance (a scale, not a statistic to the last digit)
-
-
-# ----------------------------------------------------------------------------- distances
-
-
-def _upper_pairs(k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    rows, cols = torch.triu_indices(k, k, offset=1)
-    return rows, cols
-
-
-def pixel_distances(anchors: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-anchor mean RMS pixel distances (images scaled to [0, 1]).
-
-    Args:
-        anchors: uint8. Shape: (n, H, W, C).
-        candidates: uint8. Shape: (n, K, H, W, C).
-
-    Returns:
-        ``(between, to_anchor)``, float64, each of shape (n,): the mean distance over the
-        K(K-1)/2 pairs of one anchor's candidates (NaN when K = 1), and the mean distance
-        from its candidates to the anchor.
-    """
-    n, k = candidates.shape[:2]
-    c = torch.from_numpy(np.ascontiguousarray(candidates)).reshape(n, k, -1).double().div_(255)
-    a = torch.from_numpy(np.ascontiguousarray(anchors)).reshape(n, 1, -1).double().div_(255)
-    scale = math.sqrt(c.shape[-1])  # Euclidean distance / sqrt(pixels) = RMS difference
-    # Not the matrix-product shortcut: |x|^2 + |y|^2 - 2xy cancels badly for near-equal images.
-    exact = "donot_use_mm_for_euclid_dist"
-    to_anchor = torch.cdist(c, a, compute_mode=exact).squeeze(-1).mean(1) / scale
-    if k < 2:
-        return np.full(n, np.nan), to_anchor.numpy()
-    rows, cols = _upper_pairs(k)
-    between = torch.cdist(c, c, compute_mode=exact)[:, rows, cols].mean(1) / scale
-    return between.numpy(), to_anchor.numpy()
-
-
-def feature_distances(anchor_features: torch.Tensor, candidate_features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Per-anchor mean cosine distances of L2-normalised features.
-
-    Args:
-        anchor_features: Shape: (n, D).
-        candidate_features: Shape: (n, K, D).
-
-    Returns:
-        ``(between, to_anchor)``, float64, each of shape (n,), as in :func:`pixel_distances`.
-    """
-    a = F.normalize(anchor_features.double(), dim=-1)
-    c = F.normalize(candidate_features.double(), dim=-1)
-    to_anchor = 1 - (c * a[:, None]).sum(-1).mean(1)
-    k = c.shape[1]
-    if k < 2:
-        return np.full(len(c), np.nan), to_anchor.numpy()
-    rows, cols = _upper_pairs(k)
-    between = 1 - (c @ c.transpose(1, 2))[:, rows, cols].mean(1)
-    return between.numpy(), to_anchor.numpy()
 
 
 # ----------------------------------------------------------------------------- encoders
@@ -205,11 +145,6 @@ def fidelity_classifier(
 # ----------------------------------------------------------------------------- one pass over the store
 
 
-def _mean(parts: list[np.ndarray]) -> float | None:
-    values = np.concatenate(parts) if parts else np.empty(0)
-    return None if len(values) == 0 or np.isnan(values).all() else float(values.mean())
-
-
 def inspect_store(
     store: SyntheticStore,
     dataset: ImageDataset,
@@ -218,8 +153,9 @@ def inspect_store(
     max_anchors: int | None = None,
     batch_anchors: int = 256,
     show_progress: bool = False,
+    train_images: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Fidelity and diversity of the first ``max_anchors`` anchors' candidates (default: all).
+    """Fidelity, diversity and memorisation of the first ``max_anchors`` anchors' candidates (default: all).
 
     Args:
         dataset: the anchors' dataset (its first images are the store's anchors); its labels,
@@ -227,73 +163,24 @@ def inspect_store(
         classifier: the fidelity classifier; without it (or without labels) fidelity is None.
         encoder: embeds images for the feature-space distances; default: the classifier's
             penultimate features; with neither, the feature distances are None.
+        train_images: the whole training split, to measure memorisation (None: not measured).
 
     Returns:
         ``{"anchors", "candidates", "fidelity": {...} | None, "diversity": {"pixel": {...},
-        "features": {...} | None}}``; distances as in :func:`pixel_distances` and
-        :func:`feature_distances`, averaged over anchors.
+        "features": {...} | None}, "memorisation": {...} | None}``
+        (see :class:`synthpos.evaluation.positives.PositivesStats`).
     """
     n = min(len(store), len(dataset), max_anchors or len(store))
-    k = store.candidates
-    judge = classifier is not None and dataset.labels is not None
-    embedded = encoder is not None or classifier is not None
-    mean, std = dataset.mean, dataset.std
-
-    def embed(images: np.ndarray) -> tuple[np.ndarray | None, torch.Tensor | None]:
-        classes, features = classifier_outputs(classifier, images, mean, std) if classifier is not None else (None, None)
-        return classes, (encoder(images) if encoder is not None else features)
-
-    pixel: dict[str, list[np.ndarray]] = {"between": [], "to_anchor": []}
-    feature: dict[str, list[np.ndarray]] = {"between": [], "to_anchor": []}
-    agree, anchor_agree = [], []
+    stats = PositivesStats(dataset.mean, dataset.std, classifier, encoder, train_images)
+    labels = dataset.labels if classifier is not None else None
     with progress_bar("inspect", total=n, enabled=show_progress) as bar:
         for start in range(0, n, batch_anchors):
             end = min(n, start + batch_anchors)
-            anchors = dataset.images[start:end]
             cands = np.stack([store[a] for a in range(start, end)])  # (b, K, H, W, C)
-            for key, value in zip(("between", "to_anchor"), pixel_distances(anchors, cands)):
-                pixel[key].append(value)
-            if judge or embedded:
-                classes, features = embed(cands.reshape(-1, *cands.shape[2:]))
-                anchor_classes, anchor_features = embed(anchors)
-                if judge:
-                    labels = dataset.labels[start:end]
-                    agree.append(classes.reshape(end - start, k) == labels[:, None])
-                    anchor_agree.append(anchor_classes == labels)
-                if features is not None:
-                    pair = feature_distances(anchor_features, features.reshape(end - start, k, -1))
-                    for key, value in zip(("between", "to_anchor"), pair):
-                        feature[key].append(value)
+            stats.add(dataset.images[start:end], cands, None if labels is None else labels[start:end],
+                      np.arange(start, end))
             bar.update(end - start)
-
-    # For scale: two different real images, anchor i against anchor i+1.
-    m = min(n, _BASELINE_IMAGES)
-    real = dataset.images[:m]
-    others = np.roll(real, -1, axis=0)[:, None]
-    report: dict[str, Any] = {"anchors": n, "candidates": k, "fidelity": None}
-    report["diversity"] = {"pixel": {
-        "metric": PIXEL_METRIC,
-        "between_candidates": _mean(pixel["between"]),
-        "candidate_to_anchor": _mean(pixel["to_anchor"]),
-        "between_real_images": float(pixel_distances(real, others)[1].mean()) if m > 1 else None,
-    }, "features": None}
-    if feature["to_anchor"]:
-        _, real_features = embed(real)
-        report["diversity"]["features"] = {
-            "metric": FEATURE_METRIC,
-            "between_candidates": _mean(feature["between"]),
-            "candidate_to_anchor": _mean(feature["to_anchor"]),
-            "between_real_images": float(feature_distances(real_features, real_features.roll(-1, 0)[:, None])[1].mean())
-            if m > 1 else None,
-        }
-    if judge:
-        agreement = np.concatenate(agree)  # (n, K)
-        report["fidelity"] = {
-            "fidelity": float(agreement.mean()),
-            "all_candidates_agree": float(agreement.all(axis=1).mean()),
-            "anchors_classified_right": float(np.concatenate(anchor_agree).mean()),
-        }
-    return report
+    return stats.summary(dataset.images[:n], None if dataset.labels is None else dataset.labels[:n])
 
 
 # ----------------------------------------------------------------------------- the command
@@ -338,7 +225,9 @@ def inspect_store_stage(
     if encoder is None and classifier is None:
         notes.append("feature distances skipped: pass --encoder backbone.pt (a labelled dataset uses the fidelity classifier)")
 
-    report = inspect_store(store, dataset, classifier, encoder, max_anchors, show_progress=show_progress)
+    full_train = load_dataset(config.data.model_copy(update={"subset": None}), "train")
+    report = inspect_store(store, dataset, classifier, encoder, max_anchors, show_progress=show_progress,
+                           train_images=full_train.images)
     report = {"store": str(store_dir), "dataset": f"{dataset.name}/{dataset.split}", "store_anchors": len(store), **report}
     if report["fidelity"] is not None:
         report["fidelity"]["classifier"] = classifier_info
@@ -386,10 +275,17 @@ def print_report(report: dict[str, Any]) -> None:
     table.add_column("between candidates", justify="right")
     table.add_column("candidate to anchor", justify="right")
     table.add_column("two real images", justify="right")
+    table.add_column("two of one class", justify="right")
     for name, space in (("pixels (RMS, [0, 1])", "pixel"), ("features (cosine)", "features")):
         d = report["diversity"][space]
         if d is not None:
-            table.add_row(name, show(d["between_candidates"]), show(d["candidate_to_anchor"]), show(d["between_real_images"]))
+            table.add_row(name, show(d["between_candidates"]), show(d["candidate_to_anchor"]), show(d["between_real_images"]),
+                          show(d.get("between_same_class_real_images")))
     console.print(table)
+    memo = report.get("memorisation")
+    if memo is not None:
+        console.print(f"memorisation: {show(memo['closer_to_another_training_image'], True)} of the candidates are closer to "
+                      f"another of the {memo['training_images']} training images than to their anchor (pixels); for "
+                      f"{show(memo['nearest_training_image_is_anchor'], True)} the nearest is the anchor")
     for note in report["notes"]:
         console.print(f"note: {note}")

@@ -34,6 +34,7 @@ __all__ = [
     "clsp_interpolation_sample",
     "ddim_scheduler",
     "derive_seed",
+    "first_step",
     "guided_eps",
     "null_label",
     "num_classes",
@@ -123,6 +124,20 @@ def unet_decode(unet: UNet2DModel, h: torch.Tensor, skips: tuple[torch.Tensor, .
     return unet.conv_out(unet.conv_act(unet.conv_norm_out(h)))
 
 
+def first_step(num_steps: int, strength: float) -> int:
+    """Index of the first scheduler timestep a trajectory of ``strength`` visits (diffusers' img2img rule).
+
+    Raises:
+        ValueError: ``strength`` outside (0, 1], or so small that no step is left.
+    """
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must lie in (0, 1], got {strength}")
+    steps = min(int(num_steps * strength), num_steps)
+    if steps < 1:
+        raise ValueError(f"strength {strength} leaves no step of {num_steps}: needs strength >= 1/{num_steps}")
+    return num_steps - steps
+
+
 def _randn_per_sample(shape: Sequence[int], generators: Sequence[torch.Generator], device: torch.device) -> torch.Tensor:
     # One generator per sample: the draw for a sample is the same in any batch.
     return torch.stack([torch.randn(tuple(shape), generator=g) for g in generators]).to(device)
@@ -204,6 +219,7 @@ def clsp_interpolation_sample(
     anchor_generators: Sequence[torch.Generator] | None = None,
     guidance_scale: float = 1.0,
     compiled: bool = False,
+    strength: float = 1.0,
 ) -> torch.Tensor:
     """Synthetic positives of ``anchors`` by DDIM or DPM-Solver++ with bottleneck interpolation.
 
@@ -231,6 +247,10 @@ def clsp_interpolation_sample(
         guidance_scale: classifier-free guidance s (class-conditional UNets): 1 uses the
             conditional prediction alone, 0 the null-class one; otherwise both are computed.
         compiled: run the UNet's encoder and decoder through ``torch.compile``.
+        strength: diffusers' img2img meaning: ``1`` starts from pure noise (the paper);
+            below 1 the trajectory starts from its anchor noised (with the row's x_T draw)
+            to the scheduler's timestep ``num_steps - int(num_steps * strength)`` and takes
+            the remaining ``int(num_steps * strength)`` steps (:func:`first_step`).
 
     Returns:
         Samples in [-1, 1] (clipped at the end only). Shape: (B, C, H, W).
@@ -263,8 +283,17 @@ def clsp_interpolation_sample(
     channels_last = anchors.shape[1] > 1 and anchors.is_contiguous(memory_format=torch.channels_last)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     scheduler.set_timesteps(num_steps)
-    x = _randn_per_sample(shape, generators, device) * scheduler.init_noise_sigma
-    for t in scheduler.timesteps:
+    start = first_step(num_steps, strength)
+    timesteps = scheduler.timesteps[start:]
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)  # multistep solvers count their steps from here
+    x = _randn_per_sample(shape, generators, device)
+    if start == 0:
+        x = x * scheduler.init_noise_sigma
+    else:
+        # img2img: the anchor itself, noised to the first visited timestep with this row's x_T draw.
+        x = noise_to_timestep(scheduler, anchors[index_dev], x, timesteps[0].to(device))
+    for t in timesteps:
         t_dev = t.to(device)
         anchor_noise = _randn_per_sample(shape, anchor_generators if shared else generators, device)
         noisy_anchor = noise_to_timestep(scheduler, row_anchors, anchor_noise, t_dev)

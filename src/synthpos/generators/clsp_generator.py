@@ -28,6 +28,7 @@ from synthpos.generators.diffusion import (
     pad_to_model,
     padding_for,
     resolve_generator_dir,
+    trained_image_size,
 )
 from synthpos.generators.registry import CandidateGenerator, register_generator
 from synthpos.generators.samplers import DPMSOLVER_ORDER, build_sampler
@@ -91,15 +92,15 @@ class CLSPGenerator(CandidateGenerator):
         if settings.channels_last:
             unet = unet.to(memory_format=torch.channels_last)
         self.unet = unet
+        # A UNet trained on padded images (train_generator.sample_size) takes its anchors padded the same way.
+        self.image_size = trained_image_size(self.generator_dir, unet.config.sample_size)
         self.scheduler = build_sampler(settings.sampler, self.noise_scheduler, clip_x0=settings.clip_x0)
 
     # ------------------------------------------------------------------ the registry contract
 
     def check_images(self, images: np.ndarray) -> None:
-        channels, size = self.unet.config.in_channels, self.unet.config.sample_size
-        h, w, c = images.shape[1:]
-        # A UNet trained on padded images (train_generator.sample_size) takes them padded the same way.
-        if c != channels or h != w or h > size or (size - h) % 2:
+        channels, size = self.unet.config.in_channels, self.image_size
+        if images.shape[1:] != (size, size, channels):
             raise SynthposError(
                 f"the generator makes {size}x{size}x{channels} images but the data is {'x'.join(map(str, images.shape[1:]))}; "
                 "set data.image_size (or use a generator trained on this data)"
@@ -132,7 +133,7 @@ class CLSPGenerator(CandidateGenerator):
             "guidance_scale": s.guidance_scale if self.num_classes is not None else None,
             "precision": self.precision,
             "seed": self.seed,
-        }
+        } | ({} if s.strength == 1.0 else {"strength": s.strength})  # stores made before strength existed stay current
 
     def generate(self, anchors: np.ndarray, first_index: int, labels: np.ndarray | None = None, bar: Any = None) -> np.ndarray:
         """K candidates per anchor, ``max(1, batch_size // K)`` anchors (all their candidates) per UNet call.
@@ -143,7 +144,7 @@ class CLSPGenerator(CandidateGenerator):
         if self.num_classes is not None:
             labels = self._check_labels(labels, n)
         out = np.empty((n, k, *anchors.shape[1:]), dtype=np.uint8)
-        border = padding_for(anchors.shape[1], self.unet.config.sample_size)
+        border = padding_for(self.image_size, self.unet.config.sample_size)
         anchor_tensor = pad_to_model(images_to_model_range(torch.from_numpy(np.ascontiguousarray(anchors))), border)
         per_call = max(1, s.batch_size // k)
         for begin in range(0, n, per_call):
@@ -161,7 +162,7 @@ class CLSPGenerator(CandidateGenerator):
                 num_steps=s.num_steps, eta=s.eta, weight=s.interpolation_weight, precision=self.precision,
                 class_labels=None if labels is None or self.num_classes is None else torch.from_numpy(labels[begin:end]),
                 anchor_index=torch.arange(end - begin).repeat_interleave(k),
-                anchor_generators=shared, guidance_scale=s.guidance_scale, compiled=s.compile,
+                anchor_generators=shared, guidance_scale=s.guidance_scale, compiled=s.compile, strength=s.strength,
             )
             out[begin:end] = model_range_to_images(crop_from_model(samples.cpu(), border)).numpy().reshape(end - begin, k, *anchors.shape[1:])
             if bar is not None:

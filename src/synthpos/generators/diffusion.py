@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,8 @@ from synthpos.progress import progress_bar
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+#: Beside model_index.json when the UNet was trained on padded images: {"image_size", "sample_size"}.
+PADDING_FILE = "synthpos_padding.json"
 
 
 def build_unet(config: UNetConfig, sample_size: int, channels: int, num_classes: int | None = None) -> UNet2DModel:
@@ -141,6 +144,12 @@ def padding_for(image_size: int, sample_size: int) -> int:
     return extra // 2
 
 
+def trained_image_size(generator_dir: Path, sample_size: int) -> int:
+    """The data's side a generator was trained for: ``sample_size`` unless it padded the images."""
+    padding = Path(generator_dir) / PADDING_FILE
+    return int(json.loads(padding.read_text())["image_size"]) if padding.is_file() else sample_size
+
+
 def pad_to_model(x: torch.Tensor, border: int) -> torch.Tensor:
     """Pad (B, C, H, W) images in [-1, 1] with ``border`` black (-1) pixels on each side."""
     return F.pad(x, (border,) * 4, value=-1.0) if border else x
@@ -177,13 +186,19 @@ def _save_atomic(obj: dict, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def save_pipeline(unet: UNet2DModel, scheduler: DDPMScheduler, path: Path) -> None:
-    """Write a DDPMPipeline directory atomically (to a temporary name, then renamed)."""
+def save_pipeline(unet: UNet2DModel, scheduler: DDPMScheduler, path: Path, image_size: int | None = None) -> None:
+    """Write a DDPMPipeline directory atomically (to a temporary name, then renamed).
+
+    ``image_size``: the data's side when the UNet works on padded images
+    (``train_generator.sample_size``); recorded in ``PADDING_FILE`` so sampling pads the same way.
+    """
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     unet = copy.deepcopy(unet).float().to(memory_format=torch.contiguous_format).cpu()
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp)
+    if image_size is not None and image_size != unet.config.sample_size:
+        (tmp / PADDING_FILE).write_text(json.dumps({"image_size": image_size, "sample_size": unet.config.sample_size}))
     old = path.with_name(path.name + f".old-{os.getpid()}")
     if path.exists():
         os.replace(path, old)
@@ -201,6 +216,8 @@ def train_generator(
     show_progress: bool = True,
     labels: np.ndarray | None = None,
     num_classes: int | None = None,
+    on_check: Callable[[Path, int], str | None] | None = None,
+    check_every_minutes: float | None = None,
 ) -> Path:
     """Train a DDPM on ``images`` and write it to ``output_dir/model``.
 
@@ -214,6 +231,8 @@ def train_generator(
         output_dir: where ``checkpoint.pt``, ``model/`` and ``COMPLETE`` go.
         labels: class labels (N,) in ``[0, num_classes)``; needed when ``config.class_conditional``.
         num_classes: classes of a class-conditional model (default: ``labels.max() + 1``).
+        on_check: called every ``check_every_minutes`` (after a checkpoint, with the saved
+            model's directory and the step); a returned reason stops training there.
 
     Returns:
         The path of the saved DDPMPipeline directory.
@@ -273,10 +292,11 @@ def train_generator(
             },
             ckpt_path,
         )
-        save_pipeline(ema, scheduler, model_dir)
+        save_pipeline(ema, scheduler, model_dir, image_size=h)
 
     unet.train()
     losses: list[float] = []
+    last_check, stopped = time.monotonic(), None
     with progress_bar("train generator", total=config.max_steps, completed=step, enabled=show_progress) as bar:
         try:
             while step < config.max_steps:
@@ -322,12 +342,19 @@ def train_generator(
                         fh.write(f"{step}\t{np.mean(losses[-config.checkpoint_every:]):.5f}\n")
                 if out_of_time:
                     break
+                if on_check is not None and time.monotonic() - last_check > 60 * check_every_minutes:
+                    checkpoint()
+                    reason = on_check(model_dir, step)
+                    last_check = time.monotonic()  # the check's own time is not training time
+                    if reason:
+                        stopped = reason
+                        break
         except KeyboardInterrupt:
             checkpoint()
             raise
     if not model_dir.exists():
         checkpoint()
-    (output_dir / "COMPLETE").write_text(json.dumps({"step": step}))
+    (output_dir / "COMPLETE").write_text(json.dumps({"step": step, "stopped_by_check": stopped}))
     return model_dir
 
 
@@ -361,7 +388,20 @@ def train_generator_stage(config: RunConfig, show_progress: bool = True) -> Path
     from synthpos.data import load_dataset
 
     dataset = load_dataset(config.data, "train")
+    rule, on_check = config.train_generator.check, None
+    if rule is not None:
+        from synthpos.evaluation.generator_check import GeneratorCheck, should_stop
+
+        check = GeneratorCheck(config, config.generator_dir / "checks.jsonl", show_progress)
+
+        def on_check(model_dir: Path, step: int) -> str | None:
+            result = check(model_dir, step)
+            print(f"check at step {step}: fidelity {100 * result['fidelity']:.1f}%, pixel RMS to anchor "
+                  f"{result['diversity']['pixel']['candidate_to_anchor']:.3f} ({result['check_s']:.0f} s)", flush=True)
+            return should_stop(check.history(), rule)
+
     return train_generator(
         dataset.images, config.train_generator, config.generator_dir, config.seed, show_progress=show_progress,
         labels=dataset.labels, num_classes=dataset.num_classes or None,
+        on_check=on_check, check_every_minutes=None if rule is None else rule.every_minutes,
     )

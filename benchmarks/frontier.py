@@ -1,0 +1,197 @@
+"""The fidelity-diversity frontier of CLSP positives: sweep the interpolation weight w and
+``generate.strength`` for one or more generators, and draw fidelity against distance.
+
+Every point makes K candidates for the same anchors (the first N images of the
+Fashion-MNIST train split) with the same seeds, through the real generator
+(``synthpos.generators.registry.build_generator``, ``generate.kind: clsp``), and judges them
+with :class:`synthpos.evaluation.positives.PositivesStats`, the code ``inspect-store`` uses:
+
+- fidelity: the share of candidates the quick start's fidelity classifier (trained once on
+  the real train split, cached under ``--work``) gives their anchor's label;
+- diversity: mean pixel RMS and judge-feature cosine distance from a candidate to its
+  anchor and between candidates, beside two real images and two real images of one class;
+- memorisation: the share of candidates nearer (pixels) to another training image than to
+  their own anchor.
+
+Each point is written to the JSON as soon as it is measured and skipped when the JSON
+already has it (same generator weights and settings), so a cut-short sweep continues.
+
+Run::
+
+    python benchmarks/frontier.py                                   # both shipped generators, default grid
+    python benchmarks/frontier.py --generators builtin:fashion_mnist --weights 0.1 --strengths 1,0.5
+    python benchmarks/frontier.py --smoke                           # a few anchors, two points (CI)
+
+Writes ``benchmarks/results/frontier.json`` and ``frontier.png`` (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from _machine import machine_info  # benchmarks/_machine.py
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_OUT = ROOT / "results" / "frontier.json"
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--generators", default="builtin:fashion_mnist_small,builtin:fashion_mnist",
+                   help="comma-separated generator folders (or builtin:NAME)")
+    p.add_argument("--weights", type=_floats, default=[0.0, 0.1, 0.3, 0.5, 1.0], help="interpolation weights w")
+    p.add_argument("--strengths", type=_floats, default=[1.0, 0.8, 0.6, 0.4], help="generate.strength values")
+    p.add_argument("--anchors", type=int, default=300)
+    p.add_argument("--candidates", type=int, default=2)
+    p.add_argument("--sampler", default="dpmsolver++", choices=["ddim", "dpmsolver++"])
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--no-clip-x0", dest="clip_x0", action="store_false", help="do not clip x0 at every step")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--work", type=Path, default=Path("runs/frontier"), help="cache of the fidelity classifier")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--smoke", action="store_true", help="8 anchors, 2 points, 1 epoch classifier on 2000 images")
+    args = p.parse_args(argv)
+    args.generators = [g for g in args.generators.split(",") if g]
+    if args.smoke:
+        args.anchors, args.weights, args.strengths = 8, [0.1], [1.0, 0.5]
+    return args
+
+
+def point_key(generator_id: str, w: float, strength: float, args: argparse.Namespace) -> str:
+    return json.dumps({"generator": generator_id, "w": w, "strength": strength, "sampler": args.sampler, "steps": args.steps,
+                       "clip_x0": args.clip_x0, "anchors": args.anchors, "candidates": args.candidates, "seed": args.seed},
+                      sort_keys=True)
+
+
+def measure(generator_dir: str, w: float, strength: float, train, classifier, args: argparse.Namespace) -> dict[str, Any]:
+    from synthpos.config import GenerateConfig
+    from synthpos.evaluation.positives import PositivesStats
+    from synthpos.generators.registry import build_generator
+
+    settings = GenerateConfig(kind="clsp", candidates=args.candidates, sampler=args.sampler, num_steps=args.steps,
+                              interpolation_weight=w, strength=strength, clip_x0=args.clip_x0, batch_size=256)
+    generator = build_generator("clsp", Path(generator_dir), settings, args.seed, torch.device("cpu"))
+    anchors, labels = train.images[: args.anchors], train.labels[: args.anchors]
+    start = time.perf_counter()
+    candidates = generator.generate(anchors, 0, labels)
+    seconds = time.perf_counter() - start
+    stats = PositivesStats(train.mean, train.std, classifier, train_images=train.images)
+    stats.add(anchors, candidates, labels, np.arange(len(anchors)))
+    summary = stats.summary(train.images[:2000], train.labels[:2000])
+    return {"generator": generator_dir, "record": generator.record(), "w": w, "strength": strength,
+            "generate_s": round(seconds, 1), **summary}
+
+
+def plot(points: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    panels = (("pixel", "pixel RMS from candidate to anchor ([0, 1])"),
+              ("features", "judge-feature cosine distance from candidate to anchor"))
+    markers = ["o", "s", "^", "D", "v"]
+    generators = sorted({p["generator"] for p in points})
+    weights = sorted({p["w"] for p in points})
+    colours = plt.cm.viridis(np.linspace(0, 0.9, max(1, len(weights))))
+    for ax, (space, label) in zip(axes, panels):
+        for gi, gen in enumerate(generators):
+            for wi, w in enumerate(weights):
+                row = sorted((p for p in points if p["generator"] == gen and p["w"] == w), key=lambda p: p["strength"])
+                row = [p for p in row if p["fidelity"] and p["diversity"][space]]
+                if not row:
+                    continue
+                x = [p["diversity"][space]["candidate_to_anchor"] for p in row]
+                y = [100 * p["fidelity"]["fidelity"] for p in row]
+                ax.plot(x, y, marker=markers[gi % len(markers)], color=colours[wi], linestyle="-" if gi else "--",
+                        label=f"{gen.removeprefix('builtin:')}, w={w}")
+                for p, xi, yi in zip(row, x, y):
+                    ax.annotate(f"{p['strength']:g}", (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        scale = next((p["diversity"][space] for p in points if p["diversity"][space]), None)
+        if scale:
+            for key, style in (("between_same_class_real_images", ":"), ("between_real_images", "-.")):
+                if scale.get(key) is not None:
+                    ax.axvline(scale[key], color="grey", linestyle=style, linewidth=1,
+                               label="two real images" + (" of one class" if "same" in key else ""))
+        ax.set_xlabel(label)
+        ax.set_ylabel("fidelity (% of candidates keeping the anchor's class)")
+        ax.grid(alpha=0.3)
+    axes[0].axhline(80, color="red", linewidth=0.8)
+    axes[1].legend(fontsize=7, loc="lower left")
+    fig.suptitle("CLSP positives: fidelity against distance to the anchor (numbers: strength)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from synthpos.config import DataConfig, FidelityConfig
+    from synthpos.data import load_dataset
+    from synthpos.evaluation.store_diagnostics import fidelity_classifier
+    from synthpos.generators.clsp_generator import generator_id
+    from synthpos.generators.diffusion import resolve_generator_dir
+
+    data = DataConfig(name="fashion_mnist")
+    train = load_dataset(data, "train")
+    fidelity = FidelityConfig(train_images=2000, epochs=1) if args.smoke else FidelityConfig()
+    classifier, info = fidelity_classifier(data, fidelity, args.seed, args.work / "fidelity", show_progress=False)
+    results: dict[str, Any] = {"points": []}
+    if args.out.is_file() and not args.smoke:
+        results = json.loads(args.out.read_text())
+    done = {p["key"] for p in results["points"]}
+    results.update({
+        "benchmark": "frontier",
+        "command": "python benchmarks/frontier.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info("diffusers"),
+        "protocol": {"anchors": f"the first {args.anchors} Fashion-MNIST training images", "candidates": args.candidates,
+                     "sampler": args.sampler, "steps": args.steps, "clip_x0": args.clip_x0, "seed": args.seed,
+                     "judge": {"model": "synthpos.evaluation.fidelity.Classifier", **fidelity.model_dump(),
+                               "test_top1": info["test_top1"]},
+                     "features": "the judge's penultimate layer (128-d)"},
+    })
+    for gen in args.generators:
+        gid = generator_id(resolve_generator_dir(Path(gen)))
+        for w in args.weights:
+            for strength in args.strengths:
+                key = point_key(gid, w, strength, args)
+                if key in done:
+                    continue
+                point = {"key": key, **measure(gen, w, strength, train, classifier, args)}
+                results["points"].append(point)
+                done.add(key)
+                f, d = point["fidelity"], point["diversity"]
+                print(f"{gen} w={w} strength={strength}: fidelity {100 * f['fidelity']:.1f}%, pixel "
+                      f"{d['pixel']['candidate_to_anchor']:.3f}, features {d['features']['candidate_to_anchor']:.3f}, "
+                      f"memorised {100 * point['memorisation']['closer_to_another_training_image']:.1f}% "
+                      f"({point['generate_s']:.0f} s)", flush=True)
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                tmp = args.out.with_suffix(".json.tmp")
+                tmp.write_text(json.dumps(results, indent=2))
+                tmp.replace(args.out)
+    plot(results["points"], args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    raise SystemExit(main())

@@ -1,0 +1,274 @@
+"""Do synthetic positives help? SimCLR without them and with each synthetic mode, same budget,
+several seeds, and the paired difference against ``none`` with its 95% interval.
+
+Rows (``--rows``, each ``name=mode[:setting=value,...]``; the default set):
+
+- ``none``: SimCLR alone;
+- ``clsp``: CLSP-SimCLR on the paper's sampling (pure noise, w = 0.1), and two other points
+  of the fidelity-diversity frontier (``clsp_s0.6``, ``clsp_s0.4``: ``generate.strength``);
+- ``replace``: view 2 from a stored candidate with p = 1.0 (Ayromlou et al.'s main runs);
+- ``multipos``: the candidates as extra positives of a multi-positive InfoNCE;
+- any registered mode that needs no store (e.g. ``mochi``) can be added as a row.
+
+Every row uses the same training images (the first ``--subset`` of the Fashion-MNIST train
+split), epochs, batch, encoder (the quick start's ConvNet) and augmentations, from the quick
+start's recipe; one store per generation setting is made once (generation has its own seed,
+``--generation-seed``, so training seeds share a store: the interval covers training seeds,
+not generation draws). Evaluation: the run's ``evaluate`` stage on frozen features (its
+protocol is written beside every number).
+
+Statistics: for each row and seed, the difference to ``none`` on the same seed; the mean of
+those paired differences and its two-sided 95% t interval over the seeds. One JSON row per
+(method, mode, generator id, seed) holds its numbers and protocol, so the summary can be
+recomputed from the rows.
+
+Resumable: a run already in the JSON is skipped, so the benchmark can run in pieces::
+
+    python benchmarks/synthetic_gain.py --budget-sweep            # SimCLR alone at three budgets: pick one
+    python benchmarks/synthetic_gain.py --subset 10000 --epochs 40 --seeds 0,1,2
+    python benchmarks/synthetic_gain.py --subset 10000 --epochs 40 --seeds 3,4 --rows none,replace
+    python benchmarks/synthetic_gain.py --smoke                    # every row for one step (CI)
+
+Writes ``benchmarks/results/synthetic_gain.json`` (``--out``) and prints the paired table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from _machine import machine_info  # benchmarks/_machine.py
+
+ROOT = Path(__file__).resolve().parent
+REPO = ROOT.parent
+DEFAULT_OUT = ROOT / "results" / "synthetic_gain.json"
+DEFAULT_ROWS = ("none", "clsp", "clsp_s0.6=clsp:generate.strength=0.6", "clsp_s0.4=clsp:generate.strength=0.4",
+                "replace=replace:pretrain.synthetic.replace_prob=1.0", "multipos")
+BUDGETS = ((2500, 20), (5000, 40), (10000, 60))  # (images, epochs) of --budget-sweep
+
+# Two-sided 95% quantiles of Student's t (df 1..30); above 30 the normal's 1.96 is within 2%.
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_interval(values: list[float]) -> dict[str, Any]:
+    """Mean and two-sided 95% t interval of ``values`` (None bounds for fewer than two)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return {"n": n, "mean": mean, "low": None, "high": None, "sd": None}
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = (_T95[n - 2] if n - 1 <= len(_T95) else 1.96) * sd / math.sqrt(n)
+    return {"n": n, "mean": mean, "low": mean - half, "high": mean + half, "sd": sd}
+
+
+def parse_row(text: str) -> dict[str, Any]:
+    """``name=mode:key=value,key=value`` (or just ``mode``) -> {name, mode, overrides}."""
+    name, _, spec = text.partition("=") if "=" in text.split(":")[0] else (text, "", text)
+    mode, _, rest = spec.partition(":")
+    overrides = [item for item in rest.split(",") if item]
+    return {"name": name, "mode": mode, "overrides": overrides}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", default=";".join(DEFAULT_ROWS), help="';'-separated rows: name=mode:key=value,...")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--subset", type=int, default=10000, help="pretraining images (each gets its synthetic positives)")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--generator", default="builtin:fashion_mnist")
+    p.add_argument("--generation-seed", type=int, default=0)
+    p.add_argument("--budget-sweep", action="store_true", help="SimCLR alone at three budgets, random init, raw pixels")
+    p.add_argument("--work", type=Path, default=REPO / "runs" / "bench_gain")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--smoke", action="store_true", help="every row for one step on 64 images, into a temporary folder")
+    args = p.parse_args(argv)
+    args.rows = [parse_row(r) for r in args.rows.split(";") if r]
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    if args.smoke:
+        args.subset, args.epochs, args.seeds = 64, 1, [0]
+    return args
+
+
+def run_config(args: argparse.Namespace, row: dict[str, Any], seed: int, subset: int, epochs: int):
+    from synthpos.config import load_config
+    from synthpos.quickstart import quickstart_recipe
+
+    generation = [o for o in row["overrides"] if o.startswith("generate.")]
+    store = args.work / ("store_" + ("_".join(o.replace("generate.", "").replace("=", "") for o in generation) or "paper"))
+    run_name = f"{row['name']}_n{subset}_e{epochs}_s{seed}"
+    overrides = [
+        f"run_dir={args.work / run_name}",
+        f"seed={seed}",
+        f"data.subset={subset}",
+        f"generate.generator={args.generator}",
+        f"generate.store={store}_n{subset}",
+        f"pretrain.epochs={epochs}",
+        f"pretrain.synthetic.mode={row['mode']}",
+        "pretrain.precision=fp32",
+        "pretrain.num_threads=2",
+        *row["overrides"],
+    ]
+    if args.smoke:
+        overrides += ["pretrain.batch_size=32", "generate.num_steps=4", "generate.batch_size=64",
+                      "evaluate.max_train=200", "evaluate.linear.epochs=1", "pretrain.optimizer.warmup_epochs=0"]
+    config = load_config(quickstart_recipe(), overrides)
+    # Generation has its own seed: every training seed reads the same store.
+    return config, args.generation_seed
+
+
+def one_run(args: argparse.Namespace, row: dict[str, Any], seed: int, subset: int, epochs: int) -> dict[str, Any]:
+    from synthpos.evaluation.evaluate import evaluate_stage
+    from synthpos.generators.generate import generate_stage
+    from synthpos.methods.pretrain import pretrain_stage
+
+    config, generation_seed = run_config(args, row, seed, subset, epochs)
+    generator_record = None
+    if row["mode"] in ("clsp", "replace", "multipos", "quality"):
+        gen_config = config.model_copy(update={"seed": generation_seed})
+        store = generate_stage(gen_config, show_progress=False)
+        generator_record = store.manifest["generator"]
+    start = time.perf_counter()
+    pretrain_stage(config, show_progress=False)
+    seconds = time.perf_counter() - start
+    metrics = evaluate_stage(config, show_progress=False)
+    scores = next(iter(metrics["results"].values()))
+    return {
+        "method": config.pretrain.method, "row": row["name"], "mode": row["mode"], "overrides": row["overrides"],
+        "generator": generator_record, "generator_id": (generator_record or {}).get("generator_sha256"),
+        "seed": seed, "generation_seed": generation_seed if generator_record else None,
+        "subset": subset, "epochs": epochs,
+        "knn_top1": scores["knn_top1"], "linear_top1": scores["linear_top1"],
+        "protocol": {"evaluate": config.evaluate.model_dump(mode="json"), "test": "Fashion-MNIST test (10,000)",
+                     "features": "frozen backbone, global-pooled", "split_that_chose_hyperparameters": "none (fixed)",
+                     "seed": seed},
+        "pretrain_seconds": round(seconds, 1),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def paired_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per (budget, row): the paired differences to ``none`` on the same seed, mean and 95% t interval."""
+    out: dict[str, Any] = {}
+    budgets = sorted({(r["subset"], r["epochs"]) for r in runs})
+    for subset, epochs in budgets:
+        here = [r for r in runs if (r["subset"], r["epochs"]) == (subset, epochs)]
+        base = {r["seed"]: r for r in here if r["row"] == "none"}
+        for name in sorted({r["row"] for r in here} - {"none"}):
+            pairs = [(r, base[r["seed"]]) for r in here if r["row"] == name and r["seed"] in base]
+            if not pairs:
+                continue
+            entry = {"seeds": sorted(r["seed"] for r, _ in pairs)}
+            for metric in ("linear_top1", "knn_top1"):
+                diffs = [100 * (r[metric] - b[metric]) for r, b in pairs]
+                entry[metric] = {"mean_points": None, **t_interval(diffs), "differences_points": diffs}
+                entry[metric]["mean_points"] = entry[metric]["mean"]
+            entry["target_met"] = (entry["linear_top1"]["mean"] >= 1.5 and entry["linear_top1"]["low"] is not None
+                                   and entry["linear_top1"]["low"] > 0)
+            out[f"n{subset}_e{epochs}/{name}"] = entry
+    return out
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = ["| budget / row | seeds | linear diff (95% CI) | kNN diff (95% CI) |", "|---|---|---|---|"]
+
+    def cell(s: dict[str, Any]) -> str:
+        if s["low"] is None:
+            return f"{s['mean']:+.2f}"
+        return f"{s['mean']:+.2f} ({s['low']:+.2f}, {s['high']:+.2f})"
+
+    for key, entry in results["paired"].items():
+        lines.append(f"| {key} | {len(entry['seeds'])} | {cell(entry['linear_top1'])} | {cell(entry['knn_top1'])} |")
+    return "\n".join(lines)
+
+
+def budget_sweep(args: argparse.Namespace, results: dict[str, Any], save) -> None:
+    """SimCLR alone at three budgets, beside a randomly initialised encoder and raw pixels."""
+    import torch
+
+    from synthpos.evaluation.evaluate import evaluate_backbone, score_features
+    from synthpos.models.backbones import build_backbone
+
+    sweep = results.setdefault("budget_sweep", {})
+    budgets = ((64, 1),) if args.smoke else BUDGETS
+    for subset, epochs in budgets:
+        key = f"n{subset}_e{epochs}"
+        if key not in sweep:
+            run = one_run(args, {"name": "none", "mode": "none", "overrides": []}, args.seeds[0], subset, epochs)
+            sweep[key] = run
+            results["runs"][f"simclr/none/-/s{args.seeds[0]}/{key}"] = run
+            save()
+            print(f"budget {key}: SimCLR kNN {100 * run['knn_top1']:.2f} linear {100 * run['linear_top1']:.2f} "
+                  f"({run['pretrain_seconds']:.0f} s)", flush=True)
+    if "references" not in sweep:
+        config, _ = run_config(args, {"name": "ref", "mode": "none", "overrides": []}, args.seeds[0], budgets[0][0], 1)
+        from synthpos.data import load_dataset
+
+        data = config.data.model_copy(update={"subset": None})
+        tr, te = load_dataset(data, "train"), load_dataset(data, "test")
+        if config.evaluate.max_train:
+            tr = tr.take(min(len(tr), config.evaluate.max_train))
+
+        def flat(ds):
+            return torch.from_numpy(ds.images.reshape(len(ds), -1).astype("float32") / 255.0)
+
+        pixels = score_features(flat(tr), tr.labels, flat(te), te.labels, tr.num_classes, config.evaluate, config.seed)
+        torch.manual_seed(config.seed)
+        random = evaluate_backbone(build_backbone(config.pretrain.backbone, tr.channels), config.data, config.evaluate,
+                                   config.pretrain.augment.crop_size, None, None, config.seed)
+        sweep["references"] = {"raw_pixels": pixels, "random_init": random}
+        save()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import tempfile
+
+    import torch
+
+    torch.set_num_threads(2)
+    if args.smoke:
+        tmp = tempfile.TemporaryDirectory()
+        args.work, args.out = Path(tmp.name), Path(tmp.name) / "synthetic_gain.json"
+    args.work.mkdir(parents=True, exist_ok=True)
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    results.setdefault("runs", {})
+    results["benchmark"] = "synthetic_gain"
+    results["command"] = "python benchmarks/synthetic_gain.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    results["machine"] = machine_info("diffusers")
+    results["variation_covered"] = "training seeds (pretraining init, augmentations, batch order); one store per row"
+
+    def save() -> None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp_out = args.out.with_suffix(".json.tmp")
+        tmp_out.write_text(json.dumps(results, indent=2))
+        tmp_out.replace(args.out)
+
+    if args.budget_sweep:
+        budget_sweep(args, results, save)
+    else:
+        for seed in args.seeds:
+            for row in args.rows:
+                key = f"simclr/{row['name']}/{args.generator}/s{seed}/n{args.subset}_e{args.epochs}"
+                if key in results["runs"]:
+                    continue
+                run = one_run(args, row, seed, args.subset, args.epochs)
+                results["runs"][key] = run
+                save()
+                print(f"{key}: kNN {100 * run['knn_top1']:.2f} linear {100 * run['linear_top1']:.2f} "
+                      f"({run['pretrain_seconds']:.0f} s)", flush=True)
+    results["paired"] = paired_summary(list(results["runs"].values()))
+    save()
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    raise SystemExit(main())
