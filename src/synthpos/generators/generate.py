@@ -3,8 +3,8 @@
 The generator (``generate.kind``: ``clsp``, ``unclip``, ... see
 :mod:`synthpos.generators.registry`) makes K candidates per anchor; this module owns the
 rest. Shards are independent units of work: a resumed run does only the missing and
-damaged ones (found by :mod:`synthpos.data.store_integrity`), and N processes (``RANK``/``WORLD_SIZE`` as torchrun sets them) take every N-th
-shard of the same store. Every candidate's noise is seeded from (seed, anchor,
+damaged ones (found by :mod:`synthpos.data.store_integrity`), and N processes
+(``RANK``/``WORLD_SIZE`` as torchrun sets them) take every N-th shard of the same store. Every candidate's noise is seeded from (seed, anchor,
 candidate), so the bytes do not depend on how the work was split.
 """
 
@@ -86,6 +86,10 @@ def generate_store(
     # Which shards to (re)make: the missing and the damaged ones (hashed unless a stamp vouches for them).
     states = ensure_verified(store, settings.verify_store, raise_if_bad=False)
     old = [s for s in states if s.state == "no hash"]
+    bad = [s.shard for s in states if s.bad]
+    # Decided here, the same on every rank (all read one stamp; nobody folds before the barrier
+    # below): then all or none of them enter the final verification's barrier.
+    to_fold = bool(bad or old) or any(store.path.glob("shard-*.record.json"))
     if rank == 0:
         for state in states:
             if state.state in ("wrong size", "damaged"):
@@ -95,7 +99,6 @@ def generate_store(
         for state in old:
             path = store.shard_path(state.shard)
             store.add_record(state.shard, {"bytes": path.stat().st_size, "sha256": file_digest(path)})
-    bad = [s.shard for s in states if s.bad]
     todo = [s for s in bad if s % world_size == rank]
     total = sum(np.subtract(*store.layout.shard_range(s)[::-1]) for s in todo) * settings.candidates
     with progress_bar("generate", total=int(total), enabled=show_progress and rank == 0) as bar:
@@ -104,9 +107,7 @@ def generate_store(
             shard_labels = None if labels is None else labels[start:end]
             store.write_shard(shard, generator.generate(images[start:end], start, shard_labels, bar))
     wait_for_launched_processes("generate")
-    # The same answer on every rank (all saw the same states, and nobody writes now): all or none
-    # of them enter the verification's barrier.
-    if bad or old or any(store.path.glob("shard-*.record.json")):
+    if to_fold:
         if rank == 0:
             store.fold_records()
         # Once after writing: every shard read back and hashed (rank 0), the result stamped.
