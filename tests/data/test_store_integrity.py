@@ -117,6 +117,14 @@ def test_a_deleted_shard_is_named_on_open(store) -> None:
     assert _states(store)["shard-00002.npy"] == "missing"
 
 
+def test_missing_and_truncated_shards_are_named_together(store) -> None:
+    store.shard_path(0).unlink()
+    store.shard_path(2).write_bytes(b"\x93NUMPY")
+    with pytest.raises(SynthposError, match=r"shard-00000\.npy is missing, and 1 more shard is missing or damaged "
+                                            r"\(shard-00002\.npy\)"):
+        SyntheticStore.open(store.path)
+
+
 def test_a_zeroed_shard_read_without_verification_is_a_clear_error(store) -> None:
     _zero(store.shard_path(0))
     opened = SyntheticStore.open(store.path)  # same size: the cheap check cannot see it

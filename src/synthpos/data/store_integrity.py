@@ -174,7 +174,7 @@ def damage_message(store: SyntheticStore, states: list[ShardState]) -> str | Non
     more = ""
     if len(bad) > 1:
         names = ", ".join(s.name for s in bad[1:6]) + (", ..." if len(bad) > 6 else "")
-        more = f", and {len(bad) - 1} more shard{'s' if len(bad) > 2 else ''} are missing or damaged ({names})"
+        more = f", and {len(bad) - 1} more {'shards are' if len(bad) > 2 else 'shard is'} missing or damaged ({names})"
     return (f"store {store.path}: {first.name} is {what}{more}; run `synthpos generate` with the config that made "
             "the store: it remakes exactly the missing and damaged shards")
 

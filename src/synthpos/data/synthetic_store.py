@@ -196,14 +196,16 @@ class SyntheticStore:
         store = cls(path, cls._read_manifest(path))
         if images is not None:
             store.check_dataset(name or "", split or "", images)
-        if require_complete and (missing := store.missing_shards()):
-            names = ", ".join(store.shard_path(s).name for s in missing[:5]) + (", ..." if len(missing) > 5 else "")
-            raise SynthposError(
-                f"store {path} is incomplete ({len(missing)} of {store.layout.num_shards} shards missing: {names}); "
-                "run `synthpos generate` with the config that made it to finish it"
-            )
-        if require_complete and (wrong := store.wrong_size_shards()):
-            raise SynthposError(damage_message(store, [s for s in check_store(store, full=False) if s.shard in wrong]))
+        if require_complete:
+            states = check_store(store, full=False)  # a stat per shard: missing, truncated, padded
+            if any(s.bad and s.state != "missing" for s in states):
+                raise SynthposError(damage_message(store, states))
+            if missing := [s.name for s in states if s.state == "missing"]:
+                names = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+                raise SynthposError(
+                    f"store {path} is incomplete ({len(missing)} of {store.layout.num_shards} shards missing: {names}); "
+                    "run `synthpos generate` with the config that made it to finish it"
+                )
         if verify is not None:
             states = ensure_verified(store, verify)
             if (note := unrecorded_note(store, states)) and is_leader():
