@@ -205,6 +205,15 @@ def test_other_ranks_read_rank_zeros_stamp(store, hashed, monkeypatch) -> None:
     assert len(hashed) == 3
 
 
+def test_a_read_only_store_is_verified_without_a_stamp(store, hashed, monkeypatch) -> None:
+    def read_only(path, data):
+        raise PermissionError(13, "Read-only file system")
+
+    monkeypatch.setattr(store_integrity, "write_json_atomically", read_only)
+    assert [s.state for s in ensure_verified(store)] == ["ok"] * 3
+    assert not (store.path / STAMP).exists() and len(hashed) == 3
+
+
 def test_a_damaged_stamp_means_check_again(store, hashed) -> None:
     ensure_verified(store)
     hashed.clear()

@@ -205,8 +205,14 @@ def _file_stats(store: SyntheticStore) -> dict[str, list[int]]:
 
 
 def write_stamp(store: SyntheticStore, states: list[ShardState], stats: dict[str, list[int]]) -> None:
-    """Record that a full check of the files with ``stats`` (taken before hashing) found ``states``."""
-    write_json_atomically(store.path / STAMP, {"hash": HASH, "files": stats, "shards": [asdict(s) for s in states]})
+    """Record that a full check of the files with ``stats`` (taken before hashing) found ``states``.
+
+    A store on a read-only file system goes unstamped: it is then hashed on every use, which is slower but right.
+    """
+    try:
+        write_json_atomically(store.path / STAMP, {"hash": HASH, "files": stats, "shards": [asdict(s) for s in states]})
+    except OSError:
+        pass
 
 
 def fresh_stamp(store: SyntheticStore) -> list[ShardState] | None:
