@@ -253,3 +253,7 @@ def test_torchrun_generation_killed_and_resumed_equals_one_process(tiny_run, mon
     for name, (inode, mtime) in done.items():
         assert ((store / name).stat().st_ino, (store / name).stat().st_mtime_ns) == (inode, mtime), f"{name} was rewritten"
     assert SyntheticStore.open(store).complete and not [p.name for p in store.iterdir() if ".tmp" in p.name]
+    # Rank 0 folded every rank's shard records into the manifest and stamped the full check.
+    assert sorted(json.loads((store / "manifest.json").read_text())["shards"]) == sorted(reference)
+    assert not list(store.glob("*.record.json"))
+    assert {s["state"] for s in json.loads((store / "verified.json").read_text())["shards"]} == {"ok"}

@@ -79,9 +79,14 @@ def inspect_store(
     max_anchors: Annotated[Optional[int], typer.Option(help="Inspect only the first N anchors (default: all).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Where inspect.json and grid.png go (default: <store>/inspect).")] = None,
     quiet: QuietOpt = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Only check the store: hash every shard against the manifest, report each one's state (exit 2 if one is missing or damaged).")] = False,
 ) -> None:
-    """Fidelity and diversity of a store's synthetic positives, and a grid of them."""
+    """Fidelity and diversity of a store's synthetic positives, and a grid of them (--verify: its integrity)."""
     cfg = _load(config, set)
+    if verify:
+        from synthpos.data.store_integrity import verify_command
+        verify_command(store or cfg.store_dir)
+        return
     from synthpos.evaluation.store_diagnostics import inspect_store_stage, print_report
     report = inspect_store_stage(cfg, store, encoder, max_anchors, out, show_progress=not quiet)
     print_report(report)

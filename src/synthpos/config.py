@@ -170,6 +170,9 @@ class GenerateConfig(_Strict):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     channels_last: bool = True
     num_threads: int | None = Field(None, ge=1)
+    verify_store: Literal["auto", "always"] = Field(
+        "auto", description="Hash every shard of an existing store before resuming: 'auto' unless the store's stamp "
+        "(verified.json) says these very files were verified; 'always' in any case (finds bytes flipped in place).")
 
 
     @model_validator(mode="after")
@@ -288,6 +291,9 @@ class PretrainConfig(_Strict):
     num_nodes: int = Field(1, ge=1)
     sync_batchnorm: bool = False
     num_threads: int | None = Field(None, ge=1)
+    verify_store: Literal["auto", "always"] = Field(
+        "auto", description="Hash every shard of the store before training: 'auto' when no stamp (verified.json) "
+        "says these very files were verified (first use, copied in, changed); 'always' in any case.")
 
 
 class LinearProbeConfig(_Strict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -77,9 +78,18 @@ def test_manifest_records_what_the_contract_lists(full_store: SyntheticStore, im
     assert manifest["dataset"]["count"] == N and manifest["dataset"]["name"] == "toy" and manifest["dataset"]["split"] == "train"
     assert manifest["generator"] == GENERATOR
     assert manifest["candidates"] == K and manifest["image_shape"] == list(SHAPE) and manifest["dtype"] == "uint8"
-    assert sorted(p.name for p in full_store.path.iterdir()) == [
-        "manifest.json", "shard-00000.npy", "shard-00001.npy", "shard-00002.npy"
-    ]
+    shards = ["shard-00000.npy", "shard-00001.npy", "shard-00002.npy"]
+    # Each shard's record waits beside it until generation folds them into the manifest.
+    assert sorted(p.name for p in full_store.path.iterdir()) == sorted(
+        ["manifest.json", *shards, *(name.replace(".npy", ".record.json") for name in shards)]
+    )
+    assert full_store.fold_records()
+    assert sorted(p.name for p in full_store.path.iterdir()) == ["manifest.json", *shards]
+    manifest = json.loads((full_store.path / "manifest.json").read_text())
+    for name in shards:
+        data = (full_store.path / name).read_bytes()
+        assert manifest["shards"][name] == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert not full_store.fold_records(), "nothing left to fold"
     assert np.load(full_store.shard_path(2)).shape == (2, K, *SHAPE)
 
 

@@ -2,14 +2,18 @@
 
 A store is a directory::
 
-    manifest.json            format version, dataset fingerprint, generator, K, shape, shards
+    manifest.json            format version, dataset fingerprint, generator, K, shape,
+                             every shard's byte size and SHA-256 ("shards")
     shard-00000.npy          uint8 (n, K, H, W, C) for anchors [0, shard_size)
     shard-00001.npy          ... the next range
+    shard-00001.record.json  a shard's size and hash until generate folds it into the manifest
+    verified.json            the stamp of the last full check (see store_integrity)
 
 A shard is written to a temporary name and renamed when complete, so a crash never
 leaves a half-written shard under a real name; re-running generation fills only the
-missing shards. Opening a store for a dataset other than the one it was made from is
-an error. Reads are memory-mapped: the store is never loaded whole.
+missing and damaged shards. Opening a store checks every shard's size, and for a dataset
+other than the one it was made from is an error. Reads are memory-mapped: the store is
+never loaded whole.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +29,20 @@ from typing import Any
 import numpy as np
 
 from synthpos.atomic import atomic_path, publish_once
+from synthpos.data.store_integrity import (
+    HashingWriter, VerifyPolicy, check_store, damage_message, ensure_verified, is_leader, npy_size, read_record,
+    unrecorded_note, write_json_atomically,
+)
 from synthpos.errors import SynthposError
 
 FORMAT_VERSION = 1
 _SAMPLES = 64
+_RECORD_SUFFIX = ".record.json"
+# What a manifest must hold, and of which JSON type, to be read at all (anything else is damage).
+_MANIFEST_FIELDS: dict[str, type] = {
+    "dataset": dict, "num_anchors": int, "candidates": int, "image_shape": list, "shard_size": int, "generator": dict,
+}
+_FINGERPRINT_FIELDS = {"name": str, "split": str, "count": int, "image_shape": list, "sample_hashes": dict}
 
 
 def dataset_fingerprint(name: str, split: str, images: np.ndarray) -> dict[str, Any]:
@@ -137,39 +152,64 @@ class SyntheticStore:
             raise SynthposError(
                 f"no synthetic store at {path} (manifest.json missing); make one with `synthpos generate --config FILE`"
             )
+        fix = ("copy the store again from where it came from, or delete the store and run `synthpos generate` "
+               "to make it anew")
         try:
             manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as err:
-            raise SynthposError(f"{manifest_path} is not valid JSON; delete the store and generate it again") from err
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise SynthposError(f"{manifest_path} is damaged (not valid JSON); {fix}") from err
+        if not isinstance(manifest, dict):
+            raise SynthposError(f"{manifest_path} is damaged (not a JSON object); {fix}")
         if manifest.get("format_version") != FORMAT_VERSION:
             raise SynthposError(
                 f"store {path} has format version {manifest.get('format_version')}, this synthpos reads {FORMAT_VERSION}; "
                 "generate the store again"
             )
+        for fields, within in ((_MANIFEST_FIELDS, manifest), (_FINGERPRINT_FIELDS, manifest.get("dataset"))):
+            for key, kind in fields.items():
+                if not isinstance(within, dict) or not isinstance(within.get(key), kind) or isinstance(within.get(key), bool):
+                    raise SynthposError(f"{manifest_path} is damaged ({key} missing or not a {kind.__name__}); {fix}")
+        shape, shards = manifest["image_shape"], manifest.get("shards", {})
+        if (len(shape) != 3 or not all(isinstance(v, int) and v > 0 for v in shape) or manifest["shard_size"] < 1
+                or manifest["candidates"] < 1 or manifest["num_anchors"] < 1 or not isinstance(shards, dict)):
+            raise SynthposError(f"{manifest_path} is damaged (impossible image_shape, sizes or shards); {fix}")
         return manifest
 
     @classmethod
     def open(cls, path: Path | str, name: str | None = None, split: str | None = None,
-             images: np.ndarray | None = None, require_complete: bool = True) -> SyntheticStore:
+             images: np.ndarray | None = None, require_complete: bool = True,
+             verify: VerifyPolicy | None = None) -> SyntheticStore:
         """Open a store and check it belongs to the given anchors.
 
         Args:
             name, split, images: the dataset it will be used with; ``images`` are its
                 first M anchors (uint8 (M, H, W, C)), M <= the store's anchors.
-            require_complete: every shard must be present.
+            require_complete: every shard must be present and of the right size (one ``stat`` each).
+            verify: also check the shards' hashes: ``auto`` unless a stamp says these files were
+                verified, ``always`` in any case (see :func:`~synthpos.data.store_integrity.ensure_verified`;
+                under torchrun every process must pass the same value).
 
         Raises:
-            SynthposError: the store is missing, incomplete, or made for other data.
+            SynthposError: the store is missing, incomplete, damaged, or made for other data.
         """
         path = Path(path)
         store = cls(path, cls._read_manifest(path))
         if images is not None:
             store.check_dataset(name or "", split or "", images)
-        if require_complete and (missing := store.missing_shards()):
-            raise SynthposError(
-                f"store {path} is incomplete ({len(missing)} of {store.layout.num_shards} shards missing); "
-                "run `synthpos generate` with the same config to finish it"
-            )
+        if require_complete:
+            states = check_store(store, full=False)  # a stat per shard: missing, truncated, padded
+            if any(s.bad and s.state != "missing" for s in states):
+                raise SynthposError(damage_message(store, states))
+            if missing := [s.name for s in states if s.state == "missing"]:
+                names = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+                raise SynthposError(
+                    f"store {path} is incomplete ({len(missing)} of {store.layout.num_shards} shards missing: {names}); "
+                    "run `synthpos generate` with the config that made it to finish it"
+                )
+        if verify is not None:
+            states = ensure_verified(store, verify)
+            if (note := unrecorded_note(store, states)) and is_leader():
+                print(f"note: {note}", file=sys.stderr)
         return store
 
     def check_dataset(self, name: str, split: str, images: np.ndarray) -> None:
@@ -202,12 +242,66 @@ class SyntheticStore:
     def shard_path(self, shard: int) -> Path:
         return self.path / f"shard-{shard:05d}.npy"
 
+    def record_path(self, shard: int) -> Path:
+        return self.path / f"shard-{shard:05d}{_RECORD_SUFFIX}"
+
+    def expected_bytes(self, shard: int) -> int:
+        """The file size of a complete shard (the .npy header and its uint8 data)."""
+        start, end = self.layout.shard_range(shard)
+        return npy_size((end - start, self.layout.candidates, *self.layout.image_shape))
+
     def missing_shards(self) -> list[int]:
         return [s for s in range(self.layout.num_shards) if not self.shard_path(s).is_file()]
 
+    def wrong_size_shards(self) -> list[int]:
+        """Shards present whose size is not their shape's (truncated or padded): a ``stat`` each."""
+        wrong = []
+        for s in range(self.layout.num_shards):
+            try:
+                if self.shard_path(s).stat().st_size != self.expected_bytes(s):
+                    wrong.append(s)
+            except FileNotFoundError:
+                continue
+        return wrong
+
     @property
     def complete(self) -> bool:
-        return not self.missing_shards()
+        """Every shard present and of the right size (hashes are :func:`ensure_verified`'s business)."""
+        return not self.missing_shards() and not self.wrong_size_shards()
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        """Each shard's size and hash as written: the manifest's, overridden by newer record files."""
+        records = dict(self.manifest.get("shards", {}))
+        for path in sorted(self.path.glob(f"shard-*{_RECORD_SUFFIX}")):
+            record = read_record(path)
+            name = path.name[: -len(_RECORD_SUFFIX)] + ".npy"
+            if record is None:
+                records.pop(name, None)  # an unreadable record vouches for nothing
+            else:
+                records[name] = record
+        return records
+
+    def add_record(self, shard: int, record: dict[str, Any]) -> None:
+        """Keep a shard's size and hash beside it until :meth:`fold_records` moves it into the manifest."""
+        write_json_atomically(self.record_path(shard), record)
+
+    def fold_records(self) -> bool:
+        """Move the record files of present shards into ``manifest.json`` (atomically); return whether it changed.
+
+        One process only (rank 0 after generation's barrier): the manifest is rewritten whole.
+        """
+        records = self.records()
+        present = {self.shard_path(s).name for s in range(self.layout.num_shards) if self.shard_path(s).is_file()}
+        shards = {name: records[name] for name in sorted(records) if name in present}
+        files = list(self.path.glob(f"shard-*{_RECORD_SUFFIX}"))
+        if shards == self.manifest.get("shards", {}) and not files:
+            return False
+        manifest = {**self.manifest, "shards": shards}
+        write_json_atomically(self.path / "manifest.json", manifest)
+        self.manifest = manifest
+        for path in files:
+            path.unlink(missing_ok=True)
+        return True
 
     def write_shard(self, shard: int, candidates: np.ndarray) -> None:
         """Write one shard atomically: a temporary file, flushed, then renamed.
@@ -220,17 +314,31 @@ class SyntheticStore:
         if candidates.dtype != np.uint8 or candidates.shape != expected:
             raise ValueError(f"shard {shard} must be uint8 {expected}, got {candidates.dtype} {candidates.shape}")
         final = self.shard_path(shard)
-        with atomic_path(final) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, candidates)
-            fh.flush()
-            os.fsync(fh.fileno())
+        with atomic_path(final) as tmp:
+            with open(tmp, "wb") as fh:
+                writer = HashingWriter(fh)  # hashes the bytes as they are written: no second read
+                np.save(writer, candidates)
+                fh.flush()
+                os.fsync(fh.fileno())
+            # The record first, then the shard under its name: a present shard always has its record.
+            self.add_record(shard, writer.record())
 
     def _shard(self, shard: int) -> np.ndarray:
         if shard not in self._maps:
             path = self.shard_path(shard)
+            fix = "run `synthpos generate` with the config that made the store to remake it"
             if not path.is_file():
-                raise SynthposError(f"store {self.path} is missing {path.name}; run `synthpos generate` to finish it")
-            self._maps[shard] = np.load(path, mmap_mode="r")
+                raise SynthposError(f"store {self.path} is missing {path.name}; {fix}")
+            start, end = self.layout.shard_range(shard)
+            want = (end - start, self.layout.candidates, *self.layout.image_shape)
+            try:
+                array = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as err:  # a header overwritten, a file cut short
+                raise SynthposError(f"store {self.path}: {path.name} is damaged ({err}); {fix}") from err
+            if array.dtype != np.uint8 or array.shape != want:
+                raise SynthposError(f"store {self.path}: {path.name} is damaged (holds {array.dtype} {array.shape}, "
+                                    f"expected uint8 {want}); {fix}")
+            self._maps[shard] = array
         return self._maps[shard]
 
     # ------------------------------------------------------------------ reads

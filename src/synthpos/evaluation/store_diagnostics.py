@@ -207,7 +207,8 @@ def inspect_store_stage(
         raise SynthposError(f"--max-anchors must be at least 1, got {max_anchors}")
     store_dir = Path(store_dir or config.store_dir)
     dataset = load_dataset(config.data, "train")
-    store = SyntheticStore.open(store_dir, dataset.name, dataset.split, dataset.images)
+    # Hashed on first use, like pretraining's: diagnostics of zeroed shards would describe black images.
+    store = SyntheticStore.open(store_dir, dataset.name, dataset.split, dataset.images, verify="auto")
     notes = []
     encoder, encoder_name = None, None
     if encoder_path is not None:

@@ -2,15 +2,16 @@
 
 The generator (``generate.kind``: ``clsp``, ``unclip``, ... see
 :mod:`synthpos.generators.registry`) makes K candidates per anchor; this module owns the
-rest. Shards are independent units of work: a resumed run does only the missing ones,
-and N processes (``RANK``/``WORLD_SIZE`` as torchrun sets them) take every N-th
-shard of the same store. Every candidate's noise is seeded from (seed, anchor,
+rest. Shards are independent units of work: a resumed run does only the missing and
+damaged ones (found by :mod:`synthpos.data.store_integrity`), and N processes
+(``RANK``/``WORLD_SIZE`` as torchrun sets them) take every N-th shard of the same store. Every candidate's noise is seeded from (seed, anchor,
 candidate), so the bytes do not depend on how the work was split.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from synthpos.config import GenerateConfig, RunConfig
+from synthpos.data.store_integrity import ensure_verified, file_digest
 from synthpos.data.synthetic_store import SyntheticStore, dataset_fingerprint
 from synthpos.distributed import wait_for_launched_processes
 from synthpos.errors import SynthposError
@@ -81,7 +83,23 @@ def generate_store(
         shard_size=settings.shard_size,
         generator=generator.record(),
     )
-    todo = [s for s in store.missing_shards() if s % world_size == rank]
+    # Which shards to (re)make: the missing and the damaged ones (hashed unless a stamp vouches for them).
+    states = ensure_verified(store, settings.verify_store, raise_if_bad=False)
+    old = [s for s in states if s.state == "no hash"]
+    bad = [s.shard for s in states if s.bad]
+    # Decided here, the same on every rank (all read one stamp; nobody folds before the barrier
+    # below): then all or none of them enter the final verification's barrier.
+    to_fold = bool(bad or old) or any(store.path.glob("shard-*.record.json"))
+    if rank == 0:
+        for state in states:
+            if state.state in ("wrong size", "damaged"):
+                print(f"{state.name} is damaged ({state.detail}): remaking it", file=sys.stderr)
+        if old:
+            print(f"adding hashes to {len(old)} shards written before stores recorded them", file=sys.stderr)
+        for state in old:
+            path = store.shard_path(state.shard)
+            store.add_record(state.shard, {"bytes": path.stat().st_size, "sha256": file_digest(path)})
+    todo = [s for s in bad if s % world_size == rank]
     total = sum(np.subtract(*store.layout.shard_range(s)[::-1]) for s in todo) * settings.candidates
     with progress_bar("generate", total=int(total), enabled=show_progress and rank == 0) as bar:
         for shard in todo:
@@ -89,6 +107,15 @@ def generate_store(
             shard_labels = None if labels is None else labels[start:end]
             store.write_shard(shard, generator.generate(images[start:end], start, shard_labels, bar))
     wait_for_launched_processes("generate")
+    if to_fold:
+        if rank == 0:
+            store.fold_records()
+        # Once after writing: every shard read back and hashed (rank 0), the result stamped.
+        after = ensure_verified(store, "always", raise_if_bad=False)
+        if broken := [s for s in after if s.state in ("wrong size", "damaged")]:
+            raise SynthposError(f"store {store.path}: {broken[0].name} reads back damaged right after it was written "
+                                f"({broken[0].detail}); check the disk, then run `synthpos generate` again")
+        store = SyntheticStore(store.path, SyntheticStore._read_manifest(store.path))  # with the folded records
     return store
 
 

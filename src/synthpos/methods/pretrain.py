@@ -229,7 +229,7 @@ def pretrain_stage(config: RunConfig, show_progress: bool = True) -> Path:
     dataset = load_dataset(config.data, "train")
     store = None
     if cfg.synthetic.mode != "none":
-        store = SyntheticStore.open(config.store_dir, dataset.name, dataset.split, dataset.images)
+        store = SyntheticStore.open(config.store_dir, dataset.name, dataset.split, dataset.images, verify=cfg.verify_store)
     check_batch_size(cfg, len(dataset))  # before anything is written
     check_method(cfg, dataset)
     monitor = load_dataset(config.data.model_copy(update={"subset": None}), "test") if cfg.knn_every_epochs else None
