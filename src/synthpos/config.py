@@ -198,6 +198,8 @@ class AugmentConfig(_Strict):
     hue: float = Field(0.1, ge=0, le=0.5)
     grayscale_prob: float = Field(0.2, ge=0, le=1)
     hflip_prob: float = Field(0.5, ge=0, le=1)
+    solarize_prob: float = Field(0.0, ge=0, le=1, description="RandomSolarize (threshold 0.5 on [0, 1], i.e. 128 on uint8) "
+                                 "after grayscale; the official CLSP and GenView MoCo pipelines use 0.2.")
 
 
 METHODS = ("simclr", "mocov2plus", "mocov3", "byol", "simsiam", "barlow_twins", "vicreg", "nnclr", "dcl", "dclw",
@@ -255,6 +257,9 @@ class OptimizerConfig(_Strict):
     warmup_epochs: float = Field(10, ge=0)
     warmup_start_lr: float = Field(1e-3, ge=0)
     min_lr: float = Field(0.0, ge=0)
+    exclude_bias_and_norm: bool = Field(True, description="Exempt biases and normalisation parameters from weight decay "
+                                        "(and LARS scaling); false: decay on every parameter, as the official CLSP code "
+                                        "(SGD over model.parameters()).")
 
 
 class PretrainConfig(_Strict):
@@ -288,6 +293,8 @@ class PretrainConfig(_Strict):
     num_nodes: int = Field(1, ge=1)
     sync_batchnorm: bool = False
     num_threads: int | None = Field(None, ge=1)
+    per_view_batchnorm: bool = Field(False, description="Forward each view alone, so BatchNorm statistics are those of "
+                                     "one view (the official MoCo code); false: all views in one batch (faster).")
 
 
 class LinearProbeConfig(_Strict):

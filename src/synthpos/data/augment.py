@@ -9,7 +9,9 @@ with tensor ops, on whatever device the batch lives on:
   the resize: one ``F.grid_sample`` per batch (:func:`crop_and_flip`).
 * ``RandomApply([ColorJitter(b, c, s, h)], p)``: per-sample factors, the four
   adjustments in a random order per batch (:func:`adjust_colour`).
-* ``RandomGrayscale(p)`` and normalisation.
+* ``RandomGrayscale(p)``, then ``RandomSolarize(0.5, p)`` (:func:`solarize`), and
+  normalisation. Solarization comes after grayscale, as in the official CLSP and GenView
+  MoCo pipelines (``RandomGrayscale``, then ``RandomApply([Solarization()])``).
 
 Differences from torchvision, by design: everything stays float (torchvision
 rounds to uint8 between steps when fed uint8 images), and a crop larger than
@@ -249,6 +251,21 @@ def adjust_colour(
     return x
 
 
+def solarize(images: torch.Tensor, apply: torch.Tensor | None = None) -> torch.Tensor:
+    """Invert every pixel at or above 0.5, in the images where ``apply`` is set (all if None).
+
+    torchvision's ``solarize(img, 0.5)`` on floats. On a float pipeline this is also exactly
+    PIL's ``ImageOps.solarize`` (threshold 128) on the image rounded to uint8, which the
+    official code applies: round(255 x) >= 128 iff x >= 0.5.
+
+    Shape: images (B, C, H, W) in [0, 1], apply (B,) bool -> (B, C, H, W).
+    """
+    flip = images >= 0.5
+    if apply is not None:
+        flip = flip & apply.view(-1, 1, 1, 1)
+    return torch.where(flip, 1.0 - images, images)
+
+
 def _stat_tensor(values: Sequence[float], channels: int, device: torch.device) -> torch.Tensor:
     if len(values) not in (1, channels):
         raise ValueError(f"mean/std have {len(values)} values for {channels}-channel images; give 1 or {channels}")
@@ -279,7 +296,8 @@ class BatchAugment(torch.nn.Module):
     Same distribution as ``Compose([RandomResizedCrop(crop_size, crop_scale,
     crop_ratio), RandomHorizontalFlip(hflip_prob), RandomApply([ColorJitter(
     brightness, contrast, saturation, hue)], jitter_prob),
-    RandomGrayscale(grayscale_prob), Normalize(mean, std)])``, with every
+    RandomGrayscale(grayscale_prob), RandomSolarize(0.5, solarize_prob),
+    Normalize(mean, std)])``, with every
     sample drawing its own parameters (the jitter order is drawn per batch).
     """
 
@@ -297,6 +315,7 @@ class BatchAugment(torch.nn.Module):
         hflip_prob: float = 0.5,
         mean: Sequence[float] = (0.5,),
         std: Sequence[float] = (0.5,),
+        solarize_prob: float = 0.0,
     ) -> None:
         super().__init__()
         if not 0 < crop_scale[0] <= crop_scale[1]:
@@ -315,6 +334,9 @@ class BatchAugment(torch.nn.Module):
         self.hue = float(hue)
         self.grayscale_prob = float(grayscale_prob)
         self.hflip_prob = float(hflip_prob)
+        if not 0 <= solarize_prob <= 1:
+            raise ValueError(f"solarize_prob must be in [0, 1], got {solarize_prob}")
+        self.solarize_prob = float(solarize_prob)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
 
@@ -322,7 +344,8 @@ class BatchAugment(torch.nn.Module):
         return (
             f"crop_size={self.crop_size}, crop_scale={self.crop_scale}, jitter_prob={self.jitter_prob}, "
             f"bcsh=({self.brightness}, {self.contrast}, {self.saturation}, {self.hue}), "
-            f"grayscale_prob={self.grayscale_prob}, hflip_prob={self.hflip_prob}, mean={self.mean}, std={self.std}"
+            f"grayscale_prob={self.grayscale_prob}, hflip_prob={self.hflip_prob}, "
+            f"solarize_prob={self.solarize_prob}, mean={self.mean}, std={self.std}"
         )
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -342,12 +365,14 @@ class BatchAugment(torch.nn.Module):
         device = images.device
         # Every per-sample draw comes from one call (small ops dominate at this size), made
         # where the generator lives and then moved. Columns: crop, flip, jitter on/off,
-        # the four jitter factors, grayscale on/off.
+        # the four jitter factors, grayscale on/off, and solarize on/off only when it can happen
+        # (so that solarize_prob = 0 draws exactly the stream it drew before solarization existed).
+        columns = _CROP_UNIFORMS + 7 + (self.solarize_prob > 0)
         uniform = torch.rand(
-            (batch, _CROP_UNIFORMS + 7), generator=generator, device=generator.device if generator is not None else device
+            (batch, columns), generator=generator, device=generator.device if generator is not None else device
         ).to(device)
         boxes = _crop_boxes(uniform[:, :_CROP_UNIFORMS], height, width, self.crop_scale, self.crop_ratio)
-        u_flip, u_apply, u_b, u_c, u_s, u_h, u_gray = uniform[:, _CROP_UNIFORMS:].unbind(dim=1)
+        u_flip, u_apply, u_b, u_c, u_s, u_h, u_gray = uniform[:, _CROP_UNIFORMS : _CROP_UNIFORMS + 7].unbind(dim=1)
 
         x = crop_and_flip(images, boxes, u_flip < self.hflip_prob, self.crop_size)
 
@@ -378,5 +403,8 @@ class BatchAugment(torch.nn.Module):
         if self.grayscale_prob > 0 and channels == 3:
             gray = (u_gray < self.grayscale_prob).view(-1, 1, 1, 1)
             x = torch.where(gray, rgb_to_grayscale(x).expand_as(x), x)
+
+        if self.solarize_prob > 0:
+            x = solarize(x, uniform[:, -1] < self.solarize_prob)
 
         return x.sub_(_stat_tensor(self.mean, channels, device)).div_(_stat_tensor(self.std, channels, device))
