@@ -109,7 +109,8 @@ class AdaptiveNoiseConfig(_Strict):
     levels: list[int] = Field([0, 100, 200, 300, 400], description="Noise level of each bin (one more than bins).")
     fit_images: int = Field(1000, ge=2, description="Images sampled from the dataset to fit the principal component.")
     foreground_share: float = Field(0.6, gt=0, lt=1, description="Share of the fitting images' patches counted as "
-                                    "foreground: sets the threshold (GenView: the 60% point of the component's histogram).")
+                                    "foreground: sets the threshold (GenView's code: about 0.35, where the cumulative histogram "
+                                    "reaches 0.65).")
 
     @model_validator(mode="after")
     def _check_bins(self) -> AdaptiveNoiseConfig:
@@ -128,7 +129,7 @@ class UnCLIPConfig(_Strict):
     num_steps: int = Field(10, ge=1, description="DDIM steps.")
     eta: float = Field(0.0, ge=0.0)
     guidance_scale: float = Field(10.0, ge=0.0, description="Classifier-free guidance against a zero image embedding "
-                                  "and the empty prompt (1 = off; 10 = the pipeline's default, which Ayromlou et al. ran; GenView: 7).")
+                                  "and the empty prompt (1 = off; 10 = the pipeline's default, which Ayromlou et al. ran; GenView: 10 too).")
     noise_level: int = Field(0, ge=0, description="Noise added to the image embedding when adaptive noise is off.")
     trailing_zero_snr: bool = Field(True, description="DDIM with trailing timesteps and betas rescaled to zero terminal SNR "
                                     "(Ayromlou et al.'s code); off: the model's own DDIM schedule (GenView).")
