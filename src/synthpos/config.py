@@ -201,6 +201,10 @@ class AugmentConfig(_Strict):
     hflip_prob: float = Field(0.5, ge=0, le=1)
     solarize_prob: float = Field(0.0, ge=0, le=1, description="RandomSolarize (threshold 0.5 on [0, 1], i.e. 128 on uint8) "
                                  "after grayscale; the official CLSP and GenView MoCo pipelines use 0.2.")
+    blur_prob: float = Field(0.0, ge=0, le=1, description="RandomApply(GaussianBlur) after grayscale, before solarization "
+                             "(GenerativeSSL: 0.5; GenView MoCo v3: 1.0 / 0.1 per view).")
+    blur_sigma: tuple[float, float] = Field((0.1, 2.0), description="Blur sigma ~ U[low, high] in pixels (solo-learn, GenView).")
+    blur_kernel_size: int | None = Field(None, ge=1, description="Odd kernel side (default: 2 * ceil(3 * high) + 1).")
 
 
 METHODS = ("simclr", "mocov2plus", "mocov3", "byol", "simsiam", "barlow_twins", "vicreg", "nnclr", "dcl", "dclw",

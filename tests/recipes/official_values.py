@@ -181,6 +181,8 @@ _GSSL_COMMON = [
     _o("pretrain.augment.solarize_prob", 0.0, "GSSL augmentations/synthetic_symmetric.yaml:19"),
     _o("pretrain.augment.hflip_prob", 0.5, "GSSL augmentations/synthetic_symmetric.yaml:23"),
     _o("pretrain.augment.blur_prob", 0.5, "GSSL augmentations/synthetic_symmetric.yaml:16-17"),
+    _o("pretrain.augment.blur_sigma", (0.1, 2.0), "GSSL solo/data/dali_dataloader.py:163,170 (U[0, 1] x 1.9 + 0.1)"),
+    _o("pretrain.augment.blur_kernel_size", 23, "GSSL solo/data/dali_dataloader.py:148,439 (window_size 23)"),
     _o("pretrain.optimizer.warmup_epochs", 10, "GSSL solo-learn/solo/methods/base.py:301-302 (default)"),
     _o("pretrain.optimizer.warmup_start_lr", 3e-5, "GSSL solo-learn/solo/methods/base.py:298-299 (default)"),
 ]
@@ -306,6 +308,7 @@ RECIPES["configs/imagenet/genview_mocov3.yaml"] = [
     _o("pretrain.augment.saturation", 0.2, "GenView mocov3_..._clipmask.py:101"),
     _o("pretrain.augment.solarize_prob", (0.0, 0.2), "GenView mocov3_..._clipmask.py:115,145 (view 1, view 2)"),
     _o("pretrain.augment.blur_prob", (1.0, 0.1), "GenView mocov3_..._clipmask.py:110-114,140-144"),
+    _o("pretrain.augment.blur_sigma", (0.1, 2.0), "GenView mocov3_..._clipmask.py:112,142"),
     _o("evaluate.linear.epochs", 90, "GenView mocov3/benchmarks/resnet50_8xb128-linear-coslr-90e_in1k.py:30"),
     _o("evaluate.linear.lr", 0.4, "GenView resnet50_8xb128-linear-coslr-90e_in1k.py:21"),
     _o("evaluate.linear.momentum", 0.9, "GenView resnet50_8xb128-linear-coslr-90e_in1k.py:21"),
@@ -328,4 +331,5 @@ RECIPES["configs/imagenet/genview_simsiam.yaml"] = [
     _o("pretrain.augment.saturation", 0.4, "GenView simsiam_..._clipmask.py:72"),
     _o("pretrain.augment.solarize_prob", 0.0, "GenView simsiam_..._clipmask.py:60-86 (no Solarize)"),
     _o("pretrain.augment.blur_prob", 0.5, "GenView simsiam_..._clipmask.py:82-85"),
+    _o("pretrain.augment.blur_sigma", (0.1, 2.0), "GenView simsiam_..._clipmask.py:83"),
 ]

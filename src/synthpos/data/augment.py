@@ -9,8 +9,9 @@ with tensor ops, on whatever device the batch lives on:
   the resize: one ``F.grid_sample`` per batch (:func:`crop_and_flip`).
 * ``RandomApply([ColorJitter(b, c, s, h)], p)``: per-sample factors, the four
   adjustments in a random order per batch (:func:`adjust_colour`).
-* ``RandomGrayscale(p)``, then ``RandomSolarize(0.5, p)`` (:func:`solarize`), and
-  normalisation. Solarization comes after grayscale, as in the official CLSP and GenView
+* ``RandomGrayscale(p)``, then ``RandomApply([GaussianBlur(k, sigma)], p)``
+  (:func:`gaussian_blur`), then ``RandomSolarize(0.5, p)`` (:func:`solarize`), and
+  normalisation: blur and solarization in the order of solo-learn's and GenView's pipelines. Solarization comes after grayscale, as in the official CLSP and GenView
   MoCo pipelines (``RandomGrayscale``, then ``RandomApply([Solarization()])``).
 
 Differences from torchvision, by design: everything stays float (torchvision
@@ -266,6 +267,24 @@ def solarize(images: torch.Tensor, apply: torch.Tensor | None = None) -> torch.T
     return torch.where(flip, 1.0 - images, images)
 
 
+def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Blur each image with its own Gaussian (torchvision's ``gaussian_blur``: a ``kernel_size``
+    kernel, reflect padding), as two 1-D grouped convolutions.
+
+    Shape: images (B, C, H, W), sigma (B,) -> (B, C, H, W).
+    """
+    batch, channels, height, width = images.shape
+    half = (kernel_size - 1) * 0.5
+    offsets = torch.linspace(-half, half, kernel_size, device=images.device, dtype=images.dtype)
+    pdf = torch.exp(-0.5 * (offsets[None, :] / sigma[:, None].to(images.dtype)) ** 2)  # (B, k)
+    kernel = (pdf / pdf.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)  # (B*C, k)
+    pad = kernel_size // 2
+    x = F.pad(images.reshape(1, batch * channels, height, width), (pad, pad, pad, pad), mode="reflect")
+    x = F.conv2d(x, kernel.view(-1, 1, 1, kernel_size), groups=batch * channels)
+    x = F.conv2d(x, kernel.view(-1, 1, kernel_size, 1), groups=batch * channels)
+    return x.view(batch, channels, height, width)
+
+
 def _stat_tensor(values: Sequence[float], channels: int, device: torch.device) -> torch.Tensor:
     if len(values) not in (1, channels):
         raise ValueError(f"mean/std have {len(values)} values for {channels}-channel images; give 1 or {channels}")
@@ -316,6 +335,9 @@ class BatchAugment(torch.nn.Module):
         mean: Sequence[float] = (0.5,),
         std: Sequence[float] = (0.5,),
         solarize_prob: float = 0.0,
+        blur_prob: float = 0.0,
+        blur_sigma: tuple[float, float] = (0.1, 2.0),
+        blur_kernel_size: int | None = None,
     ) -> None:
         super().__init__()
         if not 0 < crop_scale[0] <= crop_scale[1]:
@@ -337,6 +359,16 @@ class BatchAugment(torch.nn.Module):
         if not 0 <= solarize_prob <= 1:
             raise ValueError(f"solarize_prob must be in [0, 1], got {solarize_prob}")
         self.solarize_prob = float(solarize_prob)
+        if not 0 <= blur_prob <= 1:
+            raise ValueError(f"blur_prob must be in [0, 1], got {blur_prob}")
+        if not 0 < blur_sigma[0] <= blur_sigma[1]:
+            raise ValueError(f"blur_sigma must satisfy 0 < low <= high, got {blur_sigma}")
+        self.blur_prob = float(blur_prob)
+        self.blur_sigma = (float(blur_sigma[0]), float(blur_sigma[1]))
+        # Default: wide enough for 3 sigma of the largest blur, as torchvision's kernels are.
+        self.blur_kernel_size = int(blur_kernel_size or 2 * math.ceil(3 * self.blur_sigma[1]) + 1)
+        if self.blur_kernel_size % 2 == 0 or self.blur_kernel_size < 1:
+            raise ValueError(f"blur_kernel_size must be odd and positive, got {self.blur_kernel_size}")
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
 
@@ -345,7 +377,7 @@ class BatchAugment(torch.nn.Module):
             f"crop_size={self.crop_size}, crop_scale={self.crop_scale}, jitter_prob={self.jitter_prob}, "
             f"bcsh=({self.brightness}, {self.contrast}, {self.saturation}, {self.hue}), "
             f"grayscale_prob={self.grayscale_prob}, hflip_prob={self.hflip_prob}, "
-            f"solarize_prob={self.solarize_prob}, mean={self.mean}, std={self.std}"
+            f"blur_prob={self.blur_prob}, blur_sigma={self.blur_sigma}, solarize_prob={self.solarize_prob}, mean={self.mean}, std={self.std}"
         )
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -365,9 +397,10 @@ class BatchAugment(torch.nn.Module):
         device = images.device
         # Every per-sample draw comes from one call (small ops dominate at this size), made
         # where the generator lives and then moved. Columns: crop, flip, jitter on/off,
-        # the four jitter factors, grayscale on/off, and solarize on/off only when it can happen
-        # (so that solarize_prob = 0 draws exactly the stream it drew before solarization existed).
-        columns = _CROP_UNIFORMS + 7 + (self.solarize_prob > 0)
+        # the four jitter factors, grayscale on/off, then blur on/off and sigma, and solarize on/off,
+        # each only when it can happen (so that with both off the stream is the one drawn before they existed).
+        blur = self.blur_prob > 0
+        columns = _CROP_UNIFORMS + 7 + 2 * blur + (self.solarize_prob > 0)
         uniform = torch.rand(
             (batch, columns), generator=generator, device=generator.device if generator is not None else device
         ).to(device)
@@ -403,6 +436,14 @@ class BatchAugment(torch.nn.Module):
         if self.grayscale_prob > 0 and channels == 3:
             gray = (u_gray < self.grayscale_prob).view(-1, 1, 1, 1)
             x = torch.where(gray, rgb_to_grayscale(x).expand_as(x), x)
+
+        if blur:
+            u_blur, u_sigma = uniform[:, _CROP_UNIFORMS + 7 : _CROP_UNIFORMS + 9].unbind(dim=1)
+            chosen = (u_blur < self.blur_prob).nonzero().squeeze(1)
+            if len(chosen):
+                low, high = self.blur_sigma
+                sigma = low + (high - low) * u_sigma[chosen]
+                x = x.index_copy(0, chosen, gaussian_blur(x[chosen], sigma, self.blur_kernel_size))
 
         if self.solarize_prob > 0:
             x = solarize(x, uniform[:, -1] < self.solarize_prob)

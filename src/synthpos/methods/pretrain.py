@@ -100,6 +100,7 @@ def build_augment(cfg: PretrainConfig, dataset: ImageDataset) -> BatchAugment:
         brightness=a.brightness, contrast=a.contrast, saturation=a.saturation,
         hue=a.hue, grayscale_prob=a.grayscale_prob, hflip_prob=a.hflip_prob,
         mean=dataset.mean, std=dataset.std, solarize_prob=a.solarize_prob,
+        blur_prob=a.blur_prob, blur_sigma=tuple(a.blur_sigma), blur_kernel_size=a.blur_kernel_size,
     )
 
 

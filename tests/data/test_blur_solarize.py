@@ -1,4 +1,4 @@
-"""Solarization in BatchAugment against torchvision's functional op."""
+"""Solarization and Gaussian blur in BatchAugment against torchvision's functional ops."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torchvision.transforms.functional as TF
 from torchvision.transforms import v2
 
 from synthpos.config import AugmentConfig
-from synthpos.data.augment import _CROP_UNIFORMS, BatchAugment, solarize
+from synthpos.data.augment import _CROP_UNIFORMS, BatchAugment, gaussian_blur, solarize
 
 
 def _identity_augment(solarize_prob: float, grayscale_prob: float = 0.0) -> BatchAugment:
@@ -74,3 +74,28 @@ def test_solarize_off_draws_the_old_stream() -> None:
 def test_rejects_bad_probability() -> None:
     with pytest.raises(ValueError, match="solarize_prob"):
         BatchAugment(solarize_prob=1.5)
+
+
+def test_gaussian_blur_equals_torchvision_per_image() -> None:
+    x = torch.rand(6, 3, 20, 20, generator=torch.Generator().manual_seed(4))
+    sigma = torch.tensor([0.1, 0.5, 1.0, 1.5, 2.0, 0.7])
+    ours = gaussian_blur(x, sigma, 13)
+    expected = torch.stack([TF.gaussian_blur(img, [13, 13], [float(s), float(s)]) for img, s in zip(x, sigma)])
+    assert torch.allclose(ours, expected, atol=1e-5)
+
+
+def test_batch_augment_blurs_the_drawn_images_before_solarizing() -> None:
+    images = _images()
+    augment = BatchAugment(crop_size=16, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), jitter_prob=0.0, grayscale_prob=0.0,
+                           hflip_prob=0.0, mean=(0.0,), std=(1.0,), blur_prob=0.5, blur_sigma=(0.5, 2.0), solarize_prob=0.5)
+    out = augment(images, generator=torch.Generator().manual_seed(9))
+    uniform = torch.rand((images.shape[0], _CROP_UNIFORMS + 10), generator=torch.Generator().manual_seed(9))
+    u_blur, u_sigma, u_solar = uniform[:, _CROP_UNIFORMS + 7 :].unbind(dim=1)
+    blurred, solarized = u_blur < 0.5, u_solar < 0.5
+    assert 0 < int(blurred.sum()) < len(images) and 0 < int((blurred & solarized).sum())
+    expected = []
+    for img, b, s, u in zip(images.float() / 255, blurred, solarized, u_sigma):
+        sigma = 0.5 + 1.5 * float(u)
+        img = TF.gaussian_blur(img, [13, 13], [sigma, sigma]) if b else img  # kernel 2 * ceil(3 * 2.0) + 1
+        expected.append(TF.solarize(img, 0.5) if s else img)
+    assert torch.allclose(out, torch.stack(expected), atol=1e-4)
