@@ -78,3 +78,24 @@ def test_per_view_batchnorm_trains_a_step() -> None:
     loss.backward()
     assert torch.isfinite(loss)
     assert PretrainConfig().per_view_batchnorm is False
+
+
+def test_pretrain_with_every_official_switch(tmp_path) -> None:
+    # The CLSP-MoCo switches and the GenerativeSSL blur together, through the real training loop.
+    import json
+
+    from synthpos.methods.pretrain import build_augment, pretrain
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(16, SIZE, SIZE, 3), dtype=np.uint8)
+    dataset = ImageDataset("toy", "train", images, np.arange(16) % 2, ["a", "b"], (0.5,) * 3, (0.25,) * 3)
+    cfg = PretrainConfig(
+        method="mocov2plus", backbone=BackboneConfig(name="convnet", width=4), projector_hidden_dim=16, projector_out_dim=8,
+        queue_size=16, batch_size=8, epochs=1, channels_last=False, precision="fp32", accelerator="cpu", per_view_batchnorm=True,
+        augment=AugmentConfig(crop_size=SIZE, saturation=0.2, solarize_prob=0.2, blur_prob=0.5, blur_sigma=(0.1, 1.0)),
+        optimizer=OptimizerConfig(lr=0.1, warmup_epochs=0, exclude_bias_and_norm=False),
+    )
+    augment = build_augment(cfg, dataset)
+    assert (augment.solarize_prob, augment.blur_prob, augment.blur_kernel_size) == (0.2, 0.5, 7)
+    pretrain(cfg, dataset, tmp_path, show_progress=False)
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 2
