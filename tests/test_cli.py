@@ -18,7 +18,7 @@ from synthpos.data.synthetic_store import SyntheticStore, dataset_fingerprint
 
 SCRIPT = Path(sys.executable).parent / "synthpos"
 # The commands of the design's CLI contract (`report` is not implemented yet) and inspect-store.
-COMMANDS = ["train-generator", "generate", "pretrain", "evaluate", "run", "quickstart", "inspect-store"]
+COMMANDS = ["train-generator", "generate", "pretrain", "evaluate", "run", "quickstart", "inspect-store", "import-store"]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 needs_fmnist = pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").is_file(), reason="Fashion-MNIST not installed")
 

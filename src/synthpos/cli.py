@@ -93,6 +93,24 @@ def inspect_store(
     _say(f"diagnostics written to {Path(report['grid']).parent}")
 
 
+@app.command("import-store")
+def import_store(
+    source: Annotated[Path, typer.Option(help="CLSP's synthetic .npy file, or the root of a GenerativeSSL / GenView tree.")],
+    layout: Annotated[str, typer.Option(help="clsp (uint8 (N, K, H, W, 3) .npy), generativessl (<stem>_<k>.<ext>) or "
+                                        "genview (the same relative paths, one variation).")],
+    config: ConfigOpt = None,
+    set: SetOpt = None,
+    store: Annotated[Optional[Path], typer.Option(help="Store directory (default: the run's store).")] = None,
+    variants: Annotated[int, typer.Option(help="generativessl: variants 0..K-1 of each image.")] = 10,
+    quiet: QuietOpt = False,
+) -> None:
+    """Turn a paper's published synthetic set into a store for the run's training split."""
+    cfg = _load(config, set)
+    from synthpos.data.import_store import import_store_stage
+    result = import_store_stage(cfg, source, layout, store, variants, show_progress=not quiet)
+    _say(f"store written to {result.path} ({len(result)} anchors x {result.candidates} candidates)")
+
+
 @app.command()
 def run(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = False) -> None:
     """All four stages from one config, skipping those already done."""

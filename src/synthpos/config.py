@@ -109,7 +109,8 @@ class AdaptiveNoiseConfig(_Strict):
     levels: list[int] = Field([0, 100, 200, 300, 400], description="Noise level of each bin (one more than bins).")
     fit_images: int = Field(1000, ge=2, description="Images sampled from the dataset to fit the principal component.")
     foreground_share: float = Field(0.6, gt=0, lt=1, description="Share of the fitting images' patches counted as "
-                                    "foreground: sets the threshold (GenView: the 60% point of the component's histogram).")
+                                    "foreground: sets the threshold (GenView's code: about 0.35, where the cumulative histogram "
+                                    "reaches 0.65).")
 
     @model_validator(mode="after")
     def _check_bins(self) -> AdaptiveNoiseConfig:
@@ -128,7 +129,7 @@ class UnCLIPConfig(_Strict):
     num_steps: int = Field(10, ge=1, description="DDIM steps.")
     eta: float = Field(0.0, ge=0.0)
     guidance_scale: float = Field(10.0, ge=0.0, description="Classifier-free guidance against a zero image embedding "
-                                  "and the empty prompt (1 = off; 10 = the pipeline's default, which Ayromlou et al. ran; GenView: 7).")
+                                  "and the empty prompt (1 = off; 10 = the pipeline's default, which Ayromlou et al. ran; GenView: 10 too).")
     noise_level: int = Field(0, ge=0, description="Noise added to the image embedding when adaptive noise is off.")
     trailing_zero_snr: bool = Field(True, description="DDIM with trailing timesteps and betas rescaled to zero terminal SNR "
                                     "(Ayromlou et al.'s code); off: the model's own DDIM schedule (GenView).")
@@ -201,6 +202,12 @@ class AugmentConfig(_Strict):
     hue: float = Field(0.1, ge=0, le=0.5)
     grayscale_prob: float = Field(0.2, ge=0, le=1)
     hflip_prob: float = Field(0.5, ge=0, le=1)
+    solarize_prob: float = Field(0.0, ge=0, le=1, description="RandomSolarize (threshold 0.5 on [0, 1], i.e. 128 on uint8) "
+                                 "after grayscale; the official CLSP and GenView MoCo pipelines use 0.2.")
+    blur_prob: float = Field(0.0, ge=0, le=1, description="RandomApply(GaussianBlur) after grayscale, before solarization "
+                             "(GenerativeSSL: 0.5; GenView MoCo v3: 1.0 / 0.1 per view).")
+    blur_sigma: tuple[float, float] = Field((0.1, 2.0), description="Blur sigma ~ U[low, high] in pixels (solo-learn, GenView).")
+    blur_kernel_size: int | None = Field(None, ge=1, description="Odd kernel side (default: 2 * ceil(3 * high) + 1).")
 
 
 METHODS = ("simclr", "mocov2plus", "mocov3", "byol", "simsiam", "barlow_twins", "vicreg", "nnclr", "dcl", "dclw",
@@ -258,6 +265,9 @@ class OptimizerConfig(_Strict):
     warmup_epochs: float = Field(10, ge=0)
     warmup_start_lr: float = Field(1e-3, ge=0)
     min_lr: float = Field(0.0, ge=0)
+    exclude_bias_and_norm: bool = Field(True, description="Exempt biases and normalisation parameters from weight decay "
+                                        "(and LARS scaling); false: decay on every parameter, as the official CLSP code "
+                                        "(SGD over model.parameters()).")
 
 
 class PretrainConfig(_Strict):
@@ -294,6 +304,8 @@ class PretrainConfig(_Strict):
     verify_store: Literal["auto", "always"] = Field(
         "auto", description="Hash every shard of the store before training: 'auto' when no stamp (verified.json) "
         "says these very files were verified (first use, copied in, changed); 'always' in any case.")
+    per_view_batchnorm: bool = Field(False, description="Forward each view alone, so BatchNorm statistics are those of "
+                                     "one view (the official MoCo code); false: all views in one batch (faster).")
 
 
 class LinearProbeConfig(_Strict):

@@ -9,7 +9,10 @@ with tensor ops, on whatever device the batch lives on:
   the resize: one ``F.grid_sample`` per batch (:func:`crop_and_flip`).
 * ``RandomApply([ColorJitter(b, c, s, h)], p)``: per-sample factors, the four
   adjustments in a random order per batch (:func:`adjust_colour`).
-* ``RandomGrayscale(p)`` and normalisation.
+* ``RandomGrayscale(p)``, then ``RandomApply([GaussianBlur(k, sigma)], p)``
+  (:func:`gaussian_blur`), then ``RandomSolarize(0.5, p)`` (:func:`solarize`), and
+  normalisation: blur and solarization in the order of solo-learn's and GenView's pipelines. Solarization comes after grayscale, as in the official CLSP and GenView
+  MoCo pipelines (``RandomGrayscale``, then ``RandomApply([Solarization()])``).
 
 Differences from torchvision, by design: everything stays float (torchvision
 rounds to uint8 between steps when fed uint8 images), and a crop larger than
@@ -249,6 +252,39 @@ def adjust_colour(
     return x
 
 
+def solarize(images: torch.Tensor, apply: torch.Tensor | None = None) -> torch.Tensor:
+    """Invert every pixel at or above 0.5, in the images where ``apply`` is set (all if None).
+
+    torchvision's ``solarize(img, 0.5)`` on floats. On a float pipeline this is also exactly
+    PIL's ``ImageOps.solarize`` (threshold 128) on the image rounded to uint8, which the
+    official code applies: round(255 x) >= 128 iff x >= 0.5.
+
+    Shape: images (B, C, H, W) in [0, 1], apply (B,) bool -> (B, C, H, W).
+    """
+    flip = images >= 0.5
+    if apply is not None:
+        flip = flip & apply.view(-1, 1, 1, 1)
+    return torch.where(flip, 1.0 - images, images)
+
+
+def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Blur each image with its own Gaussian (torchvision's ``gaussian_blur``: a ``kernel_size``
+    kernel, reflect padding), as two 1-D grouped convolutions.
+
+    Shape: images (B, C, H, W), sigma (B,) -> (B, C, H, W).
+    """
+    batch, channels, height, width = images.shape
+    half = (kernel_size - 1) * 0.5
+    offsets = torch.linspace(-half, half, kernel_size, device=images.device, dtype=images.dtype)
+    pdf = torch.exp(-0.5 * (offsets[None, :] / sigma[:, None].to(images.dtype)) ** 2)  # (B, k)
+    kernel = (pdf / pdf.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)  # (B*C, k)
+    pad = kernel_size // 2
+    x = F.pad(images.reshape(1, batch * channels, height, width), (pad, pad, pad, pad), mode="reflect")
+    x = F.conv2d(x, kernel.view(-1, 1, 1, kernel_size), groups=batch * channels)
+    x = F.conv2d(x, kernel.view(-1, 1, kernel_size, 1), groups=batch * channels)
+    return x.view(batch, channels, height, width)
+
+
 def _stat_tensor(values: Sequence[float], channels: int, device: torch.device) -> torch.Tensor:
     if len(values) not in (1, channels):
         raise ValueError(f"mean/std have {len(values)} values for {channels}-channel images; give 1 or {channels}")
@@ -279,7 +315,8 @@ class BatchAugment(torch.nn.Module):
     Same distribution as ``Compose([RandomResizedCrop(crop_size, crop_scale,
     crop_ratio), RandomHorizontalFlip(hflip_prob), RandomApply([ColorJitter(
     brightness, contrast, saturation, hue)], jitter_prob),
-    RandomGrayscale(grayscale_prob), Normalize(mean, std)])``, with every
+    RandomGrayscale(grayscale_prob), RandomSolarize(0.5, solarize_prob),
+    Normalize(mean, std)])``, with every
     sample drawing its own parameters (the jitter order is drawn per batch).
     """
 
@@ -297,6 +334,10 @@ class BatchAugment(torch.nn.Module):
         hflip_prob: float = 0.5,
         mean: Sequence[float] = (0.5,),
         std: Sequence[float] = (0.5,),
+        solarize_prob: float = 0.0,
+        blur_prob: float = 0.0,
+        blur_sigma: tuple[float, float] = (0.1, 2.0),
+        blur_kernel_size: int | None = None,
     ) -> None:
         super().__init__()
         if not 0 < crop_scale[0] <= crop_scale[1]:
@@ -315,6 +356,19 @@ class BatchAugment(torch.nn.Module):
         self.hue = float(hue)
         self.grayscale_prob = float(grayscale_prob)
         self.hflip_prob = float(hflip_prob)
+        if not 0 <= solarize_prob <= 1:
+            raise ValueError(f"solarize_prob must be in [0, 1], got {solarize_prob}")
+        self.solarize_prob = float(solarize_prob)
+        if not 0 <= blur_prob <= 1:
+            raise ValueError(f"blur_prob must be in [0, 1], got {blur_prob}")
+        if not 0 < blur_sigma[0] <= blur_sigma[1]:
+            raise ValueError(f"blur_sigma must satisfy 0 < low <= high, got {blur_sigma}")
+        self.blur_prob = float(blur_prob)
+        self.blur_sigma = (float(blur_sigma[0]), float(blur_sigma[1]))
+        # Default: wide enough for 3 sigma of the largest blur, as torchvision's kernels are.
+        self.blur_kernel_size = int(blur_kernel_size or 2 * math.ceil(3 * self.blur_sigma[1]) + 1)
+        if self.blur_kernel_size % 2 == 0 or self.blur_kernel_size < 1:
+            raise ValueError(f"blur_kernel_size must be odd and positive, got {self.blur_kernel_size}")
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
 
@@ -322,7 +376,8 @@ class BatchAugment(torch.nn.Module):
         return (
             f"crop_size={self.crop_size}, crop_scale={self.crop_scale}, jitter_prob={self.jitter_prob}, "
             f"bcsh=({self.brightness}, {self.contrast}, {self.saturation}, {self.hue}), "
-            f"grayscale_prob={self.grayscale_prob}, hflip_prob={self.hflip_prob}, mean={self.mean}, std={self.std}"
+            f"grayscale_prob={self.grayscale_prob}, hflip_prob={self.hflip_prob}, "
+            f"blur_prob={self.blur_prob}, blur_sigma={self.blur_sigma}, solarize_prob={self.solarize_prob}, mean={self.mean}, std={self.std}"
         )
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -342,12 +397,15 @@ class BatchAugment(torch.nn.Module):
         device = images.device
         # Every per-sample draw comes from one call (small ops dominate at this size), made
         # where the generator lives and then moved. Columns: crop, flip, jitter on/off,
-        # the four jitter factors, grayscale on/off.
+        # the four jitter factors, grayscale on/off, then blur on/off and sigma, and solarize on/off,
+        # each only when it can happen (so that with both off the stream is the one drawn before they existed).
+        blur = self.blur_prob > 0
+        columns = _CROP_UNIFORMS + 7 + 2 * blur + (self.solarize_prob > 0)
         uniform = torch.rand(
-            (batch, _CROP_UNIFORMS + 7), generator=generator, device=generator.device if generator is not None else device
+            (batch, columns), generator=generator, device=generator.device if generator is not None else device
         ).to(device)
         boxes = _crop_boxes(uniform[:, :_CROP_UNIFORMS], height, width, self.crop_scale, self.crop_ratio)
-        u_flip, u_apply, u_b, u_c, u_s, u_h, u_gray = uniform[:, _CROP_UNIFORMS:].unbind(dim=1)
+        u_flip, u_apply, u_b, u_c, u_s, u_h, u_gray = uniform[:, _CROP_UNIFORMS : _CROP_UNIFORMS + 7].unbind(dim=1)
 
         x = crop_and_flip(images, boxes, u_flip < self.hflip_prob, self.crop_size)
 
@@ -378,5 +436,16 @@ class BatchAugment(torch.nn.Module):
         if self.grayscale_prob > 0 and channels == 3:
             gray = (u_gray < self.grayscale_prob).view(-1, 1, 1, 1)
             x = torch.where(gray, rgb_to_grayscale(x).expand_as(x), x)
+
+        if blur:
+            u_blur, u_sigma = uniform[:, _CROP_UNIFORMS + 7 : _CROP_UNIFORMS + 9].unbind(dim=1)
+            chosen = (u_blur < self.blur_prob).nonzero().squeeze(1)
+            if len(chosen):
+                low, high = self.blur_sigma
+                sigma = low + (high - low) * u_sigma[chosen]
+                x = x.index_copy(0, chosen, gaussian_blur(x[chosen], sigma, self.blur_kernel_size))
+
+        if self.solarize_prob > 0:
+            x = solarize(x, uniform[:, -1] < self.solarize_prob)
 
         return x.sub_(_stat_tensor(self.mean, channels, device)).div_(_stat_tensor(self.std, channels, device))

@@ -388,6 +388,24 @@ def _read_image(path: Path, size: int | None) -> np.ndarray:
     return rgb
 
 
+def read_image(path: Path, size: int | None = None) -> np.ndarray:
+    """One image file as uint8 (H, W, 3), resized to (size, size) when ``size`` is set.
+
+    Raises:
+        SynthposError: the file cannot be read as an image.
+    """
+    return _read_image(path, size)
+
+
+def image_folder_files(folder: Path) -> list[Path]:
+    """The files of an image folder in the order the ``image_folder`` loader numbers its images:
+    class sub-folders by name, each one's files sorted by path; or the loose files, sorted."""
+    class_dirs = _class_dirs(folder)
+    if class_dirs:
+        return [path for d in class_dirs for path in _image_files(d, recursive=True)]
+    return _image_files(folder, recursive=False)
+
+
 def _load_image_folder(folder: Path, split: str, size: int | None, train_root: Path | None) -> ImageDataset:
     class_dirs = _class_dirs(folder)
     loose = _image_files(folder, recursive=False)

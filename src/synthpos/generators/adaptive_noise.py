@@ -11,8 +11,9 @@ What follows the official code (tools/clip_pca in xiaojieli0903/genview):
 - PCA of the patch tokens of a sample of the dataset, all patches of all images
   pooled; the tokens are the encoder's last layer after its final LayerNorm (GenView
   patches open_clip to apply ``ln_post`` to the tokens, not only to the pooled one).
-- The threshold is the point where the cumulative histogram of the first component
-  reaches 60% (``foreground_share`` = 0.6: 60% of the sample's patches are foreground).
+- The threshold is a quantile of the first component: ``foreground_share`` of the
+  sample's patches are foreground. GenView's code thresholds where the cumulative
+  histogram reaches 0.65, about 35% foreground (``foreground_share`` = 0.35).
 - ratio = foreground patches / all patches; ``np.digitize`` into the bins.
 
 Where it differs: GenView projects uncentred tokens and picks the foreground side of
@@ -149,7 +150,7 @@ def fit_foreground(
     Args:
         token_batches: called twice; each call yields the same batches of patch tokens,
             each of shape (B, P, D), P a square grid of patches in row-major order.
-        foreground_share: share of all patches that end up foreground (GenView: 0.6).
+        foreground_share: share of all patches that end up foreground (GenView's code: about 0.35).
     """
     moments = PatchMoments()
     for tokens in token_batches():

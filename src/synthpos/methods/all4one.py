@@ -174,7 +174,7 @@ class All4One(SSLMethod):
     def pair_loss(self, outputs, views, batch, weights):
         if weights is not None:
             raise SynthposError("all4one has no per-pair loss to weight; use pretrain.synthetic.mode clsp or replace")
-        m1, m2 = F.normalize(self.momentum_encoder(torch.cat(views)).float(), dim=1).chunk(2)
+        m1, m2 = (F.normalize(k, dim=1) for k in self.forward_views(self.momentum_encoder, views))
         nn1, nn2 = self.neighbours(m1), self.neighbours(m2)
         (z1, p1, s1), (z2, p2, s2) = ((o["z"], o["p"], o["shift"]) for o in outputs)
 

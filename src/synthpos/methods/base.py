@@ -59,6 +59,8 @@ class SSLMethod(L.LightningModule):
     synthetic_key: ClassVar[str] = "z"
     #: whether the method uses class labels (supervised)
     needs_labels: ClassVar[bool] = False
+    #: forward each view alone (BatchNorm statistics per view, as the official MoCo code)
+    per_view_batchnorm: bool = False
 
     def __init__(
         self,
@@ -110,8 +112,18 @@ class SSLMethod(L.LightningModule):
         out = self.augment(images)
         return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
 
+    def forward_views(self, module, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``module`` (e.g. a momentum encoder) of every view: one pass, or one per view when
+        :attr:`per_view_batchnorm` is set. Shape: V x (B, ...) -> V x (B, D)."""
+        if self.per_view_batchnorm:
+            return [module(v).float() for v in views]
+        return list(module(torch.cat(views)).float().chunk(len(views)))
+
     def embed_views(self, views: list[torch.Tensor]) -> list[Outputs]:
-        """:meth:`embed` of every view in one pass (larger batches run faster on every device)."""
+        """:meth:`embed` of every view in one pass (larger batches run faster on every device),
+        or of each view alone when :attr:`per_view_batchnorm` is set."""
+        if self.per_view_batchnorm:
+            return [{k: v.float() for k, v in self.embed(view).items()} for view in views]
         out = self.embed(torch.cat(views))
         parts = {k: v.float().chunk(len(views)) for k, v in out.items()}
         return [{k: parts[k][i] for k in parts} for i in range(len(views))]
@@ -163,7 +175,7 @@ class SSLMethod(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.optimizer_config
-        groups = parameter_groups(self, cfg.weight_decay)
+        groups = parameter_groups(self, cfg.weight_decay, cfg.exclude_bias_and_norm)
         if cfg.name == "lars":
             opt = LARS(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         else:

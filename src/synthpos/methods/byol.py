@@ -74,7 +74,7 @@ class BYOL(SSLMethod):
         return 2 * scale + 2 * self.criterion(p, k, weights=weights)
 
     def pair_loss(self, outputs, views, batch, weights):
-        k1, k2 = self.momentum_encoder(torch.cat(views)).float().chunk(2)
+        k1, k2 = self.forward_views(self.momentum_encoder, views)
         p1, p2 = outputs[0]["p"], outputs[1]["p"]
         loss = self.regression(p1, k2, weights) + self.regression(p2, k1, weights)
         return loss, {"byol": loss}

@@ -59,7 +59,7 @@ class MoCoV2Plus(SSLMethod):
         return {"z": self.projector(self.backbone(x))}
 
     def pair_loss(self, outputs, views, batch, weights):
-        k1, k2 = self.momentum_encoder(torch.cat(views)).float().chunk(2)
+        k1, k2 = self.forward_views(self.momentum_encoder, views)
         q1, q2 = outputs[0]["z"], outputs[1]["z"]
         queue1, queue2 = (q.queue for q in self.queues)  # copies: enqueue after the step must not change them
         loss = (self.criterion(q1, k2, queue2, weights=weights) + self.criterion(q2, k1, queue1, weights=weights)) / 2

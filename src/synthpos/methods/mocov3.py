@@ -92,7 +92,7 @@ class MoCoV3(SSLMethod):
         return {"z": z, "p": self.predictor(z)}
 
     def pair_loss(self, outputs, views, batch, weights):
-        k1, k2 = self.momentum_encoder(torch.cat(views)).float().chunk(2)
+        k1, k2 = self.forward_views(self.momentum_encoder, views)
         q1, q2 = outputs[0]["p"], outputs[1]["p"]
         scale = 2 * self.temperature
         loss = scale * (self.criterion(q1, k2, weights=weights) + self.criterion(q2, k1, weights=weights))

@@ -45,8 +45,14 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Biases and normalisation parameters get no weight decay (and no LARS scaling)."""
+def parameter_groups(model: nn.Module, weight_decay: float, exclude_bias_and_norm: bool = True) -> list[dict]:
+    """Biases and normalisation parameters get no weight decay (and no LARS scaling).
+
+    With ``exclude_bias_and_norm=False`` every parameter is decayed (one group), as the
+    official CLSP code's ``SGD(model.parameters(), weight_decay=...)``.
+    """
+    if not exclude_bias_and_norm:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:

@@ -99,7 +99,8 @@ def build_augment(cfg: PretrainConfig, dataset: ImageDataset) -> BatchAugment:
         crop_size=a.crop_size, crop_scale=tuple(a.crop_scale), jitter_prob=a.jitter_prob,
         brightness=a.brightness, contrast=a.contrast, saturation=a.saturation,
         hue=a.hue, grayscale_prob=a.grayscale_prob, hflip_prob=a.hflip_prob,
-        mean=dataset.mean, std=dataset.std,
+        mean=dataset.mean, std=dataset.std, solarize_prob=a.solarize_prob,
+        blur_prob=a.blur_prob, blur_sigma=tuple(a.blur_sigma), blur_kernel_size=a.blur_kernel_size,
     )
 
 
@@ -132,7 +133,9 @@ def build_method(cfg: PretrainConfig, dataset: ImageDataset, seed: int = 0) -> S
         scorer = build_scorer(cfg.synthetic.scorer, dataset.images, lambda x: to_model_input(x, size, dataset.mean, dataset.std),
                               cfg.synthetic.gamma, cfg.synthetic.scorer_fit_images, seed)
     backbone = build_backbone(cfg.backbone, dataset.channels)
-    return cls.from_config(cfg, backbone, augment, scorer)
+    method = cls.from_config(cfg, backbone, augment, scorer)
+    method.per_view_batchnorm = cfg.per_view_batchnorm
+    return method
 
 
 def check_batch_size(cfg: PretrainConfig, num_images: int) -> tuple[str, int]:
