@@ -121,7 +121,9 @@ def _pixel_scores(config: RunConfig) -> dict[str, float]:
     def flat(ds):
         return torch.from_numpy(ds.images.reshape(len(ds), -1).astype(np.float32) / 255.0)
 
-    return score_features(flat(tr), tr.labels, flat(te), te.labels, tr.num_classes, config.evaluate, config.seed)
+    mirror = torch.from_numpy(tr.images[:, :, ::-1].reshape(len(tr), -1).astype(np.float32) / 255.0)  # linear-paper's flip
+    return score_features(flat(tr), tr.labels, flat(te), te.labels, tr.num_classes, config.evaluate, config.seed,
+                          mirror, config.data.name, "raw pixels in [0, 1], flattened")
 
 
 def _print_table(config: RunConfig, results: dict) -> None:
