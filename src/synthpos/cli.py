@@ -89,6 +89,28 @@ def inspect_store(
 
 
 @app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="A run directory, pretrain directory or backbone.pt.")],
+    run_b: Annotated[Path, typer.Argument(help="Another one, or a reference encoder: a TorchScript file, a "
+                                          "torchvision/timm state_dict (with --arch), or a CLIP folder.")],
+    config: ConfigOpt = None,
+    set: SetOpt = None,
+    images: Annotated[int, typer.Option(help="Test images compared.")] = 2000,
+    arch: Annotated[Optional[str], typer.Option(help="Architecture of a state_dict file (torchvision or timm name).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Where cka.json and cka_layers.png go (default: RUN_A/compare).")] = None,
+) -> None:
+    """CKA between two encoders' representations of the same test images, final and layer by layer."""
+    data = _load(config, set).data if config or set else None
+    from synthpos.evaluation.compare import compare_stage
+    result = compare_stage(run_a, run_b, data, images, arch, out)
+    final = result["final"]
+    typer.echo(f"CKA of the final features ({result['images']} {result['data']} test images): "
+               f"linear {final['linear']:.4f}, RBF {final['rbf']:.4f}, linear unbiased {final['linear_unbiased']:.4f}")
+    if "heatmap" in result:
+        _say(f"layer-wise CKA heat map: {result['heatmap']}")
+
+
+@app.command()
 def run(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = False) -> None:
     """All four stages from one config, skipping those already done."""
     cfg = _load(config, set)
