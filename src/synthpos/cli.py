@@ -111,10 +111,19 @@ def compare(
 
 
 @app.command()
-def run(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = False) -> None:
+def run(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = False,
+        seeds: Annotated[Optional[str], typer.Option(help="Run once per seed, e.g. 0,1,2 (sets `seeds:`).")] = None) -> None:
     """All four stages from one config, skipping those already done."""
-    cfg = _load(config, set)
+    cfg = _load(config, (set or []) + ([f"seeds=[{seeds}]"] if seeds else []))
     from synthpos.pipeline import run_pipeline
+    if cfg.seeds:
+        from synthpos.evaluation.seeds import run_seeds, print_seeds
+        from synthpos.generators.diffusion import train_generator_stage
+        result = run_seeds(cfg, lambda c: run_pipeline(c, show_progress=not quiet),
+                           lambda c: train_generator_stage(c, show_progress=not quiet))
+        print_seeds(result)
+        _say(f"run directory: {cfg.run_dir} (seeds.json, seed-*/)")
+        return
     metrics = run_pipeline(cfg, show_progress=not quiet)
     if metrics:  # empty on DDP ranks other than 0
         typer.echo(json.dumps(metrics["results"], indent=2))

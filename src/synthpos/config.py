@@ -126,6 +126,8 @@ class GenerateConfig(_Strict):
         "'builtin:fashion_mnist' names the checkpoint shipped with synthpos.",
     )
     store: Path | None = Field(None, description="Store directory. Default: <run_dir>/store.")
+    seed: int | None = Field(None, description="Seed of generation (and of the generator's training). Default: the "
+                             "run's seed; runs with several seeds keep the first, so they share one store.")
     candidates: int = Field(8, ge=1, description="K: candidates per anchor.")
     num_steps: int = Field(100, ge=1, description="DDIM steps.")
     eta: float = Field(0.1, ge=0.0)
@@ -338,6 +340,9 @@ class RunConfig(_Strict):
     seed: int = 0
     seeds: list[int] | None = Field(None, description="Run the whole pipeline once per seed, into <run_dir>/seed-<s>, "
                                     "and aggregate (synthpos run --seeds 0,1,2 sets it).")
+    seed_store: Literal["shared", "per-seed"] = Field("shared", description="With seeds: shared: one generator and store "
+                                                      "(made with generate.seed) for all seeds; per-seed: each seed "
+                                                      "generates its own store with its seed.")
     data: DataConfig = DataConfig()
     train_generator: TrainGeneratorConfig = TrainGeneratorConfig()
     generate: GenerateConfig = GenerateConfig()
@@ -361,6 +366,11 @@ class RunConfig(_Strict):
         return self
 
     # Paths a stage writes or reads, derived from run_dir unless set.
+    @property
+    def generation_seed(self) -> int:
+        """The seed of the generator's training and of generation (``generate.seed``, else the run's)."""
+        return self.seed if self.generate.seed is None else self.generate.seed
+
     @property
     def generator_dir(self) -> Path:
         return self.run_dir / "generator"

@@ -362,6 +362,6 @@ def train_generator_stage(config: RunConfig, show_progress: bool = True) -> Path
 
     dataset = load_dataset(config.data, "train")
     return train_generator(
-        dataset.images, config.train_generator, config.generator_dir, config.seed, show_progress=show_progress,
+        dataset.images, config.train_generator, config.generator_dir, config.generation_seed, show_progress=show_progress,
         labels=dataset.labels, num_classes=dataset.num_classes or None,
     )
