@@ -123,11 +123,29 @@ def run(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = False,
                            lambda c: train_generator_stage(c, show_progress=not quiet))
         print_seeds(result)
         _say(f"run directory: {cfg.run_dir} (seeds.json, seed-*/)")
+        _say(f"report: {_write_report(cfg.run_dir)}")
         return
     metrics = run_pipeline(cfg, show_progress=not quiet)
     if metrics:  # empty on DDP ranks other than 0
         typer.echo(json.dumps(metrics["results"], indent=2))
     _say(f"run directory: {cfg.run_dir}")
+    if metrics:
+        _say(f"report: {_write_report(cfg.run_dir)}")
+
+
+def _write_report(run_dir: Path) -> Path:
+    from synthpos.report.html import write_report
+    return write_report([run_dir])
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (synthpos run, run --seeds, quickstart).")],
+    out: Annotated[Optional[Path], typer.Option(help="The HTML file (default: <first run>/report.html).")] = None,
+) -> None:
+    """One self-contained HTML page of runs: configs, positives, store, curves, results, CKA, timings."""
+    from synthpos.report.html import write_report
+    _say(f"report: {write_report(run_dirs, out)}")
 
 
 @app.command()

@@ -28,6 +28,7 @@ from synthpos.generators.generate import generate_stage
 from synthpos.methods.pretrain import pretrain_stage
 from synthpos.models.backbones import build_backbone, load_backbone, save_backbone
 from synthpos.report.grid import positives_grid
+from synthpos.report.html import write_report
 
 console = Console()
 
@@ -110,6 +111,7 @@ def run_quickstart(run_dir: Path, train_generator: bool = False, overrides: list
     }
     (config.run_dir / "results.json").write_text(json.dumps(results, indent=2))
     _print_table(config, results)
+    console.print(f"report: {write_report([config.run_dir])}")
     return results
 
 

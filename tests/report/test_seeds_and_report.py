@@ -1,10 +1,14 @@
-"""Several seeds: t intervals against scipy, paired differences by hand, `synthpos run --seeds` end to end."""
+"""Several seeds (t intervals against scipy, paired differences by hand, `synthpos run --seeds`) and the HTML report
+of that run, rendered in headless Chromium."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -60,15 +64,23 @@ TINY = [
 ]
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").is_file(), reason="Fashion-MNIST not installed")
-def test_run_with_seeds_writes_per_seed_runs_and_intervals(tmp_path: Path) -> None:
-    args = ["run", "-q", "--seeds", "0,1", "--set", f"run_dir={tmp_path / 'run'}"]
+@pytest.fixture(scope="module")
+def seeded_run(tmp_path_factory) -> tuple[Path, str]:
+    """A tiny two-seed CLSP run (shared store), made once for the tests below."""
+    if not (FMNIST / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Fashion-MNIST not installed")
+    run = tmp_path_factory.mktemp("seeds") / "run"
+    args = ["run", "-q", "--seeds", "0,1", "--set", f"run_dir={run}"]
     for item in TINY:
         args += ["--set", item]
     result = CliRunner().invoke(app, args, env={**os.environ, "COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    run = tmp_path / "run"
+    return run, result.output
+
+
+@pytest.mark.slow
+def test_run_with_seeds_writes_per_seed_runs_and_intervals(seeded_run) -> None:
+    run, output = seeded_run
     seeds = json.loads((run / "seeds.json").read_text())
     assert seeds["seeds"] == [0, 1] and "not generation" in seeds["covers"]
     m0 = json.loads((run / "seed-0" / "evaluate" / "metrics.json").read_text())
@@ -81,4 +93,49 @@ def test_run_with_seeds_writes_per_seed_runs_and_intervals(tmp_path: Path) -> No
     manifest = json.loads((run / "store" / "manifest.json").read_text())
     assert manifest["generator"]["seed"] == 0
     assert not (run / "seed-0" / "store").exists() and not (run / "seed-1" / "store").exists()
-    assert "fashion_mnist/knn_top1" in result.output and "95% CI" in result.output
+    assert "fashion_mnist/knn_top1" in output and "95% CI" in output
+    assert f"report: {run / 'report.html'}" in output and (run / "report.html").is_file()
+
+
+SECTIONS = ["configs", "positives", "store", "curves", "results", "label-efficiency", "cka", "timings"]
+CHECK = """<script>window.addEventListener("load", () => {
+  for (const img of document.images) img.setAttribute("data-natural-width", String(img.naturalWidth));
+  document.body.setAttribute("data-checked", String(document.images.length));
+});</script></body>"""
+
+
+def _browser() -> str | None:
+    return next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+
+
+@pytest.mark.slow
+def test_report_renders_in_a_real_browser(seeded_run, tmp_path: Path) -> None:
+    from synthpos.report.html import write_report
+
+    browser = _browser()
+    if browser is None:
+        pytest.skip("no Chromium: install the Debian package chromium (scripts/setup.sh --test does, as root)")
+    run, _ = seeded_run
+    page = write_report([run], tmp_path / "report.html", cka_images=200)
+    html = page.read_text()
+    # Self-contained: no address the page would fetch.
+    assert not re.search(r'(src|href)="(https?:|//)', html)
+    assert html.count('src="data:image/png;base64,') >= 4
+    checked = tmp_path / "checked.html"
+    checked.write_text(html.replace("</body>", CHECK))
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                          "--dump-dom", checked.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert 'data-checked="' in dom, dom[-2000:]
+    widths = [int(w) for w in re.findall(r'data-natural-width="(\d+)"', dom)]
+    assert len(widths) == int(re.search(r'data-checked="(\d+)"', dom).group(1)) >= 4
+    assert all(w > 0 for w in widths), widths  # every image decoded
+    for section in SECTIONS:
+        assert re.search(rf'<section id="{section}">\s*<h2>', dom), section
+    assert "± " in dom and "mean of 2 seeds" in dom  # the interval with two seeds
+    assert "linear CKA" in dom
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                    "--window-size=1200,2400", page.as_uri()], capture_output=True, timeout=120)
+    assert shot.stat().st_size > 20_000
+    if os.environ.get("SYNTHPOS_REPORT_SHOT"):  # keep the screenshot to look at
+        shutil.copy(shot, os.environ["SYNTHPOS_REPORT_SHOT"])
