@@ -179,7 +179,7 @@ def _store_section(runs: list[dict], tmp: Path) -> tuple[list[tuple[str, str]], 
                 rows.append(("the judging classifier on real test images", f"{100 * f['classifier_test_top1']:.1f}%"))
         report = run["inspect"]
         if report is None and run["store"] is not None:
-            report = _inspect_now(run, tmp)
+            report = _inspect_now(run, tmp, grid=positives is None)
             if report and positives is None and report.get("grid"):
                 positives = _data_uri(Path(report["grid"]))
         if report:
@@ -199,8 +199,8 @@ def _store_section(runs: list[dict], tmp: Path) -> tuple[list[tuple[str, str]], 
     return rows, note, positives, pos_note
 
 
-def _inspect_now(run: dict, tmp: Path) -> dict | None:
-    """Pixel diversity of the first 200 anchors and a grid, without a classifier (fast)."""
+def _inspect_now(run: dict, tmp: Path, grid: bool = True) -> dict | None:
+    """Pixel diversity of the first 200 anchors (and a grid), without a classifier (fast)."""
     from synthpos.data import load_dataset
     from synthpos.data.synthetic_store import SyntheticStore
     from synthpos.evaluation.store_diagnostics import inspect_store
@@ -213,7 +213,8 @@ def _inspect_now(run: dict, tmp: Path) -> dict | None:
         dataset = load_dataset(config.data, "train")
         store = SyntheticStore.open(run["store"], dataset.name, dataset.split, dataset.images)
         report = inspect_store(store, dataset.take(min(len(dataset), len(store))), max_anchors=200)
-        report["grid"] = str(positives_grid(dataset, store, tmp / f"grid-{run['dir'].name}.png", rows=min(8, len(store))))
+        if grid:
+            report["grid"] = str(positives_grid(dataset, store, tmp / f"grid-{run['dir'].name}.png", rows=min(8, len(store))))
         return report
     except Exception:  # a store that does not open against its data: say so rather than fail the whole report
         return None
