@@ -46,4 +46,14 @@ else
   echo "(or, as root on Debian/Ubuntu: apt-get install dataset-fashion-mnist)" >&2
   exit 2
 fi
+# The report's browser test renders the HTML in headless Chromium (Debian package chromium).
+if [ -n "$extras" ] && ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "== installing chromium (the report's browser test)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "chromium is missing: the report's browser test will be skipped (as root on Debian: apt-get install chromium)" >&2
+  fi
+fi
 echo "== ready: .venv/bin/synthpos --help"

@@ -112,14 +112,63 @@ def import_store(
 
 
 @app.command()
-def run(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = False) -> None:
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="A run directory, pretrain directory or backbone.pt.")],
+    run_b: Annotated[Path, typer.Argument(help="Another one, or a reference encoder: a TorchScript file, a "
+                                          "torchvision/timm state_dict (with --arch), or a CLIP folder.")],
+    config: ConfigOpt = None,
+    set: SetOpt = None,
+    images: Annotated[int, typer.Option(help="Test images compared.")] = 2000,
+    arch: Annotated[Optional[str], typer.Option(help="Architecture of a state_dict file (torchvision or timm name).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Where cka.json and cka_layers.png go (default: RUN_A/compare).")] = None,
+) -> None:
+    """CKA between two encoders' representations of the same test images, final and layer by layer."""
+    data = _load(config, set).data if config or set else None
+    from synthpos.evaluation.compare import compare_stage
+    result = compare_stage(run_a, run_b, data, images, arch, out)
+    final = result["final"]
+    typer.echo(f"CKA of the final features ({result['images']} {result['data']} test images): "
+               f"linear {final['linear']:.4f}, RBF {final['rbf']:.4f}, linear unbiased {final['linear_unbiased']:.4f}")
+    if "heatmap" in result:
+        _say(f"layer-wise CKA heat map: {result['heatmap']}")
+
+
+@app.command()
+def run(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = False,
+        seeds: Annotated[Optional[str], typer.Option(help="Run once per seed, e.g. 0,1,2 (sets `seeds:`).")] = None) -> None:
     """All four stages from one config, skipping those already done."""
-    cfg = _load(config, set)
+    cfg = _load(config, (set or []) + ([f"seeds=[{seeds}]"] if seeds else []))
     from synthpos.pipeline import run_pipeline
+    if cfg.seeds:
+        from synthpos.evaluation.seeds import run_seeds, print_seeds
+        from synthpos.generators.diffusion import train_generator_stage
+        result = run_seeds(cfg, lambda c: run_pipeline(c, show_progress=not quiet),
+                           lambda c: train_generator_stage(c, show_progress=not quiet))
+        print_seeds(result)
+        _say(f"run directory: {cfg.run_dir} (seeds.json, seed-*/)")
+        _say(f"report: {_write_report(cfg.run_dir)}")
+        return
     metrics = run_pipeline(cfg, show_progress=not quiet)
     if metrics:  # empty on DDP ranks other than 0
         typer.echo(json.dumps(metrics["results"], indent=2))
     _say(f"run directory: {cfg.run_dir}")
+    if metrics:
+        _say(f"report: {_write_report(cfg.run_dir)}")
+
+
+def _write_report(run_dir: Path) -> Path:
+    from synthpos.report.html import write_report
+    return write_report([run_dir])
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (synthpos run, run --seeds, quickstart).")],
+    out: Annotated[Optional[Path], typer.Option(help="The HTML file (default: <first run>/report.html).")] = None,
+) -> None:
+    """One self-contained HTML page of runs: configs, positives, store, curves, results, CKA, timings."""
+    from synthpos.report.html import write_report
+    _say(f"report: {write_report(run_dirs, out)}")
 
 
 @app.command()

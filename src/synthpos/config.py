@@ -148,6 +148,8 @@ class GenerateConfig(_Strict):
         "'builtin:fashion_mnist' names the checkpoint shipped with synthpos.",
     )
     store: Path | None = Field(None, description="Store directory. Default: <run_dir>/store.")
+    seed: int | None = Field(None, description="Seed of generation (and of the generator's training). Default: the "
+                             "run's seed; runs with several seeds keep the first, so they share one store.")
     candidates: int = Field(8, ge=1, description="K: candidates per anchor.")
     num_steps: int = Field(100, ge=1, description="DDIM steps.")
     eta: float = Field(0.1, ge=0.0)
@@ -296,6 +298,11 @@ class PretrainConfig(_Strict):
     channels_last: bool = True
     knn_every_epochs: int = Field(0, ge=0, description="Online kNN monitor on the test split (0: off).")
     knn_subset: int = Field(2000, ge=1)
+    online_probe: bool = Field(False, description="Online linear probe (solo-learn's): a linear layer trained during "
+                               "pretraining on the detached backbone features of the real views, its test top-1 on "
+                               "knn_subset test images logged per epoch as online/linear_top1. Reported apart from the "
+                               "offline evaluation, never mixed with it.")
+    online_probe_lr: float = Field(0.1, gt=0, description="SGD learning rate of the online probe (momentum 0.9).")
     devices: int | Literal["auto"] = 1
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     num_nodes: int = Field(1, ge=1)
@@ -315,6 +322,19 @@ class LinearProbeConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(256, ge=1)
     milestones: list[float] = Field([0.6, 0.8], description="Fractions of the epochs where lr is cut by 10.")
+    lr_grid: list[float] | None = Field([0.1, 1.0], description="linear-fast: learning rates tried on the validation "
+                                        "split (null: lr alone).")
+    weight_decay_grid: list[float] | None = Field([0.0, 1e-4, 1e-3], description="linear-fast: weight decays tried on "
+                                                  "the validation split (null: weight_decay alone).")
+
+
+class PaperProbeConfig(_Strict):
+    """linear-paper: CLSP's official offline linear evaluation (its values are the defaults)."""
+
+    epochs: int = Field(100, ge=1)
+    lr: float = Field(1.0, gt=0)
+    batch_size: int = Field(256, ge=1)
+    milestones: list[float] = Field([0.6, 0.8], description="Fractions of the epochs where lr is cut by 10 (60, 80 of 100).")
 
 
 class EvaluateConfig(_Strict):
@@ -322,9 +342,31 @@ class EvaluateConfig(_Strict):
 
     checkpoint: Path | None = Field(None, description="Backbone state_dict (default: <pretrain>/backbone.pt).")
     datasets: list[DataConfig] | None = Field(None, description="Datasets to evaluate on (default: the run's data).")
-    knn_k: int = Field(200, ge=1)
-    knn_temperature: float = Field(0.1, gt=0)
+    knn_k: int | list[int] = Field([5, 10, 20, 50, 100, 200], description="k of the weighted kNN, or a grid of k "
+                                   "(CLSP's official kNN grid) from which the validation split picks one.")
+    knn_temperature: float = Field(0.07, gt=0, description="Vote temperature (CLSP's official kNN: 0.07).")
+    validation_fraction: float = Field(0.1, gt=0, lt=1, description="Share of each class of the training split held "
+                                       "out to choose hyper-parameters (kNN k, probe lr and weight decay).")
     linear: LinearProbeConfig = LinearProbeConfig()
+    linear_protocols: list[Literal["fast", "paper"]] = Field(["fast", "paper"], description="fast: a probe on cached, "
+                                                             "standardised features (settings under linear); paper: "
+                                                             "CLSP's official protocol (settings under linear_paper).")
+    linear_paper: PaperProbeConfig = PaperProbeConfig()
+    label_fractions: list[float] = Field([0.01, 0.1, 1.0], description="Label efficiency: linear-fast probes on "
+                                         "class-balanced seeded subsets with these shares of the training labels.")
+
+    @model_validator(mode="after")
+    def _check_grids(self) -> EvaluateConfig:
+        ks = [self.knn_k] if isinstance(self.knn_k, int) else self.knn_k
+        if not ks or min(ks) < 1:
+            raise ValueError(f"knn_k must be a k >= 1 or a non-empty list of them; got {self.knn_k}")
+        if any(not 0 < f <= 1 for f in self.label_fractions):
+            raise ValueError(f"label_fractions must lie in (0, 1]; got {self.label_fractions}")
+        lin = self.linear
+        if (lin.lr_grid is not None and (not lin.lr_grid or min(lin.lr_grid) <= 0)) or (
+                lin.weight_decay_grid is not None and (not lin.weight_decay_grid or min(lin.weight_decay_grid) < 0)):
+            raise ValueError("linear.lr_grid needs values > 0 and linear.weight_decay_grid values >= 0 (or null)")
+        return self
     feature_size: int | None = Field(None, description="Resize images to this before the backbone (default: crop size).")
     max_train: int | None = Field(None, ge=1, description="Use only the first N training images for kNN and the probe.")
     batch_size: int = Field(512, ge=1)
@@ -345,6 +387,11 @@ class RunConfig(_Strict):
 
     run_dir: Path = Path("runs/default")
     seed: int = 0
+    seeds: list[int] | None = Field(None, description="Run the whole pipeline once per seed, into <run_dir>/seed-<s>, "
+                                    "and aggregate (synthpos run --seeds 0,1,2 sets it).")
+    seed_store: Literal["shared", "per-seed"] = Field("shared", description="With seeds: shared: one generator and store "
+                                                      "(made with generate.seed) for all seeds; per-seed: each seed "
+                                                      "generates its own store with its seed.")
     data: DataConfig = DataConfig()
     train_generator: TrainGeneratorConfig = TrainGeneratorConfig()
     generate: GenerateConfig = GenerateConfig()
@@ -368,6 +415,11 @@ class RunConfig(_Strict):
         return self
 
     # Paths a stage writes or reads, derived from run_dir unless set.
+    @property
+    def generation_seed(self) -> int:
+        """The seed of the generator's training and of generation (``generate.seed``, else the run's)."""
+        return self.seed if self.generate.seed is None else self.generate.seed
+
     @property
     def generator_dir(self) -> Path:
         return self.run_dir / "generator"

@@ -32,7 +32,7 @@ def stage_done(config: RunConfig, stage: str) -> str | None:
             from synthpos.generators.generate import default_device, generator_record
 
             store = SyntheticStore.open(config.store_dir, require_complete=False)
-            made_with = generator_record(config.generator_model, config.generate, config.seed, default_device())
+            made_with = generator_record(config.generator_model, config.generate, config.generation_seed, default_device())
             same = store.manifest["generator"] == made_with and store.candidates == config.generate.candidates
             if store.complete and same:
                 return f"store {config.store_dir} is complete"

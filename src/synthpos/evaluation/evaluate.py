@@ -1,4 +1,8 @@
-"""Stage 4: kNN and linear probe on frozen features, for any supported dataset."""
+"""Stage 4: the evaluation protocols on frozen features, for any supported dataset.
+
+Writes ``<run_dir>/evaluate/metrics.json`` (schema ``synthpos.metrics/2``, docs/metrics.md):
+a summary per dataset and one record per number saying how it was made.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +18,7 @@ from synthpos.atomic import atomic_path
 from synthpos.config import DataConfig, EvaluateConfig, RunConfig
 from synthpos.data import ImageDataset, load_dataset
 from synthpos.evaluation.features import cached_features, extract_features
-from synthpos.evaluation.knn import knn_accuracy
-from synthpos.evaluation.linear_probe import linear_probe
+from synthpos.evaluation.protocols import run_protocols
 from synthpos.errors import SynthposError
 from synthpos.models.backbones import load_backbone
 
@@ -35,17 +38,22 @@ def match_channels(dataset: ImageDataset, channels: int) -> ImageDataset:
     return ImageDataset(dataset.name, dataset.split, images.round().astype(np.uint8), dataset.labels, dataset.classes, mean, std)
 
 
+METRICS_SCHEMA = "synthpos.metrics/2"
+
+
 def score_features(
     train: torch.Tensor, train_labels: np.ndarray, test: torch.Tensor, test_labels: np.ndarray, num_classes: int,
-    cfg: EvaluateConfig, seed: int = 0,
-) -> dict[str, float]:
-    """kNN and linear-probe top-1 (fractions) of frozen features."""
-    ytr, yte = torch.from_numpy(train_labels), torch.from_numpy(test_labels)
-    knn = knn_accuracy(train, ytr, test, yte, num_classes, cfg.knn_k, cfg.knn_temperature)
-    lin = cfg.linear
-    probe = linear_probe(train, ytr, test, yte, num_classes, epochs=lin.epochs, lr=lin.lr, momentum=lin.momentum,
-                         weight_decay=lin.weight_decay, batch_size=lin.batch_size, milestones=tuple(lin.milestones), seed=seed)
-    return {"knn_top1": knn, "linear_top1": probe["top1"], "linear_train_top1": probe["train_top1"]}
+    cfg: EvaluateConfig, seed: int = 0, mirror: torch.Tensor | None = None, dataset: str = "",
+    features: str | None = None,
+) -> dict:
+    """Top-1 (fractions) of every configured protocol on frozen features, with their ``records``.
+
+    ``mirror``: features of the training images flipped left-right (``linear-paper`` runs only with them).
+    """
+    kwargs = {"features": features} if features else {}
+    summary, records = run_protocols(train, train_labels, test, test_labels, num_classes, cfg, seed, mirror, dataset,
+                                     **kwargs)
+    return {**summary, "records": records}
 
 
 def evaluate_backbone(
@@ -55,6 +63,7 @@ def evaluate_backbone(
     """Features of ``data``'s train and test splits (cached), then kNN and the linear probe."""
     in_channels = next(m for m in backbone.modules() if isinstance(m, nn.Conv2d)).in_channels
     splits = {}
+    mirror = None
     for split in ("train", "test"):
         dataset = load_dataset(data.model_copy(update={"subset": None}), split)
         if dataset.labels is None:
@@ -71,8 +80,14 @@ def evaluate_backbone(
         key = f"{data.name}-{split}-{len(dataset)}-{size}-{data_tag}"
         feats = cached_features(cache_dir, key, compute, backbone_file=backbone_file) if cache_dir else compute()
         splits[split] = (feats, dataset.labels, dataset.num_classes)
+        if split == "train" and "paper" in cfg.linear_protocols:
+            def compute_mirror(ds=dataset):  # the flip of linear-paper: (N, H, W, C), W reversed
+                return extract_features(backbone, ds.images[:, :, ::-1], size, ds.mean, ds.std, cfg.batch_size)
+
+            mirror = (cached_features(cache_dir, key + "-mirror", compute_mirror, backbone_file=backbone_file)
+                      if cache_dir else compute_mirror())
     (train, ytr, num_classes), (test, yte, _) = splits["train"], splits["test"]
-    return score_features(train, ytr, test, yte, num_classes, cfg, seed)
+    return score_features(train, ytr, test, yte, num_classes, cfg, seed, mirror, data.name)
 
 
 def evaluate_stage(config: RunConfig, show_progress: bool = True) -> dict:
@@ -81,11 +96,18 @@ def evaluate_stage(config: RunConfig, show_progress: bool = True) -> dict:
     backbone_file = config.backbone_path
     backbone = load_backbone(backbone_file)
     size = cfg.feature_size or config.pretrain.augment.crop_size
-    results = {}
+    results, records = {}, []
     for data in cfg.datasets or [config.data]:
         name = data.name if data.name not in results else f"{data.name}:{data.root}"
-        results[name] = evaluate_backbone(backbone, data, cfg, size, config.evaluate_dir / "features", backbone_file, config.seed)
-    metrics = {"backbone": str(backbone_file), "feature_size": size, "results": results}
+        scores = evaluate_backbone(backbone, data, cfg, size, config.evaluate_dir / "features", backbone_file, config.seed)
+        for record in scores.pop("records"):
+            records.append({**record, "dataset": name, "transfer": data != config.data})
+        results[name] = scores
+    metrics = {
+        "schema": METRICS_SCHEMA, "backbone": str(backbone_file),
+        "backbone_sha256": hashlib.sha256(Path(backbone_file).read_bytes()).hexdigest(),
+        "feature_size": size, "seed": config.seed, "results": results, "records": records,
+    }
     config.evaluate_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(config.evaluate_dir / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2))

@@ -401,7 +401,7 @@ def train_generator_stage(config: RunConfig, show_progress: bool = True) -> Path
             return should_stop(check.history(), rule)
 
     return train_generator(
-        dataset.images, config.train_generator, config.generator_dir, config.seed, show_progress=show_progress,
+        dataset.images, config.train_generator, config.generator_dir, config.generation_seed, show_progress=show_progress,
         labels=dataset.labels, num_classes=dataset.num_classes or None,
         on_check=on_check, check_every_minutes=None if rule is None else rule.every_minutes,
     )

@@ -129,6 +129,6 @@ def generate_stage(config: RunConfig, show_progress: bool = True) -> SyntheticSt
         raise SynthposError(f"generate.num_anchors={count} but the training split has {len(dataset)} images")
     return generate_store(
         dataset.images[:count], dataset.name, dataset.split, config.generator_model,
-        config.store_dir, config.generate, config.seed, show_progress=show_progress,
+        config.store_dir, config.generate, config.generation_seed, show_progress=show_progress,
         labels=None if dataset.labels is None else dataset.labels[:count],
     )

@@ -20,6 +20,7 @@ from synthpos.data.synthetic_store import SyntheticStore
 from synthpos.distributed import convert_global_batchnorm
 from synthpos.errors import SynthposError
 from synthpos.evaluation.monitor import KNNMonitor
+from synthpos.evaluation.online_probe import OnlineLinearProbe
 from synthpos.methods import SSLMethod, method_class
 from synthpos.models.backbones import build_backbone, save_backbone
 from synthpos.precision import resolve_precision
@@ -202,6 +203,10 @@ def pretrain(
         test = monitor_data.take(min(len(monitor_data), cfg.knn_subset))
         callbacks.append(KNNMonitor(bank.images, bank.labels, test.images, test.labels, dataset.num_classes,
                                     cfg.augment.crop_size, dataset.mean, dataset.std, cfg.knn_every_epochs))
+    if cfg.online_probe and monitor_data is not None and dataset.labels is not None:
+        test = monitor_data.take(min(len(monitor_data), cfg.knn_subset))
+        callbacks.append(OnlineLinearProbe(dataset.num_classes, test.images, test.labels, cfg.augment.crop_size,
+                                           dataset.mean, dataset.std, cfg.online_probe_lr))
     if strategy == "auto" and world > 1:
         strategy = "ddp"
     trainer = L.Trainer(
@@ -219,8 +224,10 @@ def pretrain(
     if trainer.is_global_zero:
         save_backbone(method.backbone.to(memory_format=torch.contiguous_format), cfg.backbone, dataset.channels, path)
         history = next((c.history for c in callbacks if isinstance(c, KNNMonitor)), [])
+        probe_history = next((c.history for c in callbacks if isinstance(c, OnlineLinearProbe)), [])
         (output_dir / "summary.json").write_text(json.dumps({
             "epochs": trainer.current_epoch, "steps": trainer.global_step, "knn_history": history,
+            "online_probe_history": probe_history,
         }, indent=2))
     trainer.strategy.barrier()  # other ranks wait until backbone.pt is complete
     return path
@@ -235,6 +242,7 @@ def pretrain_stage(config: RunConfig, show_progress: bool = True) -> Path:
         store = SyntheticStore.open(config.store_dir, dataset.name, dataset.split, dataset.images, verify=cfg.verify_store)
     check_batch_size(cfg, len(dataset))  # before anything is written
     check_method(cfg, dataset)
-    monitor = load_dataset(config.data.model_copy(update={"subset": None}), "test") if cfg.knn_every_epochs else None
+    monitor = (load_dataset(config.data.model_copy(update={"subset": None}), "test")
+               if cfg.knn_every_epochs or cfg.online_probe else None)
     dump_config(config, config.pretrain_dir / "config.yaml")
     return pretrain(cfg, dataset, config.pretrain_dir, store, monitor, config.seed, show_progress)

@@ -1,0 +1,129 @@
+"""What a report shows, read from run directories (nothing is trained here).
+
+A run directory is one of: a pipeline run (``pretrain/``, ``evaluate/metrics.json``,
+``store/``), a multi-seed run (``seeds.json`` and ``seed-<s>/``), or a quick start
+(``results.json`` and one pretraining folder per encoder).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from synthpos.errors import SynthposError
+
+__all__ = ["collect_run", "Entry"]
+
+# An entry: one encoder's row in the report.
+Entry = dict[str, Any]
+
+
+def _json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_curves(pretrain_dir: Path) -> dict[str, list[tuple[float, float]]]:
+    """Per-epoch means of every logged ``train/*``, ``knn/*`` and ``online/*`` value (Lightning's CSV logs)."""
+    sums: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for path in sorted((pretrain_dir / "logs").glob("version_*/metrics.csv")):
+        with path.open() as fh:
+            for row in csv.DictReader(fh):
+                if not row.get("epoch"):
+                    continue
+                epoch = int(float(row["epoch"])) + 1
+                for key, value in row.items():
+                    if value and key.startswith(("train/", "knn/", "online/")) and key != "train/lr":
+                        sums[key][epoch].append(float(value))
+    return {k: sorted((e, sum(v) / len(v)) for e, v in by.items()) for k, by in sums.items()}
+
+
+def _stage_records(root: Path) -> dict[str, Any]:
+    """The JSON records a run wrote about itself (stage records, summaries, manifests), by relative path."""
+    found = {}
+    for pattern in ("*.json", "*/*.json", "*/*/record*.json"):
+        for path in sorted(root.glob(pattern)):
+            rel = path.relative_to(root).as_posix()
+            if rel.startswith(("evaluate/features", "seed-")) or path.name in ("cka.json",) or path.stat().st_size > 200_000:
+                continue
+            found[rel] = _json(path)
+    return found
+
+
+def _pretrain_entry(name: str, pretrain_dir: Path, metrics: dict | None) -> Entry:
+    config = pretrain_dir / "config.yaml"
+    return {
+        "name": name, "pretrain_dir": pretrain_dir, "backbone": pretrain_dir / "backbone.pt",
+        "config_text": config.read_text() if config.is_file() else None,
+        "curves": read_curves(pretrain_dir), "summary": _json(pretrain_dir / "summary.json"),
+        "results": metrics.get("results", {}) if metrics else {},
+        "records": metrics.get("records", []) if metrics else [],
+    }
+
+
+def collect_run(run_dir: Path) -> dict:
+    """Everything the report can show about one run directory.
+
+    Returns:
+        ``{"dir", "kind": "pipeline" | "seeds" | "quickstart", "entries": [Entry], "seeds": seeds.json or None,
+        "records": {path: json}, "store": path or None, "positives": png or None, "inspect": json or None,
+        "timings": {...}, "fidelity": {...} or None}``
+
+    Raises:
+        SynthposError: ``run_dir`` is not a synthpos run.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise SynthposError(f"{run_dir} is not a directory; pass the run_dir of a synthpos run or quick start")
+    out: dict[str, Any] = {"dir": run_dir, "seeds": None, "records": _stage_records(run_dir), "timings": {},
+                           "fidelity": None, "positives": None, "inspect": None, "store": None}
+    quick = _json(run_dir / "results.json")
+    seeds = _json(run_dir / "seeds.json")
+    if quick and "rows" in quick:
+        out["kind"] = "quickstart"
+        folders = {"SimCLR": "simclr", "CLSP-SimCLR": "clsp_simclr", "random init": "random_init"}
+        out["entries"] = []
+        for name, row in quick["rows"].items():
+            folder = run_dir / folders.get(name, "_none")
+            entry = _pretrain_entry(name, folder, {"results": {"fashion_mnist": row},
+                                                   "records": row.get("records", [])})
+            entry["results"] = {"fashion_mnist": {k: v for k, v in row.items() if k != "records"}}
+            if not (folder / "backbone.pt").is_file():
+                entry["backbone"] = None
+            out["entries"].append(entry)
+        out["timings"] = {**quick.get("timings", {}), "wall_s": quick.get("wall_s")}
+        out["fidelity"] = {**quick.get("fidelity", {}), "classifier_test_top1": quick.get("classifier_test_top1")}
+        if (run_dir / "positives.png").is_file():
+            out["positives"] = run_dir / "positives.png"
+    elif seeds:
+        out["kind"] = "seeds"
+        out["seeds"] = seeds
+        out["entries"] = []
+        for s, sub in sorted(seeds.get("runs", {}).items(), key=lambda kv: int(kv[0])):
+            sub_dir = Path(sub) if Path(sub).is_absolute() else run_dir / f"seed-{s}"
+            if not sub_dir.is_dir():
+                sub_dir = run_dir / f"seed-{s}"
+            out["entries"].append(_pretrain_entry(f"{run_dir.name} seed {s}", sub_dir / "pretrain",
+                                                  _json(sub_dir / "evaluate" / "metrics.json")))
+    elif (run_dir / "evaluate" / "metrics.json").is_file() or (run_dir / "pretrain").is_dir():
+        out["kind"] = "pipeline"
+        out["entries"] = [_pretrain_entry(run_dir.name, run_dir / "pretrain",
+                                          _json(run_dir / "evaluate" / "metrics.json"))]
+    else:
+        raise SynthposError(f"{run_dir} holds no synthpos run (no results.json, seeds.json, evaluate/metrics.json "
+                            "or pretrain/); pass a run_dir that synthpos run or quickstart wrote")
+    store = run_dir / "store"
+    if (store / "manifest.json").is_file():
+        out["store"] = store
+        out["records"]["store/manifest.json"] = _json(store / "manifest.json")
+    inspect = _json(store / "inspect" / "inspect.json")
+    if inspect:
+        out["inspect"] = inspect
+        if out["positives"] is None and (store / "inspect" / "grid.png").is_file():
+            out["positives"] = store / "inspect" / "grid.png"
+    return out
