@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from synthpos.errors import SynthposError
+from synthpos.signals import terminated
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -144,6 +145,10 @@ def main() -> None:
         sys.exit(2)
     except (KeyboardInterrupt, typer.Abort):
         # click turns Ctrl-C into Abort when it does not handle exits itself.
+        if (what := terminated()) is not None:
+            _say(f"terminated (SIGTERM): finished work and the last checkpoint are kept; run the same command again to "
+                 f"resume{f' ({what})' if what else ''}")
+            sys.exit(143)
         _say("interrupted: finished work is kept; run the same command again to resume")
         sys.exit(130)
     except SystemExit:

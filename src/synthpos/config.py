@@ -71,6 +71,8 @@ class TrainGeneratorConfig(_Strict):
     max_steps: int = Field(800_000, ge=1)
     max_minutes: float | None = Field(None, gt=0, description="Stop (and save) after this wall time.")
     checkpoint_every: int = Field(1000, ge=1)
+    checkpoint_every_minutes: float | None = Field(5.0, gt=0, description="Also checkpoint after this much wall time "
+                                                   "since the last one (null: steps only). SIGTERM always checkpoints.")
     hflip: bool = True
     class_conditional: bool = Field(False, description="Condition the UNet on class labels (CLSP's conditional variant).")
     label_dropout: float = Field(0.1, ge=0, lt=1, description="Class-conditional: drop the label with this probability "
@@ -248,6 +250,9 @@ class PretrainConfig(_Strict):
     batch_size: int = Field(1024, ge=2, description="Global batch size (split across devices).")
     epochs: int = Field(1000, ge=1)
     max_minutes: float | None = Field(None, gt=0)
+    checkpoint_every_epochs: int = Field(1, ge=1, description="Write checkpoints/last.ckpt every N epochs.")
+    checkpoint_every_minutes: float | None = Field(5.0, gt=0, description="Also after this much wall time since the "
+                                                   "last one, mid-epoch too (null: epochs only). SIGTERM always checkpoints.")
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     channels_last: bool = True
     knn_every_epochs: int = Field(0, ge=0, description="Online kNN monitor on the test split (0: off).")

@@ -481,7 +481,7 @@ def prepare_stage(stage: Stage, config: RunConfig, force: bool = False, explicit
         status = Status("new", why)
     elif status.state == "resume":
         console.print(f"[bold]{stage.name}[/bold] (resuming){' ' + status.why if status.why else ''}")
-    else:
+    elif not explicit:  # a stage's own command needs no header; bad input stays one line
         console.print(f"[bold]{stage.name}[/bold]")
     if lead:
         # The record of the inputs as they are now, written before any output: a killed
