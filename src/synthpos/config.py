@@ -15,13 +15,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from synthpos.errors import SynthposError
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+# What is known about the named datasets without reading them: training images and side.
+TRAIN_IMAGES = {"fashion_mnist": 60000, "cifar10": 50000, "cifar100": 50000}
+NATIVE_SIDE = {"fashion_mnist": 28, "cifar10": 32, "cifar100": 32}
 
 
 class DataConfig(_Strict):
@@ -37,6 +42,32 @@ class DataConfig(_Strict):
     image_size: int | None = Field(None, ge=8, description="Resize images to this size when loading (default: native).")
     subset: int | None = Field(None, ge=1, description="Use only the first N training images.")
 
+    @field_validator("root", "test_root")
+    @classmethod
+    def _folder_exists(cls, value: Path | None, info) -> Path | None:
+        if value is not None and not Path(value).is_dir():
+            raise ValueError(f"data.{info.field_name}={value} is not a folder; point it at the dataset's files")
+        return value
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> DataConfig:
+        known = TRAIN_IMAGES.get(self.name)
+        if known is not None and self.subset is not None and self.subset > known:
+            raise ValueError(f"data.subset={self.subset} but the {self.name} training split has {known} images; "
+                             "lower it or set data.subset=null")
+        if self.name == "image_folder" and self.root is None:
+            raise ValueError("data.name=image_folder needs data.root: a folder with one sub-folder of images per class")
+        return self
+
+    def train_images(self) -> int | None:
+        """Images in the training split as configured (subset or the dataset's size), when knowable."""
+        known = TRAIN_IMAGES.get(self.name)
+        return min(self.subset, known) if self.subset and known else (self.subset or known)
+
+    def image_side(self) -> int | None:
+        """The side of the images as loaded (data.image_size or the dataset's native size), when knowable."""
+        return self.image_size or NATIVE_SIDE.get(self.name)
+
 
 class UNetConfig(_Strict):
     """Shape of the diffusers UNet2DModel (the CLSP/DDPM CIFAR UNet by default)."""
@@ -46,7 +77,20 @@ class UNetConfig(_Strict):
     layers_per_block: int = Field(2, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     norm_num_groups: int = Field(32, ge=1)
-    attention_head_dim: int | None = Field(None, description="Default: one head over all channels.")
+    attention_head_dim: int | None = Field(None, ge=1, description="Default: one head over all channels.")
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> UNetConfig:
+        levels = len(self.block_out_channels)
+        if levels == 0 or any(ch < 1 for ch in self.block_out_channels):
+            raise ValueError(f"unet.block_out_channels must list one positive channel count per level; got {self.block_out_channels}")
+        bad = [lvl for lvl in self.attention_levels if not 0 <= lvl < levels]
+        if bad:
+            raise ValueError(f"unet.attention_levels {bad} out of range: the UNet has levels 0..{levels - 1}")
+        if any(ch % self.norm_num_groups for ch in self.block_out_channels):
+            raise ValueError(f"unet.block_out_channels {self.block_out_channels} must all be multiples of "
+                             f"unet.norm_num_groups={self.norm_num_groups}")
+        return self
 
 
 class TrainGeneratorConfig(_Strict):
@@ -55,7 +99,7 @@ class TrainGeneratorConfig(_Strict):
     unet: UNetConfig = UNetConfig()
     sample_size: int | None = Field(None, ge=8, description="Train (and sample) at this side, padding the images with "
                                     "black borders (e.g. 28 -> 32 px for a 4x4 level); stores keep the data's size. "
-                                    "Default: the images' own size.")
+                                    "Default: the images' own size, padded up to the next side the UNet's levels can halve.")
     loss_weighting: Literal["none", "min_snr"] = Field("none", description="none: the DDPM's plain epsilon MSE (CLSP); "
                                                        "min_snr: each timestep's loss weighted by min(SNR, gamma) / SNR "
                                                        "(Hang et al., ICCV 2023), which converges faster.")
@@ -80,6 +124,16 @@ class TrainGeneratorConfig(_Strict):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     channels_last: bool = True
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's).")
+
+    @model_validator(mode="after")
+    def _check_size(self) -> TrainGeneratorConfig:
+        step = 2 ** (len(self.unet.block_out_channels) - 1)
+        if self.sample_size is not None and self.sample_size % step:
+            raise ValueError(f"train_generator.sample_size={self.sample_size} cannot be halved {step.bit_length() - 1} times "
+                             f"by the UNet's {len(self.unet.block_out_channels)} levels; use a multiple of {step}")
+        if self.beta_start >= self.beta_end:
+            raise ValueError(f"train_generator.beta_start={self.beta_start} must be below beta_end={self.beta_end}")
+        return self
 
 
 class AdaptiveNoiseConfig(_Strict):
@@ -170,6 +224,15 @@ class AugmentConfig(_Strict):
     grayscale_prob: float = Field(0.2, ge=0, le=1)
     hflip_prob: float = Field(0.5, ge=0, le=1)
 
+    @field_validator("crop_scale")
+    @classmethod
+    def _check_scale(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"pretrain.augment.crop_scale={list(value)} must satisfy 0 < low <= high <= 1 "
+                             "(shares of the image's area), e.g. [0.08, 1.0]")
+        return value
+
 
 METHODS = ("simclr", "mocov2plus", "mocov3", "byol", "simsiam", "barlow_twins", "vicreg", "nnclr", "dcl", "dclw",
            "all4one", "supcon")
@@ -198,6 +261,14 @@ class SyntheticConfig(_Strict):
                                 "mapping normalised images (B, C, H, W) to feature maps (B, C', h, w).")
     gamma: float = Field(1.0, ge=0, description="quality: sharpness of the pair weights.")
     scorer_fit_images: int = Field(1000, ge=2, description="quality: images used to fit the scorer's first principal component.")
+
+    @field_validator("scorer")
+    @classmethod
+    def _scorer_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"pretrain.synthetic.scorer={value} does not exist; point it at a synthpos backbone.pt "
+                             "or a TorchScript file")
+        return value
 
 
 class MomentumConfig(_Strict):
@@ -272,6 +343,13 @@ class LinearProbeConfig(_Strict):
     batch_size: int = Field(256, ge=1)
     milestones: list[float] = Field([0.6, 0.8], description="Fractions of the epochs where lr is cut by 10.")
 
+    @field_validator("milestones")
+    @classmethod
+    def _check_milestones(cls, value: list[float]) -> list[float]:
+        if any(not 0 < f <= 1 for f in value):
+            raise ValueError(f"evaluate.linear.milestones={value} must be fractions of the epochs in (0, 1]")
+        return value
+
 
 class EvaluateConfig(_Strict):
     """Stage 4: kNN and linear probe on frozen features."""
@@ -284,6 +362,21 @@ class EvaluateConfig(_Strict):
     feature_size: int | None = Field(None, description="Resize images to this before the backbone (default: crop size).")
     max_train: int | None = Field(None, ge=1, description="Use only the first N training images for kNN and the probe.")
     batch_size: int = Field(512, ge=1)
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"evaluate.checkpoint={value} does not exist; point it at a backbone.pt written by synthpos "
+                             "(or leave it unset to evaluate this run's pretraining)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_knn(self) -> EvaluateConfig:
+        if self.max_train is not None and self.knn_k > self.max_train:
+            raise ValueError(f"evaluate.knn_k={self.knn_k} is more than the evaluate.max_train={self.max_train} "
+                             "training images it votes over; lower knn_k or raise max_train")
+        return self
 
 
 class FidelityConfig(_Strict):
@@ -322,6 +415,61 @@ class RunConfig(_Strict):
             raise ValueError("pretrain.synthetic.mode=quality needs pretrain.synthetic.scorer: a frozen network "
                              "(a synthpos backbone.pt or a TorchScript file) that scores positive pairs")
         return self
+
+    def check_limits(self, stages: tuple[str, ...] = ("train-generator", "generate", "pretrain", "evaluate")) -> None:
+        """Limits between sections for the stages about to run, where the config alone sets them.
+
+        Called before a stage (or ``synthpos run``, for all of its stages) starts: a recipe's
+        pretrain section need not suit the data of a ``synthpos generate`` call.
+
+        Raises:
+            SynthposError: a value beyond its limit, named with its key and how to fix it.
+        """
+        try:
+            self._check_limits(set(stages))
+        except ValueError as err:
+            raise SynthposError(str(err)) from None
+
+    def _check_limits(self, stages: set[str]) -> None:
+        gen, tg = self.generate, self.train_generator
+        images = self.data.train_images()
+        if "pretrain" in stages:
+            self._check_pretrain_limits(images)
+        if "generate" in stages and images is not None and gen.num_anchors is not None and gen.num_anchors > images:
+            raise ValueError(f"generate.num_anchors={gen.num_anchors} but the training split has {images} images")
+        if "evaluate" in stages and self.evaluate.max_train is None:
+            known = TRAIN_IMAGES.get(self.data.name)  # evaluation uses the whole training split
+            if known is not None and self.evaluate.knn_k > known:
+                raise ValueError(f"evaluate.knn_k={self.evaluate.knn_k} is more than the {known} training images")
+        if gen.kind == "clsp" and gen.generator is None:  # the generator is trained in this run
+            if "generate" in stages and gen.num_steps > tg.num_train_timesteps:
+                raise ValueError(f"generate.num_steps={gen.num_steps} is more than the train_generator.num_train_timesteps="
+                                 f"{tg.num_train_timesteps} the generator is trained with")
+            if "generate" in stages and gen.guidance_scale != 1.0 and not tg.class_conditional:
+                raise ValueError(f"generate.guidance_scale={gen.guidance_scale} needs a class-conditional generator; "
+                                 "set train_generator.class_conditional=true or generate.guidance_scale=1")
+            side = self.data.image_side()
+            if ("train-generator" in stages and side is not None and tg.sample_size is not None
+                    and (tg.sample_size < side or (tg.sample_size - side) % 2)):
+                raise ValueError(f"train_generator.sample_size={tg.sample_size} must be the images' {side} px plus an "
+                                 "even number of padding pixels")
+
+    def _check_pretrain_limits(self, images: int | None) -> None:
+        pre, gen = self.pretrain, self.generate
+        if images is not None and pre.batch_size > images:
+            raise ValueError(f"pretrain.batch_size={pre.batch_size} is larger than the dataset ({images} images); "
+                             "lower pretrain.batch_size or use more data (data.subset)")
+        if isinstance(pre.devices, int):
+            world = pre.devices * pre.num_nodes
+            if pre.batch_size % world:
+                raise ValueError(f"pretrain.batch_size={pre.batch_size} must divide evenly over {world} devices "
+                                 f"(pretrain.devices x pretrain.num_nodes); set it to a multiple of {world}")
+            if pre.batch_size // world < 2:
+                raise ValueError(f"pretrain.batch_size={pre.batch_size} leaves fewer than 2 images per device on {world} "
+                                 "devices; the losses need negatives or batch statistics")
+        if pre.synthetic.mode == "multipos" and pre.synthetic.positives > gen.candidates:
+            raise ValueError(f"pretrain.synthetic.positives={pre.synthetic.positives} but generate.candidates="
+                             f"{gen.candidates} per anchor are made; lower positives or generate more candidates")
 
     # Paths a stage writes or reads, derived from run_dir unless set.
     @property
@@ -386,7 +534,11 @@ def _describe(err: ValidationError, source: str) -> str:
     where = ".".join(str(p) for p in first["loc"]) or "(top level)"
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key '{where}'; check its spelling (see the recipes in configs/)"
-    return f"{source}: '{where}': {first['msg']} (got {first.get('input')!r})"
+    if first["type"] == "value_error":
+        # A validator's own message names the setting and says what to do; the input may be a whole section.
+        return f"{source}: {' '.join(str(first['msg']).removeprefix('Value error, ').split())}"
+    got = " ".join(repr(first.get("input")).split())
+    return f"{source}: '{where}': {first['msg']} (got {got[:200]})"
 
 
 def load_config(path: Path | str | None = None, overrides: list[str] | None = None) -> RunConfig:

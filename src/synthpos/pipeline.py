@@ -8,7 +8,7 @@ from rich.console import Console
 
 from synthpos.config import RunConfig
 from synthpos.distributed import rank
-from synthpos.stages import BY_NAME, STAGES, run_stage, stage_status
+from synthpos.stages import BY_NAME, STAGES, needed, run_stage, stage_status
 
 console = Console(stderr=True)
 
@@ -29,6 +29,8 @@ def run_pipeline(config: RunConfig, show_progress: bool = True) -> dict:
     A stage whose record does not match is redone with every later one (its old output moved
     to ``<run_dir>/previous/``); see :func:`synthpos.stages.run_stage`.
     """
+    # Every stage's limits first: a bad pretrain value is not found after the generator has trained.
+    config.check_limits(tuple(s.name for s in STAGES if needed(s, config) is None))
     upstream_ran = False
     for stage in STAGES:
         # Once a stage has run, every later one runs too: its inputs are new.

@@ -38,7 +38,7 @@ def quickstart_recipe() -> Path:
 def _timed_stage(timings: dict, key: str, name: str, config: RunConfig, show_progress: bool):
     """Run a stage through the table; its time is recorded only when it ran."""
     start = time.monotonic()
-    out, ran = run_stage(name, config, show_progress)
+    out, ran = run_stage(name, config, show_progress, explicit=True)  # the quick start wants every one
     if ran:
         timings[key] = round(time.monotonic() - start, 1)
     return out
@@ -49,6 +49,7 @@ def run_quickstart(run_dir: Path, train_generator: bool = False, overrides: list
     start = time.monotonic()
     overrides = [f"run_dir={run_dir}"] + (["generate.generator=null"] if train_generator else []) + list(overrides or [])
     config = load_config(quickstart_recipe(), overrides)
+    config.check_limits(("generate", "pretrain", "evaluate") + (("train-generator",) if config.generate.generator is None else ()))
     timings: dict[str, float] = {}
     train = load_dataset(config.data, "train")
 

@@ -520,6 +520,7 @@ def run_stage(name: str, config: RunConfig, show_progress: bool = True, force: b
     stage that is done, the same read from its output; None for a stage not in this run.
     """
     stage = BY_NAME[name]
+    config.check_limits((name,))  # before anything is read or written
     created = _created_dirs(stage.output(config))
     status = prepare_stage(stage, config, force, explicit)
     if status.state == "not needed":

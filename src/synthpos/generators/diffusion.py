@@ -143,6 +143,16 @@ def padding_for(image_size: int, sample_size: int) -> int:
     return extra // 2
 
 
+def fitting_sample_size(image_size: int, levels: int) -> int:
+    """The smallest side >= ``image_size`` that ``levels - 1`` halvings divide and an even border pads to
+    (28 px -> 28 for 3 levels, 32 for 4): the default ``train_generator.sample_size``."""
+    step = 2 ** (levels - 1)
+    size = -(-image_size // step) * step
+    while (size - image_size) % 2:
+        size += step
+    return size
+
+
 def pad_to_model(x: torch.Tensor, border: int) -> torch.Tensor:
     """Pad (B, C, H, W) images in [-1, 1] with ``border`` black (-1) pixels on each side."""
     return F.pad(x, (border,) * 4, value=-1.0) if border else x
@@ -257,7 +267,7 @@ def train_generator(
     n, h, w, c = images.shape
     if h != w:
         raise SynthposError(f"the generator needs square images, got {h}x{w}; set data.image_size")
-    size = config.sample_size or h
+    size = config.sample_size or fitting_sample_size(h, len(config.unet.block_out_channels))
     border = padding_for(h, size)
     if config.class_conditional:
         labels, num_classes = _check_labels(labels, num_classes, n)
