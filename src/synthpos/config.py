@@ -42,13 +42,6 @@ class DataConfig(_Strict):
     image_size: int | None = Field(None, ge=8, description="Resize images to this size when loading (default: native).")
     subset: int | None = Field(None, ge=1, description="Use only the first N training images.")
 
-    @field_validator("root", "test_root")
-    @classmethod
-    def _folder_exists(cls, value: Path | None, info) -> Path | None:
-        if value is not None and not Path(value).is_dir():
-            raise ValueError(f"data.{info.field_name}={value} is not a folder; point it at the dataset's files")
-        return value
-
     @model_validator(mode="after")
     def _check_sizes(self) -> DataConfig:
         known = TRAIN_IMAGES.get(self.name)
@@ -262,14 +255,6 @@ class SyntheticConfig(_Strict):
     gamma: float = Field(1.0, ge=0, description="quality: sharpness of the pair weights.")
     scorer_fit_images: int = Field(1000, ge=2, description="quality: images used to fit the scorer's first principal component.")
 
-    @field_validator("scorer")
-    @classmethod
-    def _scorer_exists(cls, value: Path | None) -> Path | None:
-        if value is not None and not Path(value).is_file():
-            raise ValueError(f"pretrain.synthetic.scorer={value} does not exist; point it at a synthpos backbone.pt "
-                             "or a TorchScript file")
-        return value
-
 
 class MomentumConfig(_Strict):
     """Momentum (EMA) encoder, cosine schedule from ``base`` to ``final`` (MoCo, BYOL, MoCo v3, All4One)."""
@@ -363,14 +348,6 @@ class EvaluateConfig(_Strict):
     max_train: int | None = Field(None, ge=1, description="Use only the first N training images for kNN and the probe.")
     batch_size: int = Field(512, ge=1)
 
-    @field_validator("checkpoint")
-    @classmethod
-    def _checkpoint_exists(cls, value: Path | None) -> Path | None:
-        if value is not None and not Path(value).is_file():
-            raise ValueError(f"evaluate.checkpoint={value} does not exist; point it at a backbone.pt written by synthpos "
-                             "(or leave it unset to evaluate this run's pretraining)")
-        return value
-
     @model_validator(mode="after")
     def _check_knn(self) -> EvaluateConfig:
         if self.max_train is not None and self.knn_k > self.max_train:
@@ -437,6 +414,15 @@ class RunConfig(_Strict):
             self._check_pretrain_limits(images)
         if "generate" in stages and images is not None and gen.num_anchors is not None and gen.num_anchors > images:
             raise ValueError(f"generate.num_anchors={gen.num_anchors} but the training split has {images} images")
+        # Files that must exist (checked here, not in the sections: a config names them before they are made).
+        scorer = self.pretrain.synthetic.scorer
+        if "pretrain" in stages and self.pretrain.synthetic.mode == "quality" and scorer and not Path(scorer).is_file():
+            raise ValueError(f"pretrain.synthetic.scorer={scorer} does not exist; point it at a synthpos backbone.pt "
+                             "or a TorchScript file")
+        checkpoint = self.evaluate.checkpoint
+        if "evaluate" in stages and checkpoint is not None and not Path(checkpoint).is_file():
+            raise ValueError(f"evaluate.checkpoint={checkpoint} does not exist; point it at a backbone.pt written by "
+                             "synthpos (or leave it unset to evaluate this run's pretraining)")
         if "evaluate" in stages and self.evaluate.max_train is None:
             known = TRAIN_IMAGES.get(self.data.name)  # evaluation uses the whole training split
             if known is not None and self.evaluate.knn_k > known:
