@@ -12,7 +12,7 @@ Configuration is validated once, here; inner code takes plain arguments.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -76,13 +76,13 @@ class UNetConfig(_Strict):
     def _check_shape(self) -> UNetConfig:
         levels = len(self.block_out_channels)
         if levels == 0 or any(ch < 1 for ch in self.block_out_channels):
-            raise ValueError(f"unet.block_out_channels must list one positive channel count per level; got {self.block_out_channels}")
+            raise ValueError(f"train_generator.unet.block_out_channels must list one positive channel count per level; got {self.block_out_channels}")
         bad = [lvl for lvl in self.attention_levels if not 0 <= lvl < levels]
         if bad:
-            raise ValueError(f"unet.attention_levels {bad} out of range: the UNet has levels 0..{levels - 1}")
+            raise ValueError(f"train_generator.unet.attention_levels {bad} out of range: the UNet has levels 0..{levels - 1}")
         if any(ch % self.norm_num_groups for ch in self.block_out_channels):
-            raise ValueError(f"unet.block_out_channels {self.block_out_channels} must all be multiples of "
-                             f"unet.norm_num_groups={self.norm_num_groups}")
+            raise ValueError(f"train_generator.unet.block_out_channels {self.block_out_channels} must all be multiples of "
+                             f"train_generator.unet.norm_num_groups={self.norm_num_groups}")
         return self
 
 
@@ -313,7 +313,7 @@ class PretrainConfig(_Strict):
     channels_last: bool = True
     knn_every_epochs: int = Field(0, ge=0, description="Online kNN monitor on the test split (0: off).")
     knn_subset: int = Field(2000, ge=1)
-    devices: int | Literal["auto"] = 1
+    devices: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     num_nodes: int = Field(1, ge=1)
     sync_batchnorm: bool = False
@@ -344,7 +344,7 @@ class EvaluateConfig(_Strict):
     knn_k: int = Field(200, ge=1)
     knn_temperature: float = Field(0.1, gt=0)
     linear: LinearProbeConfig = LinearProbeConfig()
-    feature_size: int | None = Field(None, description="Resize images to this before the backbone (default: crop size).")
+    feature_size: int | None = Field(None, ge=8, description="Resize images to this before the backbone (default: crop size).")
     max_train: int | None = Field(None, ge=1, description="Use only the first N training images for kNN and the probe.")
     batch_size: int = Field(512, ge=1)
 
@@ -517,12 +517,14 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
 
 def _describe(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    # Union members add their own names to the path ("constrained-int", "literal['auto']"): keep the keys.
+    where = ".".join(str(p) for p in first["loc"] if isinstance(p, int) or str(p).isidentifier()) or "(top level)"
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key '{where}'; check its spelling (see the recipes in configs/)"
     if first["type"] == "value_error":
-        # A validator's own message names the setting and says what to do; the input may be a whole section.
-        return f"{source}: {' '.join(str(first['msg']).removeprefix('Value error, ').split())}"
+        # A validator's own message says what to do; the input may be a whole section, so it is left out.
+        msg = " ".join(str(first["msg"]).removeprefix("Value error, ").split())
+        return f"{source}: {msg}" if where in msg or where == "(top level)" else f"{source}: '{where}': {msg}"
     got = " ".join(repr(first.get("input")).split())
     return f"{source}: '{where}': {first['msg']} (got {got[:200]})"
 

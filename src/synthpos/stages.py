@@ -469,6 +469,7 @@ def prepare_stage(stage: Stage, config: RunConfig, force: bool = False, explicit
         note = f" ({status.why})" if status.why else ""
         console.print(f"[dim]skip {stage.name}: done, made with these settings{note}[/dim]")
         return status
+    config.check_limits((stage.name,))  # the stage runs: its limits before anything is read or written
     lead = _is_lead_process()
     # Computed before anything moves: an input that is not there (an untrained generator) is
     # the stage's own one-line error, with nothing written.
@@ -520,7 +521,6 @@ def run_stage(name: str, config: RunConfig, show_progress: bool = True, force: b
     stage that is done, the same read from its output; None for a stage not in this run.
     """
     stage = BY_NAME[name]
-    config.check_limits((name,))  # before anything is read or written
     created = _created_dirs(stage.output(config))
     status = prepare_stage(stage, config, force, explicit)
     if status.state == "not needed":
