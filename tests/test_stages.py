@@ -137,7 +137,7 @@ def _candidates(key: str, value):
     if value is None:
         args = typing.get_args(annotation)
         if int in args:
-            return [32, 4, 1]
+            return [32, 1000, 4, 1]
         if float in args:
             return [1.0, 0.5]
         return ["elsewhere"]

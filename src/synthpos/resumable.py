@@ -172,7 +172,9 @@ class ResumableCheckpoint(L.Callback):
         self._restore = state_dict
         # The loader's first pass starts before Lightning sets the epoch: set it here.
         self.sampler.set_epoch(state_dict["epoch"])
-        self.sampler.resume_at(state_dict["epoch"], state_dict["position"])
+        # A checkpoint at the end of training (or of an epoch) is at the start of the next epoch.
+        position = state_dict["position"] if state_dict["position"] < len(self.sampler) else 0
+        self.sampler.resume_at(state_dict["epoch"], position)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._trainer = trainer

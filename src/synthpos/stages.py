@@ -480,9 +480,9 @@ def prepare_stage(stage: Stage, config: RunConfig, force: bool = False, explicit
             where = move_aside(stage, config)
             console.print(f"[bold]redo {stage.name}[/bold]: {why}; the previous output is kept in {where}")
         status = Status("new", why)
-    elif status.state == "resume":
+    elif status.state == "resume" and lead:
         console.print(f"[bold]{stage.name}[/bold] (resuming){' ' + status.why if status.why else ''}")
-    elif not explicit:  # a stage's own command needs no header; bad input stays one line
+    elif status.state != "resume" and not explicit and lead:  # a stage's own command needs no header
         console.print(f"[bold]{stage.name}[/bold]")
     if lead:
         # The record of the inputs as they are now, written before any output: a killed
@@ -527,6 +527,11 @@ def run_stage(name: str, config: RunConfig, show_progress: bool = True, force: b
         return None, False
     if status.state == "done" and not force:
         return stage.result(config), False
+    if name == "generate":
+        from synthpos.distributed import wait_for_launched_processes
+
+        # Under torchrun every rank generates: none starts before rank 0 has moved a stale store aside.
+        wait_for_launched_processes("stage generate")
     try:
         result = stage.run(config, show_progress)
     except SynthposError:
