@@ -114,7 +114,7 @@ def test_set_without_equals(tmp_path: Path) -> None:
 def test_explicit_data_root_does_not_fall_back_to_the_system_copy(tmp_path: Path) -> None:
     # Fashion-MNIST is installed at the system location, yet a named root must be the only place looked at.
     result = synthpos(tmp_path, "pretrain", "-q", "--set", "run_dir=run", "--set", "data.root=/nonexistent",
-                      "--set", "data.subset=64")
+                      "--set", "data.subset=64", "--set", "pretrain.batch_size=32")
     assert_bad_input(result, "/nonexistent")
     assert not (tmp_path / "run").exists()
     assert _tree(tmp_path) == set()
@@ -139,7 +139,7 @@ def test_generate_without_generator(tmp_path: Path) -> None:
 @needs_fmnist
 def test_clsp_pretrain_without_store(tmp_path: Path) -> None:
     result = synthpos(tmp_path, "pretrain", "-q", "--set", "run_dir=run", "--set", "data.subset=8",
-                      "--set", "pretrain.synthetic.mode=clsp")
+                      "--set", "pretrain.synthetic.mode=clsp", "--set", "pretrain.batch_size=4")
     assert_bad_input(result, "store")
     assert not (tmp_path / "run").exists()
     assert _tree(tmp_path) == set()

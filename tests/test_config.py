@@ -70,6 +70,7 @@ def test_set_overrides_nested_values_over_the_file(tmp_path: Path) -> None:
             "pretrain.backbone.width=16",  # nested three deep, the section exists in the file
             "pretrain.optimizer.name=lars",  # a section the file does not have
             "train_generator.unet.block_out_channels=[8, 16]",  # YAML list
+            "train_generator.unet.norm_num_groups=8",  # the channels must be multiples of it
             "generate.clip_x0=true",  # YAML bool
             "pretrain.optimizer.lr=1e-2",  # YAML float (exponent with a dot-free mantissa)
             "run_dir=runs/other",

@@ -67,10 +67,10 @@ evaluate:
 """
 
 
-def _run(cwd: Path) -> subprocess.CompletedProcess:
+def _run(cwd: Path, *extra: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="200")
     env.pop("SYNTHPOS_DATA", None)
-    return subprocess.run([str(SCRIPT), "run", "--config", "cfg.yaml", "-q"], cwd=cwd, env=env,
+    return subprocess.run([str(SCRIPT), "run", "--config", "cfg.yaml", "-q", *extra], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=1800)
 
 
@@ -113,3 +113,13 @@ def test_run_pipeline_then_skip_everything(tmp_path: Path) -> None:
     assert metrics_path.stat().st_mtime_ns == mtime and metrics_path.read_bytes() == content
     assert (run / "pretrain" / "backbone.pt").stat().st_mtime_ns == backbone_mtime
     assert json.loads(again.stdout) == metrics["results"]
+
+    # More epochs: pretraining and evaluation are redone (the change named, the old ones kept), nothing else.
+    more = _run(tmp_path, "--set", "pretrain.epochs=2")
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert "skip train-generator" in more.stderr and "skip generate" in more.stderr
+    assert "redo pretrain: pretrain.epochs 1 -> 2" in " ".join(more.stderr.split()), more.stderr
+    assert (run / "previous" / "pretrain" / "pretrain" / "backbone.pt").read_bytes() != (run / "pretrain" / "backbone.pt").read_bytes()
+    assert (run / "previous" / "evaluate" / "evaluate" / "metrics.json").read_bytes() == content
+    assert json.loads((run / "pretrain" / "summary.json").read_text())["epochs"] == 2
+    assert json.loads((run / "pretrain" / "stage_record.json").read_text())["complete"] is True

@@ -15,9 +15,35 @@ def temporary_sibling(path: Path) -> Path:
     return path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
 
 
+def fsync_file(path: Path) -> None:
+    """Flush ``path``'s data to the disk (so a rename after it never exposes an empty file after a power cut)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory entry (a rename into it); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path, fsync: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write; rename it onto ``path`` if the block succeeds.
+
+    ``fsync``: flush the file before the rename and the directory after it (checkpoints,
+    stage records: files that must survive a machine crash, not only a killed process).
 
     The temporary name carries the host name and process id, so concurrent writers (DDP
     ranks, generation processes, on one node or several) never write into each other's
@@ -26,7 +52,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp = temporary_sibling(path)
     try:
         yield tmp
+        if fsync:
+            fsync_file(tmp)
         os.replace(tmp, path)
+        if fsync:
+            fsync_dir(Path(path).parent)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from synthpos.errors import SynthposError
+from synthpos.signals import terminated
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -36,8 +37,8 @@ def _say(message: str) -> None:
 def train_generator(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Stage 1: train the unconditional DDPM on the run's training split."""
     cfg = _load(config, set)
-    from synthpos.generators.diffusion import train_generator_stage
-    path = train_generator_stage(cfg, show_progress=not quiet)
+    from synthpos.stages import run_stage
+    path, _ = run_stage("train-generator", cfg, show_progress=not quiet, explicit=True)
     _say(f"generator written to {path}")
 
 
@@ -45,8 +46,8 @@ def train_generator(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOp
 def generate(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Stage 2: CLSP synthetic positives into the store (resumes where it stopped)."""
     cfg = _load(config, set)
-    from synthpos.generators.generate import generate_stage
-    store = generate_stage(cfg, show_progress=not quiet)
+    from synthpos.stages import run_stage
+    store, _ = run_stage("generate", cfg, show_progress=not quiet, explicit=True)
     if os.environ.get("RANK", "0") == "0":  # under torchrun: one line, not one per process
         _say(f"store written to {store.path} ({len(store)} anchors x {store.candidates} candidates)")
 
@@ -55,8 +56,8 @@ def generate(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = Fal
 def pretrain(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Stage 3: self-supervised pretraining (resumes from the last checkpoint)."""
     cfg = _load(config, set)
-    from synthpos.methods.pretrain import pretrain_stage
-    path = pretrain_stage(cfg, show_progress=not quiet)
+    from synthpos.stages import run_stage
+    path, _ = run_stage("pretrain", cfg, show_progress=not quiet, explicit=True)
     _say(f"backbone written to {path}")
 
 
@@ -64,8 +65,8 @@ def pretrain(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = Fal
 def evaluate(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Stage 4: kNN and linear probe on frozen features; writes metrics.json."""
     cfg = _load(config, set)
-    from synthpos.evaluation.evaluate import evaluate_stage
-    metrics = evaluate_stage(cfg, show_progress=not quiet)
+    from synthpos.stages import run_stage
+    metrics, _ = run_stage("evaluate", cfg, show_progress=not quiet, explicit=True)
     typer.echo(json.dumps(metrics["results"], indent=2))
     _say(f"metrics written to {cfg.evaluate_dir / 'metrics.json'}")
 
@@ -216,6 +217,10 @@ def main() -> None:
         sys.exit(2)
     except (KeyboardInterrupt, typer.Abort):
         # click turns Ctrl-C into Abort when it does not handle exits itself.
+        if (what := terminated()) is not None:
+            _say(f"terminated (SIGTERM): finished work and the last checkpoint are kept; run the same command again to "
+                 f"resume{f' ({what})' if what else ''}")
+            sys.exit(143)
         _say("interrupted: finished work is kept; run the same command again to resume")
         sys.exit(130)
     except SystemExit:

@@ -12,16 +12,21 @@ Configuration is validated once, here; inner code takes plain arguments.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from synthpos.errors import SynthposError
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+# What is known about the named datasets without reading them: training images and side.
+TRAIN_IMAGES = {"fashion_mnist": 60000, "cifar10": 50000, "cifar100": 50000}
+NATIVE_SIDE = {"fashion_mnist": 28, "cifar10": 32, "cifar100": 32}
 
 
 class DataConfig(_Strict):
@@ -37,6 +42,25 @@ class DataConfig(_Strict):
     image_size: int | None = Field(None, ge=8, description="Resize images to this size when loading (default: native).")
     subset: int | None = Field(None, ge=1, description="Use only the first N training images.")
 
+    @model_validator(mode="after")
+    def _check_sizes(self) -> DataConfig:
+        known = TRAIN_IMAGES.get(self.name)
+        if known is not None and self.subset is not None and self.subset > known:
+            raise ValueError(f"data.subset={self.subset} but the {self.name} training split has {known} images; "
+                             "lower it or set data.subset=null")
+        if self.name == "image_folder" and self.root is None:
+            raise ValueError("data.name=image_folder needs data.root: a folder with one sub-folder of images per class")
+        return self
+
+    def train_images(self) -> int | None:
+        """Images in the training split as configured (subset or the dataset's size), when knowable."""
+        known = TRAIN_IMAGES.get(self.name)
+        return min(self.subset, known) if self.subset and known else (self.subset or known)
+
+    def image_side(self) -> int | None:
+        """The side of the images as loaded (data.image_size or the dataset's native size), when knowable."""
+        return self.image_size or NATIVE_SIDE.get(self.name)
+
 
 class UNetConfig(_Strict):
     """Shape of the diffusers UNet2DModel (the CLSP/DDPM CIFAR UNet by default)."""
@@ -46,7 +70,20 @@ class UNetConfig(_Strict):
     layers_per_block: int = Field(2, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     norm_num_groups: int = Field(32, ge=1)
-    attention_head_dim: int | None = Field(None, description="Default: one head over all channels.")
+    attention_head_dim: int | None = Field(None, ge=1, description="Default: one head over all channels.")
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> UNetConfig:
+        levels = len(self.block_out_channels)
+        if levels == 0 or any(ch < 1 for ch in self.block_out_channels):
+            raise ValueError(f"train_generator.unet.block_out_channels must list one positive channel count per level; got {self.block_out_channels}")
+        bad = [lvl for lvl in self.attention_levels if not 0 <= lvl < levels]
+        if bad:
+            raise ValueError(f"train_generator.unet.attention_levels {bad} out of range: the UNet has levels 0..{levels - 1}")
+        if any(ch % self.norm_num_groups for ch in self.block_out_channels):
+            raise ValueError(f"train_generator.unet.block_out_channels {self.block_out_channels} must all be multiples of "
+                             f"train_generator.unet.norm_num_groups={self.norm_num_groups}")
+        return self
 
 
 class GeneratorCheckConfig(_Strict):
@@ -74,7 +111,7 @@ class TrainGeneratorConfig(_Strict):
     unet: UNetConfig = UNetConfig()
     sample_size: int | None = Field(None, ge=8, description="Train (and sample) at this side, padding the images with "
                                     "black borders (e.g. 28 -> 32 px for a 4x4 level); stores keep the data's size. "
-                                    "Default: the images' own size.")
+                                    "Default: the images' own size, padded up to the next side the UNet's levels can halve.")
     loss_weighting: Literal["none", "min_snr"] = Field("none", description="none: the DDPM's plain epsilon MSE (CLSP); "
                                                        "min_snr: each timestep's loss weighted by min(SNR, gamma) / SNR "
                                                        "(Hang et al., ICCV 2023), which converges faster.")
@@ -90,6 +127,8 @@ class TrainGeneratorConfig(_Strict):
     max_steps: int = Field(800_000, ge=1)
     max_minutes: float | None = Field(None, gt=0, description="Stop (and save) after this wall time.")
     checkpoint_every: int = Field(1000, ge=1)
+    checkpoint_every_minutes: float | None = Field(5.0, gt=0, description="Also checkpoint after this much wall time "
+                                                   "since the last one (null: steps only). SIGTERM always checkpoints.")
     hflip: bool = True
     class_conditional: bool = Field(False, description="Condition the UNet on class labels (CLSP's conditional variant).")
     label_dropout: float = Field(0.1, ge=0, lt=1, description="Class-conditional: drop the label with this probability "
@@ -99,6 +138,16 @@ class TrainGeneratorConfig(_Strict):
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's).")
     check: GeneratorCheckConfig | None = Field(None, description="Measure the positives during training and stop "
                                                 "by their fidelity (null: train for max_steps).")
+
+    @model_validator(mode="after")
+    def _check_size(self) -> TrainGeneratorConfig:
+        step = 2 ** (len(self.unet.block_out_channels) - 1)
+        if self.sample_size is not None and self.sample_size % step:
+            raise ValueError(f"train_generator.sample_size={self.sample_size} cannot be halved {step.bit_length() - 1} times "
+                             f"by the UNet's {len(self.unet.block_out_channels)} levels; use a multiple of {step}")
+        if self.beta_start >= self.beta_end:
+            raise ValueError(f"train_generator.beta_start={self.beta_start} must be below beta_end={self.beta_end}")
+        return self
 
 
 class AdaptiveNoiseConfig(_Strict):
@@ -211,6 +260,15 @@ class AugmentConfig(_Strict):
     blur_sigma: tuple[float, float] = Field((0.1, 2.0), description="Blur sigma ~ U[low, high] in pixels (solo-learn, GenView).")
     blur_kernel_size: int | None = Field(None, ge=1, description="Odd kernel side (default: 2 * ceil(3 * high) + 1).")
 
+    @field_validator("crop_scale")
+    @classmethod
+    def _check_scale(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"pretrain.augment.crop_scale={list(value)} must satisfy 0 < low <= high <= 1 "
+                             "(shares of the image's area), e.g. [0.08, 1.0]")
+        return value
+
 
 METHODS = ("simclr", "mocov2plus", "mocov3", "byol", "simsiam", "barlow_twins", "vicreg", "nnclr", "dcl", "dclw",
            "all4one", "supcon")
@@ -294,6 +352,9 @@ class PretrainConfig(_Strict):
     batch_size: int = Field(1024, ge=2, description="Global batch size (split across devices).")
     epochs: int = Field(1000, ge=1)
     max_minutes: float | None = Field(None, gt=0)
+    checkpoint_every_epochs: int = Field(1, ge=1, description="Write checkpoints/last.ckpt every N epochs.")
+    checkpoint_every_minutes: float | None = Field(5.0, gt=0, description="Also after this much wall time since the "
+                                                   "last one, mid-epoch too (null: epochs only). SIGTERM always checkpoints.")
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     channels_last: bool = True
     knn_every_epochs: int = Field(0, ge=0, description="Online kNN monitor on the test split (0: off).")
@@ -304,6 +365,7 @@ class PretrainConfig(_Strict):
                                "offline evaluation, never mixed with it.")
     online_probe_lr: float = Field(0.1, gt=0, description="SGD learning rate of the online probe (momentum 0.9).")
     devices: int | Literal["auto"] = 1
+    devices: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     num_nodes: int = Field(1, ge=1)
     sync_batchnorm: bool = False
@@ -335,6 +397,13 @@ class PaperProbeConfig(_Strict):
     lr: float = Field(1.0, gt=0)
     batch_size: int = Field(256, ge=1)
     milestones: list[float] = Field([0.6, 0.8], description="Fractions of the epochs where lr is cut by 10 (60, 80 of 100).")
+
+    @field_validator("milestones")
+    @classmethod
+    def _check_milestones(cls, value: list[float]) -> list[float]:
+        if any(not 0 < f <= 1 for f in value):
+            raise ValueError(f"evaluate.linear.milestones={value} must be fractions of the epochs in (0, 1]")
+        return value
 
 
 class EvaluateConfig(_Strict):
@@ -368,8 +437,16 @@ class EvaluateConfig(_Strict):
             raise ValueError("linear.lr_grid needs values > 0 and linear.weight_decay_grid values >= 0 (or null)")
         return self
     feature_size: int | None = Field(None, description="Resize images to this before the backbone (default: crop size).")
+    feature_size: int | None = Field(None, ge=8, description="Resize images to this before the backbone (default: crop size).")
     max_train: int | None = Field(None, ge=1, description="Use only the first N training images for kNN and the probe.")
     batch_size: int = Field(512, ge=1)
+
+    @model_validator(mode="after")
+    def _check_knn(self) -> EvaluateConfig:
+        if self.max_train is not None and self.knn_k > self.max_train:
+            raise ValueError(f"evaluate.knn_k={self.knn_k} is more than the evaluate.max_train={self.max_train} "
+                             "training images it votes over; lower knn_k or raise max_train")
+        return self
 
 
 class FidelityConfig(_Strict):
@@ -413,6 +490,70 @@ class RunConfig(_Strict):
             raise ValueError("pretrain.synthetic.mode=quality needs pretrain.synthetic.scorer: a frozen network "
                              "(a synthpos backbone.pt or a TorchScript file) that scores positive pairs")
         return self
+
+    def check_limits(self, stages: tuple[str, ...] = ("train-generator", "generate", "pretrain", "evaluate")) -> None:
+        """Limits between sections for the stages about to run, where the config alone sets them.
+
+        Called before a stage (or ``synthpos run``, for all of its stages) starts: a recipe's
+        pretrain section need not suit the data of a ``synthpos generate`` call.
+
+        Raises:
+            SynthposError: a value beyond its limit, named with its key and how to fix it.
+        """
+        try:
+            self._check_limits(set(stages))
+        except ValueError as err:
+            raise SynthposError(str(err)) from None
+
+    def _check_limits(self, stages: set[str]) -> None:
+        gen, tg = self.generate, self.train_generator
+        images = self.data.train_images()
+        if "pretrain" in stages:
+            self._check_pretrain_limits(images)
+        if "generate" in stages and images is not None and gen.num_anchors is not None and gen.num_anchors > images:
+            raise ValueError(f"generate.num_anchors={gen.num_anchors} but the training split has {images} images")
+        # Files that must exist (checked here, not in the sections: a config names them before they are made).
+        scorer = self.pretrain.synthetic.scorer
+        if "pretrain" in stages and self.pretrain.synthetic.mode == "quality" and scorer and not Path(scorer).is_file():
+            raise ValueError(f"pretrain.synthetic.scorer={scorer} does not exist; point it at a synthpos backbone.pt "
+                             "or a TorchScript file")
+        checkpoint = self.evaluate.checkpoint
+        if "evaluate" in stages and checkpoint is not None and not Path(checkpoint).is_file():
+            raise ValueError(f"evaluate.checkpoint={checkpoint} does not exist; point it at a backbone.pt written by "
+                             "synthpos (or leave it unset to evaluate this run's pretraining)")
+        if "evaluate" in stages and self.evaluate.max_train is None:
+            known = TRAIN_IMAGES.get(self.data.name)  # evaluation uses the whole training split
+            if known is not None and self.evaluate.knn_k > known:
+                raise ValueError(f"evaluate.knn_k={self.evaluate.knn_k} is more than the {known} training images")
+        if gen.kind == "clsp" and gen.generator is None:  # the generator is trained in this run
+            if "generate" in stages and gen.num_steps > tg.num_train_timesteps:
+                raise ValueError(f"generate.num_steps={gen.num_steps} is more than the train_generator.num_train_timesteps="
+                                 f"{tg.num_train_timesteps} the generator is trained with")
+            if "generate" in stages and gen.guidance_scale != 1.0 and not tg.class_conditional:
+                raise ValueError(f"generate.guidance_scale={gen.guidance_scale} needs a class-conditional generator; "
+                                 "set train_generator.class_conditional=true or generate.guidance_scale=1")
+            side = self.data.image_side()
+            if ("train-generator" in stages and side is not None and tg.sample_size is not None
+                    and (tg.sample_size < side or (tg.sample_size - side) % 2)):
+                raise ValueError(f"train_generator.sample_size={tg.sample_size} must be the images' {side} px plus an "
+                                 "even number of padding pixels")
+
+    def _check_pretrain_limits(self, images: int | None) -> None:
+        pre, gen = self.pretrain, self.generate
+        if images is not None and pre.batch_size > images:
+            raise ValueError(f"pretrain.batch_size={pre.batch_size} is larger than the dataset ({images} images); "
+                             "lower pretrain.batch_size or use more data (data.subset)")
+        if isinstance(pre.devices, int):
+            world = pre.devices * pre.num_nodes
+            if pre.batch_size % world:
+                raise ValueError(f"pretrain.batch_size={pre.batch_size} must divide evenly over {world} devices "
+                                 f"(pretrain.devices x pretrain.num_nodes); set it to a multiple of {world}")
+            if pre.batch_size // world < 2:
+                raise ValueError(f"pretrain.batch_size={pre.batch_size} leaves fewer than 2 images per device on {world} "
+                                 "devices; the losses need negatives or batch statistics")
+        if pre.synthetic.mode == "multipos" and pre.synthetic.positives > gen.candidates:
+            raise ValueError(f"pretrain.synthetic.positives={pre.synthetic.positives} but generate.candidates="
+                             f"{gen.candidates} per anchor are made; lower positives or generate more candidates")
 
     # Paths a stage writes or reads, derived from run_dir unless set.
     @property
@@ -479,10 +620,16 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
 
 def _describe(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    # Union members add their own names to the path ("constrained-int", "literal['auto']"): keep the keys.
+    where = ".".join(str(p) for p in first["loc"] if isinstance(p, int) or str(p).isidentifier()) or "(top level)"
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key '{where}'; check its spelling (see the recipes in configs/)"
-    return f"{source}: '{where}': {first['msg']} (got {first.get('input')!r})"
+    if first["type"] == "value_error":
+        # A validator's own message says what to do; the input may be a whole section, so it is left out.
+        msg = " ".join(str(first["msg"]).removeprefix("Value error, ").split())
+        return f"{source}: {msg}" if where in msg or where == "(top level)" else f"{source}: '{where}': {msg}"
+    got = " ".join(repr(first.get("input")).split())
+    return f"{source}: '{where}': {first['msg']} (got {got[:200]})"
 
 
 def load_config(path: Path | str | None = None, overrides: list[str] | None = None) -> RunConfig:

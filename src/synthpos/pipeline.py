@@ -1,74 +1,42 @@
-"""`synthpos run`: the four stages chained, skipping what is already done."""
+"""`synthpos run`: the stages of :mod:`synthpos.stages` in order, redoing what is not current."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
 from rich.console import Console
 
 from synthpos.config import RunConfig
-from synthpos.data.synthetic_store import SyntheticStore
 from synthpos.distributed import rank
+from synthpos.stages import BY_NAME, STAGES, needed, run_stage, stage_status
 
 console = Console(stderr=True)
 
 
 def stage_done(config: RunConfig, stage: str) -> str | None:
-    """Why ``stage`` can be skipped, or None if it must run."""
-    if stage == "train-generator":
-        if config.pretrain.synthetic.mode == "none":
-            return "no synthetic positives in this run"
-        if config.generate.kind != "clsp":
-            return f"generate.kind={config.generate.kind} uses a pretrained generator (generate.generator)"
-        if config.generate.generator is not None:
-            return f"using generator {config.generate.generator}"
-        if (config.generator_dir / "COMPLETE").is_file():
-            return f"generator already trained in {config.generator_dir}"
-    elif stage == "generate":
-        if config.pretrain.synthetic.mode == "none":
-            return "no synthetic positives in this run"
-        if (config.store_dir / "manifest.json").is_file():
-            from synthpos.generators.generate import default_device, generator_record
-
-            store = SyntheticStore.open(config.store_dir, require_complete=False)
-            made_with = generator_record(config.generator_model, config.generate, config.generation_seed, default_device())
-            same = store.manifest["generator"] == made_with and store.candidates == config.generate.candidates
-            if store.complete and same:
-                return f"store {config.store_dir} is complete"
-    elif stage == "pretrain":
-        if config.backbone_path.is_file():
-            return f"backbone {config.backbone_path} exists"
-    elif stage == "evaluate":
-        if (config.evaluate_dir / "metrics.json").is_file():
-            return f"metrics {config.evaluate_dir / 'metrics.json'} exist"
+    """Why ``stage`` can be skipped (not part of this run, or done with these settings), or None if it must run."""
+    status = stage_status(BY_NAME[stage], config)
+    if status.state == "not needed":
+        return status.why
+    if status.state == "done":
+        return f"done, made with these settings{f' ({status.why})' if status.why else ''}"
     return None
 
 
 def run_pipeline(config: RunConfig, show_progress: bool = True) -> dict:
-    """Run every stage that is not done yet; return the evaluation metrics."""
-    from synthpos.evaluation.evaluate import evaluate_stage
-    from synthpos.generators.diffusion import train_generator_stage
-    from synthpos.generators.generate import generate_stage
-    from synthpos.methods.pretrain import pretrain_stage
+    """Run every stage that is not done with these settings; return the evaluation metrics.
 
-    stages: list[tuple[str, Callable]] = [
-        ("train-generator", train_generator_stage),
-        ("generate", generate_stage),
-        ("pretrain", pretrain_stage),
-        ("evaluate", evaluate_stage),
-    ]
+    A stage whose record does not match is redone with every later one (its old output moved
+    to ``<run_dir>/previous/``); see :func:`synthpos.stages.run_stage`.
+    """
+    # Every stage's limits first: a bad pretrain value is not found after the generator has trained.
+    config.check_limits(tuple(s.name for s in STAGES if needed(s, config) is None))
     upstream_ran = False
-    for name, fn in stages:
+    for stage in STAGES:
         # Once a stage has run, every later one runs too: its inputs are new.
-        reason = None if upstream_ran else stage_done(config, name)
-        if reason:
-            console.print(f"[dim]skip {name}: {reason}[/dim]")
-            continue
-        console.print(f"[bold]{name}[/bold]")
-        fn(config, show_progress=show_progress)
-        upstream_ran = True
-        if rank() != 0:
+        _, ran = run_stage(stage.name, config, show_progress, force=upstream_ran)
+        upstream_ran = upstream_ran or ran
+        if ran and rank() != 0:
             # Lightning's DDP relaunches this command on every rank; only rank 0 goes on.
             return {}
     return json.loads((config.evaluate_dir / "metrics.json").read_text())

@@ -3,8 +3,9 @@
 Generates synthetic positives with a DDPM (the one shipped with synthpos, or one
 trained from scratch), measures their fidelity, pretrains SimCLR and CLSP-SimCLR
 with the same budget, and prints kNN and linear top-1 beside raw pixels and a
-randomly initialised encoder. Every step keeps its outputs under the run directory
-and is skipped when run again.
+randomly initialised encoder. The stages run through :mod:`synthpos.stages`, the same
+table as ``synthpos run``: an output is reused only when its record matches today's
+settings. Fidelity is inspect-store's (the cached classifier of the whole real split).
 """
 
 from __future__ import annotations
@@ -22,13 +23,11 @@ from rich.table import Table
 from synthpos.config import RunConfig, load_config
 from synthpos.data import load_dataset
 from synthpos.evaluation.evaluate import evaluate_backbone, score_features
-from synthpos.evaluation.fidelity import predict, store_fidelity, train_classifier
-from synthpos.generators.diffusion import train_generator_stage
-from synthpos.generators.generate import generate_stage
-from synthpos.methods.pretrain import pretrain_stage
+from synthpos.evaluation.store_diagnostics import fidelity_classifier, inspect_store
 from synthpos.models.backbones import build_backbone, load_backbone, save_backbone
 from synthpos.report.grid import positives_grid
 from synthpos.report.html import write_report
+from synthpos.stages import run_stage
 
 console = Console()
 
@@ -37,10 +36,12 @@ def quickstart_recipe() -> Path:
     return Path(str(resources.files("synthpos") / "recipes" / "quickstart.yaml"))
 
 
-def _timed(timings: dict, name: str, fn, *args, **kwargs):
+def _timed_stage(timings: dict, key: str, name: str, config: RunConfig, show_progress: bool):
+    """Run a stage through the table; its time is recorded only when it ran."""
     start = time.monotonic()
-    out = fn(*args, **kwargs)
-    timings[name] = round(time.monotonic() - start, 1)
+    out, ran = run_stage(name, config, show_progress, explicit=True)  # the quick start wants every one
+    if ran:
+        timings[key] = round(time.monotonic() - start, 1)
     return out
 
 
@@ -49,15 +50,14 @@ def run_quickstart(run_dir: Path, train_generator: bool = False, overrides: list
     start = time.monotonic()
     overrides = [f"run_dir={run_dir}"] + (["generate.generator=null"] if train_generator else []) + list(overrides or [])
     config = load_config(quickstart_recipe(), overrides)
+    config.check_limits(("generate", "pretrain", "evaluate") + (("train-generator",) if config.generate.generator is None else ()))
     timings: dict[str, float] = {}
     train = load_dataset(config.data, "train")
-    test = load_dataset(config.data.model_copy(update={"subset": None}), "test")
 
     # 1. the generator
     if config.generate.generator is None:
         console.print("[bold]1/5[/bold] training a DDPM from scratch (--train-generator)")
-        if not (config.generator_dir / "COMPLETE").is_file():
-            _timed(timings, "train_generator_s", train_generator_stage, config, show_progress)
+        _timed_stage(timings, "train_generator_s", "train-generator", config, show_progress)
     else:
         console.print(f"[bold]1/5[/bold] generator: {config.generate.generator} (shipped with synthpos, trained by this "
                       "project: see docs/generator.md; --train-generator trains one from scratch)")
@@ -65,15 +65,19 @@ def run_quickstart(run_dir: Path, train_generator: bool = False, overrides: list
     # 2. synthetic positives
     console.print(f"[bold]2/5[/bold] generating {config.generate.candidates} synthetic positives for each of "
                   f"{len(train)} images ({config.generate.num_steps} DDIM steps, w={config.generate.interpolation_weight})")
-    store = _timed(timings, "generate_s", generate_stage, config, show_progress)
+    store = _timed_stage(timings, "generate_s", "generate", config, show_progress)
     positives_grid(train, store, config.run_dir / "positives.png", rows=10)
 
     # 3. fidelity of the positives
     console.print("[bold]3/5[/bold] fidelity: a classifier trained on real images labels the synthetic positives")
-    full_train = load_dataset(config.data.model_copy(update={"subset": None}), "train")
-    classifier = _timed(timings, "fidelity_s", train_classifier, full_train, config.fidelity, config.seed, show_progress)
-    real_acc = float((predict(classifier, test.images, test.mean, test.std) == test.labels).mean())
-    fidelity = store_fidelity(classifier, store, train.labels, train.mean, train.std)
+    fidelity_start = time.monotonic()
+    classifier, classifier_info = fidelity_classifier(config.data, config.fidelity, config.seed,
+                                                      config.run_dir / "fidelity", show_progress)
+    if not classifier_info["cached"]:
+        timings["fidelity_s"] = round(time.monotonic() - fidelity_start, 1)
+    real_acc = classifier_info["test_top1"]
+    inspected = inspect_store(store, train, classifier)
+    fidelity = {**inspected["fidelity"], "anchors": inspected["anchors"], "candidates": inspected["candidates"]}
 
     # 4. SimCLR and CLSP-SimCLR, same budget
     runs = {}
@@ -82,9 +86,7 @@ def run_quickstart(run_dir: Path, train_generator: bool = False, overrides: list
         sub.pretrain.synthetic.mode = mode
         sub.pretrain.output_dir = config.run_dir / ("simclr" if mode == "none" else "clsp_simclr")
         console.print(f"[bold]4/5[/bold] pretraining {name} ({sub.pretrain.epochs} epochs on {len(train)} images)")
-        if not (sub.pretrain_dir / "backbone.pt").is_file():
-            _timed(timings, f"pretrain_{name}_s", pretrain_stage, sub, show_progress)
-        runs[name] = sub.pretrain_dir / "backbone.pt"
+        runs[name] = _timed_stage(timings, f"pretrain_{name}_s", "pretrain", sub, show_progress)
 
     # 5. evaluation
     console.print("[bold]5/5[/bold] evaluating frozen features (kNN, linear fast and paper probes, label efficiency)")
@@ -93,8 +95,8 @@ def run_quickstart(run_dir: Path, train_generator: bool = False, overrides: list
     rows = {"raw pixels": _pixel_scores(config)}
     torch.manual_seed(config.seed)
     random_path = config.run_dir / "random_init" / "backbone.pt"
-    if not random_path.is_file():
-        save_backbone(build_backbone(config.pretrain.backbone, train.channels), config.pretrain.backbone, train.channels, random_path)
+    # Rebuilt every time (it costs nothing): the same seed and backbone settings give the same bytes.
+    save_backbone(build_backbone(config.pretrain.backbone, train.channels), config.pretrain.backbone, train.channels, random_path)
     for name, path in (("random init", random_path), *runs.items()):
         rows[name] = evaluate_backbone(load_backbone(path), config.data, config.evaluate, size,
                                        config.evaluate_dir / "features", path, config.seed)

@@ -19,6 +19,7 @@ import copy
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,7 @@ from synthpos.config import RunConfig, TrainGeneratorConfig, UNetConfig
 from synthpos.errors import SynthposError
 from synthpos.precision import autocast
 from synthpos.progress import progress_bar
+from synthpos.signals import stop_requests
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
@@ -150,6 +152,16 @@ def trained_image_size(generator_dir: Path, sample_size: int) -> int:
     return int(json.loads(padding.read_text())["image_size"]) if padding.is_file() else sample_size
 
 
+def fitting_sample_size(image_size: int, levels: int) -> int:
+    """The smallest side >= ``image_size`` that ``levels - 1`` halvings divide and an even border pads to
+    (28 px -> 28 for 3 levels, 32 for 4): the default ``train_generator.sample_size``."""
+    step = 2 ** (levels - 1)
+    size = -(-image_size // step) * step
+    while (size - image_size) % 2:
+        size += step
+    return size
+
+
 def pad_to_model(x: torch.Tensor, border: int) -> torch.Tensor:
     """Pad (B, C, H, W) images in [-1, 1] with ``border`` black (-1) pixels on each side."""
     return F.pad(x, (border,) * 4, value=-1.0) if border else x
@@ -181,9 +193,36 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
             e.copy_(b)
 
 
+PREVIOUS_CHECKPOINT = "checkpoint.previous.pt"
+
+
 def _save_atomic(obj: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, fsync=True) as tmp:
         torch.save(obj, tmp)
+
+
+def _readable_checkpoint(path: Path, device: torch.device) -> dict | None:
+    """The training state in ``path``, or in the checkpoint before it if ``path`` cannot be read.
+
+    Raises:
+        SynthposError: checkpoints exist but none can be read.
+    """
+    errors = []
+    for candidate in (path, path.with_name(PREVIOUS_CHECKPOINT)):
+        if not candidate.is_file():
+            continue
+        try:
+            state = torch.load(candidate, map_location=device, weights_only=False)
+        except Exception as err:  # noqa: BLE001 - a truncated file fails in pickle, zipfile or torch
+            errors.append(f"{candidate.name}: {type(err).__name__}")
+            continue
+        if errors:
+            print(f"{path} cannot be read ({errors[0]}); resuming from {candidate} instead", file=sys.stderr, flush=True)
+        return {**state, "path": candidate}
+    if errors:
+        raise SynthposError(f"no readable generator checkpoint in {path.parent} ({'; '.join(errors)}); "
+                            f"delete {path} and {PREVIOUS_CHECKPOINT} there to train from scratch")
+    return None
 
 
 def save_pipeline(unet: UNet2DModel, scheduler: DDPMScheduler, path: Path, image_size: int | None = None) -> None:
@@ -221,9 +260,12 @@ def train_generator(
 ) -> Path:
     """Train a DDPM on ``images`` and write it to ``output_dir/model``.
 
-    Resumes from ``output_dir/checkpoint.pt`` when it exists. A checkpoint (model,
-    EMA, optimiser, step) is written atomically every ``checkpoint_every`` steps, on
-    ``max_minutes`` and on Ctrl-C, so an interrupted run loses at most that many steps.
+    Resumes from ``output_dir/checkpoint.pt`` when it exists (from ``checkpoint.previous.pt``,
+    the one before, if it cannot be read). A checkpoint (model, EMA, optimiser, step, random
+    states) is written atomically every ``checkpoint_every`` steps, every
+    ``checkpoint_every_minutes``, on ``max_minutes``, and on Ctrl-C or SIGTERM (after the step
+    in progress), so a killed run loses at most that cadence and a resumed one equals an
+    uninterrupted one.
 
     Args:
         images: uint8 training images. Shape: (N, H, W, C), H == W.
@@ -244,7 +286,7 @@ def train_generator(
     n, h, w, c = images.shape
     if h != w:
         raise SynthposError(f"the generator needs square images, got {h}x{w}; set data.image_size")
-    size = config.sample_size or h
+    size = config.sample_size or fitting_sample_size(h, len(config.unet.block_out_channels))
     border = padding_for(h, size)
     if config.class_conditional:
         labels, num_classes = _check_labels(labels, num_classes, n)
@@ -264,14 +306,15 @@ def train_generator(
     optimizer = torch.optim.Adam(unet.parameters(), lr=config.learning_rate)
     step = 0
     rng = np.random.default_rng(seed)
-    if ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+    state = _readable_checkpoint(ckpt_path, device)
+    if state is not None:
         unet.load_state_dict(state["unet"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
         rng = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
+        print(f"resuming generator training from {state['path']} (step {step})", file=sys.stderr, flush=True)
     (output_dir / "train_config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2))
 
     data = torch.from_numpy(images)  # stays uint8 in memory; converted per batch
@@ -281,6 +324,9 @@ def train_generator(
     start = time.monotonic()
 
     def checkpoint() -> None:
+        nonlocal last_save
+        if ckpt_path.is_file():
+            os.replace(ckpt_path, ckpt_path.with_name(PREVIOUS_CHECKPOINT))
         _save_atomic(
             {
                 "unet": unet.state_dict(),
@@ -293,11 +339,15 @@ def train_generator(
             ckpt_path,
         )
         save_pipeline(ema, scheduler, model_dir, image_size=h)
+        last_save = time.monotonic()
 
     unet.train()
     losses: list[float] = []
     last_check, stopped = time.monotonic(), None
-    with progress_bar("train generator", total=config.max_steps, completed=step, enabled=show_progress) as bar:
+    last_save = time.monotonic()
+    every_s = None if config.checkpoint_every_minutes is None else 60 * config.checkpoint_every_minutes
+    with (progress_bar("train generator", total=config.max_steps, completed=step, enabled=show_progress) as bar,
+          stop_requests(sigint=True) as stop):
         try:
             while step < config.max_steps:
                 idx = rng.integers(0, n, size=config.batch_size)
@@ -340,6 +390,8 @@ def train_generator(
                     checkpoint()
                     with open(output_dir / "loss.log", "a") as fh:
                         fh.write(f"{step}\t{np.mean(losses[-config.checkpoint_every:]):.5f}\n")
+                elif stop or (every_s is not None and time.monotonic() - last_save >= every_s):
+                    checkpoint()
                 if out_of_time:
                     break
                 if on_check is not None and time.monotonic() - last_check > 60 * check_every_minutes:
@@ -349,8 +401,11 @@ def train_generator(
                     if reason:
                         stopped = reason
                         break
+                # Ctrl-C and SIGTERM stop here, between steps: the checkpoint holds a whole step.
+                stop.raise_if_requested(f"generator checkpoint {ckpt_path} at step {step}")
         except KeyboardInterrupt:
-            checkpoint()
+            if not stop:  # raised outside the loop's own check (e.g. in the first step's set-up)
+                checkpoint()
             raise
     if not model_dir.exists():
         checkpoint()

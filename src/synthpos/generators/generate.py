@@ -26,6 +26,7 @@ from synthpos.errors import SynthposError
 from synthpos.generators.clsp_generator import CLSPGenerator, generator_id
 from synthpos.generators.registry import build_generator
 from synthpos.progress import progress_bar
+from synthpos.signals import sigterm_raises
 
 __all__ = ["CLSPGenerator", "default_device", "generate_stage", "generate_store", "generator_id", "generator_record"]
 
@@ -101,7 +102,8 @@ def generate_store(
             store.add_record(state.shard, {"bytes": path.stat().st_size, "sha256": file_digest(path)})
     todo = [s for s in bad if s % world_size == rank]
     total = sum(np.subtract(*store.layout.shard_range(s)[::-1]) for s in todo) * settings.candidates
-    with progress_bar("generate", total=int(total), enabled=show_progress and rank == 0) as bar:
+    # SIGTERM stops at once: shards are written whole or not at all, a resumed run redoes only the missing ones.
+    with progress_bar("generate", total=int(total), enabled=show_progress and rank == 0) as bar, sigterm_raises():
         for shard in todo:
             start, end = store.layout.shard_range(shard)
             shard_labels = None if labels is None else labels[start:end]

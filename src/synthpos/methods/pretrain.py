@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, Dataset
 
@@ -24,6 +24,8 @@ from synthpos.evaluation.online_probe import OnlineLinearProbe
 from synthpos.methods import SSLMethod, method_class
 from synthpos.models.backbones import build_backbone, save_backbone
 from synthpos.precision import resolve_precision
+from synthpos.resumable import AtomicCheckpointIO, ResumableBatchSampler, ResumableCheckpoint, usable_checkpoint
+from synthpos.signals import Terminated
 
 
 class PretrainBatches(Dataset):
@@ -54,6 +56,7 @@ class PretrainBatches(Dataset):
         self.dataset, self.store = dataset, store
         self.mode, self.replace_prob, self.positives = mode, replace_prob, positives
         self.rng = np.random.default_rng(seed)
+        self.seed = seed
         if store is not None and mode == "multipos" and positives > store.candidates:
             raise SynthposError(f"pretrain.synthetic.positives={positives} but the store has {store.candidates} candidates "
                                 "per anchor; lower positives or generate more candidates")
@@ -68,6 +71,10 @@ class PretrainBatches(Dataset):
         return torch.from_numpy(self.store.get(idx, choice)).permute(0, 3, 1, 2).contiguous()
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        # A batch from ResumableBatchSampler carries its (epoch, batch): its draws are seeded by
+        # it, so a run resumed mid-epoch draws what an uninterrupted one would.
+        key = getattr(indices, "key", None)
+        rng = self.rng if key is None else np.random.default_rng([self.seed, *key])
         idx = np.asarray(indices, dtype=np.int64)
         images, labels = self.dataset.batch(idx)
         batch = {"indices": torch.from_numpy(idx), "images": images, "labels": labels}
@@ -76,17 +83,17 @@ class PretrainBatches(Dataset):
         k = self.store.candidates
         if self.mode == "multipos":
             # P distinct slots per anchor: the first P of a random permutation of its K.
-            slots = np.argsort(self.rng.random((len(idx), k)), axis=1)[:, : self.positives]
+            slots = np.argsort(rng.random((len(idx), k)), axis=1)[:, : self.positives]
             batch["synthetic"] = torch.stack([self._candidates(idx, slots[:, j]) for j in range(self.positives)], dim=1)
         elif self.mode in ("replace", "quality"):
-            choice = self.rng.integers(0, k, size=len(idx))
-            use = self.rng.random(len(idx)) < self.replace_prob
+            choice = rng.integers(0, k, size=len(idx))
+            use = rng.random(len(idx)) < self.replace_prob
             second = images.clone()
             if use.any():
                 second[torch.from_numpy(use)] = self._candidates(idx[use], choice[use])
             batch["second"] = second
         else:
-            batch["synthetic"] = self._candidates(idx, self.rng.integers(0, k, size=len(idx)))
+            batch["synthetic"] = self._candidates(idx, rng.integers(0, k, size=len(idx)))
         return batch
 
 
@@ -173,7 +180,13 @@ def pretrain(
 ) -> Path:
     """Pretrain on ``dataset`` and export the backbone to ``output_dir/backbone.pt``.
 
-    Resumes from ``output_dir/checkpoints/last.ckpt`` when it exists.
+    Checkpoints go to ``output_dir/checkpoints/last.ckpt`` (the one before kept as
+    ``previous.ckpt``) every ``checkpoint_every_epochs`` epochs, every
+    ``checkpoint_every_minutes`` minutes and on SIGTERM; a run resumes from there (from the
+    middle of an epoch too) and equals an uninterrupted one.
+
+    Raises:
+        Terminated: SIGTERM arrived; the checkpoint was written first.
     """
     accelerator, world = check_batch_size(cfg, len(dataset))
     if cfg.num_threads:
@@ -192,12 +205,15 @@ def pretrain(
         method = convert_global_batchnorm(method)
         sync_batchnorm = False
     devices = cfg.devices
+    sampler = ResumableBatchSampler(len(dataset), cfg.batch_size // world, seed)
     loader = DataLoader(
         PretrainBatches(dataset, store, seed, cfg.synthetic.mode, cfg.synthetic.replace_prob, cfg.synthetic.positives),
-        batch_size=cfg.batch_size // world, shuffle=True, drop_last=True,
-        collate_fn=_first, num_workers=0,
+        batch_sampler=sampler, collate_fn=_first, num_workers=0,
+        # Its own generator: the loader's per-epoch base seed must not draw from the global one,
+        # which a resumed run restores for the augmentations.
+        generator=torch.Generator().manual_seed(seed),
     )
-    callbacks: list[L.Callback] = [ModelCheckpoint(dirpath=output_dir / "checkpoints", save_last=True, save_top_k=0)]
+    callbacks: list[L.Callback] = []
     if cfg.knn_every_epochs and monitor_data is not None and dataset.labels is not None:
         bank = dataset.take(min(len(dataset), 10 * cfg.knn_subset))
         test = monitor_data.take(min(len(monitor_data), cfg.knn_subset))
@@ -207,6 +223,9 @@ def pretrain(
         test = monitor_data.take(min(len(monitor_data), cfg.knn_subset))
         callbacks.append(OnlineLinearProbe(dataset.num_classes, test.images, test.labels, cfg.augment.crop_size,
                                            dataset.mean, dataset.std, cfg.online_probe_lr))
+    checkpoints = ResumableCheckpoint(output_dir / "checkpoints", sampler, cfg.checkpoint_every_epochs,
+                                      cfg.checkpoint_every_minutes)
+    callbacks.append(checkpoints)  # last: after the callbacks that work at epoch ends
     if strategy == "auto" and world > 1:
         strategy = "ddp"
     trainer = L.Trainer(
@@ -216,10 +235,23 @@ def pretrain(
         sync_batchnorm=sync_batchnorm, default_root_dir=output_dir, logger=CSVLogger(output_dir, name="logs"),
         callbacks=callbacks, enable_progress_bar=show_progress, enable_model_summary=False,
         # At most once per epoch: with the fixed 10, a run of fewer steps logged no loss at all.
-        log_every_n_steps=max(1, min(10, len(loader) // world)), num_sanity_val_steps=0, use_distributed_sampler=True,
+        log_every_n_steps=max(1, min(10, len(loader) // world)), num_sanity_val_steps=0,
+        # The batch sampler splits the data over ranks itself (Lightning cannot wrap a batch sampler).
+        use_distributed_sampler=False, plugins=[AtomicCheckpointIO()], enable_checkpointing=False,
     )
-    last = output_dir / "checkpoints" / "last.ckpt"
-    trainer.fit(method, train_dataloaders=loader, ckpt_path=last if last.is_file() else None)
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    resume = usable_checkpoint(output_dir / "checkpoints", say=_say)
+    if resume is not None:
+        _say(f"resuming pretraining from {resume[0]} (step {resume[1]})")
+        resume = resume[0]
+    try:
+        with warnings.catch_warnings():
+            # Lightning cannot see that the batch sampler resumes mid-epoch (ResumableCheckpoint restores it).
+            warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+            trainer.fit(method, train_dataloaders=loader, ckpt_path=resume)
+    except SIGTERMException as err:
+        raise Terminated(f"pretraining stopped by SIGTERM; checkpoint {output_dir / 'checkpoints' / 'last.ckpt'}") from err
     path = output_dir / "backbone.pt"
     if trainer.is_global_zero:
         save_backbone(method.backbone.to(memory_format=torch.contiguous_format), cfg.backbone, dataset.channels, path)
@@ -231,6 +263,12 @@ def pretrain(
         }, indent=2))
     trainer.strategy.barrier()  # other ranks wait until backbone.pt is complete
     return path
+
+
+def _say(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
 
 
 def pretrain_stage(config: RunConfig, show_progress: bool = True) -> Path:
