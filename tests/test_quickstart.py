@@ -45,6 +45,11 @@ def test_quickstart_tiny(tmp_path):
     # Raw pixels on Fashion-MNIST are far above chance (10%) even with 300 training images.
     assert results["rows"]["raw pixels"]["knn_top1"] > 0.5
     assert results["fidelity"]["anchors"] == 40 and results["fidelity"]["candidates"] == 2
+    # The positives' diversity and memorisation are measured and printed (against all 60,000 training images).
+    assert "diversity:" in out and "memorisation:" in out
+    assert results["memorisation"]["training_images"] == 60000
+    assert 0.0 <= results["memorisation"]["closer_to_another_training_image"] <= 1.0
+    assert results["diversity"]["pixel"]["between_same_class_real_images"] < results["diversity"]["pixel"]["between_real_images"]
     assert (run_dir / "positives.png").stat().st_size > 1000
     # A second run reuses every finished piece: nothing is trained or generated again.
     again = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)

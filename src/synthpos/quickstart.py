@@ -63,8 +63,9 @@ def run_quickstart(run_dir: Path, train_generator: bool = False, overrides: list
                       "project: see docs/generator.md; --train-generator trains one from scratch)")
 
     # 2. synthetic positives
-    console.print(f"[bold]2/5[/bold] generating {config.generate.candidates} synthetic positives for each of "
-                  f"{len(train)} images ({config.generate.num_steps} DDIM steps, w={config.generate.interpolation_weight})")
+    g = config.generate
+    console.print(f"[bold]2/5[/bold] generating {g.candidates} synthetic positives for each of {len(train)} images "
+                  f"({g.num_steps} {g.sampler} steps, w={g.interpolation_weight}, strength={g.strength})")
     store = _timed_stage(timings, "generate_s", "generate", config, show_progress)
     positives_grid(train, store, config.run_dir / "positives.png", rows=10)
 
@@ -76,7 +77,8 @@ def run_quickstart(run_dir: Path, train_generator: bool = False, overrides: list
     if not classifier_info["cached"]:
         timings["fidelity_s"] = round(time.monotonic() - fidelity_start, 1)
     real_acc = classifier_info["test_top1"]
-    inspected = inspect_store(store, train, classifier)
+    full_train = load_dataset(config.data.model_copy(update={"subset": None}), "train")
+    inspected = inspect_store(store, train, classifier, train_images=full_train.images)
     fidelity = {**inspected["fidelity"], "anchors": inspected["anchors"], "candidates": inspected["candidates"]}
 
     # 4. SimCLR and CLSP-SimCLR, same budget
@@ -105,6 +107,10 @@ def run_quickstart(run_dir: Path, train_generator: bool = False, overrides: list
     results = {
         "rows": rows,
         "fidelity": fidelity,
+        "diversity": inspected["diversity"],
+        "memorisation": inspected["memorisation"],
+        "sampling": {k: getattr(config.generate, k) for k in
+                     ("sampler", "num_steps", "interpolation_weight", "strength", "clip_x0", "candidates")},
         "classifier_test_top1": real_acc,
         "pretrain_images": len(train),
         "timings": timings,
@@ -146,5 +152,17 @@ def _print_table(config: RunConfig, results: dict) -> None:
         f"fidelity of the synthetic positives: {100 * f['fidelity']:.1f}% of {f['anchors'] * f['candidates']} candidates "
         f"get their anchor's label (the classifier scores {100 * results['classifier_test_top1']:.1f}% on real test images)"
     )
+    pixel, features, memo = results["diversity"]["pixel"], results["diversity"]["features"], results["memorisation"]
+    if features is not None:
+        console.print(
+            f"diversity: a positive is {pixel['candidate_to_anchor']:.3f} from its anchor in pixel RMS (two images of one "
+            f"class: {pixel['between_same_class_real_images']:.3f}) and {features['candidate_to_anchor']:.3f} in the "
+            f"classifier's features (two of one class: {features['between_same_class_real_images']:.3f})")
+    if memo is not None:
+        console.print(
+            f"memorisation: {100 * memo['closer_to_another_training_image']:.1f}% of the positives are nearer (pixels) to "
+            f"another of the {memo['training_images']} training images than to their anchor (a positive is "
+            f"{memo['mean_distance_to_nearest_other']:.3f} from its nearest other training image; an anchor "
+            f"{memo['anchor_mean_distance_to_nearest_other']:.3f})")
     console.print(f"anchors beside their positives: {config.run_dir / 'positives.png'}")
     console.print(f"results: {config.run_dir / 'results.json'}   wall time: {results['wall_s'] / 60:.1f} min")
