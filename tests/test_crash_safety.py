@@ -234,3 +234,35 @@ def test_sigterm_checkpoints_pretraining_and_exits_143(tmp_path):
     step = torch.load(checkpoints / LAST, weights_only=False)["global_step"]
     assert 0 < step < 800
     assert not [p for p in checkpoints.iterdir() if ".tmp" in p.name]
+
+
+def test_a_resume_from_the_middle_of_an_epoch_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    """Deterministic companion of the random kill: stopped right after step 6 of 4-step epochs (epoch 1, batch 2)."""
+    import synthpos.resumable as resumable
+    from synthpos.methods.pretrain import pretrain
+
+    settings = [s for s in PRETRAIN if "epochs=" not in s and "checkpoint_every_minutes" not in s] + [
+        "pretrain.epochs=3", "pretrain.checkpoint_every_minutes=null", "pretrain.checkpoint_every_epochs=100"]
+    config = _config(tmp_path, settings)
+    dataset = load_dataset(config.data, "train")
+    reference = pretrain(config.pretrain, dataset, tmp_path / "reference", seed=0, show_progress=False)
+
+    class Killed(Exception):
+        pass
+
+    real = resumable.ResumableCheckpoint.on_train_batch_start
+
+    def stop_after_step_6(self, trainer, pl_module, batch, batch_idx):
+        real(self, trainer, pl_module, batch, batch_idx)
+        if trainer.global_step == 6:
+            self._save(trainer)
+            raise Killed
+
+    monkeypatch.setattr(resumable.ResumableCheckpoint, "on_train_batch_start", stop_after_step_6)
+    with pytest.raises(Killed):
+        pretrain(config.pretrain, dataset, tmp_path / "resumed", seed=0, show_progress=False)
+    monkeypatch.setattr(resumable.ResumableCheckpoint, "on_train_batch_start", real)
+    state = torch.load(tmp_path / "resumed" / "checkpoints" / LAST, weights_only=False)["callbacks"]["ResumableCheckpoint"]
+    assert (state["epoch"], state["position"], state["global_step"]) == (1, 2, 6)
+    resumed = pretrain(config.pretrain, dataset, tmp_path / "resumed", seed=0, show_progress=False)
+    _equal_backbones(resumed, reference)

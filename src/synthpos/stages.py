@@ -374,7 +374,10 @@ def _adopt(stage: Stage, config: RunConfig, expected: dict[str, Any]) -> str | N
     """How a record-less output is known to match ``config``, or None if it cannot be shown."""
     if stage.name == "generate":
         # The store's manifest already holds the generator record: the model for every record.
-        manifest = json.loads((config.store_dir / "manifest.json").read_text())
+        try:
+            manifest = json.loads((config.store_dir / "manifest.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
         same = (manifest.get("generator") == expected["resolved"]["generator"]
                 and manifest.get("candidates") == config.generate.candidates)
         return "its manifest's generator record matches" if same else None
@@ -527,16 +530,20 @@ def run_stage(name: str, config: RunConfig, show_progress: bool = True, force: b
     """
     stage = BY_NAME[name]
     created = _created_dirs(stage.output(config))
+    # Under torchrun every rank generates: rank 0 decides (moves a stale store aside, writes the
+    # record) while the others wait, then they read what it wrote.
+    from synthpos.distributed import launched_world_size, wait_for_launched_processes
+
+    launched, lead = name == "generate" and launched_world_size() > 1, _is_lead_process()
+    if launched and not lead:
+        wait_for_launched_processes(f"stage {name}")
     status = prepare_stage(stage, config, force, explicit)
+    if launched and lead:
+        wait_for_launched_processes(f"stage {name}")
     if status.state == "not needed":
         return None, False
     if status.state == "done" and not force:
         return stage.result(config), False
-    if name == "generate":
-        from synthpos.distributed import wait_for_launched_processes
-
-        # Under torchrun every rank generates: none starts before rank 0 has moved a stale store aside.
-        wait_for_launched_processes("stage generate")
     try:
         result = stage.run(config, show_progress)
     except SynthposError:
