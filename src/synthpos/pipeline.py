@@ -14,20 +14,34 @@ from synthpos.distributed import rank
 console = Console(stderr=True)
 
 
+def _needs_store(config: RunConfig) -> bool:
+    """Whether the run's synthetic mode reads a store (the mode says; ``none`` and ``mochi`` do not)."""
+    from synthpos.registry import MODES
+
+    return MODES.get(config.pretrain.synthetic.mode).needs_store
+
+
+def _no_store(config: RunConfig) -> str:
+    mode = config.pretrain.synthetic.mode
+    return "no synthetic positives in this run" if mode == "none" else f"pretrain.synthetic.mode={mode} needs no store"
+
+
 def stage_done(config: RunConfig, stage: str) -> str | None:
     """Why ``stage`` can be skipped, or None if it must run."""
     if stage == "train-generator":
-        if config.pretrain.synthetic.mode == "none":
-            return "no synthetic positives in this run"
-        if config.generate.kind != "clsp":
+        if not _needs_store(config):
+            return _no_store(config)
+        from synthpos.generators.registry import generator_class
+
+        if not generator_class(config.generate.kind).trains_on_data:
             return f"generate.kind={config.generate.kind} uses a pretrained generator (generate.generator)"
         if config.generate.generator is not None:
             return f"using generator {config.generate.generator}"
         if (config.generator_dir / "COMPLETE").is_file():
             return f"generator already trained in {config.generator_dir}"
     elif stage == "generate":
-        if config.pretrain.synthetic.mode == "none":
-            return "no synthetic positives in this run"
+        if not _needs_store(config):
+            return _no_store(config)
         if (config.store_dir / "manifest.json").is_file():
             from synthpos.generators.generate import default_device, generator_record
 
