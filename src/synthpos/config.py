@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator,
 )
 
+from synthpos.compose import read_recipe
 from synthpos.errors import SynthposError
 
 
@@ -507,6 +508,9 @@ def _describe(err: ValidationError, source: str) -> str:
 def load_config(path: Path | str | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a run config from YAML (or the defaults), apply ``--set`` overrides and validate.
 
+    The recipe's ``extends:`` are merged first (:mod:`synthpos.compose`), then ``--set``,
+    then the whole tree is validated once.
+
     Raises:
         SynthposError: the file is missing or not YAML, a key is unknown, a value has the wrong type.
     """
@@ -517,14 +521,7 @@ def load_config(path: Path | str | None = None, overrides: list[str] | None = No
         source = str(path)
         if not path.is_file():
             raise SynthposError(f"config file {path} does not exist; pass --config with a YAML recipe such as configs/fashion_mnist/clsp_simclr.yaml")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            at = f" at line {mark.line + 1}" if mark is not None else ""
-            raise SynthposError(f"{path} is not valid YAML{at}; fix the syntax there") from err
-        if not isinstance(tree, dict):
-            raise SynthposError(f"{path} must hold a mapping of sections (data:, pretrain:, ...), not a {type(tree).__name__}")
+        tree = read_recipe(path)  # with its extends: merged in order (synthpos.compose)
     for key, value in parse_overrides(overrides or []):
         _set_dotted(tree, key, value)
     try:
