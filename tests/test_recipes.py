@@ -70,6 +70,20 @@ def test_package_recipes_resolve_their_parents_inside_the_package(tmp_path: Path
     assert mine.seed == 9 and mine.model_copy(update={"seed": quickstart.seed}) == quickstart
 
 
+def test_a_moved_key_still_works_with_one_deprecation_line(capsys) -> None:
+    import synthpos.config
+
+    synthpos.config._REPORTED.clear()
+    for _ in range(2):
+        config = load_config(None, ["pretrain.method=dclw", "pretrain.dclw_sigma=0.3"])
+        assert config.pretrain.section("dclw").sigma == 0.3
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "'pretrain.dclw_sigma' is deprecated; write 'pretrain.dclw.sigma'" in lines[0]
+    # The new spelling wins where a recipe writes both.
+    both = load_config(None, ["pretrain.method=dclw", "pretrain.dclw_sigma=0.3", "pretrain.dclw.sigma=0.7"])
+    assert both.pretrain.section("dclw").sigma == 0.7
+
+
 if __name__ == "__main__" and sys.argv[1:] == ["--update"]:
     SNAPSHOT.write_text(json.dumps(resolved(), indent=1, sort_keys=True) + "\n")
     print(f"wrote {SNAPSHOT} ({len(recipes())} recipes)")
