@@ -213,3 +213,31 @@ def test_the_scratch_components_work_from_a_recipe_and_need_no_store() -> None:
 def test_registering_another_class_under_a_taken_name_is_an_error() -> None:
     with pytest.raises(ValueError, match="already registered"):
         register_method("simclr")(type("Other", (ScratchCosine,), {}))
+
+
+def test_a_plugin_module_named_in_the_environment_registers_for_the_cli(tmp_path: Path) -> None:
+    (tmp_path / "my_plugin.py").write_text(
+        "from synthpos.methods.simclr import SimCLR\n"
+        "from synthpos.methods.base import register_method\n"
+        "@register_method('my_simclr')\n"
+        "class MySimCLR(SimCLR):\n"
+        "    pass\n"
+    )
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, SYNTHPOS_PLUGINS="my_plugin",
+               PYTHONPATH=os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parents[1] / "src")]))
+    code = ("from synthpos.config import load_config; "
+            "print(load_config(None, ['pretrain.method=my_simclr', 'pretrain.synthetic.mode=multipos']).pretrain.method)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "my_simclr", out.stderr
+
+
+def test_a_plugin_that_cannot_be_imported_is_one_clear_error(monkeypatch) -> None:
+    from synthpos.registry import PLUGINS_ENV, Registry
+
+    monkeypatch.setenv(PLUGINS_ENV, "no_such_plugin_module")
+    with pytest.raises(SynthposError, match="SYNTHPOS_PLUGINS names 'no_such_plugin_module', which cannot be imported"):
+        Registry("thing", "x.kind").names()

@@ -7,14 +7,16 @@ component is the only place its name is written::
     class BYOL(MomentumMethod): ...
 
 A user's own module registers components the same way; importing it before the
-config is read (``synthpos --plugin my_module`` or a plain ``import``) makes them
-usable in recipes. Built-in components are imported the first time a registry is
+config is read makes them usable in recipes: a plain ``import`` in Python, or for the
+CLI the environment variable ``SYNTHPOS_PLUGINS=my_module,other_module`` (modules on
+``sys.path``), which every registry imports on its first look-up. Built-in components are imported the first time a registry is
 asked for a name, so reading a registry never depends on import order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+import os
 import pkgutil
 from importlib import import_module
 from typing import Any, Generic, TypeVar
@@ -22,6 +24,9 @@ from typing import Any, Generic, TypeVar
 from synthpos.errors import SynthposError
 
 T = TypeVar("T")
+
+#: comma-separated modules that register components of their own (imported on a registry's first look-up)
+PLUGINS_ENV = "SYNTHPOS_PLUGINS"
 
 __all__ = ["DATASETS", "METHODS", "MODES", "Registry"]
 
@@ -64,6 +69,14 @@ class Registry(Generic[T]):
         if self._loaded:
             return
         self._loaded = True
+        for module in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
+            try:
+                import_module(module)
+            except ModuleNotFoundError as err:
+                if err.name != module:
+                    raise
+                raise SynthposError(f"{PLUGINS_ENV} names {module!r}, which cannot be imported; put it on "
+                                    "PYTHONPATH or fix the name") from None
         if self._package is None:
             return
         package = import_module(self._package)
