@@ -22,8 +22,7 @@ def _needs_store(config: RunConfig) -> bool:
 
 
 def _no_store(config: RunConfig) -> str:
-    mode = config.pretrain.synthetic.mode
-    return "no synthetic positives in this run" if mode == "none" else f"pretrain.synthetic.mode={mode} needs no store"
+    return f"pretrain.synthetic.mode={config.pretrain.synthetic.mode} needs no store"
 
 
 def stage_done(config: RunConfig, stage: str) -> str | None:
