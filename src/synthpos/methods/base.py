@@ -74,6 +74,9 @@ class SSLMethod(L.LightningModule):
         scorer: nn.Module | None = None, **overrides: Any,
     ) -> None:
         super().__init__()
+        if config is not None and not isinstance(config, PretrainConfig):
+            raise TypeError(f"{type(self).__name__}: config must be a PretrainConfig, got {type(config).__name__} "
+                            "(pass settings such as optimizer=... as keywords)")
         if config is None:
             if overrides.get("synthetic") is None:
                 overrides.pop("synthetic", None)  # None: no synthetic data, the default
