@@ -12,6 +12,7 @@ from synthpos.config import SyntheticConfig, load_config
 from synthpos.data.batch import PretrainBatch
 from synthpos.errors import SynthposError
 from synthpos.methods.mocov2plus import MoCoV2Plus
+from synthpos.methods.mocov3 import MoCoV3
 from synthpos.modes.mochi import draw_mixing, mix_hard_negatives
 from synthpos.pipeline import stage_done
 
@@ -24,14 +25,18 @@ def _unit(v: list[float]) -> list[float]:
     return [x / norm for x in v]
 
 
-def reference_mixes(query, negatives, hardest, draws) -> list[list[list[float]]]:
-    """MoCHi's h and h' written out per query with Python lists (the paper's section 4)."""
+def reference_mixes(query, negatives, hardest, draws, own: bool = False) -> list[list[list[float]]]:
+    """MoCHi's h and h' written out per query with Python lists (the paper's section 4).
+
+    ``own``: row i of ``negatives`` is query i's positive (in-batch keys) and is never a negative.
+    """
     out = []
     negs = [_unit(n) for n in negatives.tolist()]
     for i, q in enumerate(query.tolist()):
         q = _unit(q)
         sims = [sum(a * b for a, b in zip(q, n)) for n in negs]
-        order = sorted(range(len(negs)), key=lambda j: -sims[j])[:hardest]  # hardest: most similar to the query
+        candidates = [j for j in range(len(negs)) if not (own and j == i)]
+        order = sorted(candidates, key=lambda j: -sims[j])[:hardest]  # hardest: most similar to the query
         rows = []
         for k in range(draws.alpha.shape[1]):
             a = float(draws.alpha[i, k])
@@ -153,6 +158,37 @@ def test_mocov2plus_loss_with_mochi_matches_a_hand_written_loop() -> None:
         assert plain.compute_loss(batch)[0].item() < loss.item()
 
 
+def test_mocov3_mixes_the_hardest_of_the_batchs_other_keys_as_a_hand_written_loop() -> None:
+    torch.manual_seed(0)
+    n_hard = 3  # of the B - 1 = 3 other keys: all of them, the own key never
+    synthetic = SyntheticConfig(mode="mochi", mochi={"hardest": 8, "mixes": MIXES, "query_mixes": QUERY_MIXES})
+    method = MoCoV3(Linear(), Flip(), projector_hidden_dim=16, projector_out_dim=D, predictor_hidden_dim=16,
+                    temperature=0.2, channels_last=False, synthetic=synthetic).eval()
+    with torch.no_grad():
+        for p in method.momentum_encoder.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    g = torch.Generator().manual_seed(7)
+    batch = PretrainBatch(indices=torch.arange(B), images=torch.randint(0, 256, (B, 1, 6, 6), generator=g, dtype=torch.uint8))
+    torch.manual_seed(8)
+    loss, _ = method.compute_loss(batch)
+    with torch.no_grad():
+        x = batch.images.float() / 255 - 0.5
+        views = [x, x.flip(-1)]
+        q = [method.predictor(method.projector(method.backbone(v))) for v in views]
+        k = [method.momentum_encoder(v) for v in views]
+    torch.manual_seed(8)
+    draws = [draw_mixing(B, n_hard, MIXES, QUERY_MIXES) for _ in range(2)]
+    total = 0.0
+    for (qv, kv), d in zip([(q[0], k[1]), (q[1], k[0])], draws):
+        synthetic = reference_mixes(qv, kv, n_hard, d, own=True)
+        for i in range(B):
+            qi = _unit(qv[i].tolist())
+            keys = [_unit(x) for x in kv.tolist()]
+            columns = [keys[i]] + [keys[j] for j in range(B) if j != i] + synthetic[i]  # the positive first
+            total += 2 * 0.2 * _ce([sum(a * b for a, b in zip(qi, c)) / 0.2 for c in columns]) / B
+    assert loss.item() == pytest.approx(total, rel=1e-5)
+
+
 def test_gradient_reaches_the_query_through_the_mixed_negatives_logits_only() -> None:
     method = _moco("mochi").train()
     g = torch.Generator().manual_seed(6)
@@ -169,7 +205,7 @@ def test_mochi_needs_no_store_and_a_method_with_negatives() -> None:
     assert config.pretrain.method == "mocov2plus" and config.pretrain.synthetic.mode == "mochi"
     assert "needs no store" in stage_done(config, "train-generator")
     assert "needs no store" in stage_done(config, "generate")
-    with pytest.raises(SynthposError, match="mode=mochi needs a set of negatives per query.*Use it with mocov2plus"):
+    with pytest.raises(SynthposError, match="mode=mochi needs a set of negatives per query.*Use it with mocov2plus, mocov3"):
         load_config("configs/fashion_mnist/simclr.yaml", ["pretrain.synthetic.mode=mochi"])
     with pytest.raises(SynthposError, match="unknown key 'pretrain.synthetic.mochi.n'"):
         load_config("configs/fashion_mnist/mochi_mocov2plus.yaml", ["pretrain.synthetic.mochi.n=3"])

@@ -41,6 +41,8 @@ class SyntheticMode:
     for_every_method: ClassVar[bool] = False
     needs: ClassVar[str] = "support for it"
     settings: ClassVar[type[BaseModel] | None] = None
+    #: :meth:`hard_negatives` returns negatives (methods gather what it needs only then)
+    adds_negatives: ClassVar[bool] = False
 
     def __init__(self, config: SyntheticConfig) -> None:
         self.config = config
@@ -83,10 +85,14 @@ class SyntheticMode:
         loss, logs = method.pair_loss(outputs[:2], views[:2], batch, None)
         return loss, {**logs, "loss": loss}
 
-    def hard_negatives(self, query: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor | None:
+    def hard_negatives(
+        self, query: torch.Tensor, negatives: torch.Tensor, positives: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
         """Extra negatives per query for a method's contrast, or None (default).
 
         A method that contrasts queries with a set of negatives passes them here and adds
-        what comes back (MoCHi). Shape: (N, D), (Q, D) -> (N, S, D).
+        what comes back (MoCHi). ``positives[i]`` is the row of ``negatives`` that is query
+        i's own positive where the set holds it (in-batch keys), else None.
+        Shape: (N, D), (Q, D), (N,) -> (N, S, D).
         """
         return None

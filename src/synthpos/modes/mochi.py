@@ -13,7 +13,8 @@ As in the paper, no gradient flows through the mixing (the mixes are built from 
 vectors); the query's gradient comes from its logits against them, as from any negative.
 Nothing is generated before training, so the mode needs no store and ``run`` trains no
 generator for it. Methods with a set of negatives per query pass it to
-:meth:`~synthpos.modes.base.SyntheticMode.hard_negatives` (MoCo v2+: its queue).
+:meth:`~synthpos.modes.base.SyntheticMode.hard_negatives`: MoCo v2+ its queue, MoCo v3
+the keys of the whole batch (of all ranks), the query's own key excluded.
 
 Recipe: configs/fashion_mnist/mochi_mocov2plus.yaml.
 """
@@ -65,7 +66,9 @@ def draw_mixing(batch: int, hardest: int, mixes: int, query_mixes: int, device: 
 
 
 @torch.no_grad()
-def mix_hard_negatives(query: torch.Tensor, negatives: torch.Tensor, hardest: int, draws: MixingDraws) -> torch.Tensor:
+def mix_hard_negatives(
+    query: torch.Tensor, negatives: torch.Tensor, hardest: int, draws: MixingDraws, positives: torch.Tensor | None = None
+) -> torch.Tensor:
     """MoCHi's synthetic negatives of each query, unit vectors without gradient.
 
     Args:
@@ -73,13 +76,18 @@ def mix_hard_negatives(query: torch.Tensor, negatives: torch.Tensor, hardest: in
         negatives: the negatives they share (normalised here). Shape: (Q, D).
         hardest: N; the ``hardest`` negatives most similar to each query are mixed (N <= Q).
         draws: which of them and how much of each (:func:`draw_mixing`).
+        positives: row of ``negatives`` that is each query's own positive (in-batch keys, MoCo v3),
+            never taken as a negative; None when the set holds none (a queue). Shape: (B,).
 
     Returns:
         ``[h_1..h_s, h'_1..h'_s']`` per query. Shape: (B, s + s', D).
     """
     q = F.normalize(query.detach().float(), dim=1)
     n = F.normalize(negatives.detach().float().to(q.device), dim=1)
-    order = (q @ n.T).topk(hardest, dim=1).indices  # (B, N): most similar first
+    sims = q @ n.T  # (B, Q)
+    if positives is not None:  # masked_fill, not a product: the positive must never rank among the hardest
+        sims = sims.masked_fill(F.one_hot(positives.to(q.device), len(n)).bool(), float("-inf"))
+    order = sims.topk(hardest, dim=1).indices  # (B, N): most similar first
     hard = n[order]  # (B, N, D)
 
     def take(index: torch.Tensor) -> torch.Tensor:  # (B, k) indices into the N hardest -> (B, k, D)
@@ -97,13 +105,15 @@ class MoCHi(SyntheticMode):
     """Hard negatives mixed from the hardest negatives of each query (and the query); see the module docstring."""
 
     needs_store = False
-    needs = "a set of negatives per query (a queue)"
+    needs = "a set of negatives per query (a queue or the batch's keys)"
     settings = MoCHiSettings
+    adds_negatives = True
 
-    def hard_negatives(self, query: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor | None:
+    def hard_negatives(self, query, negatives, positives=None):
         o = self.options
         if o.mixes + o.query_mixes == 0:
             return None
-        hardest = min(o.hardest, len(negatives))  # a queue smaller than N: every negative is among the hardest
+        # Fewer negatives than N: every one of them is among the hardest.
+        hardest = min(o.hardest, len(negatives) - (positives is not None))
         draws = draw_mixing(len(query), hardest, o.mixes, o.query_mixes, query.device)
-        return mix_hard_negatives(query, negatives, hardest, draws)
+        return mix_hard_negatives(query, negatives, hardest, draws, positives)
