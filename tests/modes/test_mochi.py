@@ -127,17 +127,22 @@ def _ce(logits: list[float]) -> float:
     return -(logits[0] - top - math.log(sum(math.exp(x - top) for x in logits)))
 
 
-def test_mocov2plus_loss_with_mochi_matches_a_hand_written_loop() -> None:
-    method = _moco("mochi")
-    g = torch.Generator().manual_seed(4)
+def _step(method, seed: int, head) -> tuple[torch.Tensor, PretrainBatch, list[torch.Tensor], list[torch.Tensor]]:
+    """The method's loss of a random batch under ``seed``, and the queries (``head(view)``) and keys recomputed view by view."""
+    g = torch.Generator().manual_seed(seed)
     batch = PretrainBatch(indices=torch.arange(B), images=torch.randint(0, 256, (B, 1, 6, 6), generator=g, dtype=torch.uint8))
-    torch.manual_seed(5)
+    torch.manual_seed(seed)
     loss, _ = method.compute_loss(batch)
     with torch.no_grad():
         x = batch.images.float() / 255 - 0.5
         views = [x, x.flip(-1)]  # what Flip gives for views 1 and 2
-        q = [method.projector(method.backbone(v)) for v in views]
-        k = [method.momentum_encoder(v) for v in views]
+        return loss, batch, [head(v) for v in views], [method.momentum_encoder(v) for v in views]
+
+
+def test_mocov2plus_loss_with_mochi_matches_a_hand_written_loop() -> None:
+    method = _moco("mochi")
+    loss, batch, q, k = _step(method, 5, lambda v: method.projector(method.backbone(v)))
+    with torch.no_grad():
         queues = [qu.queue for qu in method.queues]
     torch.manual_seed(5)  # the same draws, in the same order: (q1 against queue 2), then (q2 against queue 1)
     draws = [draw_mixing(B, HARDEST, MIXES, QUERY_MIXES) for _ in range(2)]
@@ -167,15 +172,7 @@ def test_mocov3_mixes_the_hardest_of_the_batchs_other_keys_as_a_hand_written_loo
     with torch.no_grad():
         for p in method.momentum_encoder.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    g = torch.Generator().manual_seed(7)
-    batch = PretrainBatch(indices=torch.arange(B), images=torch.randint(0, 256, (B, 1, 6, 6), generator=g, dtype=torch.uint8))
-    torch.manual_seed(8)
-    loss, _ = method.compute_loss(batch)
-    with torch.no_grad():
-        x = batch.images.float() / 255 - 0.5
-        views = [x, x.flip(-1)]
-        q = [method.predictor(method.projector(method.backbone(v))) for v in views]
-        k = [method.momentum_encoder(v) for v in views]
+    loss, _, q, k = _step(method, 8, lambda v: method.predictor(method.projector(method.backbone(v))))
     torch.manual_seed(8)
     draws = [draw_mixing(B, n_hard, MIXES, QUERY_MIXES) for _ in range(2)]
     total = 0.0
