@@ -27,13 +27,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from _machine import machine_info  # benchmarks/_machine.py
+from synthpos.registry import METHODS as METHOD_REGISTRY
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
 DEFAULT_OUT = ROOT / "results" / "methods_fashion_mnist.json"
 
-METHODS = ("simclr", "mocov2plus", "mocov3", "byol", "simsiam", "barlow_twins", "vicreg", "nnclr", "dcl", "dclw",
-           "all4one", "supcon")
+# Every registered method (a plugin's too, when imported first); a recipe per method in configs/fashion_mnist/.
+METHODS = tuple(METHOD_REGISTRY.names())
 MODES = ("none", "clsp", "replace")
 
 

@@ -102,7 +102,7 @@ def bench_synthpos(ds, precision: str, args) -> tuple[float, float]:
 
     augment = BatchAugment(crop_size=CROP, mean=ds.mean, std=ds.std)
     method = SimCLR(
-        ConvNet(ds.channels, width=WIDTH), augment, OptimizerConfig(**SGD),
+        ConvNet(ds.channels, width=WIDTH), augment, optimizer=OptimizerConfig(**SGD),
         projector_hidden_dim=args.hidden_dim, projector_out_dim=args.out_dim, temperature=TEMPERATURE,
         channels_last=True,
     )

@@ -11,12 +11,16 @@ Configuration is validated once, here; inner code takes plain arguments.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator,
+)
 
+from synthpos.compose import read_recipe
 from synthpos.errors import SynthposError
 
 
@@ -32,13 +36,20 @@ NATIVE_SIDE = {"fashion_mnist": 28, "cifar10": 32, "cifar100": 32}
 class DataConfig(_Strict):
     """Which dataset, where it lives, and how much of it to use."""
 
-    name: Literal["fashion_mnist", "cifar10", "cifar100", "image_folder"] = "fashion_mnist"
+    name: str = Field("fashion_mnist", description="A registered dataset (synthpos.registry.DATASETS): fashion_mnist, "
+                      "cifar10, cifar100, image_folder, or one a plugin registers.")
     root: Path | None = Field(
         None,
         description="Folder with the data. Default: $SYNTHPOS_DATA, then the system location "
         "(/usr/share/datasets/fashion-mnist for Fashion-MNIST).",
     )
     test_root: Path | None = Field(None, description="image_folder only: the evaluation split's folder.")
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        return _known("DATASETS", name)
+
     image_size: int | None = Field(None, ge=8, description="Resize images to this size when loading (default: native).")
     subset: int | None = Field(None, ge=1, description="Use only the first N training images.")
 
@@ -270,17 +281,114 @@ class AugmentConfig(_Strict):
         return value
 
 
-METHODS = ("simclr", "mocov2plus", "mocov3", "byol", "simsiam", "barlow_twins", "vicreg", "nnclr", "dcl", "dclw",
-           "all4one", "supcon")
-MethodName = Literal["simclr", "mocov2plus", "mocov3", "byol", "simsiam", "barlow_twins", "vicreg", "nnclr", "dcl", "dclw",
-                     "all4one", "supcon"]
-# Which methods a synthetic mode makes sense for (clsp and replace: every method).
-MULTIPOS_METHODS = ("simclr", "supcon")  # an InfoNCE whose positives are set by instance (or label)
-QUALITY_METHODS = ("simclr", "mocov2plus", "mocov3", "byol", "simsiam", "nnclr", "dcl", "dclw")  # a loss per positive pair
+def _known(registry: str, name: str) -> str:
+    """``name`` if the registry holds it; else a one-line error listing the names it holds."""
+    from synthpos import registry as registries
+
+    reg = getattr(registries, registry)
+    if name not in reg:
+        raise ValueError(f"{name!r} is not a known {reg.kind}; known: {', '.join(reg.names())}")
+    return name
 
 
-class SyntheticConfig(_Strict):
-    """How stored synthetic candidates enter pretraining.
+_REPORTED: set[str] = set()
+
+
+def deprecated_key(old: str, new: str) -> None:
+    """One line on stderr (once per key and process): ``old`` still works but has moved to ``new``."""
+    if old not in _REPORTED:
+        _REPORTED.add(old)
+        sys.stderr.write(f"synthpos: '{old}' is deprecated; write '{new}' instead (docs/architecture.md: moved keys)\n")
+
+
+class _Sections(_Strict):
+    """A config section that also holds the settings sections its registered components declare.
+
+    A component class (a method, a synthetic mode) with ``settings`` set to a pydantic model
+    owns the key ``<this section>.<its name>``; the schema of that key is the component's,
+    found in the registry when the config is read, so config.py never lists them.
+    ``sections`` holds them by name; a dump writes each under its own key again.
+    """
+
+    _registry: ClassVar[str]
+    _chosen: ClassVar[str]  # the field that names the component in use
+    _prefix: ClassVar[str]  # where this section sits in a run config, for messages
+    #: keys that moved: old spelling -> (section, key); each still works, with one deprecation line
+    MOVED: ClassVar[dict[str, tuple[str, str]]] = {}
+    sections: dict[str, Any] = Field(default_factory=dict, description="Settings sections of "
+                                                           "registered components, written under their names.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_sections(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        from synthpos import registry as registries
+
+        reg = getattr(registries, cls._registry)
+        data = dict(data)
+        for old, (section, key) in cls.MOVED.items():
+            if old in data:
+                deprecated_key(f"{cls._prefix}.{old}", f"{cls._prefix}.{section}.{key}")
+                value = data.pop(old)
+                target = dict(data.get(section) or {})
+                target.setdefault(key, value)  # the new spelling wins where both are written
+                data[section] = target
+        sections = dict(data.pop("sections", None) or {})
+        for name, component in reg.items():
+            if getattr(component, "settings", None) is not None and name in data:
+                sections[name] = data.pop(name)
+        data["sections"] = sections
+        return data
+
+    @model_validator(mode="after")
+    def _validate_sections(self) -> _Sections:
+        from synthpos import registry as registries
+
+        reg = getattr(registries, self._registry)
+        chosen = getattr(self, self._chosen)
+        raw = dict(self.sections)
+        if chosen in reg and getattr(reg.get(chosen), "settings", None) is not None:
+            raw.setdefault(chosen, {})  # the component in use records its settings, defaults included
+        validated: dict[str, BaseModel] = {}
+        for name, value in raw.items():
+            settings = reg.get(name).settings
+            if isinstance(value, settings):
+                validated[name] = value
+                continue
+            try:
+                validated[name] = settings.model_validate(value if value is not None else {})
+            except ValidationError as err:
+                first = err.errors()[0]
+                where = ".".join([self._prefix, name, *(str(p) for p in first["loc"])])
+                if first["type"] == "extra_forbidden":
+                    raise ValueError(f"unknown key '{where}'; check its spelling") from None
+                raise ValueError(f"'{where}': {first['msg']} (got {first.get('input')!r})") from None
+        self.__dict__["sections"] = validated  # not setattr: validate_assignment would run this validator again
+        return self
+
+    @model_serializer(mode="wrap")
+    def _write_sections(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        data.update(data.pop("sections", None) or {})
+        return data
+
+    def section(self, name: str) -> BaseModel:
+        """The settings section of component ``name`` (its defaults where the config sets none)."""
+        from synthpos import registry as registries
+
+        if name in self.sections:
+            return self.sections[name]
+        return getattr(registries, self._registry).get(name).settings()
+
+
+class SyntheticConfig(_Sections):
+    """How synthetic data enter pretraining: ``mode`` names a registered mode (synthpos.modes).
+
+    The fields below are the settings of the built-in modes (shared: ``replace`` and
+    ``quality`` both read ``replace_prob``, and ``--set pretrain.synthetic.mode=...`` switches
+    modes without rewriting them); a mode with settings of its own declares them and owns
+    ``pretrain.synthetic.<mode>`` (``mochi``).
 
     - ``clsp`` (Zeng et al.): a third view from one candidate and ``weight * mean(2 - 2cos(z1, z3))``.
     - ``replace`` (Ayromlou et al.): view 2's source is a candidate with probability ``replace_prob``.
@@ -289,7 +397,12 @@ class SyntheticConfig(_Strict):
       q = foreground minus background similarity of the pair under the frozen ``scorer``.
     """
 
-    mode: Literal["none", "clsp", "replace", "multipos", "quality"] = "none"
+    _registry: ClassVar[str] = "MODES"
+    _chosen: ClassVar[str] = "mode"
+    _prefix: ClassVar[str] = "pretrain.synthetic"
+
+    mode: str = Field("none", description="A registered synthetic mode: none, clsp, replace, multipos, quality, mochi, "
+                      "or one a plugin registers.")
     weight: float = Field(1.0, ge=0, description="clsp: lambda of the synthetic term.")
     replace_prob: float = Field(0.5, ge=0, le=1, description="replace/quality: probability that view 2 comes from a candidate.")
     positives: int = Field(1, ge=1, description="multipos: synthetic candidates of each anchor used per step.")
@@ -298,23 +411,17 @@ class SyntheticConfig(_Strict):
     gamma: float = Field(1.0, ge=0, description="quality: sharpness of the pair weights.")
     scorer_fit_images: int = Field(1000, ge=2, description="quality: images used to fit the scorer's first principal component.")
 
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, mode: str) -> str:
+        return _known("MODES", mode)
+
 
 class MomentumConfig(_Strict):
     """Momentum (EMA) encoder, cosine schedule from ``base`` to ``final`` (MoCo, BYOL, MoCo v3, All4One)."""
 
     base: float = Field(0.99, ge=0, le=1)
     final: float = Field(1.0, ge=0, le=1)
-
-
-class BarlowTwinsConfig(_Strict):
-    lambda_param: float = Field(0.0051, ge=0, description="Weight of the off-diagonal (redundancy) term.")
-    scale: float = Field(0.1, gt=0, description="Loss scale (solo-learn's scale_loss; 0.1 for CIFAR).")
-
-
-class VICRegConfig(_Strict):
-    sim_weight: float = Field(25.0, ge=0)
-    var_weight: float = Field(25.0, ge=0)
-    cov_weight: float = Field(1.0, ge=0)
 
 
 class OptimizerConfig(_Strict):
@@ -330,11 +437,22 @@ class OptimizerConfig(_Strict):
                                         "(SGD over model.parameters()).")
 
 
-class PretrainConfig(_Strict):
-    """Stage 3: self-supervised pretraining, with or without synthetic positives."""
+class PretrainConfig(_Sections):
+    """Stage 3: self-supervised pretraining, with or without synthetic positives.
 
-    method: MethodName = "simclr"
-    synthetic: SyntheticConfig = SyntheticConfig()
+    ``method`` names a registered method (synthpos.methods); the head sizes, temperature,
+    queue and momentum below are shared by the methods that have them (``--set
+    pretrain.method=byol`` keeps them). A method with settings of its own declares them
+    and owns ``pretrain.<method>`` (``barlow_twins``, ``vicreg``, ``dclw``).
+    """
+
+    _registry: ClassVar[str] = "METHODS"
+    _chosen: ClassVar[str] = "method"
+    _prefix: ClassVar[str] = "pretrain"
+
+    method: str = Field("simclr", description="A registered method: simclr, mocov2plus, mocov3, byol, simsiam, "
+                        "barlow_twins, vicreg, nnclr, dcl, dclw, all4one, supcon, or one a plugin registers.")
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)  # built on use: it reads the registry
     store: Path | None = Field(None, description="Synthetic store (default: <run_dir>/store).")
     output_dir: Path | None = Field(None, description="Default: <run_dir>/pretrain (or pretrain_<name>).")
     backbone: BackboneConfig = BackboneConfig()
@@ -344,9 +462,6 @@ class PretrainConfig(_Strict):
     predictor_hidden_dim: int = Field(4096, ge=1, description="BYOL, SimSiam, MoCo v3, NNCLR, All4One predictor.")
     momentum: MomentumConfig = MomentumConfig()
     queue_size: int = Field(65536, ge=1, description="MoCo v2+ negatives per view; NNCLR/All4One support set.")
-    dclw_sigma: float = Field(0.5, gt=0)
-    barlow_twins: BarlowTwinsConfig = BarlowTwinsConfig()
-    vicreg: VICRegConfig = VICRegConfig()
     augment: AugmentConfig = AugmentConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     batch_size: int = Field(1024, ge=2, description="Global batch size (split across devices).")
@@ -375,6 +490,13 @@ class PretrainConfig(_Strict):
         "says these very files were verified (first use, copied in, changed); 'always' in any case.")
     per_view_batchnorm: bool = Field(False, description="Forward each view alone, so BatchNorm statistics are those of "
                                      "one view (the official MoCo code); false: all views in one batch (faster).")
+
+    MOVED: ClassVar[dict[str, tuple[str, str]]] = {"dclw_sigma": ("dclw", "sigma")}
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
+        return _known("METHODS", method)
 
 
 class LinearProbeConfig(_Strict):
@@ -469,10 +591,10 @@ class RunConfig(_Strict):
     seed_store: Literal["shared", "per-seed"] = Field("shared", description="With seeds: shared: one generator and store "
                                                       "(made with generate.seed) for all seeds; per-seed: each seed "
                                                       "generates its own store with its seed.")
-    data: DataConfig = DataConfig()
+    data: DataConfig = Field(default_factory=DataConfig)
     train_generator: TrainGeneratorConfig = TrainGeneratorConfig()
     generate: GenerateConfig = GenerateConfig()
-    pretrain: PretrainConfig = PretrainConfig()
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     evaluate: EvaluateConfig = EvaluateConfig()
     fidelity: FidelityConfig = FidelityConfig()
 
@@ -480,15 +602,10 @@ class RunConfig(_Strict):
     def _check_stages(self) -> RunConfig:
         if self.generate.store and self.pretrain.store and self.generate.store != self.pretrain.store:
             raise ValueError("generate.store and pretrain.store differ; set one of them (both stages use it)")
-        method, synthetic = self.pretrain.method, self.pretrain.synthetic
-        allowed = {"multipos": MULTIPOS_METHODS, "quality": QUALITY_METHODS}.get(synthetic.mode)
-        if allowed is not None and method not in allowed:
-            why = "a multi-positive InfoNCE" if synthetic.mode == "multipos" else "a loss per positive pair to weight"
-            raise ValueError(f"pretrain.synthetic.mode={synthetic.mode} needs {why}; {method} has none. "
-                             f"Use it with {', '.join(allowed)}, or choose mode clsp or replace")
-        if synthetic.mode == "quality" and synthetic.scorer is None:
-            raise ValueError("pretrain.synthetic.mode=quality needs pretrain.synthetic.scorer: a frozen network "
-                             "(a synthpos backbone.pt or a TorchScript file) that scores positive pairs")
+        from synthpos.registry import METHODS, MODES
+
+        # Each mode says what it needs of a method and of its settings; each method which modes it has.
+        MODES.get(self.pretrain.synthetic.mode).check(METHODS.get(self.pretrain.method), self.pretrain.synthetic)
         return self
 
     def check_limits(self, stages: tuple[str, ...] = ("train-generator", "generate", "pretrain", "evaluate")) -> None:
@@ -625,15 +742,20 @@ def _describe(err: ValidationError, source: str) -> str:
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key '{where}'; check its spelling (see the recipes in configs/)"
     if first["type"] == "value_error":
-        # A validator's own message says what to do; the input may be a whole section, so it is left out.
-        msg = " ".join(str(first["msg"]).removeprefix("Value error, ").split())
-        return f"{source}: {msg}" if where in msg or where == "(top level)" else f"{source}: '{where}': {msg}"
+        # A validator's own sentence says what to do; the input may be a whole section, so it is left out.
+        message = " ".join(str(first["msg"]).removeprefix("Value error, ").split())
+        deeper = message.startswith((f"'{where}.", f"unknown key '{where}."))  # it names the key itself
+        named = where == "(top level)" or deeper or where in message
+        return f"{source}: {message}" if named else f"{source}: '{where}': {message}"
     got = " ".join(repr(first.get("input")).split())
     return f"{source}: '{where}': {first['msg']} (got {got[:200]})"
 
 
 def load_config(path: Path | str | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a run config from YAML (or the defaults), apply ``--set`` overrides and validate.
+
+    The recipe's ``extends:`` are merged first (:mod:`synthpos.compose`), then ``--set``,
+    then the whole tree is validated once.
 
     Raises:
         SynthposError: the file is missing or not YAML, a key is unknown, a value has the wrong type.
@@ -645,14 +767,7 @@ def load_config(path: Path | str | None = None, overrides: list[str] | None = No
         source = str(path)
         if not path.is_file():
             raise SynthposError(f"config file {path} does not exist; pass --config with a YAML recipe such as configs/fashion_mnist/clsp_simclr.yaml")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            at = f" at line {mark.line + 1}" if mark is not None else ""
-            raise SynthposError(f"{path} is not valid YAML{at}; fix the syntax there") from err
-        if not isinstance(tree, dict):
-            raise SynthposError(f"{path} must hold a mapping of sections (data:, pretrain:, ...), not a {type(tree).__name__}")
+        tree = read_recipe(path)  # with its extends: merged in order (synthpos.compose)
     for key, value in parse_overrides(overrides or []):
         _set_dotted(tree, key, value)
     try:

@@ -95,12 +95,20 @@ class Stage:
 
 
 def _store_feeds(config: RunConfig) -> str | None:
-    return "no synthetic positives in this run" if config.pretrain.synthetic.mode == "none" else None
+    """None when pretraining reads a store: the synthetic mode says (``none`` and ``mochi`` read none)."""
+    from synthpos.registry import MODES
+
+    mode = config.pretrain.synthetic.mode
+    if mode == "none":
+        return "no synthetic positives in this run"
+    return None if MODES.get(mode).needs_store else f"pretrain.synthetic.mode={mode} needs no store"
 
 
 def _generator_feeds(config: RunConfig) -> str | None:
-    if config.generate.kind != "clsp":
-        # Only the DDPM of generate.kind=clsp is trained on the data; the others load pretrained weights.
+    from synthpos.generators.registry import generator_class
+
+    if not generator_class(config.generate.kind).trains_on_data:
+        # The generator class says whether it is trained on the data (clsp's DDPM) or loads pretrained weights.
         return f"generate.kind={config.generate.kind} uses a pretrained generator (generate.generator)"
     if config.generate.generator is not None:
         return f"using generator {config.generate.generator}"

@@ -433,6 +433,6 @@ def test_generate_store_fills_a_store_that_pretraining_reads(tmp_path, unclip_di
     # Pretraining's batches read it as they read any store (Ayromlou et al.'s replace mode).
     dataset = ImageDataset("toy", "train", grey_anchors, np.arange(5) % 2, ["a", "b"], (0.5,), (0.25,))
     batch = PretrainBatches(dataset, store, seed=0, mode="replace", replace_prob=1.0).__getitems__([0, 3, 4])
-    assert batch["second"].shape == (3, 1, 8, 8) and batch["second"].dtype == torch.uint8
-    assert all(any(torch.equal(batch["second"][i], torch.from_numpy(store[a][c]).permute(2, 0, 1)) for c in range(2))
+    assert batch.second.shape == (3, 1, 8, 8) and batch.second.dtype == torch.uint8
+    assert all(any(torch.equal(batch.second[i], torch.from_numpy(store[a][c]).permute(2, 0, 1)) for c in range(2))
                for i, a in enumerate([0, 3, 4]))

@@ -11,6 +11,7 @@ writes the parameters after the step (and the MoCo queues) to OUT_DIR/<case>.pt.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from synthpos.config import AugmentConfig, BackboneConfig, OptimizerConfig, PretrainConfig, SyntheticConfig
 from synthpos.data import ImageDataset
+from synthpos.data.batch import PretrainBatch
 from synthpos.distributed import convert_global_batchnorm
 from synthpos.methods.pretrain import build_method
 
@@ -33,16 +35,16 @@ CASES = {
 }
 
 
-def _data() -> tuple[ImageDataset, dict[str, torch.Tensor]]:
+def _data() -> tuple[ImageDataset, PretrainBatch]:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(BATCH, SIZE, SIZE, 1), dtype=np.uint8)
     dataset = ImageDataset("toy", "train", images, np.arange(BATCH) % 3, ["a", "b", "c"], (0.5,), (0.25,))
-    batch = {
-        "images": torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-        "synthetic": torch.from_numpy(rng.integers(0, 256, size=(BATCH, 1, SIZE, SIZE), dtype=np.uint8)),
-        "indices": torch.arange(BATCH),
-        "labels": torch.from_numpy(np.arange(BATCH) % 3),
-    }
+    batch = PretrainBatch(
+        images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+        synthetic=torch.from_numpy(rng.integers(0, 256, size=(BATCH, 1, SIZE, SIZE), dtype=np.uint8)),
+        indices=torch.arange(BATCH),
+        labels=torch.from_numpy(np.arange(BATCH) % 3),
+    )
     return dataset, batch
 
 
@@ -73,7 +75,8 @@ def main(world: int, out_dir: Path) -> None:
             use_distributed_sampler=False, num_sanity_val_steps=0,
         )
         rank, half = trainer.global_rank, BATCH // world
-        mine = {k: v[rank * half:(rank + 1) * half] for k, v in batch.items()}
+        mine = PretrainBatch(**{f.name: getattr(batch, f.name)[rank * half:(rank + 1) * half]
+                                for f in dataclasses.fields(batch) if getattr(batch, f.name) is not None})
         trainer.fit(method, DataLoader([mine], batch_size=None))
         if trainer.is_global_zero:
             torch.save({k: v.detach().clone() for k, v in method.state_dict().items()}, out_dir / f"{case}.pt")

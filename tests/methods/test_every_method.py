@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from synthpos.config import METHODS, MULTIPOS_METHODS, QUALITY_METHODS, BackboneConfig, load_config
+from synthpos.config import BackboneConfig, load_config
 from synthpos.data import load_dataset
 from synthpos.data.synthetic_store import SyntheticStore, dataset_fingerprint
 from synthpos.methods.pretrain import pretrain_stage
 from synthpos.models.backbones import build_backbone, load_backbone, save_backbone
+from synthpos.registry import METHODS, MODES
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 SCRIPT = Path(sys.executable).parent / "synthpos"
@@ -31,8 +32,9 @@ pytestmark = [
 ]
 SUBSET, K = 64, 3
 
-CASES = [(m, mode) for m in METHODS for mode in ("none", "clsp", "replace")]
-CASES += [(m, "multipos") for m in MULTIPOS_METHODS] + [(m, "quality") for m in QUALITY_METHODS]
+# Every registered method with every mode it declares (and those that work with every method).
+CASES = [(name, mode) for name, method in METHODS.items() for mode, m in MODES.items()
+         if m.for_every_method or mode in method.modes]
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from torch import nn
 
 from synthpos.config import AugmentConfig, BackboneConfig, OptimizerConfig, PretrainConfig, SyntheticConfig
 from synthpos.data import ImageDataset
+from synthpos.data.batch import PretrainBatch
 from synthpos.errors import SynthposError
 from synthpos.methods import method_class
 from synthpos.methods.all4one import All4One
@@ -85,7 +86,7 @@ def _method(name: str, mode: str = "none", weight: float = 1.0, scorer: FixedSco
         kwargs["temperature"] = TAU
     if name in ("nnclr", "all4one"):
         kwargs["queue_size"] = QUEUE
-    method = CLASSES[name](LinearBackbone(), FakeAugment(), OptimizerConfig(), channels_last=False,
+    method = CLASSES[name](LinearBackbone(), FakeAugment(), channels_last=False,
                            synthetic=SyntheticConfig(mode=mode, weight=weight), scorer=scorer, **kwargs)
     method.setup("fit")
     with torch.no_grad():
@@ -104,14 +105,14 @@ def _method(name: str, mode: str = "none", weight: float = 1.0, scorer: FixedSco
     return method.eval()
 
 
-def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
+def _batch(seed: int = 0) -> PretrainBatch:
     g = torch.Generator().manual_seed(seed)
-    return {
-        "images": torch.randint(0, 256, (N, C, H, H), generator=g, dtype=torch.uint8),
-        "synthetic": torch.randint(0, 256, (N, C, H, H), generator=g, dtype=torch.uint8),
-        "indices": torch.arange(N),
-        "labels": torch.zeros(N, dtype=torch.int64),
-    }
+    return PretrainBatch(
+        images=torch.randint(0, 256, (N, C, H, H), generator=g, dtype=torch.uint8),
+        synthetic=torch.randint(0, 256, (N, C, H, H), generator=g, dtype=torch.uint8),
+        indices=torch.arange(N),
+        labels=torch.zeros(N, dtype=torch.int64),
+    )
 
 
 def _loss(method, batch):
@@ -228,7 +229,7 @@ def test_loss_matches_the_reference(name: str) -> None:
     batch = _batch()
     with torch.no_grad():
         loss, logs = _loss(method, batch)
-        expected = reference(name, method, batch["images"])
+        expected = reference(name, method, batch.images)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-6)
     assert logs["loss"].item() == loss.item()
 
@@ -242,7 +243,7 @@ def test_gradient_matches_the_reference(name: str) -> None:
     weight = method.backbone.features[1].weight
     loss, _ = _loss(method, batch)
     (grad,) = torch.autograd.grad(loss, weight)
-    (expected,) = torch.autograd.grad(reference(name, method, batch["images"]), weight)
+    (expected,) = torch.autograd.grad(reference(name, method, batch.images), weight)
     torch.testing.assert_close(grad, expected.float(), rtol=1e-4, atol=1e-6)
     assert grad.abs().sum() > 0
 
@@ -267,10 +268,10 @@ def test_clsp_adds_the_weighted_synthetic_term(name: str, weight: float) -> None
     with torch.no_grad():
         loss, logs = _loss(method, batch)
         key = method.synthetic_key
-        e1 = _online(method, _view(batch["images"], 0))[key]
-        e3 = _online(method, _view(batch["synthetic"], 2))[key]
+        e1 = _online(method, _view(batch.images, 0))[key]
+        e3 = _online(method, _view(batch.synthetic, 2))[key]
         synthetic = (2 - 2 * _pair_cos(e1, e3)).mean()
-        plain = reference(name, method, batch["images"])
+        plain = reference(name, method, batch.images)
     assert key == "p"
     assert logs["synthetic"].item() == pytest.approx(synthetic.item(), rel=1e-5, abs=1e-6)
     assert logs["method"].item() == pytest.approx(plain.item(), rel=1e-5, abs=1e-6)
@@ -287,7 +288,7 @@ def test_quality_weights(name: str) -> None:
         w = torch.tensor([3.0, 0.5, 0.1, 1.2, 0.2, 2.0])  # mean 7/6: a loss that assumed mean(w) = 1 fails
         method = _method(name, "quality", scorer=FixedScorer(w))
         weighted, _ = _loss(method, batch)
-        expected = reference(name, method, batch["images"], w)
+        expected = reference(name, method, batch.images, w)
     assert ones.item() == pytest.approx(plain.item(), rel=1e-6, abs=1e-7)
     assert weighted.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-6)
     assert abs(weighted.item() - plain.item()) > 1e-3
@@ -298,7 +299,7 @@ def test_all4one_rejects_weights_and_bad_widths() -> None:
     with pytest.raises(SynthposError, match="no per-pair loss"):
         _loss(method, _batch())
     with pytest.raises(SynthposError, match="multiple of 8"):
-        All4One(LinearBackbone(), FakeAugment(), OptimizerConfig(), projector_out_dim=12)
+        All4One(LinearBackbone(), FakeAugment(), projector_out_dim=12)
 
 
 # ----------------------------------------------------------------------------- momentum, support sets
@@ -340,7 +341,7 @@ def test_nearest_neighbours_are_the_true_nearest(name: str) -> None:
     method = _method(name)
     batch = _batch(5)
     with torch.no_grad():
-        v1 = _view(batch["images"], 0)
+        v1 = _view(batch.images, 0)
         # The vectors the method looks up: NNCLR the online projection, All4One the momentum one.
         query = _online(method, v1)["z"] if name == "nnclr" else method.momentum_encoder.module(v1)
         # Plant a close copy of each query in the support set, so the answer is known.
@@ -354,7 +355,7 @@ def test_nearest_neighbours_are_the_true_nearest(name: str) -> None:
             torch.testing.assert_close(found[:, 0], method.support.bank[slots])
             torch.testing.assert_close(found, _ranked(query, method.support.bank, 5).float())
         loss, _ = _loss(method, batch)
-        assert loss.item() == pytest.approx(reference(name, method, batch["images"]).item(), rel=1e-5)
+        assert loss.item() == pytest.approx(reference(name, method, batch.images).item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("name", ["nnclr", "all4one"])
@@ -365,7 +366,7 @@ def test_support_set_takes_view_one_after_the_step(name: str) -> None:
     with torch.no_grad():
         _loss(method, batch)
         assert torch.equal(method.support.bank, before)  # nothing enters during the step
-        v1 = _view(batch["images"], 0)
+        v1 = _view(batch.images, 0)
         stored = _online(method, v1)["z"] if name == "nnclr" else method.momentum_encoder.module(v1)
     method.trainer = SimpleNamespace(global_step=1, estimated_stepping_batches=10)
     method.on_train_batch_end(None, batch, 0)

@@ -13,8 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from synthpos.config import OptimizerConfig, SyntheticConfig, load_config
+from synthpos.config import SyntheticConfig, load_config
 from synthpos.data import ImageDataset
+from synthpos.data.batch import PretrainBatch
 from synthpos.data.synthetic_store import SyntheticStore, dataset_fingerprint
 from synthpos.errors import SynthposError
 from synthpos.methods.pretrain import PretrainBatches
@@ -49,16 +50,16 @@ def store(tmp_path: Path, dataset: ImageDataset) -> SyntheticStore:
 def test_replace_swaps_the_source_of_view_two_with_probability_p(dataset, store, mode: str) -> None:
     idx = list(range(A))
     always = PretrainBatches(dataset, store, seed=0, mode=mode, replace_prob=1.0).__getitems__(idx)
-    assert "synthetic" not in always
-    np.testing.assert_array_equal(always["second"][:, 0, 0, 0].numpy(), np.arange(A))  # each anchor's own candidate
+    assert always.synthetic is None
+    np.testing.assert_array_equal(always.second[:, 0, 0, 0].numpy(), np.arange(A))  # each anchor's own candidate
     for row in range(A):
-        c = int(always["second"][row, 0, 0, 1])
-        np.testing.assert_array_equal(always["second"][row].permute(1, 2, 0).numpy(), store[row][c])
+        c = int(always.second[row, 0, 0, 1])
+        np.testing.assert_array_equal(always.second[row].permute(1, 2, 0).numpy(), store[row][c])
     never = PretrainBatches(dataset, store, seed=0, mode=mode, replace_prob=0.0).__getitems__(idx)
-    assert torch.equal(never["second"], never["images"])
+    assert torch.equal(never.second, never.images)
 
     half = PretrainBatches(dataset, store, seed=0, mode=mode, replace_prob=0.5)
-    swapped = [int((half.__getitems__(idx)["second"][:, 0, 0, 0] != 255).sum()) for _ in range(40)]
+    swapped = [int((half.__getitems__(idx).second[:, 0, 0, 0] != 255).sum()) for _ in range(40)]
     # 1200 Bernoulli(0.5) draws: the share lies in 0.5 +- 0.06 with probability > 0.999.
     assert abs(sum(swapped) / (40 * A) - 0.5) < 0.06
     assert len(set(swapped)) > 1  # drawn anew each time
@@ -67,7 +68,7 @@ def test_replace_swaps_the_source_of_view_two_with_probability_p(dataset, store,
 def test_multipos_batches_carry_distinct_candidates_of_the_anchor(dataset, store) -> None:
     batches = PretrainBatches(dataset, store, seed=0, mode="multipos", positives=3)
     batch = batches.__getitems__(list(range(A)))
-    synthetic = batch["synthetic"]
+    synthetic = batch.synthetic
     assert synthetic.shape == (A, 3, 1, S, S)
     assert (synthetic[:, :, 0, 0, 0] == torch.arange(A)[:, None]).all()
     slots = synthetic[:, :, 0, 0, 1]
@@ -105,7 +106,7 @@ class Linear(nn.Module):
 
 def _simclr(synthetic: SyntheticConfig, scorer=None) -> SimCLR:
     torch.manual_seed(0)
-    return SimCLR(Linear(), Views(), OptimizerConfig(), 16, 8, temperature=0.3, channels_last=False,
+    return SimCLR(Linear(), Views(), projector_hidden_dim=16, projector_out_dim=8, temperature=0.3, channels_last=False,
                   synthetic=synthetic, scorer=scorer).eval()
 
 
@@ -119,12 +120,12 @@ def test_multipos_loss_makes_every_view_of_an_image_a_positive() -> None:
     method = _simclr(SyntheticConfig(mode="multipos", positives=2))
     g = torch.Generator().manual_seed(0)
     n = 5
-    batch = {"images": torch.randint(0, 256, (n, 1, S, S), generator=g, dtype=torch.uint8),
-             "synthetic": torch.randint(0, 256, (n, 2, 1, S, S), generator=g, dtype=torch.uint8),
-             "indices": torch.arange(100, 100 + n), "labels": torch.zeros(n, dtype=torch.int64)}
+    batch = PretrainBatch(images=torch.randint(0, 256, (n, 1, S, S), generator=g, dtype=torch.uint8),
+                          synthetic=torch.randint(0, 256, (n, 2, 1, S, S), generator=g, dtype=torch.uint8),
+                          indices=torch.arange(100, 100 + n), labels=torch.zeros(n, dtype=torch.int64))
     with torch.no_grad():
         loss, _ = method.compute_loss(batch)
-    z = _embed(method, [batch["images"], batch["images"], batch["synthetic"][:, 0], batch["synthetic"][:, 1]])
+    z = _embed(method, [batch.images, batch.images, batch.synthetic[:, 0], batch.synthetic[:, 1]])
     z = torch.cat(z)
     z = z / z.norm(dim=1, keepdim=True)
     owner = torch.arange(n).repeat(4)
@@ -204,7 +205,7 @@ def test_quality_mode_weights_each_pair_by_n_softmax_of_its_score() -> None:
     images = torch.randint(0, 256, (n, 1, S, S), generator=g, dtype=torch.uint8)
     second = torch.randint(0, 256, (n, 1, S, S), generator=g, dtype=torch.uint8)
     second[:3] = images[:3]  # pairs of one image score higher than pairs of unrelated images
-    batch = {"images": images, "second": second, "indices": torch.arange(n), "labels": torch.zeros(n, dtype=torch.int64)}
+    batch = PretrainBatch(images=images, second=second, indices=torch.arange(n), labels=torch.zeros(n, dtype=torch.int64))
     with torch.no_grad():
         weighted, _ = method.compute_loss(batch)
         unweighted, _ = plain.compute_loss(batch)

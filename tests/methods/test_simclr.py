@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
@@ -11,8 +12,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from synthpos.config import BackboneConfig, OptimizerConfig, SyntheticConfig
+from synthpos.config import BackboneConfig, SyntheticConfig
 from synthpos.data import ImageDataset
+from synthpos.data.batch import PretrainBatch
 from synthpos.data.synthetic_store import SyntheticStore, dataset_fingerprint
 from synthpos.methods.pretrain import PretrainBatches, _first
 from synthpos.methods.simclr import SimCLR
@@ -61,21 +63,21 @@ def _method(synthetic_weight: float | None, channels_last: bool = False, convnet
     torch.manual_seed(0)
     backbone = build_backbone(BackboneConfig(name="convnet", width=4), C) if convnet else LinearBackbone()
     synthetic = None if synthetic_weight is None else SyntheticConfig(mode="clsp", weight=synthetic_weight)
-    method = SimCLR(backbone, FakeAugment(), OptimizerConfig(), projector_hidden_dim=16, projector_out_dim=8,
+    method = SimCLR(backbone, FakeAugment(), projector_hidden_dim=16, projector_out_dim=8,
                     temperature=TAU, channels_last=channels_last, synthetic=synthetic)
     method.setup("fit")
     # Eval mode: BatchNorm uses fixed statistics, so one pass over all views equals one pass per view.
     return method.eval()
 
 
-def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
+def _batch(seed: int = 0) -> PretrainBatch:
     g = torch.Generator().manual_seed(seed)
-    return {
-        "images": torch.randint(0, 256, (N, C, H, H), generator=g, dtype=torch.uint8),
-        "synthetic": torch.randint(0, 256, (N, C, H, H), generator=g, dtype=torch.uint8),
-        "indices": torch.arange(N),
-        "labels": torch.zeros(N, dtype=torch.int64),
-    }
+    return PretrainBatch(
+        images=torch.randint(0, 256, (N, C, H, H), generator=g, dtype=torch.uint8),
+        synthetic=torch.randint(0, 256, (N, C, H, H), generator=g, dtype=torch.uint8),
+        indices=torch.arange(N),
+        labels=torch.zeros(N, dtype=torch.int64),
+    )
 
 
 def ntxent_reference(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
@@ -93,10 +95,10 @@ def ntxent_reference(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Te
     return total / n2
 
 
-def _projections(method: SimCLR, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+def _projections(method: SimCLR, batch: PretrainBatch) -> list[torch.Tensor]:
     """z1, z2, z3: each view through the backbone and projector on its own."""
     with torch.no_grad():
-        sources = [batch["images"], batch["images"], batch["synthetic"]]
+        sources = [batch.images, batch.images, batch.synthetic]
         return [method.projector(method.backbone(_views(src, k))).double() for k, src in enumerate(sources)]
 
 
@@ -134,7 +136,7 @@ def test_clsp_loss_depends_on_the_synthetic_images() -> None:
     batch = _batch(2)
     with torch.no_grad():
         first, _ = method.compute_loss(batch)
-        other = dict(batch, synthetic=batch["images"].flip(0))  # other candidates, same real images
+        other = dataclasses.replace(batch, synthetic=batch.images.flip(0))  # other candidates, same real images
         second, logs = method.compute_loss(other)
     assert abs(first.item() - second.item()) > 1e-4
     z1, z2, z3 = _projections(method, other)
@@ -192,19 +194,19 @@ def store(tmp_path: Path, dataset: ImageDataset) -> SyntheticStore:
 def test_batches_without_store(dataset: ImageDataset) -> None:
     idx = [7, 0, 19, 7]
     batch = PretrainBatches(dataset).__getitems__(idx)
-    assert set(batch) == {"indices", "images", "labels"}
-    assert batch["indices"].tolist() == idx
-    assert batch["images"].dtype == torch.uint8 and batch["images"].shape == (4, 1, 5, 5)
+    assert batch.second is None and batch.synthetic is None
+    assert batch.indices.tolist() == idx
+    assert batch.images.dtype == torch.uint8 and batch.images.shape == (4, 1, 5, 5)
     for row, i in enumerate(idx):
-        np.testing.assert_array_equal(batch["images"][row].permute(1, 2, 0).numpy(), dataset.images[i])
-    assert batch["labels"].tolist() == [i % 10 for i in idx]
+        np.testing.assert_array_equal(batch.images[row].permute(1, 2, 0).numpy(), dataset.images[i])
+    assert batch.labels.tolist() == [i % 10 for i in idx]
 
 
 def test_batches_with_store_draw_one_of_the_anchors_candidates(dataset: ImageDataset, store: SyntheticStore) -> None:
     batches = PretrainBatches(dataset, store, seed=0)
     idx = [3, 14, 6, 7, 19, 0]  # crosses shard boundaries (7, 14)
     batch = batches.__getitems__(idx)
-    synthetic = batch["synthetic"]
+    synthetic = batch.synthetic
     assert synthetic.dtype == torch.uint8 and synthetic.shape == (len(idx), 1, 5, 5)
     for row, a in enumerate(idx):
         image = synthetic[row].permute(1, 2, 0).numpy()
@@ -219,7 +221,7 @@ def test_every_candidate_slot_is_drawn_uniformly(dataset: ImageDataset, store: S
     counts: dict[int, Counter] = {a: Counter() for a in range(A)}
     draws = 200
     for _ in range(draws):
-        synthetic = batches.__getitems__(list(range(A)))["synthetic"]
+        synthetic = batches.__getitems__(list(range(A))).synthetic
         for a in range(A):
             counts[a][int(synthetic[a, 0, 0, 1])] += 1
     for a in range(A):
@@ -236,8 +238,8 @@ def test_every_candidate_slot_is_drawn_uniformly(dataset: ImageDataset, store: S
 
 def test_draws_change_between_epochs(dataset: ImageDataset, store: SyntheticStore) -> None:
     batches = PretrainBatches(dataset, store, seed=0)
-    first = batches.__getitems__(list(range(A)))["synthetic"][:, 0, 0, 1]
-    second = batches.__getitems__(list(range(A)))["synthetic"][:, 0, 0, 1]
+    first = batches.__getitems__(list(range(A))).synthetic[:, 0, 0, 1]
+    second = batches.__getitems__(list(range(A))).synthetic[:, 0, 0, 1]
     assert not torch.equal(first, second)
 
 
@@ -245,7 +247,7 @@ def test_dataloader_yields_whole_batches(dataset: ImageDataset, store: Synthetic
     loader = DataLoader(PretrainBatches(dataset, store), batch_size=8, shuffle=True, drop_last=True, collate_fn=_first)
     seen = []
     for batch in loader:
-        assert batch["images"].shape == (8, 1, 5, 5) and batch["synthetic"].shape == (8, 1, 5, 5)
-        assert (batch["synthetic"][:, 0, 0, 0] == batch["indices"].to(torch.uint8)).all()
-        seen += batch["indices"].tolist()
+        assert batch.images.shape == (8, 1, 5, 5) and batch.synthetic.shape == (8, 1, 5, 5)
+        assert (batch.synthetic[:, 0, 0, 0] == batch.indices.to(torch.uint8)).all()
+        seen += batch.indices.tolist()
     assert len(seen) == 16 and len(set(seen)) == 16

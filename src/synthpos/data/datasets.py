@@ -22,7 +22,7 @@ import pickle
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ import torch.nn.functional as F
 
 from synthpos.config import DataConfig
 from synthpos.errors import SynthposError
+from synthpos.registry import DATASETS
+
+register_dataset = DATASETS.register
 
 DATA_ENV = "SYNTHPOS_DATA"
 
@@ -470,6 +473,67 @@ def _resize_uint8(images: np.ndarray, size: int, chunk: int = 2048) -> np.ndarra
     return out
 
 
+class DatasetSource:
+    """A registered dataset (``data.name``): :meth:`load` reads one split into memory.
+
+    Register one with ``@register_dataset("name")``; ``load_dataset`` then applies the
+    config's ``subset`` and ``image_size`` to whatever it returns.
+    """
+
+    name: ClassVar[str]
+    #: the source resizes each image itself while reading (image folders: files differ in size)
+    resized_on_load: ClassVar[bool] = False
+
+    @classmethod
+    def load(cls, config: DataConfig, split: str) -> ImageDataset:
+        raise NotImplementedError
+
+
+@register_dataset("fashion_mnist")
+class FashionMNIST(DatasetSource):
+    """Fashion-MNIST's four idx files (gzipped or not)."""
+
+    @classmethod
+    def load(cls, config: DataConfig, split: str) -> ImageDataset:
+        return _load_fashion_mnist(find_data_root(cls.name, config.root), split)
+
+
+@register_dataset("cifar10")
+class CIFAR10(DatasetSource):
+    """CIFAR-10, torchvision's python version."""
+
+    @classmethod
+    def load(cls, config: DataConfig, split: str) -> ImageDataset:
+        return _load_cifar(find_data_root(cls.name, config.root), cls.name, split)
+
+
+@register_dataset("cifar100")
+class CIFAR100(CIFAR10):
+    """CIFAR-100, torchvision's python version."""
+
+
+@register_dataset("image_folder")
+class ImageFolder(DatasetSource):
+    """One sub-folder of images per class (or the images directly, unlabelled); the test split in ``test_root``."""
+
+    resized_on_load = True
+
+    @classmethod
+    def load(cls, config: DataConfig, split: str) -> ImageDataset:
+        name, size = cls.name, config.image_size
+        if split == "test":
+            if config.test_root is None:
+                raise SynthposError("the image_folder test split needs data.test_root; pass --set data.test_root=DIR with the evaluation images")
+            if not Path(config.test_root).is_dir():
+                raise SynthposError(f"data.test_root {config.test_root} is not a folder; point it at the evaluation images")
+            try:
+                train_root: Path | None = find_data_root(name, config.root)
+            except SynthposError:
+                train_root = None  # no training folder: the test split alone is still usable
+            return _load_image_folder(Path(config.test_root), split, size, train_root)
+        return _load_image_folder(find_data_root(name, config.root), split, size, None)
+
+
 def load_dataset(config: DataConfig, split: Literal["train", "test"]) -> ImageDataset:
     """Load one split of the dataset that ``config`` names, into memory.
 
@@ -484,25 +548,9 @@ def load_dataset(config: DataConfig, split: Literal["train", "test"]) -> ImageDa
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     name = config.name
-    size = config.image_size
-    if name == "image_folder":
-        if split == "test":
-            if config.test_root is None:
-                raise SynthposError("the image_folder test split needs data.test_root; pass --set data.test_root=DIR with the evaluation images")
-            if not Path(config.test_root).is_dir():
-                raise SynthposError(f"data.test_root {config.test_root} is not a folder; point it at the evaluation images")
-            try:
-                train_root: Path | None = find_data_root(name, config.root)
-            except SynthposError:
-                train_root = None  # no training folder: the test split alone is still usable
-            dataset = _load_image_folder(Path(config.test_root), split, size, train_root)
-        else:
-            dataset = _load_image_folder(find_data_root(name, config.root), split, size, None)
-        # Image folders are resized per file while reading (they may differ in size).
-        size = None
-    else:
-        folder = find_data_root(name, config.root)
-        dataset = _load_fashion_mnist(folder, split) if name == "fashion_mnist" else _load_cifar(folder, name, split)
+    source = DATASETS.get(name)
+    dataset = source.load(config, split)
+    size = None if source.resized_on_load else config.image_size
 
     if split == "train" and config.subset is not None:
         if config.subset > len(dataset):

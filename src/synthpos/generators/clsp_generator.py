@@ -63,6 +63,8 @@ class CLSPGenerator(CandidateGenerator):
             ``guidance_scale`` is set for an unconditional generator.
     """
 
+    trains_on_data = True  # stage 1 trains its DDPM on the run's data (unless generate.generator names one)
+
     def __init__(self, generator_dir: Path, settings: GenerateConfig, seed: int, device: torch.device | str) -> None:
         self.generator_dir = resolve_generator_dir(generator_dir)
         self.settings = settings

@@ -26,13 +26,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from synthpos.errors import SynthposError
 
-__all__ = ["CandidateGenerator", "GENERATORS", "build_generator", "register_generator"]
+__all__ = ["CandidateGenerator", "GENERATORS", "build_generator", "generator_class", "register_generator"]
 
 
 class CandidateGenerator(ABC):
@@ -40,6 +40,9 @@ class CandidateGenerator(ABC):
 
     #: images per anchor; set by the subclass from its settings
     candidates: int
+    #: whether stage 1 (``train-generator``) trains this generator on the run's data; a generator
+    #: that loads pretrained weights (unclip) says False, and ``run`` then skips stage 1
+    trains_on_data: ClassVar[bool] = False
 
     def prepare(self, images: np.ndarray, labels: np.ndarray | None, work_dir: Path) -> None:
         """Once per store, before any shard: fit what the generator needs from the data.
@@ -97,8 +100,8 @@ def _load_builtin_generators() -> None:
             raise
 
 
-def build_generator(kind: str, generator_dir: Path, settings: Any, seed: int, device: Any) -> CandidateGenerator:
-    """The registered generator ``kind``, loaded from ``generator_dir``.
+def generator_class(kind: str) -> type[CandidateGenerator]:
+    """The class registered as ``kind`` (what it declares, such as ``trains_on_data``, without loading weights).
 
     Raises:
         SynthposError: no generator of that name is registered.
@@ -108,4 +111,13 @@ def build_generator(kind: str, generator_dir: Path, settings: Any, seed: int, de
         known = ", ".join(sorted(GENERATORS)) or "none"
         hint = " (install the 'unclip' extra: pip install 'synthpos[unclip]')" if kind == "unclip" else ""
         raise SynthposError(f"generate.kind={kind!r} is not a known generator{hint}; known: {known}")
-    return GENERATORS[kind](generator_dir, settings, seed, device)
+    return GENERATORS[kind]
+
+
+def build_generator(kind: str, generator_dir: Path, settings: Any, seed: int, device: Any) -> CandidateGenerator:
+    """The registered generator ``kind``, loaded from ``generator_dir``.
+
+    Raises:
+        SynthposError: no generator of that name is registered.
+    """
+    return generator_class(kind)(generator_dir, settings, seed, device)

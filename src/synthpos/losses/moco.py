@@ -64,6 +64,7 @@ class MoCoLoss(TemperatureLoss):
         key: torch.Tensor,
         queue: torch.Tensor | None = None,
         weights: torch.Tensor | None = None,
+        extra_negatives: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Compute the loss.
 
@@ -73,6 +74,10 @@ class MoCoLoss(TemperatureLoss):
             queue: Negatives, or None to use the batch's other keys. Shape: (Q, D).
             weights: Optional per-pair weights, used detached; the loss becomes
                 the mean over queries of ``weights[i] * loss_i``. Shape: (N,).
+            extra_negatives: Optional negatives of each query alone (MoCHi's
+                synthetic hard negatives), appended to its logits as they are
+                (normalised here; a gradient flows only where they carry one).
+                Shape: (N, S, D).
 
         Returns:
             Scalar loss, averaged over the N queries.
@@ -85,6 +90,9 @@ class MoCoLoss(TemperatureLoss):
         _check_pair("query", query, "key", key)
         weights = _check_weights(weights, query.shape[0])
         n, d = query.shape
+        if extra_negatives is not None and (extra_negatives.dim() != 3 or extra_negatives.shape[0] != n
+                                            or extra_negatives.shape[2] != d):
+            raise ValueError(f"extra_negatives must have shape ({n}, S, {d}); got {tuple(extra_negatives.shape)}")
         q = F.normalize(query, dim=1)
         k = F.normalize(key, dim=1)
 
@@ -104,6 +112,9 @@ class MoCoLoss(TemperatureLoss):
                 keys, offset = k, 0
             logits = q @ keys.T / self.temperature  # (N, world_size * N)
             target = torch.arange(n, device=q.device) + offset
+        if extra_negatives is not None:
+            extra = F.normalize(extra_negatives.to(q), dim=2)
+            logits = torch.cat([logits, torch.einsum("nd,nsd->ns", q, extra) / self.temperature], dim=1)
 
         if weights is None:
             return F.cross_entropy(logits, target)

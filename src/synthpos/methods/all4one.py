@@ -11,13 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from synthpos.config import OptimizerConfig, PretrainConfig, SyntheticConfig
-from synthpos.data.augment import BatchAugment
 from synthpos.distributed import gather, world_size
 from synthpos.errors import SynthposError
 from synthpos.losses import MoCoLoss
-from synthpos.methods.base import Outputs, SSLMethod
-from synthpos.methods.momentum import MomentumEncoder, cosine_momentum
+from synthpos.methods.base import Outputs, register_method
+from synthpos.methods.momentum import MomentumMethod
 from synthpos.models.heads import mlp
 from synthpos.models.memory import NearestNeighbourSupport
 
@@ -60,7 +58,8 @@ def feature_contrast(m1: torch.Tensor, m2: torch.Tensor, z1: torch.Tensor, z2: t
     return FEATURE_SCALE * (0.5 * on_diagonal + 0.5 * off_diagonal)
 
 
-class All4One(SSLMethod):
+@register_method("all4one")
+class All4One(MomentumMethod):
     """All4One: ``0.5 * (centroid + neighbour + feature)`` contrast, with a momentum encoder and a support set.
 
     With ``m`` the L2-normalised momentum projection of a view and ``NN_1..NN_5(m)`` its
@@ -95,63 +94,31 @@ class All4One(SSLMethod):
 
     synthetic_key = "p"
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        augment: BatchAugment,
-        optimizer: OptimizerConfig,
-        projector_hidden_dim: int = 2048,
-        projector_out_dim: int = 256,
-        predictor_hidden_dim: int = 4096,
-        temperature: float = 0.2,
-        queue_size: int = 98304,
-        momentum_base: float = 0.99,
-        momentum_final: float = 1.0,
-        channels_last: bool = True,
-        synthetic: SyntheticConfig | None = None,
-        scorer: nn.Module | None = None,
-    ) -> None:
-        if projector_out_dim % TRANSFORMER_HEADS:
-            raise SynthposError(f"all4one: projector_out_dim={projector_out_dim} must be a multiple of "
+    def build_heads(self) -> None:
+        c = self.config
+        out = c.projector_out_dim
+        if out % TRANSFORMER_HEADS:
+            raise SynthposError(f"all4one: projector_out_dim={out} must be a multiple of "
                                 f"{TRANSFORMER_HEADS} (the transformer's heads); set e.g. pretrain.projector_out_dim=256")
-        if queue_size < NEIGHBOURS:
-            raise SynthposError(f"all4one: queue_size={queue_size} is below the {NEIGHBOURS} neighbours it looks up; "
+        if c.queue_size < NEIGHBOURS:
+            raise SynthposError(f"all4one: queue_size={c.queue_size} is below the {NEIGHBOURS} neighbours it looks up; "
                                 "set pretrain.queue_size larger (the recipe uses 98304)")
-        super().__init__(backbone, augment, optimizer, channels_last, synthetic, scorer)
-        out = projector_out_dim
-        self.projector = mlp(backbone.feature_dim, projector_hidden_dim, out, num_layers=3, batch_norm=True,
+        self.projector = mlp(self.backbone.feature_dim, c.projector_hidden_dim, out, num_layers=3, batch_norm=True,
                              last_batch_norm=True)
-        self.predictor = mlp(out, predictor_hidden_dim, out, batch_norm=True)
-        self.shift_predictor = mlp(out, predictor_hidden_dim, out, batch_norm=True)
+        self.predictor = mlp(out, c.predictor_hidden_dim, out, batch_norm=True)
+        self.shift_predictor = mlp(out, c.predictor_hidden_dim, out, batch_norm=True)
         layer = nn.TransformerEncoderLayer(d_model=out, nhead=TRANSFORMER_HEADS, dim_feedforward=2 * out, dropout=0.1,
                                            batch_first=True)
         self.transformer = nn.TransformerEncoder(layer, num_layers=TRANSFORMER_LAYERS, enable_nested_tensor=False)
         self.register_buffer("tokens", token_encoding(NEIGHBOURS, out), persistent=False)
-        self.momentum_encoder = MomentumEncoder(self.online)
-        self.support = NearestNeighbourSupport(queue_size, out)
-        self.temperature = temperature
-        self.momentum_base, self.momentum_final = momentum_base, momentum_final
-        self.setup_losses()
+        self.support = NearestNeighbourSupport(c.queue_size, out)
         self._keys = torch.empty(0)
-
-    @classmethod
-    def from_config(cls, cfg: PretrainConfig, backbone: nn.Module, augment: BatchAugment, scorer=None) -> All4One:
-        return cls(backbone, augment, cfg.optimizer, cfg.projector_hidden_dim, cfg.projector_out_dim,
-                   cfg.predictor_hidden_dim, cfg.temperature, cfg.queue_size, cfg.momentum.base, cfg.momentum.final,
-                   cfg.channels_last, cfg.synthetic, scorer)
 
     def setup_losses(self) -> None:
         gather = world_size() > 1
         # Without a queue MoCoLoss is solo-learn's nnclr_loss_func: row i against all columns, target i.
-        self.criterion = MoCoLoss(self.temperature, gather_distributed=gather)
+        self.criterion = MoCoLoss(self.config.temperature, gather_distributed=gather)
         self.centroid_criterion = MoCoLoss(CENTROID_TEMPERATURE, gather_distributed=gather)
-
-    def setup(self, stage: str) -> None:
-        self.setup_losses()  # the world size is known only now
-
-    @property
-    def online(self) -> nn.Module:
-        return nn.Sequential(self.backbone, self.projector)
 
     def embed(self, x: torch.Tensor) -> Outputs:
         z = self.projector(self.backbone(x))
@@ -174,7 +141,7 @@ class All4One(SSLMethod):
     def pair_loss(self, outputs, views, batch, weights):
         if weights is not None:
             raise SynthposError("all4one has no per-pair loss to weight; use pretrain.synthetic.mode clsp or replace")
-        m1, m2 = (F.normalize(k, dim=1) for k in self.forward_views(self.momentum_encoder, views))
+        m1, m2 = (F.normalize(m, dim=1) for m in self.momentum_keys(views))
         nn1, nn2 = self.neighbours(m1), self.neighbours(m2)
         (z1, p1, s1), (z2, p2, s2) = ((o["z"], o["p"], o["shift"]) for o in outputs)
 
@@ -191,9 +158,7 @@ class All4One(SSLMethod):
         self._keys = m1.detach()
         return loss, {"all4one": loss, "neighbour": neighbour, "centroid": centroid, "feature": feature}
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        tau = cosine_momentum(self.global_step, self.total_steps, self.momentum_base, self.momentum_final)
-        self.momentum_encoder.update(self.online, tau)
+    def after_momentum_step(self) -> None:
         if self._keys.numel():
             self.support.enqueue(self._keys)
         self._keys = torch.empty(0)

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
-
-from synthpos.config import BarlowTwinsConfig, OptimizerConfig, PretrainConfig, SyntheticConfig
-from synthpos.data.augment import BatchAugment
+from pydantic import BaseModel, ConfigDict, Field
 from synthpos.distributed import world_size
 from synthpos.losses import BarlowTwinsLoss
-from synthpos.methods.base import Outputs, SSLMethod
+from synthpos.methods.base import Outputs, SSLMethod, register_method
 from synthpos.models.heads import mlp
 
 
+class BarlowTwinsSettings(BaseModel):
+    """``pretrain.barlow_twins``: the loss's weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lambda_param: float = Field(0.0051, ge=0, description="Weight of the off-diagonal (redundancy) term.")
+    scale: float = Field(0.1, gt=0, description="Loss scale (solo-learn's scale_loss; 0.1 for CIFAR).")
+
+
+@register_method("barlow_twins")
 class BarlowTwins(SSLMethod):
     """Cross-correlation of the two views' batch-normalised projections pushed towards the identity.
 
@@ -20,34 +27,19 @@ class BarlowTwins(SSLMethod):
     Projector: 3 layers with BatchNorm (solo-learn's CIFAR recipe: 2048-2048-2048).
     """
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        augment: BatchAugment,
-        optimizer: OptimizerConfig,
-        projector_hidden_dim: int = 2048,
-        projector_out_dim: int = 2048,
-        loss: BarlowTwinsConfig | None = None,
-        channels_last: bool = True,
-        synthetic: SyntheticConfig | None = None,
-        scorer: nn.Module | None = None,
-    ) -> None:
-        super().__init__(backbone, augment, optimizer, channels_last, synthetic, scorer)
-        self.projector = mlp(backbone.feature_dim, projector_hidden_dim, projector_out_dim, num_layers=3, batch_norm=True)
-        self.loss_config = loss or BarlowTwinsConfig()
-        self.setup("fit")
+    settings = BarlowTwinsSettings
 
-    @classmethod
-    def from_config(cls, cfg: PretrainConfig, backbone: nn.Module, augment: BatchAugment, scorer=None) -> BarlowTwins:
-        return cls(backbone, augment, cfg.optimizer, cfg.projector_hidden_dim, cfg.projector_out_dim, cfg.barlow_twins,
-                   cfg.channels_last, cfg.synthetic, scorer)
+    def build_heads(self) -> None:
+        c = self.config
+        self.projector = mlp(self.backbone.feature_dim, c.projector_hidden_dim, c.projector_out_dim, num_layers=3,
+                             batch_norm=True)
 
-    def setup(self, stage: str) -> None:
-        self.criterion = BarlowTwinsLoss(self.loss_config.lambda_param, gather_distributed=world_size() > 1)
+    def setup_losses(self) -> None:
+        self.criterion = BarlowTwinsLoss(self.options.lambda_param, gather_distributed=world_size() > 1)
 
     def embed(self, x: torch.Tensor) -> Outputs:
         return {"z": self.projector(self.backbone(x))}
 
     def pair_loss(self, outputs, views, batch, weights):
-        loss = self.loss_config.scale * self.criterion(outputs[0]["z"], outputs[1]["z"])
+        loss = self.options.scale * self.criterion(outputs[0]["z"], outputs[1]["z"])
         return loss, {"barlow": loss}

@@ -1,96 +1,120 @@
 """The thin base every joint-embedding method builds on.
 
 It owns what all methods share and nothing else: the backbone, the batched view
-augmentation, the ways synthetic positives enter a step (``synthetic.mode``), and
-the optimiser with its warm-up + cosine schedule. A method adds its heads and
-defines :meth:`SSLMethod.embed` (online outputs of a batch of views) and
-:meth:`SSLMethod.pair_loss` (its loss for the two views of each image). Probes and
-kNN monitors are callbacks (synthpos.evaluation.monitor), not part of this class.
+augmentation, the synthetic mode of the run (:mod:`synthpos.modes`, which makes the
+views' sources and combines the loss), and the optimiser with its warm-up + cosine
+schedule. Probes and kNN monitors are callbacks (synthpos.evaluation.monitor), not part
+of this class.
 
-Synthetic modes, for every method unless noted:
+A method is one class registered by name, which declares and defines only what is its own::
 
-- ``clsp``: a third view made from one stored candidate; the loss gains
-  ``weight * mean(2 - 2 cos(e1, e3))`` where ``e`` is the method's online embedding
-  (:attr:`SSLMethod.synthetic_key`); the synthetic view is never a negative.
-- ``replace``: the data side swaps view 2's source for a candidate with probability p;
-  nothing changes here.
-- ``multipos``: P candidates per anchor become extra views, all positives of each other
-  and of the real views in a multi-positive InfoNCE (methods that define
-  :meth:`SSLMethod.multipos_loss`).
-- ``quality``: ``replace`` plus GenView's per-pair weights from a frozen scorer, passed to
-  :meth:`SSLMethod.pair_loss` (methods whose loss is a sum over positive pairs).
+    @register_method("simclr")
+    class SimCLR(SSLMethod):
+        modes = ("multipos", "quality")      # beyond the modes that work with every method
+        settings = None                      # or a pydantic model: the section pretrain.simclr
+
+        def build_heads(self) -> None: ...   # reads self.config (PretrainConfig), self.options
+        def embed(self, x): ...
+        def pair_loss(self, outputs, views, batch, weights): ...
+
+The base builds every method the same way, ``cls(backbone, augment, config, scorer)``.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import lightning as L
+from pydantic import BaseModel
 from torch import nn
 
-from synthpos.config import OptimizerConfig, SyntheticConfig
+from synthpos.config import PretrainConfig
 from synthpos.data.augment import BatchAugment
-from synthpos.losses import SyntheticPositiveLoss
+from synthpos.data.batch import PretrainBatch
 from synthpos.methods.optim import LARS, parameter_groups, warmup_cosine
+from synthpos.registry import METHODS, MODES
 
 Outputs = dict[str, torch.Tensor]
 
+register_method = METHODS.register
+
 
 class SSLMethod(L.LightningModule):
-    """Backbone + augmentation + synthetic modes + optimiser; subclasses define heads and loss.
+    """Backbone + augmentation + the run's synthetic mode + optimiser; subclasses define heads and loss.
 
-    A training batch is a dict with ``images`` (uint8 (B, C, H, W)), ``indices`` (B,),
-    ``labels`` (B,) or None, and, depending on the synthetic mode, ``second`` (uint8
-    (B, C, H, W): the source of view 2, a candidate or the real image; replace/quality)
-    or ``synthetic`` (uint8 (B, C, H, W) for clsp, (B, P, C, H, W) for multipos). Views
-    are made here, on the training device.
+    A training batch is a :class:`~synthpos.data.batch.PretrainBatch`; views are made here,
+    on the training device, from the sources the mode names.
+
+    Declares (class attributes):
+        name: set by ``@register_method("name")``.
+        modes: the synthetic modes the method supports beyond those that work with every
+            method (clsp, replace, none).
+        settings: pydantic model of the method's own section ``pretrain.<name>``, or None.
+        synthetic_key: key of :meth:`embed`'s output that the CLSP term pulls together.
+        needs_labels: whether the method uses class labels (supervised).
 
     Args:
         backbone: encoder with a ``feature_dim`` attribute; (B, C, H, W) -> (B, D).
         augment: the view augmentation (applied to whole uint8 batches).
-        optimizer: optimiser and schedule settings.
-        channels_last: run convolutions in channels-last memory format.
-        synthetic: how synthetic candidates enter the loss (default: not at all).
+        config: the validated ``pretrain`` section (shared head sizes, temperature, queue,
+            momentum, optimiser, synthetic mode); default: ``PretrainConfig(method=name, **overrides)``.
         scorer: quality mode's frozen pair scorer (:class:`synthpos.models.scorer.QualityScorer`).
+        **overrides: ``PretrainConfig`` fields, when ``config`` is not given (tests, notebooks).
     """
 
-    #: key of :meth:`embed`'s output that the CLSP term pulls together
+    name: ClassVar[str]
+    modes: ClassVar[tuple[str, ...]] = ()
+    settings: ClassVar[type[BaseModel] | None] = None
     synthetic_key: ClassVar[str] = "z"
-    #: whether the method uses class labels (supervised)
     needs_labels: ClassVar[bool] = False
     #: forward each view alone (BatchNorm statistics per view, as the official MoCo code)
     per_view_batchnorm: bool = False
 
     def __init__(
-        self,
-        backbone: nn.Module,
-        augment: BatchAugment,
-        optimizer: OptimizerConfig,
-        channels_last: bool = True,
-        synthetic: SyntheticConfig | None = None,
-        scorer: nn.Module | None = None,
+        self, backbone: nn.Module, augment: BatchAugment, config: PretrainConfig | None = None,
+        scorer: nn.Module | None = None, **overrides: Any,
     ) -> None:
         super().__init__()
+        if config is not None and not isinstance(config, PretrainConfig):
+            raise TypeError(f"{type(self).__name__}: config must be a PretrainConfig, got {type(config).__name__} "
+                            "(pass settings such as optimizer=... as keywords)")
+        if config is None:
+            if overrides.get("synthetic") is None:
+                overrides.pop("synthetic", None)  # None: no synthetic data, the default
+            config = PretrainConfig(method=self.name, **overrides)
+        self.config = config
+        self.options = config.section(self.name) if self.settings is not None else None
         self.backbone = backbone
         self.augment = augment
-        self.optimizer_config = optimizer
-        self.channels_last = channels_last
-        self.synthetic = synthetic or SyntheticConfig()
-        self.clsp_term = SyntheticPositiveLoss()
+        self.optimizer_config = config.optimizer
+        self.channels_last = config.channels_last
+        self.synthetic = config.synthetic
+        self.mode = MODES.get(config.synthetic.mode)(config.synthetic)
         # Not a submodule: the frozen scorer is neither trained nor checkpointed.
         self.__dict__["scorer"] = scorer
-        if channels_last:
+        if self.channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        self.build_heads()
+        self.setup_losses()
+
+    def setup(self, stage: str) -> None:
+        self.setup_losses()  # the world size (whether losses gather) is known only now
 
     # --- what a method defines -------------------------------------------------------------
+
+    def build_heads(self) -> None:
+        """Create the method's heads (and memories) from ``self.config`` / ``self.options``."""
+
+    def setup_losses(self) -> None:
+        """Create the loss modules (called again in :meth:`setup`, once the world size is known)."""
 
     def embed(self, x: torch.Tensor) -> Outputs:
         """Online outputs (e.g. ``{"z": projection, "p": prediction}``) of a batch of views. Shape: (B, ...)."""
         raise NotImplementedError
 
     def pair_loss(
-        self, outputs: list[Outputs], views: list[torch.Tensor], batch: dict, weights: torch.Tensor | None
+        self, outputs: list[Outputs], views: list[torch.Tensor], batch: PretrainBatch, weights: torch.Tensor | None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The method's loss for views 1 and 2 of each image, and the values to log.
 
@@ -102,7 +126,7 @@ class SSLMethod(L.LightningModule):
         """
         raise NotImplementedError
 
-    def multipos_loss(self, outputs: list[Outputs], batch: dict) -> torch.Tensor:
+    def multipos_loss(self, outputs: list[Outputs], batch: PretrainBatch) -> torch.Tensor:
         """multipos mode: the loss over all views (2 real + P synthetic per image)."""
         raise NotImplementedError(f"{type(self).__name__} has no multi-positive loss")
 
@@ -128,38 +152,12 @@ class SSLMethod(L.LightningModule):
         parts = {k: v.float().chunk(len(views)) for k, v in out.items()}
         return [{k: parts[k][i] for k in parts} for i in range(len(views))]
 
-    def sources(self, batch: dict) -> list[torch.Tensor]:
-        """The uint8 images each view is made from, in view order."""
-        images = batch["images"]
-        sources = [images, batch.get("second", images)]
-        mode = self.synthetic.mode
-        if mode == "clsp":
-            sources.append(batch["synthetic"])
-        elif mode == "multipos":
-            sources.extend(batch["synthetic"].unbind(1))
-        return sources
+    def compute_loss(self, batch: PretrainBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of one batch and the values to log: the mode makes the views' sources and combines the loss."""
+        views = [self.view(s) for s in self.mode.sources(batch)]
+        return self.mode.loss(self, views, self.embed_views(views), batch)
 
-    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The loss of one batch and the values to log."""
-        mode = self.synthetic.mode
-        views = [self.view(s) for s in self.sources(batch)]
-        outputs = self.embed_views(views)
-        if mode == "multipos":
-            loss = self.multipos_loss(outputs, batch)
-            return loss, {"loss": loss}
-        weights = None
-        if mode == "quality":
-            weights = self.scorer.pair_weights(views[0], views[1])
-        loss, logs = self.pair_loss(outputs[:2], views[:2], batch, weights)
-        if mode == "clsp":
-            key = self.synthetic_key
-            synthetic = self.clsp_term(outputs[0][key], outputs[2][key])
-            logs = {**logs, "method": loss, "synthetic": synthetic}
-            loss = loss + self.synthetic.weight * synthetic
-        logs["loss"] = loss
-        return loss, logs
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: PretrainBatch, batch_idx: int) -> torch.Tensor:
         loss, logs = self.compute_loss(batch)
         self.log_dict({f"train/{k}": v.detach() for k, v in logs.items()}, prog_bar=True, sync_dist=False)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=False)

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from synthpos.config import OptimizerConfig, PretrainConfig, SyntheticConfig
-from synthpos.data.augment import BatchAugment
 from synthpos.losses import NegativeCosineSimilarity
-from synthpos.methods.base import Outputs, SSLMethod
-from synthpos.methods.momentum import MomentumEncoder, cosine_momentum
+from synthpos.methods.base import Outputs, register_method
+from synthpos.methods.momentum import MomentumMethod
 from synthpos.models.heads import mlp
 
 
-class BYOL(SSLMethod):
+@register_method("byol")
+class BYOL(MomentumMethod):
     """BYOL: ``2 - 2 cos(p1, k2) + 2 - 2 cos(p2, k1)``, averaged over the batch; no negatives.
 
     ``p = predictor(projector(backbone(x)))`` is online; ``k`` comes from the momentum copy
@@ -32,36 +30,15 @@ class BYOL(SSLMethod):
 
     synthetic_key = "p"
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        augment: BatchAugment,
-        optimizer: OptimizerConfig,
-        projector_hidden_dim: int = 4096,
-        projector_out_dim: int = 256,
-        predictor_hidden_dim: int = 4096,
-        momentum_base: float = 0.99,
-        momentum_final: float = 1.0,
-        channels_last: bool = True,
-        synthetic: SyntheticConfig | None = None,
-        scorer: nn.Module | None = None,
-    ) -> None:
-        super().__init__(backbone, augment, optimizer, channels_last, synthetic, scorer)
-        self.projector = mlp(backbone.feature_dim, projector_hidden_dim, projector_out_dim, batch_norm=True)
-        self.predictor = mlp(projector_out_dim, predictor_hidden_dim, projector_out_dim, batch_norm=True)
-        self.momentum_encoder = MomentumEncoder(self.online)
+    modes = ("quality",)
+
+    def build_heads(self) -> None:
+        c = self.config
+        self.projector = mlp(self.backbone.feature_dim, c.projector_hidden_dim, c.projector_out_dim, batch_norm=True)
+        self.predictor = mlp(c.projector_out_dim, c.predictor_hidden_dim, c.projector_out_dim, batch_norm=True)
+
+    def setup_losses(self) -> None:
         self.criterion = NegativeCosineSimilarity(dim=1)
-        self.momentum_base, self.momentum_final = momentum_base, momentum_final
-
-    @classmethod
-    def from_config(cls, cfg: PretrainConfig, backbone: nn.Module, augment: BatchAugment, scorer=None) -> BYOL:
-        return cls(backbone, augment, cfg.optimizer, cfg.projector_hidden_dim, cfg.projector_out_dim,
-                   cfg.predictor_hidden_dim, cfg.momentum.base, cfg.momentum.final, cfg.channels_last,
-                   cfg.synthetic, scorer)
-
-    @property
-    def online(self) -> nn.Module:
-        return nn.Sequential(self.backbone, self.projector)
 
     def embed(self, x: torch.Tensor) -> Outputs:
         z = self.projector(self.backbone(x))
@@ -74,11 +51,7 @@ class BYOL(SSLMethod):
         return 2 * scale + 2 * self.criterion(p, k, weights=weights)
 
     def pair_loss(self, outputs, views, batch, weights):
-        k1, k2 = self.forward_views(self.momentum_encoder, views)
+        k1, k2 = self.momentum_keys(views)
         p1, p2 = outputs[0]["p"], outputs[1]["p"]
         loss = self.regression(p1, k2, weights) + self.regression(p2, k1, weights)
         return loss, {"byol": loss}
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        tau = cosine_momentum(self.global_step, self.total_steps, self.momentum_base, self.momentum_final)
-        self.momentum_encoder.update(self.online, tau)

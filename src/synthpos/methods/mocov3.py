@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
-
-from synthpos.config import OptimizerConfig, PretrainConfig, SyntheticConfig
-from synthpos.data.augment import BatchAugment
-from synthpos.distributed import world_size
+from pydantic import BaseModel, ConfigDict, Field
+from synthpos.distributed import gather, rank_offset, world_size
 from synthpos.losses import MoCoLoss
-from synthpos.methods.base import Outputs, SSLMethod
-from synthpos.methods.momentum import MomentumEncoder, cosine_momentum
+from synthpos.methods.base import Outputs, register_method
+from synthpos.methods.momentum import MomentumMethod
 from synthpos.models.heads import mlp
 
 
-class MoCoV3(SSLMethod):
+class MoCoV3Settings(BaseModel):
+    """``pretrain.mocov3``: the heads' shape (default: solo-learn's ResNet branch)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    projector_layers: int = Field(2, ge=2, description="Layers of the projector (the paper: 3).")
+    predictor_last_batch_norm: bool = Field(False, description="BatchNorm after the predictor's last layer (the paper: on).")
+
+
+@register_method("mocov3")
+class MoCoV3(MomentumMethod):
     """MoCo v3: predictions of the online encoder against momentum keys of the other view.
 
     Loss (solo-learn's ``mocov3_loss_func``, summed over both directions)::
@@ -31,8 +38,8 @@ class MoCoV3(SSLMethod):
     solo-learn's CIFAR recipe (scripts/pretrain/cifar/mocov3.yaml: hidden 4096, out 256,
     T 0.2, momentum 0.99 -> 1.0) trains: projector 2 layers with BatchNorm and a last
     BatchNorm without affine parameters, predictor 2 layers with BatchNorm and no last
-    BatchNorm. ``projector_layers=3, predictor_last_batch_norm=True`` gives the paper's
-    (and its ViT branch's) heads.
+    BatchNorm. ``pretrain.mocov3: {projector_layers: 3, predictor_last_batch_norm: true}``
+    gives the paper's (and its ViT branch's) heads.
 
     CLSP term: on ``p``, the query. The query is the vector the contrastive loss pulls
     towards its positive, and thanks to the ``2T`` factor that pull is
@@ -44,60 +51,36 @@ class MoCoV3(SSLMethod):
 
     synthetic_key = "p"
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        augment: BatchAugment,
-        optimizer: OptimizerConfig,
-        projector_hidden_dim: int = 4096,
-        projector_out_dim: int = 256,
-        predictor_hidden_dim: int = 4096,
-        temperature: float = 0.2,
-        momentum_base: float = 0.99,
-        momentum_final: float = 1.0,
-        channels_last: bool = True,
-        synthetic: SyntheticConfig | None = None,
-        scorer: nn.Module | None = None,
-        projector_layers: int = 2,
-        predictor_last_batch_norm: bool = False,
-    ) -> None:
-        super().__init__(backbone, augment, optimizer, channels_last, synthetic, scorer)
-        self.projector = mlp(backbone.feature_dim, projector_hidden_dim, projector_out_dim, num_layers=projector_layers,
-                             batch_norm=True, last_batch_norm=True, last_affine=False)
-        self.predictor = mlp(projector_out_dim, predictor_hidden_dim, projector_out_dim, batch_norm=True,
-                             last_batch_norm=predictor_last_batch_norm, last_affine=False)
-        self.momentum_encoder = MomentumEncoder(self.online)
-        self.temperature = temperature
-        self.momentum_base, self.momentum_final = momentum_base, momentum_final
-        self.setup_losses()
+    modes = ("quality", "mochi")
+    settings = MoCoV3Settings
 
-    @classmethod
-    def from_config(cls, cfg: PretrainConfig, backbone: nn.Module, augment: BatchAugment, scorer=None) -> MoCoV3:
-        return cls(backbone, augment, cfg.optimizer, cfg.projector_hidden_dim, cfg.projector_out_dim,
-                   cfg.predictor_hidden_dim, cfg.temperature, cfg.momentum.base, cfg.momentum.final,
-                   cfg.channels_last, cfg.synthetic, scorer)
+    def build_heads(self) -> None:
+        c, o = self.config, self.options
+        self.projector = mlp(self.backbone.feature_dim, c.projector_hidden_dim, c.projector_out_dim,
+                             num_layers=o.projector_layers, batch_norm=True, last_batch_norm=True, last_affine=False)
+        self.predictor = mlp(c.projector_out_dim, c.predictor_hidden_dim, c.projector_out_dim, batch_norm=True,
+                             last_batch_norm=o.predictor_last_batch_norm, last_affine=False)
 
     def setup_losses(self) -> None:
-        self.criterion = MoCoLoss(self.temperature, gather_distributed=world_size() > 1)
+        self.criterion = MoCoLoss(self.config.temperature, gather_distributed=world_size() > 1)
 
-    def setup(self, stage: str) -> None:
-        self.setup_losses()  # the world size is known only now
-
-    @property
-    def online(self) -> nn.Module:
-        return nn.Sequential(self.backbone, self.projector)
+    def extra_negatives(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor | None:
+        """The mode's negatives (MoCHi) from the keys the loss contrasts with: every rank's, the own one excluded."""
+        if not self.mode.adds_negatives:
+            return None
+        everyone = gather(keys) if world_size() > 1 else keys
+        own = torch.arange(len(query), device=query.device) + rank_offset(len(query))
+        return self.mode.hard_negatives(query, everyone, own)
 
     def embed(self, x: torch.Tensor) -> Outputs:
         z = self.projector(self.backbone(x))
         return {"z": z, "p": self.predictor(z)}
 
     def pair_loss(self, outputs, views, batch, weights):
-        k1, k2 = self.forward_views(self.momentum_encoder, views)
+        k1, k2 = self.momentum_keys(views)
         q1, q2 = outputs[0]["p"], outputs[1]["p"]
-        scale = 2 * self.temperature
-        loss = scale * (self.criterion(q1, k2, weights=weights) + self.criterion(q2, k1, weights=weights))
+        scale = 2 * self.config.temperature
+        extra1, extra2 = self.extra_negatives(q1, k2), self.extra_negatives(q2, k1)
+        loss = scale * (self.criterion(q1, k2, weights=weights, extra_negatives=extra1)
+                        + self.criterion(q2, k1, weights=weights, extra_negatives=extra2))
         return loss, {"mocov3": loss}
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        tau = cosine_momentum(self.global_step, self.total_steps, self.momentum_base, self.momentum_final)
-        self.momentum_encoder.update(self.online, tau)

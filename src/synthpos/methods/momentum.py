@@ -1,4 +1,4 @@
-"""Momentum (EMA) encoders with the cosine momentum schedule of BYOL / MoCo v2+ / MoCo v3."""
+"""Momentum (EMA) encoders with the cosine momentum schedule of BYOL / MoCo v2+ / MoCo v3 / All4One, and their base."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import math
 
 import torch
 from torch import nn
+
+from synthpos.methods.base import SSLMethod
 
 
 def cosine_momentum(step: int, total_steps: int, base: float, final: float) -> float:
@@ -49,3 +51,38 @@ class MomentumEncoder(nn.Module):
         torch._foreach_add_(target, [p.detach() for p in source], alpha=1.0 - tau)
         for t, s in zip(self.module.buffers(), online.buffers()):
             t.copy_(s)
+
+
+class MomentumMethod(SSLMethod):
+    """A method with a momentum copy of :attr:`online`: holds the copy, its keys and its EMA schedule.
+
+    After :meth:`~SSLMethod.build_heads` the base's constructor is done; this class then copies
+    ``online`` (default backbone + projector). After each optimiser step the copy moves
+    towards the online network with ``tau`` on the cosine schedule ``pretrain.momentum.base ->
+    final``, then :meth:`after_momentum_step` runs (queues and support sets enqueue there).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.momentum_encoder = MomentumEncoder(self.online)
+
+    @property
+    def online(self) -> nn.Module:
+        """The part of the network the momentum copy follows."""
+        return nn.Sequential(self.backbone, self.projector)
+
+    def momentum_keys(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """The momentum copy's outputs for each view, in fp32 and without gradient. Shape: (B, D) each."""
+        return self.momentum_encoder(torch.cat(views)).float().chunk(len(views))
+
+    def momentum(self) -> float:
+        """``tau`` of this step."""
+        m = self.config.momentum
+        return cosine_momentum(self.global_step, self.total_steps, m.base, m.final)
+
+    def after_momentum_step(self) -> None:
+        """Runs after each EMA update; default nothing."""
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self.momentum_encoder.update(self.online, self.momentum())
+        self.after_momentum_step()

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from synthpos.config import OptimizerConfig, PretrainConfig, SyntheticConfig
-from synthpos.data.augment import BatchAugment
 from synthpos.distributed import world_size
 from synthpos.losses import MoCoLoss
-from synthpos.methods.base import Outputs, SSLMethod
+from synthpos.methods.base import Outputs, SSLMethod, register_method
 from synthpos.models.heads import mlp
 from synthpos.models.memory import NearestNeighbourSupport
 
 
+@register_method("nnclr")
 class NNCLR(SSLMethod):
     """NNCLR: each view's projection is replaced by its nearest neighbour in a support set
     of past projections, which must pick out the other view's prediction among the batch.
@@ -40,41 +38,20 @@ class NNCLR(SSLMethod):
 
     synthetic_key = "p"
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        augment: BatchAugment,
-        optimizer: OptimizerConfig,
-        projector_hidden_dim: int = 2048,
-        projector_out_dim: int = 256,
-        predictor_hidden_dim: int = 4096,
-        temperature: float = 0.2,
-        queue_size: int = 65536,
-        channels_last: bool = True,
-        synthetic: SyntheticConfig | None = None,
-        scorer: nn.Module | None = None,
-    ) -> None:
-        super().__init__(backbone, augment, optimizer, channels_last, synthetic, scorer)
-        self.projector = mlp(backbone.feature_dim, projector_hidden_dim, projector_out_dim, num_layers=3,
-                             batch_norm=True, last_batch_norm=True)
-        self.predictor = mlp(projector_out_dim, predictor_hidden_dim, projector_out_dim, batch_norm=True)
-        self.support = NearestNeighbourSupport(queue_size, projector_out_dim)
-        self.temperature = temperature
-        self.setup_losses()
-        self._projections = torch.empty(0)
+    modes = ("quality",)
 
-    @classmethod
-    def from_config(cls, cfg: PretrainConfig, backbone: nn.Module, augment: BatchAugment, scorer=None) -> NNCLR:
-        return cls(backbone, augment, cfg.optimizer, cfg.projector_hidden_dim, cfg.projector_out_dim,
-                   cfg.predictor_hidden_dim, cfg.temperature, cfg.queue_size, cfg.channels_last, cfg.synthetic, scorer)
+    def build_heads(self) -> None:
+        c = self.config
+        self.projector = mlp(self.backbone.feature_dim, c.projector_hidden_dim, c.projector_out_dim, num_layers=3,
+                             batch_norm=True, last_batch_norm=True)
+        self.predictor = mlp(c.projector_out_dim, c.predictor_hidden_dim, c.projector_out_dim, batch_norm=True)
+        self.support = NearestNeighbourSupport(c.queue_size, c.projector_out_dim)
+        self._projections = torch.empty(0)
 
     def setup_losses(self) -> None:
         # MoCoLoss without a queue is exactly this contrast: row i (here a neighbour) against
         # column j (a prediction), target i, negatives the other images' predictions.
-        self.criterion = MoCoLoss(self.temperature, gather_distributed=world_size() > 1)
-
-    def setup(self, stage: str) -> None:
-        self.setup_losses()  # the world size is known only now
+        self.criterion = MoCoLoss(self.config.temperature, gather_distributed=world_size() > 1)
 
     def embed(self, x: torch.Tensor) -> Outputs:
         z = self.projector(self.backbone(x))

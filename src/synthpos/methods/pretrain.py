@@ -6,6 +6,7 @@ import json
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -13,9 +14,9 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, Dataset
 
-from synthpos.config import PretrainConfig, RunConfig, dump_config
+from synthpos.config import PretrainConfig, RunConfig, SyntheticConfig, dump_config
 from synthpos.data import BatchAugment, ImageDataset, load_dataset
-from synthpos.data.augment import to_model_input
+from synthpos.data.batch import PretrainBatch
 from synthpos.data.synthetic_store import SyntheticStore
 from synthpos.distributed import convert_global_batchnorm
 from synthpos.errors import SynthposError
@@ -23,25 +24,29 @@ from synthpos.evaluation.monitor import KNNMonitor
 from synthpos.evaluation.online_probe import OnlineLinearProbe
 from synthpos.methods import SSLMethod, method_class
 from synthpos.models.backbones import build_backbone, save_backbone
+from synthpos.modes.base import SyntheticMode
+from synthpos.registry import MODES
 from synthpos.precision import resolve_precision
 from synthpos.resumable import AtomicCheckpointIO, ResumableBatchSampler, ResumableCheckpoint, usable_checkpoint
 from synthpos.signals import Terminated
 
 
 class PretrainBatches(Dataset):
-    """Anchor indices -> one batch dict, fetched whole (``__getitems__``), not item by item.
+    """Anchor indices -> one :class:`~synthpos.data.batch.PretrainBatch`, fetched whole (``__getitems__``).
 
     Fetching a batch is one fancy-index into the in-memory images (and one read per
     store shard), so a small model's step never waits for per-image Python work, and
     no worker processes are needed to steal the cores the model needs.
 
-    What the batch carries from the store depends on ``mode`` (see :class:`SyntheticConfig`),
-    with candidates drawn uniformly and anew every time an anchor is seen:
+    What the batch carries from the store is the synthetic mode's choice
+    (:meth:`synthpos.modes.base.SyntheticMode.fill`), drawn anew every time an anchor is seen.
 
-    - ``clsp``: ``synthetic`` (B, C, H, W), one candidate per anchor;
-    - ``replace``/``quality``: ``second`` (B, C, H, W), the source of view 2: a candidate
-      with probability ``replace_prob``, else the real image;
-    - ``multipos``: ``synthetic`` (B, P, C, H, W), P distinct candidates per anchor.
+    Args:
+        dataset: the training images.
+        store: the synthetic store, or None (the batch then holds the real images only).
+        seed: seed of the draws from the store.
+        mode: the synthetic mode (an instance, its config, or its name with ``settings``).
+        **settings: ``SyntheticConfig`` fields when ``mode`` is a name (``replace_prob=1.0``).
     """
 
     def __init__(
@@ -49,51 +54,35 @@ class PretrainBatches(Dataset):
         dataset: ImageDataset,
         store: SyntheticStore | None = None,
         seed: int = 0,
-        mode: str = "clsp",
-        replace_prob: float = 0.5,
-        positives: int = 1,
+        mode: SyntheticMode | SyntheticConfig | str = "clsp",
+        **settings: Any,
     ) -> None:
-        self.dataset, self.store = dataset, store
-        self.mode, self.replace_prob, self.positives = mode, replace_prob, positives
+        if isinstance(mode, str):
+            mode = SyntheticConfig(mode=mode, **settings)
+        if isinstance(mode, SyntheticConfig):
+            mode = MODES.get(mode.mode)(mode)
+        self.dataset, self.store, self.mode = dataset, store, mode
         self.rng = np.random.default_rng(seed)
         self.seed = seed
-        if store is not None and mode == "multipos" and positives > store.candidates:
-            raise SynthposError(f"pretrain.synthetic.positives={positives} but the store has {store.candidates} candidates "
-                                "per anchor; lower positives or generate more candidates")
+        if store is not None:
+            mode.check_store(store)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, index: int) -> PretrainBatch:
         return self.__getitems__([index])
 
-    def _candidates(self, idx: np.ndarray, choice: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(self.store.get(idx, choice)).permute(0, 3, 1, 2).contiguous()
-
-    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+    def __getitems__(self, indices: list[int]) -> PretrainBatch:
         # A batch from ResumableBatchSampler carries its (epoch, batch): its draws are seeded by
         # it, so a run resumed mid-epoch draws what an uninterrupted one would.
         key = getattr(indices, "key", None)
         rng = self.rng if key is None else np.random.default_rng([self.seed, *key])
         idx = np.asarray(indices, dtype=np.int64)
         images, labels = self.dataset.batch(idx)
-        batch = {"indices": torch.from_numpy(idx), "images": images, "labels": labels}
-        if self.store is None:
-            return batch
-        k = self.store.candidates
-        if self.mode == "multipos":
-            # P distinct slots per anchor: the first P of a random permutation of its K.
-            slots = np.argsort(rng.random((len(idx), k)), axis=1)[:, : self.positives]
-            batch["synthetic"] = torch.stack([self._candidates(idx, slots[:, j]) for j in range(self.positives)], dim=1)
-        elif self.mode in ("replace", "quality"):
-            choice = rng.integers(0, k, size=len(idx))
-            use = rng.random(len(idx)) < self.replace_prob
-            second = images.clone()
-            if use.any():
-                second[torch.from_numpy(use)] = self._candidates(idx[use], choice[use])
-            batch["second"] = second
-        else:
-            batch["synthetic"] = self._candidates(idx, rng.integers(0, k, size=len(idx)))
+        batch = PretrainBatch(indices=torch.from_numpy(idx), images=images, labels=labels)
+        if self.store is not None:
+            self.mode.fill(batch, self.store, rng)
         return batch
 
 
@@ -133,17 +122,9 @@ def build_method(cfg: PretrainConfig, dataset: ImageDataset, seed: int = 0) -> S
     """
     cls = check_method(cfg, dataset)
     augment = build_augment(cfg, dataset)
-    scorer = None
-    if cfg.synthetic.mode == "quality":
-        from synthpos.models.scorer import build_scorer
-
-        size = cfg.augment.crop_size
-        scorer = build_scorer(cfg.synthetic.scorer, dataset.images, lambda x: to_model_input(x, size, dataset.mean, dataset.std),
-                              cfg.synthetic.gamma, cfg.synthetic.scorer_fit_images, seed)
+    scorer = MODES.get(cfg.synthetic.mode).frozen_model(cfg, dataset, seed)
     backbone = build_backbone(cfg.backbone, dataset.channels)
-    method = cls.from_config(cfg, backbone, augment, scorer)
-    method.per_view_batchnorm = cfg.per_view_batchnorm
-    return method
+    return cls(backbone, augment, cfg, scorer)
 
 
 def check_batch_size(cfg: PretrainConfig, num_images: int) -> tuple[str, int]:
@@ -207,7 +188,7 @@ def pretrain(
     devices = cfg.devices
     sampler = ResumableBatchSampler(len(dataset), cfg.batch_size // world, seed)
     loader = DataLoader(
-        PretrainBatches(dataset, store, seed, cfg.synthetic.mode, cfg.synthetic.replace_prob, cfg.synthetic.positives),
+        PretrainBatches(dataset, store, seed, cfg.synthetic),
         batch_sampler=sampler, collate_fn=_first, num_workers=0,
         # Its own generator: the loader's per-epoch base seed must not draw from the global one,
         # which a resumed run restores for the augmentations.
@@ -276,7 +257,7 @@ def pretrain_stage(config: RunConfig, show_progress: bool = True) -> Path:
     cfg = config.pretrain
     dataset = load_dataset(config.data, "train")
     store = None
-    if cfg.synthetic.mode != "none":
+    if MODES.get(cfg.synthetic.mode).needs_store:
         store = SyntheticStore.open(config.store_dir, dataset.name, dataset.split, dataset.images, verify=cfg.verify_store)
     check_batch_size(cfg, len(dataset))  # before anything is written
     check_method(cfg, dataset)

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from synthpos.config import OptimizerConfig, PretrainConfig, SyntheticConfig
-from synthpos.data.augment import BatchAugment
 from synthpos.losses import NegativeCosineSimilarity
-from synthpos.methods.base import Outputs, SSLMethod
+from synthpos.methods.base import Outputs, SSLMethod, register_method
 from synthpos.models.heads import mlp
 
 
+@register_method("simsiam")
 class SimSiam(SSLMethod):
     """SimSiam: ``-cos(p1, sg(z2)) / 2 - cos(p2, sg(z1)) / 2``, averaged over the batch.
 
@@ -31,28 +29,16 @@ class SimSiam(SSLMethod):
 
     synthetic_key = "p"
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        augment: BatchAugment,
-        optimizer: OptimizerConfig,
-        projector_hidden_dim: int = 2048,
-        projector_out_dim: int = 2048,
-        predictor_hidden_dim: int = 512,
-        channels_last: bool = True,
-        synthetic: SyntheticConfig | None = None,
-        scorer: nn.Module | None = None,
-    ) -> None:
-        super().__init__(backbone, augment, optimizer, channels_last, synthetic, scorer)
-        self.projector = mlp(backbone.feature_dim, projector_hidden_dim, projector_out_dim, num_layers=3,
-                             batch_norm=True, last_batch_norm=True, last_affine=False)
-        self.predictor = mlp(projector_out_dim, predictor_hidden_dim, projector_out_dim, batch_norm=True)
-        self.criterion = NegativeCosineSimilarity(dim=1)
+    modes = ("quality",)
 
-    @classmethod
-    def from_config(cls, cfg: PretrainConfig, backbone: nn.Module, augment: BatchAugment, scorer=None) -> SimSiam:
-        return cls(backbone, augment, cfg.optimizer, cfg.projector_hidden_dim, cfg.projector_out_dim,
-                   cfg.predictor_hidden_dim, cfg.channels_last, cfg.synthetic, scorer)
+    def build_heads(self) -> None:
+        c = self.config
+        self.projector = mlp(self.backbone.feature_dim, c.projector_hidden_dim, c.projector_out_dim, num_layers=3,
+                             batch_norm=True, last_batch_norm=True, last_affine=False)
+        self.predictor = mlp(c.projector_out_dim, c.predictor_hidden_dim, c.projector_out_dim, batch_norm=True)
+
+    def setup_losses(self) -> None:
+        self.criterion = NegativeCosineSimilarity(dim=1)
 
     def embed(self, x: torch.Tensor) -> Outputs:
         z = self.projector(self.backbone(x))

@@ -1,0 +1,98 @@
+"""The synthetic mode base: what a mode declares and the hooks it may override."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+
+from synthpos.config import PretrainConfig, SyntheticConfig
+from synthpos.data.batch import PretrainBatch
+from synthpos.data.synthetic_store import SyntheticStore
+from synthpos.registry import METHODS, MODES
+
+if TYPE_CHECKING:  # methods import modes, not the other way round
+    from synthpos.methods.base import Outputs, SSLMethod
+
+register_mode = MODES.register
+
+
+class SyntheticMode:
+    """One way synthetic data enter pretraining (``pretrain.synthetic.mode``).
+
+    Declares:
+        name: set by ``@register_mode("name")``.
+        needs_store: whether the mode reads generated candidates from a store; a mode that
+            needs none (``none``, ``mochi``) makes ``run`` skip generator training and generation.
+        for_every_method: the mode works with any method (it needs only ``embed`` and
+            ``pair_loss``); otherwise a method lists it in its ``modes``.
+        needs: what a method must have for the mode, for the one-line config error.
+        settings: a pydantic model of the mode's own settings, read from
+            ``pretrain.synthetic.<name>``; None when it only reads the shared fields.
+
+    The defaults make the plain two-view step: views from ``images`` (and ``second`` when
+    set), the method's :meth:`~synthpos.methods.base.SSLMethod.pair_loss`, nothing else.
+    """
+
+    name: ClassVar[str]
+    needs_store: ClassVar[bool] = True
+    for_every_method: ClassVar[bool] = False
+    needs: ClassVar[str] = "support for it"
+    settings: ClassVar[type[BaseModel] | None] = None
+    #: :meth:`hard_negatives` returns negatives (methods gather what it needs only then)
+    adds_negatives: ClassVar[bool] = False
+
+    def __init__(self, config: SyntheticConfig) -> None:
+        self.config = config
+        self.options = config.section(self.name) if self.settings is not None else None
+
+    # --- config time ------------------------------------------------------------------------
+
+    @classmethod
+    def check(cls, method: type, config: SyntheticConfig) -> None:
+        """Raise ValueError (one line) when ``method`` cannot use this mode or ``config`` misses a setting."""
+        if cls.for_every_method or cls.name in method.modes:
+            return
+        users = [name for name, m in METHODS.items() if cls.name in m.modes]
+        raise ValueError(f"pretrain.synthetic.mode={cls.name} needs {cls.needs}; {method.name} has none. "
+                         f"Use it with {', '.join(users) or 'no registered method'}, or choose mode clsp or replace")
+
+    @classmethod
+    def frozen_model(cls, config: PretrainConfig, dataset: Any, seed: int) -> torch.nn.Module | None:
+        """A frozen network the mode needs at training time (quality's scorer), built once; default none."""
+        return None
+
+    # --- data side --------------------------------------------------------------------------
+
+    def check_store(self, store: SyntheticStore) -> None:
+        """Raise :class:`~synthpos.errors.SynthposError` when ``store`` cannot serve this mode."""
+
+    def fill(self, batch: PretrainBatch, store: SyntheticStore, rng: np.random.Generator) -> None:
+        """Add what the mode draws from ``store`` to ``batch`` (in place); default nothing."""
+
+    # --- model side -------------------------------------------------------------------------
+
+    def sources(self, batch: PretrainBatch) -> list[torch.Tensor]:
+        """The uint8 images each view is made from, in view order (view 1, view 2, extra views)."""
+        return [batch.images, batch.images if batch.second is None else batch.second]
+
+    def loss(
+        self, method: SSLMethod, views: list[torch.Tensor], outputs: list[Outputs], batch: PretrainBatch
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The step's loss and the values to log (``loss`` among them)."""
+        loss, logs = method.pair_loss(outputs[:2], views[:2], batch, None)
+        return loss, {**logs, "loss": loss}
+
+    def hard_negatives(
+        self, query: torch.Tensor, negatives: torch.Tensor, positives: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """Extra negatives per query for a method's contrast, or None (default).
+
+        A method that contrasts queries with a set of negatives passes them here and adds
+        what comes back (MoCHi). ``positives[i]`` is the row of ``negatives`` that is query
+        i's own positive where the set holds it (in-batch keys), else None.
+        Shape: (N, D), (Q, D), (N,) -> (N, S, D).
+        """
+        return None

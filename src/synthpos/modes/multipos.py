@@ -1,0 +1,41 @@
+"""``multipos``: P stored candidates per anchor as extra positives of a multi-positive InfoNCE."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from synthpos.data.batch import PretrainBatch, stored_candidates
+from synthpos.data.synthetic_store import SyntheticStore
+from synthpos.errors import SynthposError
+from synthpos.modes.base import SyntheticMode, register_mode
+
+
+@register_mode("multipos")
+class MultiPositive(SyntheticMode):
+    """Data: ``synthetic`` (B, P, C, H, W), P distinct candidates of each anchor, drawn anew each time.
+
+    Loss: the method's :meth:`~synthpos.methods.base.SSLMethod.multipos_loss` over all 2 + P
+    views, every view of an image a positive of every other.
+    """
+
+    needs = "a multi-positive InfoNCE"
+
+    def check_store(self, store: SyntheticStore) -> None:
+        positives = self.config.positives
+        if positives > store.candidates:
+            raise SynthposError(f"pretrain.synthetic.positives={positives} but the store has {store.candidates} "
+                                "candidates per anchor; lower positives or generate more candidates")
+
+    def fill(self, batch: PretrainBatch, store: SyntheticStore, rng: np.random.Generator) -> None:
+        idx = batch.indices.numpy()
+        # P distinct slots per anchor: the first P of a random permutation of its K.
+        slots = np.argsort(rng.random((len(idx), store.candidates)), axis=1)[:, : self.config.positives]
+        batch.synthetic = torch.stack([stored_candidates(store, idx, slots[:, j]) for j in range(slots.shape[1])], dim=1)
+
+    def sources(self, batch: PretrainBatch) -> list[torch.Tensor]:
+        return [*super().sources(batch), *batch.synthetic.unbind(1)]
+
+    def loss(self, method, views, outputs, batch):
+        loss = method.multipos_loss(outputs, batch)
+        return loss, {"loss": loss}

@@ -1,0 +1,208 @@
+"""MoCHi (Kalantidis et al., NeurIPS 2020) against hand-written loops: the mixes and MoCo v2+'s loss with them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from synthpos.config import SyntheticConfig, load_config
+from synthpos.data.batch import PretrainBatch
+from synthpos.errors import SynthposError
+from synthpos.methods.mocov2plus import MoCoV2Plus
+from synthpos.methods.mocov3 import MoCoV3
+from synthpos.modes.mochi import draw_mixing, mix_hard_negatives
+from synthpos.pipeline import stage_done
+
+B, D, Q = 4, 8, 20
+HARDEST, MIXES, QUERY_MIXES = 6, 5, 3  # small (N, s, s') so that the loops stay readable
+
+
+def _unit(v: list[float]) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in v))
+    return [x / norm for x in v]
+
+
+def reference_mixes(query, negatives, hardest, draws, own: bool = False) -> list[list[list[float]]]:
+    """MoCHi's h and h' written out per query with Python lists (the paper's section 4).
+
+    ``own``: row i of ``negatives`` is query i's positive (in-batch keys) and is never a negative.
+    """
+    out = []
+    negs = [_unit(n) for n in negatives.tolist()]
+    for i, q in enumerate(query.tolist()):
+        q = _unit(q)
+        sims = [sum(a * b for a, b in zip(q, n)) for n in negs]
+        candidates = [j for j in range(len(negs)) if not (own and j == i)]
+        order = sorted(candidates, key=lambda j: -sims[j])[:hardest]  # hardest: most similar to the query
+        rows = []
+        for k in range(draws.alpha.shape[1]):
+            a = float(draws.alpha[i, k])
+            ni, nj = negs[order[int(draws.first[i, k])]], negs[order[int(draws.second[i, k])]]
+            rows.append(_unit([a * x + (1 - a) * y for x, y in zip(ni, nj)]))
+        for k in range(draws.beta.shape[1]):
+            b = float(draws.beta[i, k])
+            nj = negs[order[int(draws.partner[i, k])]]
+            rows.append(_unit([b * x + (1 - b) * y for x, y in zip(q, nj)]))
+        out.append(rows)
+    return out
+
+
+def test_mixes_match_a_hand_written_loop() -> None:
+    g = torch.Generator().manual_seed(0)
+    query = torch.randn(B, D, generator=g, requires_grad=True)
+    negatives = torch.randn(Q, D, generator=g)
+    draws = draw_mixing(B, HARDEST, MIXES, QUERY_MIXES, generator=torch.Generator().manual_seed(1))
+    mixed = mix_hard_negatives(query, negatives, HARDEST, draws)
+    assert mixed.shape == (B, MIXES + QUERY_MIXES, D)
+    assert not mixed.requires_grad  # the paper: no gradient through the mixing
+    expected = torch.tensor(reference_mixes(query.detach(), negatives, HARDEST, draws))
+    torch.testing.assert_close(mixed, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(mixed.norm(dim=2), torch.ones(B, MIXES + QUERY_MIXES))
+
+
+def test_with_one_hardest_negative_every_pair_mix_is_the_most_similar_negative() -> None:
+    g = torch.Generator().manual_seed(2)
+    query, negatives = torch.randn(B, D, generator=g), torch.randn(Q, D, generator=g)
+    mixed = mix_hard_negatives(query, negatives, 1, draw_mixing(B, 1, MIXES, QUERY_MIXES, generator=g))
+    sims = torch.nn.functional.normalize(query, dim=1) @ torch.nn.functional.normalize(negatives, dim=1).T
+    nearest = torch.nn.functional.normalize(negatives, dim=1)[sims.argmax(dim=1)]  # (B, D)
+    torch.testing.assert_close(mixed[:, :MIXES], nearest[:, None].expand(-1, MIXES, -1), rtol=1e-5, atol=1e-6)
+    # Query mixes: the query's share is below one half, so each stays closer to the negative than to the query.
+    q = torch.nn.functional.normalize(query, dim=1)
+    to_negative = (mixed[:, MIXES:] * nearest[:, None]).sum(-1)
+    to_query = (mixed[:, MIXES:] * q[:, None]).sum(-1)
+    assert (to_negative > to_query).all()
+
+
+def test_draws_are_uniform_picks_and_shares_in_the_papers_ranges() -> None:
+    draws = draw_mixing(2000, HARDEST, MIXES, QUERY_MIXES, generator=torch.Generator().manual_seed(3))
+    assert 0 < draws.alpha.min() and draws.alpha.max() < 1 and abs(draws.alpha.mean().item() - 0.5) < 0.01
+    assert 0 <= draws.beta.min() and draws.beta.max() < 0.5 and abs(draws.beta.mean().item() - 0.25) < 0.01
+    for picks in (draws.first, draws.second, draws.partner):
+        counts = torch.bincount(picks.flatten(), minlength=HARDEST).float()
+        assert len(counts) == HARDEST and (counts / counts.mean() - 1).abs().max() < 0.1
+
+
+class Flip(nn.Module):
+    """Deterministic views: call k of a step gives the identity or a flip."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        k, self.calls = self.calls % 2, self.calls + 1
+        x = images.float() / 255 - 0.5
+        return x if k == 0 else x.flip(-1)
+
+
+class Linear(nn.Module):
+    feature_dim = 16
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(36, 16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _moco(mode: str) -> MoCoV2Plus:
+    torch.manual_seed(0)
+    synthetic = SyntheticConfig(mode=mode, mochi={"hardest": HARDEST, "mixes": MIXES, "query_mixes": QUERY_MIXES})
+    method = MoCoV2Plus(Linear(), Flip(), projector_hidden_dim=16, projector_out_dim=D, temperature=0.2,
+                        queue_size=Q, channels_last=False, synthetic=synthetic)
+    with torch.no_grad():
+        for p in method.momentum_encoder.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # keys from a different network than the queries
+    return method.eval()
+
+
+def _ce(logits: list[float]) -> float:
+    """-log softmax(logits)[0], written out."""
+    top = max(logits)
+    return -(logits[0] - top - math.log(sum(math.exp(x - top) for x in logits)))
+
+
+def _step(method, seed: int, head) -> tuple[torch.Tensor, PretrainBatch, list[torch.Tensor], list[torch.Tensor]]:
+    """The method's loss of a random batch under ``seed``, and the queries (``head(view)``) and keys recomputed view by view."""
+    g = torch.Generator().manual_seed(seed)
+    batch = PretrainBatch(indices=torch.arange(B), images=torch.randint(0, 256, (B, 1, 6, 6), generator=g, dtype=torch.uint8))
+    torch.manual_seed(seed)
+    loss, _ = method.compute_loss(batch)
+    with torch.no_grad():
+        x = batch.images.float() / 255 - 0.5
+        views = [x, x.flip(-1)]  # what Flip gives for views 1 and 2
+        return loss, batch, [head(v) for v in views], [method.momentum_encoder(v) for v in views]
+
+
+def test_mocov2plus_loss_with_mochi_matches_a_hand_written_loop() -> None:
+    method = _moco("mochi")
+    loss, batch, q, k = _step(method, 5, lambda v: method.projector(method.backbone(v)))
+    with torch.no_grad():
+        queues = [qu.queue for qu in method.queues]
+    torch.manual_seed(5)  # the same draws, in the same order: (q1 against queue 2), then (q2 against queue 1)
+    draws = [draw_mixing(B, HARDEST, MIXES, QUERY_MIXES) for _ in range(2)]
+    total = 0.0
+    for (qv, kv, queue), d in zip([(q[0], k[1], queues[1]), (q[1], k[0], queues[0])], draws):
+        synthetic = reference_mixes(qv, queue, HARDEST, d)
+        per_query = []
+        for i in range(B):
+            qi, ki = _unit(qv[i].tolist()), _unit(kv[i].tolist())
+            negs = [_unit(n) for n in queue.tolist()] + synthetic[i]
+            logits = [sum(a * b for a, b in zip(qi, x)) / 0.2 for x in [ki, *negs]]
+            per_query.append(_ce(logits))
+        total += sum(per_query) / B / 2
+    assert loss.item() == pytest.approx(total, rel=1e-5)
+    # More (and harder) negatives can only raise the cross-entropy of the same queries.
+    plain = _moco("none")
+    with torch.no_grad():
+        assert plain.compute_loss(batch)[0].item() < loss.item()
+
+
+def test_mocov3_mixes_the_hardest_of_the_batchs_other_keys_as_a_hand_written_loop() -> None:
+    torch.manual_seed(0)
+    n_hard = 3  # of the B - 1 = 3 other keys: all of them, the own key never
+    synthetic = SyntheticConfig(mode="mochi", mochi={"hardest": 8, "mixes": MIXES, "query_mixes": QUERY_MIXES})
+    method = MoCoV3(Linear(), Flip(), projector_hidden_dim=16, projector_out_dim=D, predictor_hidden_dim=16,
+                    temperature=0.2, channels_last=False, synthetic=synthetic).eval()
+    with torch.no_grad():
+        for p in method.momentum_encoder.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    loss, _, q, k = _step(method, 8, lambda v: method.predictor(method.projector(method.backbone(v))))
+    torch.manual_seed(8)
+    draws = [draw_mixing(B, n_hard, MIXES, QUERY_MIXES) for _ in range(2)]
+    total = 0.0
+    for (qv, kv), d in zip([(q[0], k[1]), (q[1], k[0])], draws):
+        synthetic = reference_mixes(qv, kv, n_hard, d, own=True)
+        for i in range(B):
+            qi = _unit(qv[i].tolist())
+            keys = [_unit(x) for x in kv.tolist()]
+            columns = [keys[i]] + [keys[j] for j in range(B) if j != i] + synthetic[i]  # the positive first
+            total += 2 * 0.2 * _ce([sum(a * b for a, b in zip(qi, c)) / 0.2 for c in columns]) / B
+    assert loss.item() == pytest.approx(total, rel=1e-5)
+
+
+def test_gradient_reaches_the_query_through_the_mixed_negatives_logits_only() -> None:
+    method = _moco("mochi").train()
+    g = torch.Generator().manual_seed(6)
+    batch = PretrainBatch(indices=torch.arange(B), images=torch.randint(0, 256, (B, 1, 6, 6), generator=g, dtype=torch.uint8))
+    loss, logs = method.compute_loss(batch)
+    loss.backward()
+    trained = [p for p in method.parameters() if p.requires_grad]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trained)
+    assert all(p.grad is None for p in method.momentum_encoder.parameters())
+
+
+def test_mochi_needs_no_store_and_a_method_with_negatives() -> None:
+    config = load_config("configs/fashion_mnist/mochi_mocov2plus.yaml")
+    assert config.pretrain.method == "mocov2plus" and config.pretrain.synthetic.mode == "mochi"
+    assert "needs no store" in stage_done(config, "train-generator")
+    assert "needs no store" in stage_done(config, "generate")
+    with pytest.raises(SynthposError, match="mode=mochi needs a set of negatives per query.*Use it with mocov2plus, mocov3"):
+        load_config("configs/fashion_mnist/simclr.yaml", ["pretrain.synthetic.mode=mochi"])
+    with pytest.raises(SynthposError, match="unknown key 'pretrain.synthetic.mochi.n'"):
+        load_config("configs/fashion_mnist/mochi_mocov2plus.yaml", ["pretrain.synthetic.mochi.n=3"])
