@@ -558,14 +558,18 @@ class EvaluateConfig(_Strict):
                 lin.weight_decay_grid is not None and (not lin.weight_decay_grid or min(lin.weight_decay_grid) < 0)):
             raise ValueError("linear.lr_grid needs values > 0 and linear.weight_decay_grid values >= 0 (or null)")
         return self
-    feature_size: int | None = Field(None, description="Resize images to this before the backbone (default: crop size).")
     feature_size: int | None = Field(None, ge=8, description="Resize images to this before the backbone (default: crop size).")
     max_train: int | None = Field(None, ge=1, description="Use only the first N training images for kNN and the probe.")
     batch_size: int = Field(512, ge=1)
 
+    @property
+    def largest_k(self) -> int:
+        """The largest k of the kNN (grid)."""
+        return self.knn_k if isinstance(self.knn_k, int) else max(self.knn_k)
+
     @model_validator(mode="after")
     def _check_knn(self) -> EvaluateConfig:
-        if self.max_train is not None and self.knn_k > self.max_train:
+        if self.max_train is not None and self.largest_k > self.max_train:
             raise ValueError(f"evaluate.knn_k={self.knn_k} is more than the evaluate.max_train={self.max_train} "
                              "training images it votes over; lower knn_k or raise max_train")
         return self
@@ -640,7 +644,7 @@ class RunConfig(_Strict):
                              "synthpos (or leave it unset to evaluate this run's pretraining)")
         if "evaluate" in stages and self.evaluate.max_train is None:
             known = TRAIN_IMAGES.get(self.data.name)  # evaluation uses the whole training split
-            if known is not None and self.evaluate.knn_k > known:
+            if known is not None and self.evaluate.largest_k > known:
                 raise ValueError(f"evaluate.knn_k={self.evaluate.knn_k} is more than the {known} training images")
         if gen.kind == "clsp" and gen.generator is None:  # the generator is trained in this run
             if "generate" in stages and gen.num_steps > tg.num_train_timesteps:
