@@ -8,7 +8,8 @@ Rows (``--rows``, each ``name=mode[:setting=value,...]``; the default set):
   of the fidelity-diversity frontier (``clsp_s0.6``, ``clsp_s0.4``: ``generate.strength``);
 - ``replace``: view 2 from a stored candidate with p = 1.0 (Ayromlou et al.'s main runs);
 - ``multipos``: the candidates as extra positives of a multi-positive InfoNCE;
-- any registered mode that needs no store (e.g. ``mochi``) can be added as a row.
+- ``mochi``: MoCo v2+ with MoCHi's synthetic hard negatives (no store), against MoCo v2+
+  alone (``moco_none``); each row is paired with its own method's ``none`` run.
 
 Every row uses the same training images (the first ``--subset`` of the Fashion-MNIST train
 split), epochs, batch, encoder (the quick start's ConvNet) and augmentations, from the quick
@@ -49,7 +50,11 @@ ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
 DEFAULT_OUT = ROOT / "results" / "synthetic_gain.json"
 DEFAULT_ROWS = ("none", "clsp", "clsp_s0.6=clsp:generate.strength=0.6", "clsp_s0.4=clsp:generate.strength=0.4",
-                "replace=replace:pretrain.synthetic.replace_prob=1.0", "multipos")
+                "replace=replace:pretrain.synthetic.replace_prob=1.0", "multipos",
+                # MoCHi (issue 11) needs a method with negatives from a queue: MoCo v2+ against MoCo v2+.
+                "moco_none=none:{MOCO}", "mochi=mochi:{MOCO}")
+# MoCo v2+ on the quick start's budget: its CPU recipe's heads, queue and temperature.
+MOCO = "pretrain.method=mocov2plus,pretrain.queue_size=8192,pretrain.temperature=0.2"
 BUDGETS = ((2500, 20), (5000, 40), (10000, 60))  # (images, epochs) of --budget-sweep
 
 # Two-sided 95% quantiles of Student's t (df 1..30); above 30 the normal's 1.96 is within 2%.
@@ -70,6 +75,7 @@ def t_interval(values: list[float]) -> dict[str, Any]:
 
 def parse_row(text: str) -> dict[str, Any]:
     """``name=mode:key=value,key=value`` (or just ``mode``) -> {name, mode, overrides}."""
+    text = text.replace("{MOCO}", MOCO)
     name, _, spec = text.partition("=") if "=" in text.split(":")[0] else (text, "", text)
     mode, _, rest = spec.partition(":")
     overrides = [item for item in rest.split(",") if item]
@@ -118,8 +124,8 @@ def run_config(args: argparse.Namespace, row: dict[str, Any], seed: int, subset:
     if args.smoke:
         overrides += ["pretrain.batch_size=32", "generate.num_steps=4", "generate.batch_size=64",
                       "evaluate.max_train=200", "evaluate.linear.epochs=1", "pretrain.optimizer.warmup_epochs=0"]
-    config = load_config(quickstart_recipe(), overrides)
     # Generation has its own seed: every training seed reads the same store.
+    config = load_config(quickstart_recipe(), overrides + [f"generate.seed={args.generation_seed}"])
     return config, args.generation_seed
 
 
@@ -128,11 +134,12 @@ def one_run(args: argparse.Namespace, row: dict[str, Any], seed: int, subset: in
     from synthpos.generators.generate import generate_stage
     from synthpos.methods.pretrain import pretrain_stage
 
+    from synthpos.registry import MODES
+
     config, generation_seed = run_config(args, row, seed, subset, epochs)
     generator_record = None
-    if row["mode"] in ("clsp", "replace", "multipos", "quality"):
-        gen_config = config.model_copy(update={"seed": generation_seed})
-        store = generate_stage(gen_config, show_progress=False)
+    if MODES.get(row["mode"]).needs_store:
+        store = generate_stage(config, show_progress=False)
         generator_record = store.manifest["generator"]
     start = time.perf_counter()
     pretrain_stage(config, show_progress=False)
@@ -159,12 +166,14 @@ def paired_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     budgets = sorted({(r["subset"], r["epochs"]) for r in runs})
     for subset, epochs in budgets:
         here = [r for r in runs if (r["subset"], r["epochs"]) == (subset, epochs)]
-        base = {r["seed"]: r for r in here if r["row"] == "none"}
-        for name in sorted({r["row"] for r in here} - {"none"}):
-            pairs = [(r, base[r["seed"]]) for r in here if r["row"] == name and r["seed"] in base]
+        # Each row against the method's own run without synthetic data, on the same seed.
+        base = {(r["method"], r["seed"]): r for r in here if r["mode"] == "none"}
+        for name in sorted({r["row"] for r in here if r["mode"] != "none"}):
+            pairs = [(r, base[r["method"], r["seed"]]) for r in here if r["row"] == name and (r["method"], r["seed"]) in base]
             if not pairs:
                 continue
-            entry = {"seeds": sorted(r["seed"] for r, _ in pairs)}
+            entry = {"method": pairs[0][0]["method"], "against": pairs[0][1]["row"],
+                     "seeds": sorted(r["seed"] for r, _ in pairs)}
             for metric in ("linear_top1", "knn_top1"):
                 diffs = [100 * (r[metric] - b[metric]) for r, b in pairs]
                 entry[metric] = {"mean_points": None, **t_interval(diffs), "differences_points": diffs}
@@ -176,7 +185,7 @@ def paired_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def table(results: dict[str, Any]) -> str:
-    lines = ["| budget / row | seeds | linear diff (95% CI) | kNN diff (95% CI) |", "|---|---|---|---|"]
+    lines = ["| budget / row | against | seeds | linear diff (95% CI) | kNN diff (95% CI) |", "|---|---|---|---|---|"]
 
     def cell(s: dict[str, Any]) -> str:
         if s["low"] is None:
@@ -184,7 +193,8 @@ def table(results: dict[str, Any]) -> str:
         return f"{s['mean']:+.2f} ({s['low']:+.2f}, {s['high']:+.2f})"
 
     for key, entry in results["paired"].items():
-        lines.append(f"| {key} | {len(entry['seeds'])} | {cell(entry['linear_top1'])} | {cell(entry['knn_top1'])} |")
+        lines.append(f"| {key} | {entry['against']} | {len(entry['seeds'])} | {cell(entry['linear_top1'])} | "
+                     f"{cell(entry['knn_top1'])} |")
     return "\n".join(lines)
 
 
@@ -202,7 +212,7 @@ def budget_sweep(args: argparse.Namespace, results: dict[str, Any], save) -> Non
         if key not in sweep:
             run = one_run(args, {"name": "none", "mode": "none", "overrides": []}, args.seeds[0], subset, epochs)
             sweep[key] = run
-            results["runs"][f"simclr/none/-/s{args.seeds[0]}/{key}"] = run
+            results["runs"][f"none/{args.generator}/s{args.seeds[0]}/{key}"] = run
             save()
             print(f"budget {key}: SimCLR kNN {100 * run['knn_top1']:.2f} linear {100 * run['linear_top1']:.2f} "
                   f"({run['pretrain_seconds']:.0f} s)", flush=True)
@@ -255,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for seed in args.seeds:
             for row in args.rows:
-                key = f"simclr/{row['name']}/{args.generator}/s{seed}/n{args.subset}_e{args.epochs}"
+                key = f"{row['name']}/{args.generator}/s{seed}/n{args.subset}_e{args.epochs}"
                 if key in results["runs"]:
                     continue
                 run = one_run(args, row, seed, args.subset, args.epochs)

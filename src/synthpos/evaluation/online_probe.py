@@ -84,7 +84,7 @@ class OnlineLinearProbe(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._capturing = False
-        features, labels = self._captured, batch.get("labels")
+        features, labels = self._captured, batch.labels
         self._captured = None
         if features is None or labels is None:
             return
