@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from synthpos.generators.diffusion import BUILTIN_DIR, load_generator
+from synthpos.generators.diffusion import load_generator, resolve_generator_dir
 
 SYNTHPOS = str(Path(sys.executable).with_name("synthpos"))
 TINY = [
@@ -20,7 +20,7 @@ TINY = [
 
 
 def test_shipped_generator_loads():
-    unet, scheduler = load_generator(BUILTIN_DIR / "fashion_mnist")
+    unet, scheduler = load_generator(resolve_generator_dir("builtin:fashion_mnist"))
     assert unet.config.sample_size == 28 and unet.config.in_channels == 1
     assert scheduler.config.num_train_timesteps == 1000
 
@@ -55,3 +55,11 @@ def test_quickstart_tiny(tmp_path):
     again = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "pretrain_SimCLR_s" not in json.loads((run_dir / "results.json").read_text())["timings"]
+
+
+def test_builtin_names_resolve_to_the_shipped_folders():
+    small = resolve_generator_dir("builtin:fashion_mnist_small")
+    assert (small / "unet" / "config.json").is_file()
+    # Until the larger generator ships, builtin:fashion_mnist stands for the small one.
+    assert resolve_generator_dir("builtin:fashion_mnist") in (small, small.parent / "fashion_mnist")
+    assert (resolve_generator_dir("builtin:fashion_mnist") / "unet" / "config.json").is_file()

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from synthpos.config import RunConfig, load_config
 from synthpos.data.synthetic_store import SyntheticStore, dataset_fingerprint
 from synthpos.errors import SynthposError
-from synthpos.generators.diffusion import BUILTIN_DIR
+from synthpos.generators.diffusion import resolve_generator_dir
 from synthpos.generators.generate import generator_record
 from synthpos.precision import resolve_precision
 import synthpos.stages as table
@@ -38,7 +38,7 @@ def _config(run_dir: Path, *extra: str) -> RunConfig:
 
 def _make_outputs(config: RunConfig) -> None:
     """Stand-ins for every stage's output, each with the record of ``config``."""
-    shutil.copytree(BUILTIN_DIR / "fashion_mnist", config.generator_dir / "model")
+    shutil.copytree(resolve_generator_dir("builtin:fashion_mnist"), config.generator_dir / "model")
     (config.generator_dir / "COMPLETE").write_text("{}")
     write_record(BY_NAME["train-generator"], config, expected_record(BY_NAME["train-generator"], config), True)
     record = generator_record(config.generator_model, config.generate, config.seed, torch.device("cpu"))

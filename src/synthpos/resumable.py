@@ -46,10 +46,11 @@ class KeyedBatch(list):
 
 
 class ResumableBatchSampler(Sampler[list[int]]):
-    """Shuffled, equal-sized batches whose order is a function of (seed, epoch), split over ranks.
+    """Shuffled, equal-sized batches that a checkpoint can resume mid-epoch, split over ranks.
 
-    Like ``DistributedSampler`` + ``drop_last``: each epoch a permutation seeded by
-    ``seed + epoch``; rank r of W takes every W-th index; the rank's share is cut into
+    Like ``RandomSampler`` + ``drop_last`` (and ``DistributedSampler`` on several ranks): each
+    epoch a permutation seeded by one draw from the global generator (kept in the checkpoint
+    as ``epoch_seed``); rank r of W takes every W-th index; the rank's share is cut into
     ``batch_size`` batches (the rest dropped). :meth:`resume_at` makes the next pass over
     ``epoch`` start at batch ``position``.
 
@@ -63,6 +64,7 @@ class ResumableBatchSampler(Sampler[list[int]]):
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
         self.epoch = 0
         self._resume: tuple[int, int] | None = None
+        self.epoch_seed: int | None = None  # the permutation seed of the epoch in progress
 
     @staticmethod
     def _world() -> tuple[int, int]:
@@ -87,16 +89,18 @@ class ResumableBatchSampler(Sampler[list[int]]):
 
     def __iter__(self):
         world, rank = self._world()
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.num_samples, generator=generator)
+        start = 0
+        if self._resume is not None and self._resume[0] == self.epoch and self.epoch_seed is not None:
+            start = self._resume[1]  # the epoch's permutation comes from the checkpoint's seed
+        else:
+            # As torch's RandomSampler: the epoch's permutation seed is one draw from the global
+            # generator (seeded by the run; restored on resume), so training sees the batches an
+            # ordinary shuffled DataLoader would. Under DDP every rank draws the same value.
+            self.epoch_seed = int(torch.empty((), dtype=torch.int64).random_().item())
+        self._resume = None
+        order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.epoch_seed))
         per_rank = self.num_samples // world
         mine = order[rank: per_rank * world: world].tolist()
-        start = 0
-        if self._resume is not None:
-            epoch, position = self._resume
-            self._resume = None
-            if epoch == self.epoch:
-                start = position
         for b in range(start, per_rank // self.batch_size):
             yield KeyedBatch(mine[b * self.batch_size: (b + 1) * self.batch_size], (self.epoch, b))
 
@@ -165,6 +169,7 @@ class ResumableCheckpoint(L.Callback):
             "epoch": trainer.current_epoch,
             "position": trainer.fit_loop.epoch_loop.batch_progress.current.completed,
             "global_step": trainer.global_step,
+            "epoch_seed": self.sampler.epoch_seed,
             "rng": _rng_state(),
         }
 
@@ -172,6 +177,7 @@ class ResumableCheckpoint(L.Callback):
         self._restore = state_dict
         # The loader's first pass starts before Lightning sets the epoch: set it here.
         self.sampler.set_epoch(state_dict["epoch"])
+        self.sampler.epoch_seed = state_dict.get("epoch_seed")
         # A checkpoint at the end of training (or of an epoch) is at the start of the next epoch.
         position = state_dict["position"] if state_dict["position"] < len(self.sampler) else 0
         self.sampler.resume_at(state_dict["epoch"], position)

@@ -189,10 +189,9 @@ def pretrain(
     sampler = ResumableBatchSampler(len(dataset), cfg.batch_size // world, seed)
     loader = DataLoader(
         PretrainBatches(dataset, store, seed, cfg.synthetic),
+        # The loader draws its per-epoch base seed from the global generator, as a shuffled
+        # DataLoader does; a resumed run restores that generator at its first batch.
         batch_sampler=sampler, collate_fn=_first, num_workers=0,
-        # Its own generator: the loader's per-epoch base seed must not draw from the global one,
-        # which a resumed run restores for the augmentations.
-        generator=torch.Generator().manual_seed(seed),
     )
     callbacks: list[L.Callback] = []
     if cfg.knn_every_epochs and monitor_data is not None and dataset.labels is not None:
