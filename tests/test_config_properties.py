@@ -41,8 +41,10 @@ def _leaves(model: type[BaseModel], prefix: str = "") -> list[tuple[str, typing.
     return out
 
 
-# generate.kind is a free string checked by the generator registry (issue 11 builds the schema from it).
-FIELDS = [f for f in _leaves(RunConfig) if f[0] not in ("generate.kind",)]
+# generate.kind is a free string checked by the generator registry; `sections` is where a section keeps
+# its components' own settings sections (written under their own keys, e.g. pretrain.barlow_twins), not a key.
+# evaluate.knn_k is a k or a grid of them (int | list[int]): its checks are tested in tests/evaluation/test_protocols.py.
+FIELDS = [f for f in _leaves(RunConfig) if f[0] not in ("generate.kind", "evaluate.knn_k") and not f[0].endswith(".sections")]
 
 
 def _bounds(metadata: list) -> dict[str, float]:
@@ -66,7 +68,9 @@ def _invalid_values(annotation, metadata: list) -> st.SearchStrategy:
         return st.text(alphabet="abcxyz_", min_size=1, max_size=8).filter(lambda t: t not in choices and not t.isdigit())
     if _is(annotation, bool):
         return st.sampled_from(["maybe", "2", [True]])
-    if typing.get_origin(annotation) in (list, tuple):
+    listed = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (list, tuple) or (listed and all(typing.get_origin(a) in (list, tuple)
+                                                                         for a in listed)):
         return st.sampled_from(["x", 3, [["x"]], {"a": 1}])
     numeric = [k for k in (int, float) if _is(annotation, k)]
     if numeric:

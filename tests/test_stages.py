@@ -68,8 +68,12 @@ _LOCATIONS = {"run_dir", "generate.store", "pretrain.store", "pretrain.output_di
               "generate.generator", "evaluate.datasets"}
 # Not mutated: where outputs go (they change the plan's shape, not a record); the generator
 # kind needs other weights; guidance needs a class-conditional generator (an error for this one).
-_SKIPPED = _LOCATIONS | {"generate.kind", "generate.guidance_scale"}
-_SPEED_ONLY = {"shard_size", "num_threads", "channels_last", "batch_size", "compile", "checkpoint_every", "checkpoint_every_minutes",
+# train_generator.check is a whole section (null here): its keys are those of a section set in a recipe.
+# seeds: how `run` fans out, not a setting of one run. data.name, pretrain.method and the mode are
+# registry names (no literal to draw another from); the contract tests cover every one of them.
+_SKIPPED = _LOCATIONS | {"generate.kind", "generate.guidance_scale", "train_generator.check", "seeds", "data.name",
+                         "pretrain.method", "pretrain.synthetic.mode"}
+_SPEED_ONLY = {"shard_size", "num_threads", "channels_last", "batch_size", "compile", "checkpoint_every", "checkpoint_every_minutes", "verify_store",
                "checkpoint_every_epochs", "knn_every_epochs", "knn_subset"}
 # Settings the DDIM sampler of an unconditional CLSP generator does not read.
 _GENERATE_UNUSED = ("generate.unclip.",)
@@ -80,6 +84,10 @@ def _decided_by(key: str) -> str | None:
     leaf = key.rsplit(".", 1)[-1]
     if key == "seed" or (section == "data" and key != "data.test_root"):
         return "train-generator"
+    if key in ("seeds", "seed_store"):
+        return None  # how `run` fans out over seeds: each seed's run has its own records
+    if key == "generate.seed":
+        return "train-generator"  # the generation seed trains the generator too
     if key == "data.test_root":
         return "evaluate"
     if section == "fidelity":
@@ -133,7 +141,9 @@ def _candidates(key: str, value):
         if not value:
             return [[1]]
         first = value[0]
-        return [[first / 2 if isinstance(first, float) else first * 2, *value[1:]], [0, *value[1:]], value[:-1]]
+        others = [[first / 2 if isinstance(first, float) else first * 2, *value[1:]], [0, *value[1:]],
+                  *([[first + 1, *value[1:]]] if isinstance(first, int) else []), value[:-1]]
+        return [o for o in others if o != value]  # halving a leading 0.0 changes nothing
     if value is None:
         args = typing.get_args(annotation)
         if int in args:

@@ -511,6 +511,13 @@ class LinearProbeConfig(_Strict):
     weight_decay_grid: list[float] | None = Field([0.0, 1e-4, 1e-3], description="linear-fast: weight decays tried on "
                                                   "the validation split (null: weight_decay alone).")
 
+    @field_validator("milestones")
+    @classmethod
+    def _check_milestones(cls, value: list[float]) -> list[float]:
+        if any(not 0 < f <= 1 for f in value):
+            raise ValueError(f"evaluate.linear.milestones={value} must be fractions of the epochs in (0, 1]")
+        return value
+
 
 class PaperProbeConfig(_Strict):
     """linear-paper: CLSP's official offline linear evaluation (its values are the defaults)."""
@@ -524,7 +531,7 @@ class PaperProbeConfig(_Strict):
     @classmethod
     def _check_milestones(cls, value: list[float]) -> list[float]:
         if any(not 0 < f <= 1 for f in value):
-            raise ValueError(f"evaluate.linear.milestones={value} must be fractions of the epochs in (0, 1]")
+            raise ValueError(f"evaluate.linear_paper.milestones={value} must be fractions of the epochs in (0, 1]")
         return value
 
 

@@ -239,7 +239,7 @@ _TRAIN_GENERATOR_IGNORES = ("train_generator.num_threads", "train_generator.chan
                             "train_generator.checkpoint_every", "train_generator.checkpoint_every_minutes")
 _PRETRAIN_IGNORES = ("pretrain.store", "pretrain.output_dir", "pretrain.num_threads", "pretrain.channels_last",
                      "pretrain.precision", "pretrain.knn_every_epochs", "pretrain.knn_subset",
-                     "pretrain.checkpoint_every_epochs", "pretrain.checkpoint_every_minutes")
+                     "pretrain.checkpoint_every_epochs", "pretrain.checkpoint_every_minutes", "pretrain.verify_store")
 
 STAGES: tuple[Stage, ...] = (
     Stage(
@@ -301,7 +301,8 @@ BY_NAME = {stage.name: stage for stage in STAGES}
 
 def needed(stage: Stage, config: RunConfig) -> str | None:
     """None when ``stage`` is part of ``synthpos run`` for ``config``; else why not (its output feeds nothing)."""
-    for later in STAGES[[s.name for s in STAGES].index(stage.name):-1]:
+    # The latest reason first: no store to make also means no generator to train.
+    for later in reversed(STAGES[[s.name for s in STAGES].index(stage.name):-1]):
         if (why := later.feeds(config)) is not None:
             return why
     return None

@@ -9,6 +9,7 @@ from torch import nn
 
 from synthpos.config import AugmentConfig, BackboneConfig, OptimizerConfig, PretrainConfig
 from synthpos.data import ImageDataset
+from synthpos.data.batch import PretrainBatch
 from synthpos.methods.optim import parameter_groups
 from synthpos.methods.pretrain import build_method
 
@@ -74,7 +75,7 @@ def test_per_view_batchnorm_uses_each_views_own_statistics() -> None:
 def test_per_view_batchnorm_trains_a_step() -> None:
     method = _method("mocov2plus", True).train()
     images = torch.randint(0, 256, (8, 1, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    loss, _ = method.compute_loss({"images": images, "indices": torch.arange(8), "labels": None})
+    loss, _ = method.compute_loss(PretrainBatch(indices=torch.arange(8), images=images))
     loss.backward()
     assert torch.isfinite(loss)
     assert PretrainConfig().per_view_batchnorm is False

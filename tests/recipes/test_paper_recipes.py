@@ -67,9 +67,12 @@ def _gap(recipe: str, key: str) -> str | None:
 def _resolve(config: Any, dotted: str) -> Any:
     node = config
     for part in dotted.split("."):
-        if not hasattr(node, part):
+        if hasattr(node, part):
+            node = getattr(node, part)
+        elif hasattr(node, "section") and part in node.model_dump():
+            node = node.section(part)  # a method's own settings section (pretrain.barlow_twins, ...)
+        else:
             raise AssertionError(f"{dotted}: no such setting ({part!r} missing)")
-        node = getattr(node, part)
     return node
 
 

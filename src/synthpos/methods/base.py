@@ -89,6 +89,7 @@ class SSLMethod(L.LightningModule):
         self.augment = augment
         self.optimizer_config = config.optimizer
         self.channels_last = config.channels_last
+        self.per_view_batchnorm = config.per_view_batchnorm
         self.synthetic = config.synthetic
         self.mode = MODES.get(config.synthetic.mode)(config.synthetic)
         # Not a submodule: the frozen scorer is neither trained nor checkpointed.
