@@ -220,7 +220,8 @@ VALID_FIELDS = [(k, a, m) for k, a, m in FIELDS if _valid_values(a, m) is not No
                               "train_generator.sample_size", "train_generator.beta_start", "train_generator.beta_end",
                               "generate.guidance_scale", "generate.num_anchors", "pretrain.synthetic.positives",
                               "train_generator.unet.norm_num_groups", "pretrain.synthetic.mode", "data.name",
-                              "evaluate.max_train", "train_generator.num_train_timesteps", "pretrain.num_nodes")]
+                              "evaluate.max_train", "train_generator.num_train_timesteps", "pretrain.num_nodes",
+                              "generate.strength")]  # strength: at least 1 / num_steps
 
 
 @settings(max_examples=200, deadline=None)

@@ -499,6 +499,13 @@ class PretrainConfig(_Sections):
         return _known("METHODS", method)
 
 
+def _epoch_fractions(value: list[float], key: str) -> list[float]:
+    """Learning-rate milestones as fractions of the epochs, each in (0, 1]."""
+    if any(not 0 < f <= 1 for f in value):
+        raise ValueError(f"{key}.milestones={value} must be fractions of the epochs in (0, 1]")
+    return value
+
+
 class LinearProbeConfig(_Strict):
     epochs: int = Field(100, ge=1)
     lr: float = Field(1.0, gt=0)
@@ -511,12 +518,7 @@ class LinearProbeConfig(_Strict):
     weight_decay_grid: list[float] | None = Field([0.0, 1e-4, 1e-3], description="linear-fast: weight decays tried on "
                                                   "the validation split (null: weight_decay alone).")
 
-    @field_validator("milestones")
-    @classmethod
-    def _check_milestones(cls, value: list[float]) -> list[float]:
-        if any(not 0 < f <= 1 for f in value):
-            raise ValueError(f"evaluate.linear.milestones={value} must be fractions of the epochs in (0, 1]")
-        return value
+    _check_milestones = field_validator("milestones")(classmethod(lambda cls, v: _epoch_fractions(v, "evaluate.linear")))
 
 
 class PaperProbeConfig(_Strict):
@@ -527,12 +529,7 @@ class PaperProbeConfig(_Strict):
     batch_size: int = Field(256, ge=1)
     milestones: list[float] = Field([0.6, 0.8], description="Fractions of the epochs where lr is cut by 10 (60, 80 of 100).")
 
-    @field_validator("milestones")
-    @classmethod
-    def _check_milestones(cls, value: list[float]) -> list[float]:
-        if any(not 0 < f <= 1 for f in value):
-            raise ValueError(f"evaluate.linear_paper.milestones={value} must be fractions of the epochs in (0, 1]")
-        return value
+    _check_milestones = field_validator("milestones")(classmethod(lambda cls, v: _epoch_fractions(v, "evaluate.linear_paper")))
 
 
 class EvaluateConfig(_Strict):
