@@ -25,7 +25,8 @@ from synthpos.generators.diffusion import resolve_generator_dir
 from synthpos.generators.generate import generator_record
 from synthpos.precision import resolve_precision
 import synthpos.stages as table
-from synthpos.stages import BY_NAME, PREVIOUS, RECORD, STAGES, expected_record, flatten, plan, run_stage, write_record
+from synthpos.stages import (BY_NAME, PREVIOUS, RECORD, STAGES, expected_record, flatten, plan, run_stage, stage_status,
+                             write_record)
 
 ORDER = [s.name for s in STAGES]
 BASE = ["pretrain.synthetic.mode=clsp", "data.subset=8", "generate.candidates=2", "generate.shard_size=4",
@@ -244,3 +245,26 @@ def test_pretrain_feeds_nothing_when_evaluate_reads_another_backbone(tmp_path):
     other.write_bytes(b"x")
     states = dict((n, s.state) for n, s in plan(_config(tmp_path, f"evaluate.checkpoint={other}")))
     assert states["pretrain"] == "not needed" and states["evaluate"] == "new"
+
+
+def test_an_unfinished_generator_without_record_is_resumed_not_moved(tmp_path):
+    # An earlier synthpos stopped mid-training: a checkpoint and train_config.json, no COMPLETE, no record.
+    config = _config(tmp_path)
+    _make_outputs(config)
+    stage = BY_NAME["train-generator"]
+    stage.record_path(config).unlink()
+    (config.generator_dir / "COMPLETE").unlink()
+    section = {k.split(".", 1)[1]: v for k, v in stage.settings(config).items() if k.startswith("train_generator.")}
+    nested: dict = {}
+    for key, value in section.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    (config.generator_dir / "train_config.json").write_text(json.dumps(nested))
+    status = stage_status(stage, config)
+    assert status.state == "resume" and status.why.startswith("adopted"), status
+    nested["learning_rate"] = nested["learning_rate"] * 2
+    (config.generator_dir / "train_config.json").write_text(json.dumps(nested))
+    assert stage_status(stage, config).state == "redo"

@@ -440,7 +440,9 @@ def stage_status(stage: Stage, config: RunConfig, adopt: bool = False, explicit:
     if record is None:
         if not _exists(output):
             return Status("new", "", expected=expected)
-        how = _adopt(stage, config, expected) if stage.finished(config) or stage.name == "generate" else None
+        # A finished output is adopted as done, an unfinished one (a checkpoint left by an earlier
+        # version mid-training) as something to resume: moving it aside would throw hours away.
+        how = _adopt(stage, config, expected)
         if how is None:
             return Status("redo", "no record of the settings that made it", ["(no record)"], expected)
         if adopt:
