@@ -163,6 +163,8 @@ def _print_table(config: RunConfig, results: dict) -> None:
             f"memorisation: {100 * memo['closer_to_another_training_image']:.1f}% of the positives are nearer (pixels) to "
             f"another of the {memo['training_images']} training images than to their anchor (a positive is "
             f"{memo['mean_distance_to_nearest_other']:.3f} from its nearest other training image; an anchor "
-            f"{memo['anchor_mean_distance_to_nearest_other']:.3f})")
+            f"{memo['anchor_mean_distance_to_nearest_other']:.3f}); "
+            f"{100 * memo['nearer_to_another_training_image_than_its_anchor_is']:.1f}% are nearer to that image than "
+            f"their anchor is")
     console.print(f"anchors beside their positives: {config.run_dir / 'positives.png'}")
     console.print(f"results: {config.run_dir / 'results.json'}   wall time: {results['wall_s'] / 60:.1f} min")

@@ -33,7 +33,12 @@ def test_memorisation_matches_a_brute_force_loop(chunk) -> None:
         assert out["to_nearest_other"][i] == pytest.approx(min(others), abs=1e-9)
         assert out["closer_to_other"][i] == (min(others) < _rms(c, train[a]))
         assert out["nearest_is_anchor"][i] == (_rms(c, train[a]) <= min(others))
+        nearest = min((j for j in range(len(train)) if j != a), key=lambda j: _rms(c, train[j]))
+        assert out["anchor_to_that_image"][i] == pytest.approx(_rms(train[a], train[nearest]), abs=1e-9)
+        assert out["copies_other"][i] == (min(others) < _rms(train[a], train[nearest]))
     assert out["closer_to_other"].tolist()[:4] == [False, True, False, True]
+    # The near-copy of image 3 and the exact copy of image 30 resemble them more than their anchors do.
+    assert out["copies_other"].tolist()[:4] == [False, True, False, True]
 
 
 def test_summary_reports_memorisation_and_the_same_class_scale() -> None:
@@ -55,6 +60,8 @@ def test_summary_reports_memorisation_and_the_same_class_scale() -> None:
     # Candidate 0 is its anchor (distance 0): never closer to another; candidate 1 is image 10+i exactly.
     assert memo["closer_to_another_training_image"] == pytest.approx(0.5)
     assert memo["nearest_training_image_is_anchor"] == pytest.approx(0.5)
+    # Image 10+i copied exactly is nearer to itself (0) than its anchor i is to it.
+    assert memo["nearer_to_another_training_image_than_its_anchor_is"] == pytest.approx(0.5)
     assert memo["training_images"] == 30
 
     same = []

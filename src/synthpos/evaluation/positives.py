@@ -12,7 +12,9 @@ read in batches), the generator's training-time check and the frontier benchmark
 - **Memorisation**: the share of candidates that some other training image is nearer to (in
   pixels) than their own anchor, the share whose nearest training image is the anchor, and,
   for scale, how near a candidate and a real image (its anchor) are to their nearest other
-  training image. (In a set as dense as Fashion-MNIST's 60,000 images a real image's nearest
+  training image, and the share nearer to their nearest other training image than their
+  anchor is to that image (a copy of another image, which the first share cannot tell from
+  a dense neighbourhood). (In a set as dense as Fashion-MNIST's 60,000 images a real image's nearest
   neighbour is often nearer than a same-class image picked at random, so a positive as far
   from its anchor as the diversity floor asks can be nearer to another training image
   without copying it: read the share beside the two nearest-neighbour distances.)
@@ -107,10 +109,13 @@ def memorisation(candidates: np.ndarray, anchor_index: np.ndarray, train_images:
         train_images: the whole training split, uint8. Shape: (N, H, W, C).
 
     Returns:
-        ``{"to_anchor", "to_nearest_other", "nearest_is_anchor", "closer_to_other"}``, each (m,):
-        RMS distance to the anchor, to the nearest *other* training image, whether the anchor
-        is the nearest training image, and whether another training image is nearer than the
-        anchor (ties count as not nearer).
+        ``{"to_anchor", "to_nearest_other", "nearest_is_anchor", "closer_to_other",
+        "anchor_to_that_image", "copies_other"}``, each (m,): RMS distance to the anchor, to the
+        nearest *other* training image, whether the anchor is the nearest training image, whether
+        another training image is nearer than the anchor (ties count as not nearer), the anchor's
+        own distance to that nearest other image, and whether the candidate is nearer to that
+        image than its anchor is (it resembles another training image more than its own anchor
+        does: the copy the other criterion cannot tell from a dense neighbourhood).
     """
     c = _unit(candidates).float()
     scale = math.sqrt(c.shape[1])
@@ -130,9 +135,12 @@ def memorisation(candidates: np.ndarray, anchor_index: np.ndarray, train_images:
         best_index = torch.where(better, index + start, best_index)
     c64 = _unit(candidates)
     to_other = (c64 - _unit(train_images[best_index.numpy()])).pow(2).sum(1).sqrt() / scale
-    to_anchor = (c64 - _unit(train_images[anchors.numpy()])).pow(2).sum(1).sqrt() / scale
+    anchor_images = _unit(train_images[anchors.numpy()])
+    to_anchor = (c64 - anchor_images).pow(2).sum(1).sqrt() / scale
+    anchor_to_that = (anchor_images - _unit(train_images[best_index.numpy()])).pow(2).sum(1).sqrt() / scale
     return {"to_anchor": to_anchor.numpy(), "to_nearest_other": to_other.numpy(),
-            "nearest_is_anchor": (to_anchor <= to_other).numpy(), "closer_to_other": (to_other < to_anchor).numpy()}
+            "nearest_is_anchor": (to_anchor <= to_other).numpy(), "closer_to_other": (to_other < to_anchor).numpy(),
+            "anchor_to_that_image": anchor_to_that.numpy(), "copies_other": (to_other < anchor_to_that).numpy()}
 
 
 def _mean(parts: list[np.ndarray]) -> float | None:
@@ -253,6 +261,8 @@ class PositivesStats:
                 "metric": "a candidate is closer (pixel RMS) to another training image than to its own anchor",
                 "closer_to_another_training_image": float(closer.mean()),
                 "nearest_training_image_is_anchor": float(np.concatenate([m["nearest_is_anchor"] for m in self._memo]).mean()),
+                "nearer_to_another_training_image_than_its_anchor_is": float(
+                    np.concatenate([m["copies_other"] for m in self._memo]).mean()),
                 "mean_distance_to_nearest_other": float(np.concatenate([m["to_nearest_other"] for m in self._memo]).mean()),
                 "anchor_mean_distance_to_nearest_other": float(
                     np.concatenate([m["anchor_to_nearest_other"] for m in self._memo]).mean()),

@@ -287,6 +287,8 @@ def print_report(report: dict[str, Any]) -> None:
     if memo is not None:
         console.print(f"memorisation: {show(memo['closer_to_another_training_image'], True)} of the candidates are closer to "
                       f"another of the {memo['training_images']} training images than to their anchor (pixels); for "
-                      f"{show(memo['nearest_training_image_is_anchor'], True)} the nearest is the anchor")
+                      f"{show(memo['nearest_training_image_is_anchor'], True)} the nearest is the anchor; "
+                      f"{show(memo['nearer_to_another_training_image_than_its_anchor_is'], True)} are nearer to that "
+                      f"image than their anchor is (a copy of another image)")
     for note in report["notes"]:
         console.print(f"note: {note}")
