@@ -405,6 +405,12 @@ class SyntheticConfig(_Sections):
                       "or one a plugin registers.")
     weight: float = Field(1.0, ge=0, description="clsp: lambda of the synthetic term.")
     replace_prob: float = Field(0.5, ge=0, le=1, description="replace/quality: probability that view 2 comes from a candidate.")
+    replace_view: Literal["second", "each", "random"] = Field(
+        "second", description="replace/quality: which view's source may be a candidate: second (view 2, as GenerativeSSL's "
+        "solo-learn/DALI loader), each (each view independently with replace_prob, each its own candidate, as "
+        "GenerativeSSL's SimCLR loader), random (one view per image, drawn uniformly, as GenView's MultiView).")
+    crop_synthetic: bool = Field(True, description="replace/quality: a synthetic view gets RandomResizedCrop like a real "
+                                 "one; false: the whole candidate, resized to crop_size (GenerativeSSL's SimCLR loader).")
     positives: int = Field(1, ge=1, description="multipos: synthetic candidates of each anchor used per step.")
     scorer: Path | None = Field(None, description="quality: the frozen scorer, a synthpos backbone.pt or a TorchScript file "
                                 "mapping normalised images (B, C, H, W) to feature maps (B, C', h, w).")

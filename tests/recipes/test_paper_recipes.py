@@ -35,8 +35,6 @@ KNOWN_GAPS: dict[tuple[str, str], str] = {
     (_GSSL_LARS, "pretrain.optimizer.exclude_bias_and_norm"):
         "solo-learn decays biases/norms but keeps them out of LARS scaling; our switch couples the two",
     (_GENVIEW, "generate.unclip.prompt"): f"a text prompt for unCLIP: {_NEW_KEY}",
-    (_GSSL, "pretrain.synthetic.replace_view"): f"which view is replaced: {_NEW_KEY} (ours is always view 2, as here)",
-    (_GENVIEW, "pretrain.synthetic.replace_view"): f"which view is replaced: {_NEW_KEY} (mode code, after the restructure)",
     ("configs/imagenet/genview_mocov3.yaml", "pretrain.augment.blur_prob"):
         "GenView's views are asymmetric (blur 1.0 / 0.1); ours share one augmentation (0.55)",
     ("configs/imagenet/genview_mocov3.yaml", "pretrain.augment.solarize_prob"):

@@ -380,13 +380,18 @@ class BatchAugment(torch.nn.Module):
             f"blur_prob={self.blur_prob}, blur_sigma={self.blur_sigma}, solarize_prob={self.solarize_prob}, mean={self.mean}, std={self.std}"
         )
 
-    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor, generator: torch.Generator | None = None, no_crop: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Draw one augmented view of every image.
 
         Args:
             images: uint8. Shape: (B, C, H, W), C in {1, 3}.
             generator: the source of all randomness (a fixed seed gives the
                 same views); on the CPU or on the images' device.
+            no_crop: bool, where set the whole image instead of a RandomResizedCrop box (still
+                flipped, resized to ``crop_size`` and colour-augmented), as GenerativeSSL's SimCLR
+                loader treats a synthetic view; the draws are the same either way. Shape: (B,).
 
         Returns:
             float32, normalised with ``mean``/``std``. Shape: (B, C, crop_size, crop_size).
@@ -405,6 +410,9 @@ class BatchAugment(torch.nn.Module):
             (batch, columns), generator=generator, device=generator.device if generator is not None else device
         ).to(device)
         boxes = _crop_boxes(uniform[:, :_CROP_UNIFORMS], height, width, self.crop_scale, self.crop_ratio)
+        if no_crop is not None:
+            whole = torch.tensor([0.0, 0.0, height, width], device=device)
+            boxes = torch.where(no_crop.to(device, torch.bool)[:, None], whole, boxes)
         u_flip, u_apply, u_b, u_c, u_s, u_h, u_gray = uniform[:, _CROP_UNIFORMS : _CROP_UNIFORMS + 7].unbind(dim=1)
 
         x = crop_and_flip(images, boxes, u_flip < self.hflip_prob, self.crop_size)

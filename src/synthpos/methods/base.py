@@ -133,8 +133,9 @@ class SSLMethod(L.LightningModule):
 
     # --- shared machinery ------------------------------------------------------------------
 
-    def view(self, images: torch.Tensor) -> torch.Tensor:
-        out = self.augment(images)
+    def view(self, images: torch.Tensor, no_crop: torch.Tensor | None = None) -> torch.Tensor:
+        """One augmented view of ``images``; ``no_crop`` (B,) bool: where set, no RandomResizedCrop (the whole image)."""
+        out = self.augment(images) if no_crop is None else self.augment(images, no_crop=no_crop)
         return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
 
     def forward_views(self, module, views: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -155,7 +156,7 @@ class SSLMethod(L.LightningModule):
 
     def compute_loss(self, batch: PretrainBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of one batch and the values to log: the mode makes the views' sources and combines the loss."""
-        views = [self.view(s) for s in self.mode.sources(batch)]
+        views = self.mode.views(self, batch)
         return self.mode.loss(self, views, self.embed_views(views), batch)
 
     def training_step(self, batch: PretrainBatch, batch_idx: int) -> torch.Tensor:
