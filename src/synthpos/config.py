@@ -441,6 +441,12 @@ class OptimizerConfig(_Strict):
     exclude_bias_and_norm: bool = Field(True, description="Exempt biases and normalisation parameters from weight decay "
                                         "(and LARS scaling); false: decay on every parameter, as the official CLSP code "
                                         "(SGD over model.parameters()).")
+    eta: float = Field(0.02, gt=0, description="LARS trust coefficient (SimCLR 0.02; solo-learn's BYOL and Barlow Twins, "
+                       "and mmpretrain's default, 0.001).")
+    lars_trust: Literal["update", "grad_and_decay"] = Field(
+        "update", description="LARS trust ratio: update = eta ||w|| / ||g + wd w|| (SimCLR); grad_and_decay = "
+        "eta ||w|| / (||g|| + wd ||w||) (solo-learn / lightning-bolts and mmpretrain, which GenerativeSSL and GenView run).")
+    lars_clip: bool = Field(False, description="LARS: each layer's rate is min(lr * ratio, lr) (solo-learn's clip_lr).")
 
 
 class PretrainConfig(_Sections):

@@ -203,7 +203,11 @@ RECIPES["configs/imagenet/generativessl_simclr.yaml"] = _gssl("simclr", [
     _o("pretrain.optimizer.lr", 1.2, "GSSL simclr_diff.yaml:35 (0.3 x 4)"),
     _o("pretrain.optimizer.weight_decay", 1e-6, "GSSL simclr_diff.yaml:37"),
     _o("pretrain.optimizer.eta", 0.02, "GSSL simclr_diff.yaml:40"),
-    _o("pretrain.optimizer.exclude_bias_and_norm", False, "GSSL solo/methods/base.py:282-283 (exclude_bias_n_norm_wd False)"),
+    _o("pretrain.optimizer.lars_clip", True, "GSSL simclr_diff.yaml:39 (clip_lr)"),
+    _o("pretrain.optimizer.lars_trust", "grad_and_decay", "GSSL solo/utils/lars.py:142-145"),
+    # LARS(exclude_bias_n_norm=True) skips both the decay and the scaling of 1-D parameters (lars.py:140-151),
+    # which is our exclusion; exclude_bias_n_norm_wd False (base.py:282-283) only leaves them in the optimiser's groups.
+    _o("pretrain.optimizer.exclude_bias_and_norm", True, "GSSL simclr_diff.yaml:41; solo/utils/lars.py:140-151"),
 ])
 RECIPES["configs/imagenet/generativessl_byol.yaml"] = _gssl("byol", [
     _o("pretrain.projector_hidden_dim", 4096, "GSSL byol_diff.yaml:19"),
@@ -216,7 +220,9 @@ RECIPES["configs/imagenet/generativessl_byol.yaml"] = _gssl("byol", [
     _o("pretrain.optimizer.lr", 0.8, "GSSL byol_diff.yaml:38 (0.2 x 4)"),
     _o("pretrain.optimizer.weight_decay", 1.5e-6, "GSSL byol_diff.yaml:40"),
     _o("pretrain.optimizer.eta", 0.001, "GSSL byol_diff.yaml:43"),
-    _o("pretrain.optimizer.exclude_bias_and_norm", False, "GSSL solo/methods/base.py:282-283"),
+    _o("pretrain.optimizer.lars_clip", False, "GSSL byol_diff.yaml:42 (clip_lr)"),
+    _o("pretrain.optimizer.lars_trust", "grad_and_decay", "GSSL solo/utils/lars.py:142-145"),
+    _o("pretrain.optimizer.exclude_bias_and_norm", True, "GSSL byol_diff.yaml:44; solo/utils/lars.py:140-151"),
 ])
 RECIPES["configs/imagenet/generativessl_mocov2plus.yaml"] = _gssl("mocov2plus", [
     _o("pretrain.projector_hidden_dim", 2048, "GSSL moco_diff.yaml:19"),
@@ -251,7 +257,9 @@ RECIPES["configs/imagenet/generativessl_barlow_twins.yaml"] = _gssl("barlow_twin
     _o("pretrain.optimizer.lr", 0.8, "GSSL barlow_diff.yaml:36"),
     _o("pretrain.optimizer.weight_decay", 1.5e-6, "GSSL barlow_diff.yaml:38"),
     _o("pretrain.optimizer.eta", 0.001, "GSSL barlow_diff.yaml:41"),
-    _o("pretrain.optimizer.exclude_bias_and_norm", False, "GSSL solo/methods/base.py:282-283"),
+    _o("pretrain.optimizer.lars_clip", False, "GSSL barlow_diff.yaml:40 (clip_lr)"),
+    _o("pretrain.optimizer.lars_trust", "grad_and_decay", "GSSL solo/utils/lars.py:142-145"),
+    _o("pretrain.optimizer.exclude_bias_and_norm", True, "GSSL barlow_diff.yaml:42; solo/utils/lars.py:140-151"),
 ])
 
 # ------------------------------------------------------------------------------------- GenView
@@ -303,6 +311,9 @@ RECIPES["configs/imagenet/genview_mocov3.yaml"] = [
     _o("pretrain.optimizer.weight_decay", 1e-6, "GenView mocov3_..._clipmask.py:50"),
     _o("pretrain.optimizer.momentum", 0.9, "GenView mocov3_..._clipmask.py:50"),
     _o("pretrain.optimizer.exclude_bias_and_norm", True, "GenView mocov3_..._clipmask.py:51-57"),
+    _o("pretrain.optimizer.eta", 0.001, "GenView mocov3_..._clipmask.py:50 (not set: mmpretrain/engine/optimizers/lars.py:43)"),
+    _o("pretrain.optimizer.lars_trust", "grad_and_decay", "GenView mmpretrain/engine/optimizers/lars.py:102-111"),
+    _o("pretrain.optimizer.lars_clip", False, "GenView mmpretrain/engine/optimizers/lars.py (no clipping)"),
     _o("pretrain.optimizer.warmup_epochs", 10, "GenView mocov3_..._clipmask.py:62-68"),
     _o("pretrain.optimizer.warmup_start_lr", 9.6e-4, "GenView mocov3_..._clipmask.py:64 (start_factor 1e-4)"),
     _o("pretrain.epochs", 100, "GenView mocov3_..._clipmask.py:79"),

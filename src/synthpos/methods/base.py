@@ -177,7 +177,8 @@ class SSLMethod(L.LightningModule):
         cfg = self.optimizer_config
         groups = parameter_groups(self, cfg.weight_decay, cfg.exclude_bias_and_norm)
         if cfg.name == "lars":
-            opt = LARS(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+            opt = LARS(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, eta=cfg.eta,
+                       trust=cfg.lars_trust, clip=cfg.lars_clip)
         else:
             opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         total = self.total_steps
