@@ -27,8 +27,6 @@ _NEW_KEY = "our schema has no such setting yet"
 
 #: (recipe glob, key) -> why our recipe does not match the official value yet.
 KNOWN_GAPS: dict[tuple[str, str], str] = {
-    ("configs/cifar10/generator_conditional.yaml", "generate.interpolation_weight"):
-        "official conditional sampling does not interpolate toward the anchor (1.0 = plain DDIM)",
     (_GENVIEW, "generate.unclip.prompt"): f"a text prompt for unCLIP: {_NEW_KEY}",
     ("configs/imagenet/genview_mocov3.yaml", "pretrain.augment.blur_prob"):
         "GenView's views are asymmetric (blur 1.0 / 0.1); ours share one augmentation (0.55)",
