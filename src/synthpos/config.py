@@ -82,6 +82,9 @@ class UNetConfig(_Strict):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     norm_num_groups: int = Field(32, ge=1)
     attention_head_dim: int | None = Field(None, ge=1, description="Default: one head over all channels.")
+    up_attention_levels: list[int] | None = Field(
+        None, description="Levels whose up blocks have self-attention; default: attention_levels (a symmetric UNet). "
+        "[] with attention_levels at every level is CLSP's official conditional UNet (models/unet_condition.py).")
 
     @model_validator(mode="after")
     def _check_shape(self) -> UNetConfig:
@@ -91,6 +94,9 @@ class UNetConfig(_Strict):
         bad = [lvl for lvl in self.attention_levels if not 0 <= lvl < levels]
         if bad:
             raise ValueError(f"train_generator.unet.attention_levels {bad} out of range: the UNet has levels 0..{levels - 1}")
+        bad = [lvl for lvl in self.up_attention_levels or [] if not 0 <= lvl < levels]
+        if bad:
+            raise ValueError(f"train_generator.unet.up_attention_levels {bad} out of range: the UNet has levels 0..{levels - 1}")
         if any(ch % self.norm_num_groups for ch in self.block_out_channels):
             raise ValueError(f"train_generator.unet.block_out_channels {self.block_out_channels} must all be multiples of "
                              f"train_generator.unet.norm_num_groups={self.norm_num_groups}")

@@ -177,6 +177,30 @@ def test_official_conditional_recipe_samples_as_the_official_code(cond_unet, anc
     assert (ours_interpolated - ref).abs().max() > 1e-2
 
 
+def test_official_conditional_unet_layout() -> None:
+    """CLSP's conditional UNet: attention after every down ResBlock and in the middle, none in the up blocks."""
+    from pathlib import Path
+
+    from synthpos.config import load_config
+    from synthpos.generators.clsp import unet_decode, unet_encode
+
+    recipe = load_config(Path(__file__).resolve().parents[2] / "configs/cifar10/generator_conditional.yaml").train_generator.unet
+    small = recipe.model_copy(update={"block_out_channels": [8, 16, 16, 16], "norm_num_groups": 4, "dropout": 0.0})
+    torch.manual_seed(0)
+    unet = build_unet(small, 16, 3, num_classes=CLASSES).eval()
+    attentions = lambda block: len(getattr(block, "attentions", None) or [])  # noqa: E731
+    assert [attentions(b) for b in unet.down_blocks] == [2, 2, 2, 2]  # one per ResBlock: num_res_blocks 2
+    assert [attentions(b) for b in unet.up_blocks] == [0, 0, 0, 0]
+    assert attentions(unet.mid_block) == 1
+    # The symmetric default is unchanged, and the interpolation's encoder/decoder split still equals the forward.
+    assert [attentions(b) for b in build_unet(TINY_UNET, 8, 1).up_blocks] == [2, 0]  # layers_per_block + 1 each
+    x, t, labels = torch.randn(2, 3, 16, 16), torch.tensor(7), torch.tensor([0, 2])
+    with torch.no_grad():
+        torch.testing.assert_close(unet_decode(unet, *unet_encode(unet, x, t, labels)), unet(x, t, class_labels=labels).sample)
+    with pytest.raises(ValueError, match="up_attention_levels"):
+        UNetConfig(block_out_channels=[8, 16], norm_num_groups=4, up_attention_levels=[2])
+
+
 def test_labels_and_guidance_change_the_samples(cond_unet, anchors_model_range) -> None:
     sched = build_sampler("dpmsolver++", make_noise_scheduler(100))
     keys = [(0, 0), (1, 0)]
