@@ -199,6 +199,8 @@ class UnCLIPConfig(_Strict):
     noise_level: int = Field(0, ge=0, description="Noise added to the image embedding when adaptive noise is off.")
     trailing_zero_snr: bool = Field(True, description="DDIM with trailing timesteps and betas rescaled to zero terminal SNR "
                                     "(Ayromlou et al.'s code); off: the model's own DDIM schedule (GenView).")
+    prompt: str = Field("", description="Text prompt of every variation (Ayromlou et al.: empty; GenView: its fixed "
+                        "\"Your custom text prompt here\", generate_image_variations_noiselevels.py:77).")
     image_size: int | None = Field(None, ge=8, multiple_of=8, description="Generate at this size (default: the model's, "
                                    "768 for stable-diffusion-2-1-unclip-small); results are resized to the dataset's size.")
     adaptive_noise: AdaptiveNoiseConfig = AdaptiveNoiseConfig()
@@ -258,6 +260,9 @@ class BackboneConfig(_Strict):
     width: int = Field(32, ge=4, description="small_resnet / convnet base width.")
 
 
+_Prob = Annotated[float, Field(ge=0, le=1)]
+
+
 class AugmentConfig(_Strict):
     """SimCLR augmentations at CIFAR scale (CLSP's parameters)."""
 
@@ -270,10 +275,13 @@ class AugmentConfig(_Strict):
     hue: float = Field(0.1, ge=0, le=0.5)
     grayscale_prob: float = Field(0.2, ge=0, le=1)
     hflip_prob: float = Field(0.5, ge=0, le=1)
-    solarize_prob: float = Field(0.0, ge=0, le=1, description="RandomSolarize (threshold 0.5 on [0, 1], i.e. 128 on uint8) "
-                                 "after grayscale; the official CLSP and GenView MoCo pipelines use 0.2.")
-    blur_prob: float = Field(0.0, ge=0, le=1, description="RandomApply(GaussianBlur) after grayscale, before solarization "
-                             "(GenerativeSSL: 0.5; GenView MoCo v3: 1.0 / 0.1 per view).")
+    solarize_prob: _Prob | tuple[_Prob, _Prob] = Field(
+        0.0, description="RandomSolarize (threshold 0.5 on [0, 1], i.e. 128 on uint8) after grayscale; the official CLSP "
+        "MoCo pipeline uses 0.2. A pair [view 1, view 2] gives each view its own (GenView MoCo v3: [0.0, 0.2]); "
+        "views after the second use the second's.")
+    blur_prob: _Prob | tuple[_Prob, _Prob] = Field(
+        0.0, description="RandomApply(GaussianBlur) after grayscale, before solarization (GenerativeSSL: 0.5); a pair "
+        "[view 1, view 2] gives each view its own (GenView MoCo v3: [1.0, 0.1]).")
     blur_sigma: tuple[float, float] = Field((0.1, 2.0), description="Blur sigma ~ U[low, high] in pixels (solo-learn, GenView).")
     blur_kernel_size: int | None = Field(None, ge=1, description="Odd kernel side (default: 2 * ceil(3 * high) + 1).")
 

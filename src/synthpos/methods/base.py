@@ -133,9 +133,13 @@ class SSLMethod(L.LightningModule):
 
     # --- shared machinery ------------------------------------------------------------------
 
-    def view(self, images: torch.Tensor, no_crop: torch.Tensor | None = None) -> torch.Tensor:
-        """One augmented view of ``images``; ``no_crop`` (B,) bool: where set, no RandomResizedCrop (the whole image)."""
-        out = self.augment(images) if no_crop is None else self.augment(images, no_crop=no_crop)
+    def view(self, images: torch.Tensor, no_crop: torch.Tensor | None = None, index: int = 0) -> torch.Tensor:
+        """View ``index`` (0 = view 1: per-view augmentation settings) of ``images``; ``no_crop`` (B,) bool:
+        where set, no RandomResizedCrop (the whole image)."""
+        # Only an augmentation with per-view settings takes the view's index (others keep their plain signature).
+        per_view = index and getattr(self.augment, "per_view", False)
+        extra = ({} if no_crop is None else {"no_crop": no_crop}) | ({"view": index} if per_view else {})
+        out = self.augment(images, **extra)
         return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
 
     def forward_views(self, module, views: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -80,7 +80,7 @@ class SyntheticMode:
 
     def views(self, method: SSLMethod, batch: PretrainBatch) -> list[torch.Tensor]:
         """The augmented views, in the order of :meth:`sources` (default: the method's augmentation of each)."""
-        return [method.view(source) for source in self.sources(batch)]
+        return [method.view(source, index=i) for i, source in enumerate(self.sources(batch))]
 
     def loss(
         self, method: SSLMethod, views: list[torch.Tensor], outputs: list[Outputs], batch: PretrainBatch
