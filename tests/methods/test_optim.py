@@ -181,6 +181,37 @@ def test_lars_settings_reach_the_optimizer() -> None:
     assert {(g["eta"], g["trust"], g["clip"]) for g in opt.param_groups} == {(0.001, "grad_and_decay", True)}
 
 
+@pytest.mark.parametrize("fixed", [True, False])
+def test_simsiam_predictor_lr_can_stay_fixed(fixed: bool) -> None:
+    # solo-learn's static_lr / mmpretrain's SimSiamHook: the predictor's lr is optimizer.lr at every step.
+    import numpy as np
+
+    from synthpos.config import BackboneConfig, OptimizerConfig, PretrainConfig
+    from synthpos.data import ImageDataset
+    from synthpos.methods.pretrain import build_method
+
+    dataset = ImageDataset("toy", "train", np.zeros((4, 8, 8, 1), dtype=np.uint8), None, None, (0.5,), (0.5,))
+    cfg = PretrainConfig(method="simsiam", backbone=BackboneConfig(name="convnet", width=4), projector_hidden_dim=8,
+                         projector_out_dim=4, predictor_hidden_dim=4, simsiam={"fixed_predictor_lr": fixed},
+                         optimizer=OptimizerConfig(lr=0.05, warmup_epochs=1, warmup_start_lr=0.001, min_lr=0.0))
+    method = build_method(cfg, dataset)
+    total = 20
+    method._trainer = type("Trainer", (), {"estimated_stepping_batches": total, "max_epochs": 4})()
+    setup = method.configure_optimizers()
+    opt, schedule = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
+    predictor = {id(p) for p in method.predictor.parameters()}
+    static = [g for g in opt.param_groups if g.get("static_lr")]
+    assert ({id(p) for g in static for p in g["params"]} == predictor) is fixed
+    assert sum(len(g["params"]) for g in opt.param_groups) == len([p for p in method.parameters() if p.requires_grad])
+    for step in range(total):
+        expected = warmup_cosine(step, total, 5, 0.05, 0.001, 0.0)
+        for group in opt.param_groups:
+            lr = 0.05 if group.get("static_lr") else expected
+            assert group["lr"] == pytest.approx(lr, rel=1e-9, abs=1e-12), (step, group.get("static_lr"))
+        opt.step()
+        schedule.step()
+
+
 def test_lars_zero_weights_take_a_plain_step() -> None:
     p = nn.Parameter(torch.zeros(3, 2))
     p.grad = torch.ones(3, 2)

@@ -248,6 +248,7 @@ RECIPES["configs/imagenet/generativessl_simsiam.yaml"] = _gssl("simsiam", [
     _o("pretrain.batch_size", 256, "GSSL simsiam_diff.yaml:33 (64 x 4)"),
     _o("pretrain.optimizer.lr", 0.5, "GSSL simsiam_diff.yaml:34"),
     _o("pretrain.optimizer.weight_decay", 1e-5, "GSSL simsiam_diff.yaml:36"),
+    _o("pretrain.simsiam.fixed_predictor_lr", True, "GSSL solo-learn/solo/methods/simsiam.py:99-103 (static_lr)"),
     _o("pretrain.optimizer.exclude_bias_and_norm", False, "GSSL solo/methods/base.py:282-283"),
 ])
 RECIPES["configs/imagenet/generativessl_barlow_twins.yaml"] = _gssl("barlow_twins", [
@@ -342,6 +343,7 @@ RECIPES["configs/imagenet/genview_simsiam.yaml"] = [
     _o("pretrain.optimizer.lr", 0.05, "GenView simsiam_..._clipmask.py:41"),
     _o("pretrain.optimizer.weight_decay", 1e-4, "GenView simsiam_..._clipmask.py:44"),
     _o("pretrain.optimizer.exclude_bias_and_norm", False, "GenView simsiam_..._clipmask.py:45 (no decay_mult)"),
+    _o("pretrain.simsiam.fixed_predictor_lr", True, "GenView simsiam_..._clipmask.py:45,54 (fix_lr, SimSiamHook fix_pred_lr)"),
     _o("pretrain.batch_size", 256, "GenView simsiam_..._clipmask.py:96 (32 x 8)"),
     _o("pretrain.epochs", 200, "GenView simsiam _base_/schedules/imagenet_sgd_coslr_200e.py"),
     _o("pretrain.augment.saturation", 0.4, "GenView simsiam_..._clipmask.py:72"),

@@ -85,6 +85,21 @@ def parameter_groups(model: nn.Module, weight_decay: float, exclude_bias_and_nor
     ]
 
 
+def split_static_lr(groups: list[dict], static: list[nn.Parameter]) -> list[dict]:
+    """``groups`` with the ``static`` parameters moved into copies of their groups marked ``static_lr``
+    (their lr is not scheduled); empty groups dropped."""
+    if not static:
+        return groups
+    ids = {id(p) for p in static}
+    out = []
+    for group in groups:
+        for fixed in (False, True):
+            params = [p for p in group["params"] if (id(p) in ids) is fixed]
+            if params:
+                out.append({**group, "params": params, **({"static_lr": True} if fixed else {})})
+    return out
+
+
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, base_lr: float, start_lr: float, min_lr: float) -> float:
     """Linear warm-up from ``start_lr`` to ``base_lr``, then cosine decay to ``min_lr``."""
     if step < warmup_steps:
