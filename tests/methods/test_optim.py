@@ -80,14 +80,20 @@ def test_lars_two_steps_match_hand_computation() -> None:
         [{"params": [weight], "weight_decay": wd}, {"params": [bias], "weight_decay": 0.0, "lars_exclude": True}],
         lr=lr, momentum=momentum, weight_decay=wd, eta=eta,
     )
+    _check_steps(opt, weight, bias, g, 2, lambda w, gw, buf: _lars_reference(w, gw, buf, lr, momentum, wd, eta, exclude=False),
+                 lambda b, gb, buf: _lars_reference(b, gb, buf, lr, momentum, wd, eta, exclude=True))
+
+
+def _check_steps(opt, weight, bias, g, steps, weight_step, bias_step) -> None:
+    """``steps`` optimiser steps on random gradients, each checked against the hand-written steps (w, g, buf) -> (w, buf)."""
     w_ref, b_ref = weight.detach().clone(), bias.detach().clone()
     w_buf = b_buf = None
-    for _ in range(2):
+    for _ in range(steps):
         gw, gb = torch.randn(4, 3, generator=g), torch.randn(4, generator=g)
         weight.grad, bias.grad = gw.clone(), gb.clone()
         opt.step()
-        w_ref, w_buf = _lars_reference(w_ref, gw, w_buf, lr, momentum, wd, eta, exclude=False)
-        b_ref, b_buf = _lars_reference(b_ref, gb, b_buf, lr, momentum, wd, eta, exclude=True)
+        w_ref, w_buf = weight_step(w_ref, gw, w_buf)
+        b_ref, b_buf = bias_step(b_ref, gb, b_buf)
         torch.testing.assert_close(weight.detach(), w_ref, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(bias.detach(), b_ref, rtol=1e-6, atol=1e-7)
 
@@ -135,16 +141,8 @@ def test_lars_grad_and_decay_trust_matches_solo_learn(clip: bool, lr: float) -> 
     weight, bias, g = _lars_setup(3)
     opt = LARS([{"params": [weight], "weight_decay": wd}, {"params": [bias], "weight_decay": 0.0, "lars_exclude": True}],
                lr=lr, momentum=momentum, weight_decay=wd, eta=eta, trust="grad_and_decay", clip=clip)
-    w_ref, b_ref = weight.detach().clone(), bias.detach().clone()
-    w_buf = b_buf = None
-    for _ in range(3):
-        gw, gb = torch.randn(4, 3, generator=g), torch.randn(4, generator=g)
-        weight.grad, bias.grad = gw.clone(), gb.clone()
-        opt.step()
-        w_ref, w_buf = _bolts_reference(w_ref, gw, w_buf, lr, momentum, wd, eta, clip)
-        b_ref, b_buf = _lars_reference(b_ref, gb, b_buf, lr, momentum, wd, eta, exclude=True)  # excluded: plain SGD
-        torch.testing.assert_close(weight.detach(), w_ref, rtol=1e-6, atol=1e-7)
-        torch.testing.assert_close(bias.detach(), b_ref, rtol=1e-6, atol=1e-7)
+    _check_steps(opt, weight, bias, g, 3, lambda w, gw, buf: _bolts_reference(w, gw, buf, lr, momentum, wd, eta, clip),
+                 lambda b, gb, buf: _lars_reference(b, gb, buf, lr, momentum, wd, eta, exclude=True))  # excluded: plain SGD
     # The two trust ratios differ (||g + wd w|| vs ||g|| + wd ||w||), so the test can tell them apart.
     other, _, g2 = _lars_setup(3)
     other.grad = 0.1 * torch.randn(4, 3, generator=g2) - other.detach()  # g + wd w is small, ||g|| + wd ||w|| is not

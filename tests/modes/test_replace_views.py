@@ -19,7 +19,8 @@ from pydantic import ValidationError
 from synthpos.config import AugmentConfig, BackboneConfig, PretrainConfig, SyntheticConfig
 from synthpos.data import ImageDataset
 from synthpos.data.augment import BatchAugment
-from synthpos.data.synthetic_store import SyntheticStore, dataset_fingerprint
+from synthpos.data.import_store import import_store
+from synthpos.data.synthetic_store import SyntheticStore
 from synthpos.methods.pretrain import PretrainBatches, build_method
 
 A, K, S = 30, 4, 8
@@ -36,16 +37,12 @@ def dataset() -> ImageDataset:
 
 @pytest.fixture
 def store(tmp_path: Path, dataset: ImageDataset) -> SyntheticStore:
-    """Candidate c of anchor a carries (a, c) in its first two pixels."""
-    store = SyntheticStore.create(tmp_path / "store", dataset_fingerprint("toy", "train", dataset.images),
-                                  candidates=K, shard_size=8, generator={"kind": "test"})
+    """Candidate c of anchor a carries (a, c) in its first two pixels; written as a CLSP array and imported."""
     data = np.random.default_rng(1).integers(0, 200, size=(A, K, S, S, 1), dtype=np.uint8)
     data[:, :, 0, 0, 0] = np.arange(A)[:, None]
     data[:, :, 0, 1, 0] = np.arange(K)[None, :]
-    for s in range(store.layout.num_shards):
-        start, end = store.layout.shard_range(s)
-        store.write_shard(s, data[start:end])
-    return SyntheticStore.open(store.path, "toy", "train", dataset.images)
+    np.save(tmp_path / "candidates.npy", data)
+    return import_store(tmp_path / "candidates.npy", "clsp", dataset, tmp_path / "store", shard_size=8)
 
 
 def _draw(dataset, store, mode: str = "replace", **settings):
