@@ -326,6 +326,10 @@ class BatchAugment(torch.nn.Module):
     RandomGrayscale(grayscale_prob), RandomSolarize(0.5, solarize_prob),
     Normalize(mean, std)])``, with every
     sample drawing its own parameters (the jitter order is drawn per batch).
+
+    ``blur_prob`` and ``solarize_prob`` may be pairs (view 1, view 2), as GenView's two
+    pipelines; ``forward(..., view=i)`` then uses view i's (``per_view`` says whether they
+    differ). ``forward(..., no_crop=mask)`` skips the crop of the marked images.
     """
 
     def __init__(
