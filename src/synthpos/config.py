@@ -82,6 +82,9 @@ class UNetConfig(_Strict):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     norm_num_groups: int = Field(32, ge=1)
     attention_head_dim: int | None = Field(None, ge=1, description="Default: one head over all channels.")
+    up_attention_levels: list[int] | None = Field(
+        None, description="Levels whose up blocks have self-attention; default: attention_levels (a symmetric UNet). "
+        "[] with attention_levels at every level is CLSP's official conditional UNet (models/unet_condition.py).")
 
     @model_validator(mode="after")
     def _check_shape(self) -> UNetConfig:
@@ -91,6 +94,9 @@ class UNetConfig(_Strict):
         bad = [lvl for lvl in self.attention_levels if not 0 <= lvl < levels]
         if bad:
             raise ValueError(f"train_generator.unet.attention_levels {bad} out of range: the UNet has levels 0..{levels - 1}")
+        bad = [lvl for lvl in self.up_attention_levels or [] if not 0 <= lvl < levels]
+        if bad:
+            raise ValueError(f"train_generator.unet.up_attention_levels {bad} out of range: the UNet has levels 0..{levels - 1}")
         if any(ch % self.norm_num_groups for ch in self.block_out_channels):
             raise ValueError(f"train_generator.unet.block_out_channels {self.block_out_channels} must all be multiples of "
                              f"train_generator.unet.norm_num_groups={self.norm_num_groups}")
@@ -193,6 +199,8 @@ class UnCLIPConfig(_Strict):
     noise_level: int = Field(0, ge=0, description="Noise added to the image embedding when adaptive noise is off.")
     trailing_zero_snr: bool = Field(True, description="DDIM with trailing timesteps and betas rescaled to zero terminal SNR "
                                     "(Ayromlou et al.'s code); off: the model's own DDIM schedule (GenView).")
+    prompt: str = Field("", description="Text prompt of every variation (Ayromlou et al.: empty; GenView: its fixed "
+                        "\"Your custom text prompt here\", generate_image_variations_noiselevels.py:77).")
     image_size: int | None = Field(None, ge=8, multiple_of=8, description="Generate at this size (default: the model's, "
                                    "768 for stable-diffusion-2-1-unclip-small); results are resized to the dataset's size.")
     adaptive_noise: AdaptiveNoiseConfig = AdaptiveNoiseConfig()
@@ -252,6 +260,9 @@ class BackboneConfig(_Strict):
     width: int = Field(32, ge=4, description="small_resnet / convnet base width.")
 
 
+_Prob = Annotated[float, Field(ge=0, le=1)]
+
+
 class AugmentConfig(_Strict):
     """SimCLR augmentations at CIFAR scale (CLSP's parameters)."""
 
@@ -264,10 +275,13 @@ class AugmentConfig(_Strict):
     hue: float = Field(0.1, ge=0, le=0.5)
     grayscale_prob: float = Field(0.2, ge=0, le=1)
     hflip_prob: float = Field(0.5, ge=0, le=1)
-    solarize_prob: float = Field(0.0, ge=0, le=1, description="RandomSolarize (threshold 0.5 on [0, 1], i.e. 128 on uint8) "
-                                 "after grayscale; the official CLSP and GenView MoCo pipelines use 0.2.")
-    blur_prob: float = Field(0.0, ge=0, le=1, description="RandomApply(GaussianBlur) after grayscale, before solarization "
-                             "(GenerativeSSL: 0.5; GenView MoCo v3: 1.0 / 0.1 per view).")
+    solarize_prob: _Prob | tuple[_Prob, _Prob] = Field(
+        0.0, description="RandomSolarize (threshold 0.5 on [0, 1], i.e. 128 on uint8) after grayscale; the official CLSP "
+        "MoCo pipeline uses 0.2. A pair [view 1, view 2] gives each view its own (GenView MoCo v3: [0.0, 0.2]); "
+        "views after the second use the second's.")
+    blur_prob: _Prob | tuple[_Prob, _Prob] = Field(
+        0.0, description="RandomApply(GaussianBlur) after grayscale, before solarization (GenerativeSSL: 0.5); a pair "
+        "[view 1, view 2] gives each view its own (GenView MoCo v3: [1.0, 0.1]).")
     blur_sigma: tuple[float, float] = Field((0.1, 2.0), description="Blur sigma ~ U[low, high] in pixels (solo-learn, GenView).")
     blur_kernel_size: int | None = Field(None, ge=1, description="Odd kernel side (default: 2 * ceil(3 * high) + 1).")
 
@@ -405,6 +419,12 @@ class SyntheticConfig(_Sections):
                       "or one a plugin registers.")
     weight: float = Field(1.0, ge=0, description="clsp: lambda of the synthetic term.")
     replace_prob: float = Field(0.5, ge=0, le=1, description="replace/quality: probability that view 2 comes from a candidate.")
+    replace_view: Literal["second", "each", "random"] = Field(
+        "second", description="replace/quality: which view's source may be a candidate: second (view 2, as GenerativeSSL's "
+        "solo-learn/DALI loader), each (each view independently with replace_prob, each its own candidate, as "
+        "GenerativeSSL's SimCLR loader), random (one view per image, drawn uniformly, as GenView's MultiView).")
+    crop_synthetic: bool = Field(True, description="replace/quality: a synthetic view gets RandomResizedCrop like a real "
+                                 "one; false: the whole candidate, resized to crop_size (GenerativeSSL's SimCLR loader).")
     positives: int = Field(1, ge=1, description="multipos: synthetic candidates of each anchor used per step.")
     scorer: Path | None = Field(None, description="quality: the frozen scorer, a synthpos backbone.pt or a TorchScript file "
                                 "mapping normalised images (B, C, H, W) to feature maps (B, C', h, w).")
@@ -435,6 +455,12 @@ class OptimizerConfig(_Strict):
     exclude_bias_and_norm: bool = Field(True, description="Exempt biases and normalisation parameters from weight decay "
                                         "(and LARS scaling); false: decay on every parameter, as the official CLSP code "
                                         "(SGD over model.parameters()).")
+    eta: float = Field(0.02, gt=0, description="LARS trust coefficient (SimCLR 0.02; solo-learn's BYOL and Barlow Twins, "
+                       "and mmpretrain's default, 0.001).")
+    lars_trust: Literal["update", "grad_and_decay"] = Field(
+        "update", description="LARS trust ratio: update = eta ||w|| / ||g + wd w|| (SimCLR); grad_and_decay = "
+        "eta ||w|| / (||g|| + wd ||w||) (solo-learn / lightning-bolts and mmpretrain, which GenerativeSSL and GenView run).")
+    lars_clip: bool = Field(False, description="LARS: each layer's rate is min(lr * ratio, lr) (solo-learn's clip_lr).")
 
 
 class PretrainConfig(_Sections):

@@ -124,6 +124,83 @@ def test_guidance_matches_the_hand_combination(cond_unet, anchors_model_range, s
     torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
 
 
+@torch.no_grad()
+def _official_conditional_ddim(unet, alphas_cumprod, labels, generators, shape, num_steps, eta, w):
+    """CLSP's ``GaussianDiffusionSampler.ddim`` with labels (ddpm.py:200-237), written out: plain DDIM from
+    noise on the official timesteps, eps = (1 + w) eps(x, t, y) - w eps(x, t, null), no anchor."""
+    steps = np.linspace(-1, len(alphas_cumprod) - 1, num_steps + 1).astype(int)[::-1].tolist()
+    null = torch.full_like(labels, CLASSES)  # the official null class is 0 with labels shifted by 1; ours is the last
+    x = _draw(generators, shape).double()
+    for t, prev in zip(steps[:-1], steps[1:]):
+        _draw(generators, shape)  # our sampler's anchor re-noising: drawn, unused without interpolation
+        z = _draw(generators, shape).double()
+        tt = torch.tensor(t)
+        eps = (1 + w) * unet(x.float(), tt, class_labels=labels).sample.double() \
+            - w * unet(x.float(), tt, class_labels=null).sample.double()
+        a_t = alphas_cumprod[t].double()
+        a_prev = alphas_cumprod[prev].double() if prev >= 0 else torch.tensor(1.0, dtype=torch.float64)
+        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        if prev < 0:
+            x = x0  # the official last step returns x_start
+            continue
+        sigma = eta * ((1 - a_t / a_prev) * (1 - a_prev) / (1 - a_t)).sqrt()
+        x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).sqrt() * eps + sigma * z
+    return x.float().clamp(-1.0, 1.0)
+
+
+def test_official_conditional_recipe_samples_as_the_official_code(cond_unet, anchors_model_range) -> None:
+    """configs/cifar10/generator_conditional.yaml (guidance 2.8 = 1 + w, interpolation weight 1) is CLSP's
+    conditional DDIM with w = 1.8 (generate_synthetic_dataset_conditional.py:102-105)."""
+    from pathlib import Path
+
+    from synthpos.config import load_config
+
+    recipe = load_config(Path(__file__).resolve().parents[2] / "configs/cifar10/generator_conditional.yaml").generate
+    assert (recipe.interpolation_weight, recipe.guidance_scale, recipe.eta, recipe.sampler) == (1.0, 2.8, 0.1, "ddim")
+    # T = 1000 as the official run; beta_end 0.002 keeps an untrained UNet's samples informative. 10 steps keep it fast.
+    noise_scheduler = build_noise_scheduler(TrainGeneratorConfig(num_train_timesteps=1000, beta_end=0.002))
+    labels = torch.tensor([0, 2, 1, 2])
+    keys = [(0, 0), (1, 0), (2, 1), (3, 0)]
+    ours = clsp_interpolation_sample(
+        cond_unet, build_sampler(recipe.sampler, noise_scheduler), anchors_model_range, _gens(keys), num_steps=10,
+        eta=recipe.eta, weight=recipe.interpolation_weight, class_labels=labels, guidance_scale=recipe.guidance_scale,
+    )
+    ref = _official_conditional_ddim(cond_unet, noise_scheduler.alphas_cumprod, labels, _gens(keys),
+                                     anchors_model_range.shape[1:], 10, 0.1, w=1.8)
+    assert (ref.abs() < 0.999).float().mean() > 0.2, "saturated samples would prove little"
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
+    # Not the anchors' neighbourhood: the interpolated variant (ours) gives other samples.
+    ours_interpolated = clsp_interpolation_sample(
+        cond_unet, build_sampler("ddim", noise_scheduler), anchors_model_range, _gens(keys), num_steps=10, eta=0.1,
+        weight=0.1, class_labels=labels, guidance_scale=2.8,
+    )
+    assert (ours_interpolated - ref).abs().max() > 1e-2
+
+
+def test_official_conditional_unet_layout() -> None:
+    """CLSP's conditional UNet: attention after every down ResBlock and in the middle, none in the up blocks."""
+    from pathlib import Path
+
+    from synthpos.config import load_config
+    from synthpos.generators.clsp import unet_decode, unet_encode
+
+    recipe = load_config(Path(__file__).resolve().parents[2] / "configs/cifar10/generator_conditional.yaml").train_generator.unet
+    small = recipe.model_copy(update={"block_out_channels": [8, 16, 16, 16], "norm_num_groups": 4, "dropout": 0.0})
+    torch.manual_seed(0)
+    unet = build_unet(small, 16, 3, num_classes=CLASSES).eval()
+    attentions = lambda block: len(getattr(block, "attentions", None) or [])  # noqa: E731
+    assert [attentions(b) for b in unet.down_blocks] == [2, 2, 2, 2]  # one per ResBlock: num_res_blocks 2
+    assert [attentions(b) for b in unet.up_blocks] == [0, 0, 0, 0]
+    assert attentions(unet.mid_block) == 1
+    # The symmetric default is unchanged, and the interpolation's encoder/decoder split still equals the forward.
+    assert [attentions(b) for b in build_unet(TINY_UNET, 8, 1).up_blocks] == [2, 0]  # layers_per_block + 1 each
+    x, t, labels = torch.randn(2, 3, 16, 16), torch.tensor(7), torch.tensor([0, 2])
+    with torch.no_grad():
+        torch.testing.assert_close(unet_decode(unet, *unet_encode(unet, x, t, labels)), unet(x, t, class_labels=labels).sample)
+    with pytest.raises(ValueError, match="up_attention_levels"):
+        UNetConfig(block_out_channels=[8, 16], norm_num_groups=4, up_attention_levels=[2])
+
+
 def test_labels_and_guidance_change_the_samples(cond_unet, anchors_model_range) -> None:
     sched = build_sampler("dpmsolver++", make_noise_scheduler(100))
     keys = [(0, 0), (1, 0)]

@@ -107,11 +107,13 @@ def _close(a: np.ndarray, b: np.ndarray) -> None:
     assert diff.max() <= 1 and (diff > 0).mean() < 0.02, (diff.max(), (diff > 0).mean())
 
 
-def direct_variations(pipe, anchor: np.ndarray, index: int, candidates: int, noise_level: int, seed: int = 0) -> np.ndarray:
+def direct_variations(pipe, anchor: np.ndarray, index: int, candidates: int, noise_level: int, seed: int = 0,
+                      prompt: str | None = None) -> np.ndarray:
     """What the pipeline makes of the anchor itself as a PIL image (it encodes the image on its own)."""
     image = Image.fromarray(anchor[..., 0] if anchor.shape[-1] == 1 else anchor).convert("RGB")
     out = pipe(
         image=[image] * candidates,
+        **({} if prompt is None else {"prompt": [prompt] * candidates}),
         noise_level=noise_level,
         num_inference_steps=UNCLIP.num_steps,
         guidance_scale=UNCLIP.guidance_scale,
@@ -232,6 +234,17 @@ def test_candidates_are_the_pipelines_own_variations_of_the_anchor(generator, gr
     out = generator.generate(grey_anchors, first_index=10)
     for a in (0, 4):
         _close(out[a], direct_variations(generator.pipeline, grey_anchors[a], 10 + a, 2, noise_level=0))
+
+
+def test_the_prompt_reaches_the_pipeline(unclip_dir, generator, grey_anchors) -> None:
+    # GenView passes a fixed text prompt (generate_image_variations_noiselevels.py:77); Ayromlou et al. none.
+    one = _settings(prompt="a photo").model_copy(update={"candidates": 1})
+    prompted = UnCLIPGenerator(unclip_dir, one, seed=0, device="cpu")
+    out = prompted.generate(grey_anchors[:1], first_index=0)
+    _close(out[0], direct_variations(prompted.pipeline, grey_anchors[0], 0, 1, noise_level=0, prompt="a photo"))
+    # The prompt matters (so the equality above could not hold by accident).
+    assert np.abs(out[0].astype(int) - direct_variations(prompted.pipeline, grey_anchors[0], 0, 1, noise_level=0)).max() > 1
+    assert prompted.record()["prompt"] == "a photo" and "prompt" not in generator.record()
 
 
 def test_rgb_anchors_and_the_configured_schedule(unclip_dir) -> None:

@@ -80,14 +80,20 @@ def test_lars_two_steps_match_hand_computation() -> None:
         [{"params": [weight], "weight_decay": wd}, {"params": [bias], "weight_decay": 0.0, "lars_exclude": True}],
         lr=lr, momentum=momentum, weight_decay=wd, eta=eta,
     )
+    _check_steps(opt, weight, bias, g, 2, lambda w, gw, buf: _lars_reference(w, gw, buf, lr, momentum, wd, eta, exclude=False),
+                 lambda b, gb, buf: _lars_reference(b, gb, buf, lr, momentum, wd, eta, exclude=True))
+
+
+def _check_steps(opt, weight, bias, g, steps, weight_step, bias_step) -> None:
+    """``steps`` optimiser steps on random gradients, each checked against the hand-written steps (w, g, buf) -> (w, buf)."""
     w_ref, b_ref = weight.detach().clone(), bias.detach().clone()
     w_buf = b_buf = None
-    for _ in range(2):
+    for _ in range(steps):
         gw, gb = torch.randn(4, 3, generator=g), torch.randn(4, generator=g)
         weight.grad, bias.grad = gw.clone(), gb.clone()
         opt.step()
-        w_ref, w_buf = _lars_reference(w_ref, gw, w_buf, lr, momentum, wd, eta, exclude=False)
-        b_ref, b_buf = _lars_reference(b_ref, gb, b_buf, lr, momentum, wd, eta, exclude=True)
+        w_ref, w_buf = weight_step(w_ref, gw, w_buf)
+        b_ref, b_buf = bias_step(b_ref, gb, b_buf)
         torch.testing.assert_close(weight.detach(), w_ref, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(bias.detach(), b_ref, rtol=1e-6, atol=1e-7)
 
@@ -117,6 +123,91 @@ def test_lars_excluded_group_is_plain_sgd_without_decay() -> None:
         bias.grad, sgd_bias.grad = grad.clone(), grad.clone()
         opt.step(), sgd.step()
         torch.testing.assert_close(bias.detach(), sgd_bias.detach(), rtol=1e-6, atol=1e-7)
+
+
+def _bolts_reference(w, g, buf, lr, momentum, wd, eta, clip):
+    """One step of solo-learn's LARS (lightning-bolts; GSSL solo-learn/solo/utils/lars.py:140-167), written out."""
+    lars_lr = eta * w.norm() / (g.norm() + wd * w.norm() + 1e-8)
+    if clip:
+        lars_lr = min(lars_lr / lr, 1.0)
+    d = (g + wd * w) * lars_lr
+    buf = d if buf is None else momentum * buf + d
+    return w - lr * buf, buf
+
+
+@pytest.mark.parametrize(("clip", "lr"), [(False, 0.3), (True, 0.3), (True, 0.005)])
+def test_lars_grad_and_decay_trust_matches_solo_learn(clip: bool, lr: float) -> None:
+    momentum, wd, eta = 0.9, 1e-2, 0.02
+    weight, bias, g = _lars_setup(3)
+    opt = LARS([{"params": [weight], "weight_decay": wd}, {"params": [bias], "weight_decay": 0.0, "lars_exclude": True}],
+               lr=lr, momentum=momentum, weight_decay=wd, eta=eta, trust="grad_and_decay", clip=clip)
+    _check_steps(opt, weight, bias, g, 3, lambda w, gw, buf: _bolts_reference(w, gw, buf, lr, momentum, wd, eta, clip),
+                 lambda b, gb, buf: _lars_reference(b, gb, buf, lr, momentum, wd, eta, exclude=True))  # excluded: plain SGD
+    # The two trust ratios differ (||g + wd w|| vs ||g|| + wd ||w||), so the test can tell them apart.
+    other, _, g2 = _lars_setup(3)
+    other.grad = 0.1 * torch.randn(4, 3, generator=g2) - other.detach()  # g + wd w is small, ||g|| + wd ||w|| is not
+    start = other.detach().clone()
+    LARS([other], lr=0.3, weight_decay=1.0, trust="update").step()
+    assert not torch.allclose(other.detach(), _bolts_reference(start, other.grad, None, 0.3, 0.9, 1.0, 0.02, False)[0])
+
+
+def test_lars_clip_caps_each_layers_rate_at_lr() -> None:
+    # clip_lr: a layer whose trust ratio exceeds lr moves at rate lr (the plain SGD step on g + wd w).
+    weight, _, g = _lars_setup(4)
+    w0, grad = weight.detach().clone(), torch.randn(4, 3, generator=g) * 1e-3  # tiny gradient: a huge ratio
+    weight.grad = grad.clone()
+    LARS([weight], lr=0.1, momentum=0.9, weight_decay=0.0, trust="grad_and_decay", clip=True).step()
+    torch.testing.assert_close(weight.detach(), w0 - 0.1 * grad, rtol=1e-6, atol=1e-9)
+
+
+def test_lars_settings_reach_the_optimizer() -> None:
+    import numpy as np
+
+    from synthpos.config import BackboneConfig, OptimizerConfig, PretrainConfig
+    from synthpos.data import ImageDataset
+    from synthpos.methods.pretrain import build_method
+
+    images = np.zeros((4, 8, 8, 1), dtype=np.uint8)
+    dataset = ImageDataset("toy", "train", images, None, None, (0.5,), (0.5,))
+    cfg = PretrainConfig(method="simclr", backbone=BackboneConfig(name="convnet", width=4), projector_hidden_dim=8,
+                         projector_out_dim=4, optimizer=OptimizerConfig(name="lars", eta=0.001, lars_trust="grad_and_decay",
+                                                                        lars_clip=True))
+    method = build_method(cfg, dataset)
+    method._trainer = type("Trainer", (), {"estimated_stepping_batches": 10, "max_epochs": 1})()
+    opt = method.configure_optimizers()["optimizer"]
+    assert isinstance(opt, LARS)
+    assert {(g["eta"], g["trust"], g["clip"]) for g in opt.param_groups} == {(0.001, "grad_and_decay", True)}
+
+
+@pytest.mark.parametrize("fixed", [True, False])
+def test_simsiam_predictor_lr_can_stay_fixed(fixed: bool) -> None:
+    # solo-learn's static_lr / mmpretrain's SimSiamHook: the predictor's lr is optimizer.lr at every step.
+    import numpy as np
+
+    from synthpos.config import BackboneConfig, OptimizerConfig, PretrainConfig
+    from synthpos.data import ImageDataset
+    from synthpos.methods.pretrain import build_method
+
+    dataset = ImageDataset("toy", "train", np.zeros((4, 8, 8, 1), dtype=np.uint8), None, None, (0.5,), (0.5,))
+    cfg = PretrainConfig(method="simsiam", backbone=BackboneConfig(name="convnet", width=4), projector_hidden_dim=8,
+                         projector_out_dim=4, predictor_hidden_dim=4, simsiam={"fixed_predictor_lr": fixed},
+                         optimizer=OptimizerConfig(lr=0.05, warmup_epochs=1, warmup_start_lr=0.001, min_lr=0.0))
+    method = build_method(cfg, dataset)
+    total = 20
+    method._trainer = type("Trainer", (), {"estimated_stepping_batches": total, "max_epochs": 4})()
+    setup = method.configure_optimizers()
+    opt, schedule = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
+    predictor = {id(p) for p in method.predictor.parameters()}
+    static = [g for g in opt.param_groups if g.get("static_lr")]
+    assert ({id(p) for g in static for p in g["params"]} == predictor) is fixed
+    assert sum(len(g["params"]) for g in opt.param_groups) == len([p for p in method.parameters() if p.requires_grad])
+    for step in range(total):
+        expected = warmup_cosine(step, total, 5, 0.05, 0.001, 0.0)
+        for group in opt.param_groups:
+            lr = 0.05 if group.get("static_lr") else expected
+            assert group["lr"] == pytest.approx(lr, rel=1e-9, abs=1e-12), (step, group.get("static_lr"))
+        opt.step()
+        schedule.step()
 
 
 def test_lars_zero_weights_take_a_plain_step() -> None:

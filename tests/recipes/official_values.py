@@ -142,6 +142,9 @@ RECIPES["configs/cifar10/generator_conditional.yaml"] = [
     _o("train_generator.class_conditional", True, "CLSP train_conditional_diffusion.py"),
     _o("train_generator.unet.block_out_channels", [128, 256, 256, 256], "CLSP configs/conditional_diffusion_cifar10.yaml:4-9"),
     _o("train_generator.unet.dropout", 0.15, "CLSP configs/conditional_diffusion_cifar10.yaml:11"),
+    _o("train_generator.unet.attention_levels", [0, 1, 2, 3], "CLSP models/unet_condition.py:124,179 (down ResBlocks attn=True by default)"),
+    _o("train_generator.unet.up_attention_levels", [], "CLSP models/unet_condition.py:195 (up ResBlocks attn=False)"),
+    _o("train_generator.unet.layers_per_block", 2, "CLSP configs/conditional_diffusion_cifar10.yaml:10"),
     _o("train_generator.learning_rate", 2.5e-4, "CLSP configs/conditional_diffusion_cifar10.yaml:12"),
     _o("train_generator.beta_start", 1e-4, "CLSP configs/conditional_diffusion_cifar10.yaml:13"),
     _o("train_generator.beta_end", 0.028, "CLSP configs/conditional_diffusion_cifar10.yaml:14"),
@@ -165,6 +168,7 @@ _GSSL_COMMON = [
     _o("pretrain.synthetic.mode", "replace", "GSSL solo/data/pretrain_dataloader.py:161-177"),
     _o("pretrain.synthetic.replace_prob", 1.0, "GSSL simclr_diff.yaml:29 (generative_augmentation_prob: 1)"),
     _o("pretrain.synthetic.replace_view", "second", "GSSL solo/data/pretrain_dataloader.py:172-175 (x_s for every view after the first)"),
+    _o("pretrain.synthetic.crop_synthetic", True, "GSSL augmentations/synthetic_symmetric.yaml:27-30 (rrc enabled in the synthetic list)"),
     _o("pretrain.backbone.name", "resnet50", "GSSL simclr_diff.yaml:17"),
     _o("pretrain.backbone.cifar_stem", False, "GSSL (ImageNet ResNet-50)"),
     _o("pretrain.epochs", 100, "GSSL simclr_diff.yaml:52"),
@@ -202,7 +206,11 @@ RECIPES["configs/imagenet/generativessl_simclr.yaml"] = _gssl("simclr", [
     _o("pretrain.optimizer.lr", 1.2, "GSSL simclr_diff.yaml:35 (0.3 x 4)"),
     _o("pretrain.optimizer.weight_decay", 1e-6, "GSSL simclr_diff.yaml:37"),
     _o("pretrain.optimizer.eta", 0.02, "GSSL simclr_diff.yaml:40"),
-    _o("pretrain.optimizer.exclude_bias_and_norm", False, "GSSL solo/methods/base.py:282-283 (exclude_bias_n_norm_wd False)"),
+    _o("pretrain.optimizer.lars_clip", True, "GSSL simclr_diff.yaml:39 (clip_lr)"),
+    _o("pretrain.optimizer.lars_trust", "grad_and_decay", "GSSL solo/utils/lars.py:142-145"),
+    # LARS(exclude_bias_n_norm=True) skips both the decay and the scaling of 1-D parameters (lars.py:140-151),
+    # which is our exclusion; exclude_bias_n_norm_wd False (base.py:282-283) only leaves them in the optimiser's groups.
+    _o("pretrain.optimizer.exclude_bias_and_norm", True, "GSSL simclr_diff.yaml:41; solo/utils/lars.py:140-151"),
 ])
 RECIPES["configs/imagenet/generativessl_byol.yaml"] = _gssl("byol", [
     _o("pretrain.projector_hidden_dim", 4096, "GSSL byol_diff.yaml:19"),
@@ -215,7 +223,9 @@ RECIPES["configs/imagenet/generativessl_byol.yaml"] = _gssl("byol", [
     _o("pretrain.optimizer.lr", 0.8, "GSSL byol_diff.yaml:38 (0.2 x 4)"),
     _o("pretrain.optimizer.weight_decay", 1.5e-6, "GSSL byol_diff.yaml:40"),
     _o("pretrain.optimizer.eta", 0.001, "GSSL byol_diff.yaml:43"),
-    _o("pretrain.optimizer.exclude_bias_and_norm", False, "GSSL solo/methods/base.py:282-283"),
+    _o("pretrain.optimizer.lars_clip", False, "GSSL byol_diff.yaml:42 (clip_lr)"),
+    _o("pretrain.optimizer.lars_trust", "grad_and_decay", "GSSL solo/utils/lars.py:142-145"),
+    _o("pretrain.optimizer.exclude_bias_and_norm", True, "GSSL byol_diff.yaml:44; solo/utils/lars.py:140-151"),
 ])
 RECIPES["configs/imagenet/generativessl_mocov2plus.yaml"] = _gssl("mocov2plus", [
     _o("pretrain.projector_hidden_dim", 2048, "GSSL moco_diff.yaml:19"),
@@ -238,6 +248,7 @@ RECIPES["configs/imagenet/generativessl_simsiam.yaml"] = _gssl("simsiam", [
     _o("pretrain.batch_size", 256, "GSSL simsiam_diff.yaml:33 (64 x 4)"),
     _o("pretrain.optimizer.lr", 0.5, "GSSL simsiam_diff.yaml:34"),
     _o("pretrain.optimizer.weight_decay", 1e-5, "GSSL simsiam_diff.yaml:36"),
+    _o("pretrain.simsiam.fixed_predictor_lr", True, "GSSL solo-learn/solo/methods/simsiam.py:99-103 (static_lr)"),
     _o("pretrain.optimizer.exclude_bias_and_norm", False, "GSSL solo/methods/base.py:282-283"),
 ])
 RECIPES["configs/imagenet/generativessl_barlow_twins.yaml"] = _gssl("barlow_twins", [
@@ -250,7 +261,9 @@ RECIPES["configs/imagenet/generativessl_barlow_twins.yaml"] = _gssl("barlow_twin
     _o("pretrain.optimizer.lr", 0.8, "GSSL barlow_diff.yaml:36"),
     _o("pretrain.optimizer.weight_decay", 1.5e-6, "GSSL barlow_diff.yaml:38"),
     _o("pretrain.optimizer.eta", 0.001, "GSSL barlow_diff.yaml:41"),
-    _o("pretrain.optimizer.exclude_bias_and_norm", False, "GSSL solo/methods/base.py:282-283"),
+    _o("pretrain.optimizer.lars_clip", False, "GSSL barlow_diff.yaml:40 (clip_lr)"),
+    _o("pretrain.optimizer.lars_trust", "grad_and_decay", "GSSL solo/utils/lars.py:142-145"),
+    _o("pretrain.optimizer.exclude_bias_and_norm", True, "GSSL barlow_diff.yaml:42; solo/utils/lars.py:140-151"),
 ])
 
 # ------------------------------------------------------------------------------------- GenView
@@ -273,6 +286,7 @@ _GENVIEW_GENERATION = [
     _o("pretrain.synthetic.gamma", 1.0, "GenView mmpretrain/models/selfsup/mocov3.py:71"),
     _o("pretrain.synthetic.scorer_fit_images", 10000, "GenView README.md:249"),
     _o("pretrain.synthetic.replace_view", "random", "GenView mmpretrain/datasets/transforms/wrappers.py:76-78"),
+    _o("pretrain.synthetic.crop_synthetic", True, "GenView wrappers.py:96-100 (gen_img goes through the view's own pipeline, RRC first)"),
     _o("pretrain.backbone.name", "resnet50", "GenView mocov3_..._clipmask.py:15-16"),
     _o("pretrain.backbone.cifar_stem", False, "GenView (mmpretrain ImageNet ResNet-50)"),
     _o("pretrain.sync_batchnorm", True, "GenView mocov3_..._clipmask.py:17"),
@@ -301,6 +315,9 @@ RECIPES["configs/imagenet/genview_mocov3.yaml"] = [
     _o("pretrain.optimizer.weight_decay", 1e-6, "GenView mocov3_..._clipmask.py:50"),
     _o("pretrain.optimizer.momentum", 0.9, "GenView mocov3_..._clipmask.py:50"),
     _o("pretrain.optimizer.exclude_bias_and_norm", True, "GenView mocov3_..._clipmask.py:51-57"),
+    _o("pretrain.optimizer.eta", 0.001, "GenView mocov3_..._clipmask.py:50 (not set: mmpretrain/engine/optimizers/lars.py:43)"),
+    _o("pretrain.optimizer.lars_trust", "grad_and_decay", "GenView mmpretrain/engine/optimizers/lars.py:102-111"),
+    _o("pretrain.optimizer.lars_clip", False, "GenView mmpretrain/engine/optimizers/lars.py (no clipping)"),
     _o("pretrain.optimizer.warmup_epochs", 10, "GenView mocov3_..._clipmask.py:62-68"),
     _o("pretrain.optimizer.warmup_start_lr", 9.6e-4, "GenView mocov3_..._clipmask.py:64 (start_factor 1e-4)"),
     _o("pretrain.epochs", 100, "GenView mocov3_..._clipmask.py:79"),
@@ -326,6 +343,7 @@ RECIPES["configs/imagenet/genview_simsiam.yaml"] = [
     _o("pretrain.optimizer.lr", 0.05, "GenView simsiam_..._clipmask.py:41"),
     _o("pretrain.optimizer.weight_decay", 1e-4, "GenView simsiam_..._clipmask.py:44"),
     _o("pretrain.optimizer.exclude_bias_and_norm", False, "GenView simsiam_..._clipmask.py:45 (no decay_mult)"),
+    _o("pretrain.simsiam.fixed_predictor_lr", True, "GenView simsiam_..._clipmask.py:45,54 (fix_lr, SimSiamHook fix_pred_lr)"),
     _o("pretrain.batch_size", 256, "GenView simsiam_..._clipmask.py:96 (32 x 8)"),
     _o("pretrain.epochs", 200, "GenView simsiam _base_/schedules/imagenet_sgd_coslr_200e.py"),
     _o("pretrain.augment.saturation", 0.4, "GenView simsiam_..._clipmask.py:72"),

@@ -70,16 +70,24 @@ def test_clsp_family_trains_on_an_imported_clsp_array(recipe: str, tmp_path: Pat
     assert _steps(config) == 2
 
 
-@pytest.mark.parametrize(("recipe", "layout"), [("configs/imagenet/generativessl_byol.yaml", "generativessl"),
-                                                 ("configs/imagenet/genview_mocov3.yaml", "genview")])
-def test_unclip_families_train_on_an_imported_tree(recipe: str, layout: str, tmp_path: Path) -> None:
+# Their SimCLR loader (each view replaced, no crop on a synthetic view) and GenView's SimSiam (fixed predictor lr).
+_SIMCLR_LOADER = ["pretrain.synthetic.replace_view=each", "pretrain.synthetic.crop_synthetic=false"]
+
+
+@pytest.mark.parametrize(("recipe", "layout", "extra"), [
+    ("configs/imagenet/generativessl_byol.yaml", "generativessl", []),
+    ("configs/imagenet/generativessl_simclr.yaml", "generativessl", _SIMCLR_LOADER),
+    ("configs/imagenet/genview_mocov3.yaml", "genview", []),
+    ("configs/imagenet/genview_simsiam.yaml", "genview", []),
+])
+def test_unclip_families_train_on_an_imported_tree(recipe: str, layout: str, extra: list[str], tmp_path: Path) -> None:
     train, synthetic = _folder(tmp_path / "images")
     scorer = tmp_path / "scorer.pt"
     torch.jit.script(torch.nn.Conv2d(3, 4, 3, stride=2)).save(str(scorer))  # a frozen feature-map network for GenView
     config = load_config(ROOT / recipe, [f"data.root={train}", f"data.test_root={train}", "data.image_size=16",
                                          f"run_dir={tmp_path / 'run'}", "pretrain.augment.crop_size=16",
                                          "pretrain.augment.blur_kernel_size=5", f"pretrain.synthetic.scorer={scorer}",
-                                         "pretrain.synthetic.scorer_fit_images=8", *TINY])
+                                         "pretrain.synthetic.scorer_fit_images=8", *TINY, *extra])
     store = import_store_stage(config, synthetic, layout, None, 2, show_progress=False)
     assert store.candidates == (2 if layout == "generativessl" else 1)
     assert _steps(config) == 2

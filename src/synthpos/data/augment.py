@@ -309,6 +309,14 @@ def to_model_input(images: torch.Tensor, size: int, mean: Sequence[float], std: 
     return (x - _stat_tensor(mean, channels, x.device)) / _stat_tensor(std, channels, x.device)
 
 
+def _per_view(prob: float | Sequence[float], name: str) -> tuple[float, ...]:
+    """A probability for every view, or one per view (at most two), each in [0, 1]."""
+    probs = (float(prob),) if isinstance(prob, (int, float)) else tuple(float(p) for p in prob)
+    if not 1 <= len(probs) <= 2 or not all(0 <= p <= 1 for p in probs):
+        raise ValueError(f"{name} must be a probability in [0, 1] or a pair of them (view 1, view 2), got {prob}")
+    return probs
+
+
 class BatchAugment(torch.nn.Module):
     """SimCLR's view augmentation, applied to a whole batch at once.
 
@@ -318,6 +326,10 @@ class BatchAugment(torch.nn.Module):
     RandomGrayscale(grayscale_prob), RandomSolarize(0.5, solarize_prob),
     Normalize(mean, std)])``, with every
     sample drawing its own parameters (the jitter order is drawn per batch).
+
+    ``blur_prob`` and ``solarize_prob`` may be pairs (view 1, view 2), as GenView's two
+    pipelines; ``forward(..., view=i)`` then uses view i's (``per_view`` says whether they
+    differ). ``forward(..., no_crop=mask)`` skips the crop of the marked images.
     """
 
     def __init__(
@@ -334,8 +346,8 @@ class BatchAugment(torch.nn.Module):
         hflip_prob: float = 0.5,
         mean: Sequence[float] = (0.5,),
         std: Sequence[float] = (0.5,),
-        solarize_prob: float = 0.0,
-        blur_prob: float = 0.0,
+        solarize_prob: float | Sequence[float] = 0.0,
+        blur_prob: float | Sequence[float] = 0.0,
         blur_sigma: tuple[float, float] = (0.1, 2.0),
         blur_kernel_size: int | None = None,
     ) -> None:
@@ -356,14 +368,15 @@ class BatchAugment(torch.nn.Module):
         self.hue = float(hue)
         self.grayscale_prob = float(grayscale_prob)
         self.hflip_prob = float(hflip_prob)
-        if not 0 <= solarize_prob <= 1:
-            raise ValueError(f"solarize_prob must be in [0, 1], got {solarize_prob}")
-        self.solarize_prob = float(solarize_prob)
-        if not 0 <= blur_prob <= 1:
-            raise ValueError(f"blur_prob must be in [0, 1], got {blur_prob}")
+        # One probability for every view, or one per view (view 1, view 2; later views use the last).
+        self.solarize_probs = _per_view(solarize_prob, "solarize_prob")
+        self.blur_probs = _per_view(blur_prob, "blur_prob")
+        #: the views differ (forward's ``view`` matters)
+        self.per_view = len(set(self.solarize_probs)) > 1 or len(set(self.blur_probs)) > 1
+        self.solarize_prob = self.solarize_probs[0] if len(self.solarize_probs) == 1 else self.solarize_probs
+        self.blur_prob = self.blur_probs[0] if len(self.blur_probs) == 1 else self.blur_probs
         if not 0 < blur_sigma[0] <= blur_sigma[1]:
             raise ValueError(f"blur_sigma must satisfy 0 < low <= high, got {blur_sigma}")
-        self.blur_prob = float(blur_prob)
         self.blur_sigma = (float(blur_sigma[0]), float(blur_sigma[1]))
         # Default: wide enough for 3 sigma of the largest blur, as torchvision's kernels are.
         self.blur_kernel_size = int(blur_kernel_size or 2 * math.ceil(3 * self.blur_sigma[1]) + 1)
@@ -380,13 +393,20 @@ class BatchAugment(torch.nn.Module):
             f"blur_prob={self.blur_prob}, blur_sigma={self.blur_sigma}, solarize_prob={self.solarize_prob}, mean={self.mean}, std={self.std}"
         )
 
-    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor, generator: torch.Generator | None = None, no_crop: torch.Tensor | None = None,
+        view: int = 0,
+    ) -> torch.Tensor:
         """Draw one augmented view of every image.
 
         Args:
             images: uint8. Shape: (B, C, H, W), C in {1, 3}.
             generator: the source of all randomness (a fixed seed gives the
                 same views); on the CPU or on the images' device.
+            no_crop: bool, where set the whole image instead of a RandomResizedCrop box (still
+                flipped, resized to ``crop_size`` and colour-augmented), as GenerativeSSL's SimCLR
+                loader treats a synthetic view; the draws are the same either way. Shape: (B,).
+            view: which view this is (0 = view 1), for per-view blur and solarize probabilities.
 
         Returns:
             float32, normalised with ``mean``/``std``. Shape: (B, C, crop_size, crop_size).
@@ -399,12 +419,18 @@ class BatchAugment(torch.nn.Module):
         # where the generator lives and then moved. Columns: crop, flip, jitter on/off,
         # the four jitter factors, grayscale on/off, then blur on/off and sigma, and solarize on/off,
         # each only when it can happen (so that with both off the stream is the one drawn before they existed).
-        blur = self.blur_prob > 0
-        columns = _CROP_UNIFORMS + 7 + 2 * blur + (self.solarize_prob > 0)
+        blur_prob = self.blur_probs[min(view, len(self.blur_probs) - 1)]
+        solarize_prob = self.solarize_probs[min(view, len(self.solarize_probs) - 1)]
+        # The columns depend on whether any view blurs / solarizes, so every view draws the same stream layout.
+        blur = max(self.blur_probs) > 0
+        columns = _CROP_UNIFORMS + 7 + 2 * blur + (max(self.solarize_probs) > 0)
         uniform = torch.rand(
             (batch, columns), generator=generator, device=generator.device if generator is not None else device
         ).to(device)
         boxes = _crop_boxes(uniform[:, :_CROP_UNIFORMS], height, width, self.crop_scale, self.crop_ratio)
+        if no_crop is not None:
+            whole = torch.tensor([0.0, 0.0, height, width], device=device)
+            boxes = torch.where(no_crop.to(device, torch.bool)[:, None], whole, boxes)
         u_flip, u_apply, u_b, u_c, u_s, u_h, u_gray = uniform[:, _CROP_UNIFORMS : _CROP_UNIFORMS + 7].unbind(dim=1)
 
         x = crop_and_flip(images, boxes, u_flip < self.hflip_prob, self.crop_size)
@@ -439,13 +465,13 @@ class BatchAugment(torch.nn.Module):
 
         if blur:
             u_blur, u_sigma = uniform[:, _CROP_UNIFORMS + 7 : _CROP_UNIFORMS + 9].unbind(dim=1)
-            chosen = (u_blur < self.blur_prob).nonzero().squeeze(1)
+            chosen = (u_blur < blur_prob).nonzero().squeeze(1)
             if len(chosen):
                 low, high = self.blur_sigma
                 sigma = low + (high - low) * u_sigma[chosen]
                 x = x.index_copy(0, chosen, gaussian_blur(x[chosen], sigma, self.blur_kernel_size))
 
-        if self.solarize_prob > 0:
-            x = solarize(x, uniform[:, -1] < self.solarize_prob)
+        if solarize_prob > 0:
+            x = solarize(x, uniform[:, -1] < solarize_prob)
 
         return x.sub_(_stat_tensor(self.mean, channels, device)).div_(_stat_tensor(self.std, channels, device))

@@ -22,6 +22,10 @@ class PretrainBatch:
         labels: class labels, -1 where unlabelled. Shape: (B,).
         second: the source of view 2 where a mode replaces it (replace, quality), else None
             (view 2 is made from ``images``). uint8 (B, C, H, W).
+        first: the source of view 1 where a mode replaces it (replace/quality with ``replace_view``
+            each or random), else None (view 1 is made from ``images``). uint8 (B, C, H, W).
+        replaced: which of views 1 and 2 have a stored candidate as source (replace, quality), bool
+            (B, 2); None otherwise.
         synthetic: stored candidates that become extra views: (B, C, H, W) for one per anchor
             (clsp), (B, P, C, H, W) for P per anchor (multipos); None otherwise.
     """
@@ -31,6 +35,8 @@ class PretrainBatch:
     labels: torch.Tensor | None = None
     second: torch.Tensor | None = None
     synthetic: torch.Tensor | None = None
+    first: torch.Tensor | None = None
+    replaced: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -44,7 +44,8 @@ PADDING_FILE = "synthpos_padding.json"
 
 def build_unet(config: UNetConfig, sample_size: int, channels: int, num_classes: int | None = None) -> UNet2DModel:
     """A UNet2DModel shaped like the DDPM/CLSP UNet: ``len(block_out_channels)`` levels,
-    attention at ``attention_levels``, a middle block with attention.
+    attention at ``attention_levels`` (in the up blocks at ``up_attention_levels`` when given),
+    a middle block with attention.
 
     ``num_classes``: make it class-conditional with ``num_classes + 1`` class embeddings
     (the last one is the null class of classifier-free guidance).
@@ -59,7 +60,8 @@ def build_unet(config: UNetConfig, sample_size: int, channels: int, num_classes:
             f"unet.norm_num_groups={config.norm_num_groups}"
         )
     down = tuple("AttnDownBlock2D" if lvl in config.attention_levels else "DownBlock2D" for lvl in range(levels))
-    up = tuple("AttnUpBlock2D" if lvl in config.attention_levels else "UpBlock2D" for lvl in reversed(range(levels)))
+    up_levels = config.attention_levels if config.up_attention_levels is None else config.up_attention_levels
+    up = tuple("AttnUpBlock2D" if lvl in up_levels else "UpBlock2D" for lvl in reversed(range(levels)))
     return UNet2DModel(
         sample_size=sample_size,
         in_channels=channels,

@@ -3,7 +3,7 @@
 Ayromlou et al. ("Can Generative Models Improve Self-Supervised Representation
 Learning?") make V variations of every training image offline with diffusers'
 ``StableUnCLIPImg2ImgPipeline`` (stable-diffusion-2-1-unclip-small): the image's CLIP
-embedding conditions the UNet, the prompt is empty, DDIM with 10 steps, eta 0,
+embedding conditions the UNet, the prompt is empty (GenView: a fixed text, ``unclip.prompt``), DDIM with 10 steps, eta 0,
 trailing timesteps and betas rescaled to zero terminal SNR, the pipeline's default
 guidance (10), noise level 0; the results are resized to the dataset's size. GenView
 (Li et al.) sets the noise level of each image from its foreground ratio
@@ -357,6 +357,8 @@ class UnCLIPGenerator(CandidateGenerator):
             "noise": noise,
             "seed": self.seed,
             "precision": self.precision,
+            # Recorded only when set, so that stores made before the setting existed keep their record.
+            **({"prompt": self.options.prompt} if self.options.prompt else {}),
         }
 
     @torch.no_grad()
@@ -380,7 +382,7 @@ class UnCLIPGenerator(CandidateGenerator):
             for chunk in _chunks([r for r in rows if level[r[0]] == noise_level], self.settings.batch_size):
                 generators = [torch.Generator().manual_seed(derive_seed(self.seed, first_index + a, v)) for a, v in chunk]
                 images = self.pipeline(
-                    prompt=[""] * len(chunk),
+                    prompt=[self.options.prompt] * len(chunk),
                     image_embeds=image_embeds[[a for a, _ in chunk]],
                     noise_level=int(noise_level),
                     num_inference_steps=self.options.num_steps,

@@ -32,7 +32,7 @@ from torch import nn
 from synthpos.config import PretrainConfig
 from synthpos.data.augment import BatchAugment
 from synthpos.data.batch import PretrainBatch
-from synthpos.methods.optim import LARS, parameter_groups, warmup_cosine
+from synthpos.methods.optim import LARS, parameter_groups, split_static_lr, warmup_cosine
 from synthpos.registry import METHODS, MODES
 
 Outputs = dict[str, torch.Tensor]
@@ -110,6 +110,10 @@ class SSLMethod(L.LightningModule):
     def setup_losses(self) -> None:
         """Create the loss modules (called again in :meth:`setup`, once the world size is known)."""
 
+    def static_lr_parameters(self) -> list[nn.Parameter]:
+        """Parameters whose lr stays at ``optimizer.lr`` (no warm-up, no cosine); default none (SimSiam's predictor)."""
+        return []
+
     def embed(self, x: torch.Tensor) -> Outputs:
         """Online outputs (e.g. ``{"z": projection, "p": prediction}``) of a batch of views. Shape: (B, ...)."""
         raise NotImplementedError
@@ -133,8 +137,13 @@ class SSLMethod(L.LightningModule):
 
     # --- shared machinery ------------------------------------------------------------------
 
-    def view(self, images: torch.Tensor) -> torch.Tensor:
-        out = self.augment(images)
+    def view(self, images: torch.Tensor, no_crop: torch.Tensor | None = None, index: int = 0) -> torch.Tensor:
+        """View ``index`` (0 = view 1: per-view augmentation settings) of ``images``; ``no_crop`` (B,) bool:
+        where set, no RandomResizedCrop (the whole image)."""
+        # Only an augmentation with per-view settings takes the view's index (others keep their plain signature).
+        per_view = index and getattr(self.augment, "per_view", False)
+        extra = ({} if no_crop is None else {"no_crop": no_crop}) | ({"view": index} if per_view else {})
+        out = self.augment(images, **extra)
         return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
 
     def forward_views(self, module, views: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -155,7 +164,7 @@ class SSLMethod(L.LightningModule):
 
     def compute_loss(self, batch: PretrainBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of one batch and the values to log: the mode makes the views' sources and combines the loss."""
-        views = [self.view(s) for s in self.mode.sources(batch)]
+        views = self.mode.views(self, batch)
         return self.mode.loss(self, views, self.embed_views(views), batch)
 
     def training_step(self, batch: PretrainBatch, batch_idx: int) -> torch.Tensor:
@@ -174,15 +183,19 @@ class SSLMethod(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.optimizer_config
-        groups = parameter_groups(self, cfg.weight_decay, cfg.exclude_bias_and_norm)
+        groups = split_static_lr(parameter_groups(self, cfg.weight_decay, cfg.exclude_bias_and_norm),
+                                 self.static_lr_parameters())
         if cfg.name == "lars":
-            opt = LARS(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+            opt = LARS(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, eta=cfg.eta,
+                       trust=cfg.lars_trust, clip=cfg.lars_clip)
         else:
             opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         total = self.total_steps
         per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
         warmup = int(cfg.warmup_epochs * per_epoch)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: warmup_cosine(step, total, warmup, cfg.lr, cfg.warmup_start_lr, cfg.min_lr) / cfg.lr
-        )
+        def scheduled(step: int) -> float:
+            return warmup_cosine(step, total, warmup, cfg.lr, cfg.warmup_start_lr, cfg.min_lr) / cfg.lr
+
+        lambdas = [(lambda step: 1.0) if g.get("static_lr") else scheduled for g in opt.param_groups]
+        schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

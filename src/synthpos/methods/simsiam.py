@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from synthpos.losses import NegativeCosineSimilarity
 from synthpos.methods.base import Outputs, SSLMethod, register_method
 from synthpos.models.heads import mlp
+
+
+class SimSiamSettings(BaseModel):
+    """``pretrain.simsiam``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fixed_predictor_lr: bool = Field(False, description="Keep the predictor's lr at optimizer.lr through warm-up and "
+                                     "cosine (the paper; solo-learn's static_lr, mmpretrain's SimSiamHook fix_pred_lr).")
 
 
 @register_method("simsiam")
@@ -20,8 +30,8 @@ class SimSiam(SSLMethod):
     Heads and defaults as solo-learn's CIFAR recipe (scripts/pretrain/cifar/simsiam.yaml):
     projector 3 layers of 2048 with BatchNorm, the last BatchNorm without affine
     parameters; predictor Linear(512) - BatchNorm - ReLU - Linear(2048). solo-learn also
-    keeps the predictor's learning rate fixed (``static_lr``, as the paper); here it
-    follows the shared schedule like every other parameter.
+    keeps the predictor's learning rate fixed (``static_lr``, as the paper): here that is
+    ``pretrain.simsiam.fixed_predictor_lr`` (default off: it follows the shared schedule).
 
     CLSP term: on ``p``, the output the loss compares with its target, so the synthetic
     view's prediction is pulled towards view 1's in the space the loss aligns.
@@ -30,6 +40,7 @@ class SimSiam(SSLMethod):
     synthetic_key = "p"
 
     modes = ("quality",)
+    settings = SimSiamSettings
 
     def build_heads(self) -> None:
         c = self.config
@@ -39,6 +50,9 @@ class SimSiam(SSLMethod):
 
     def setup_losses(self) -> None:
         self.criterion = NegativeCosineSimilarity(dim=1)
+
+    def static_lr_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.predictor.parameters()) if self.options.fixed_predictor_lr else []
 
     def embed(self, x: torch.Tensor) -> Outputs:
         z = self.projector(self.backbone(x))

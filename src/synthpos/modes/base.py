@@ -78,6 +78,10 @@ class SyntheticMode:
         """The uint8 images each view is made from, in view order (view 1, view 2, extra views)."""
         return [batch.images, batch.images if batch.second is None else batch.second]
 
+    def views(self, method: SSLMethod, batch: PretrainBatch) -> list[torch.Tensor]:
+        """The augmented views, in the order of :meth:`sources` (default: the method's augmentation of each)."""
+        return [method.view(source, index=i) for i, source in enumerate(self.sources(batch))]
+
     def loss(
         self, method: SSLMethod, views: list[torch.Tensor], outputs: list[Outputs], batch: PretrainBatch
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
