@@ -1,0 +1,122 @@
+"""Every benchmark in benchmarks/ runs at toy size (``--smoke``), so an import or API change cannot
+break one unnoticed. Each runs in this process (imports are paid once) and writes its JSON into
+tmp_path; the test checks the machine section and that every compared pipeline or variant ran."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").is_file(), reason="Fashion-MNIST not installed"),
+]
+
+
+def load(name: str):
+    """benchmarks/<name>.py as a module (its folder on sys.path for ``_machine`` and ``_smoke``)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_machine(report: dict) -> None:
+    machine = report["machine"]
+    assert machine["cpu_model"] and machine["cpu_model"] != "unknown"
+    assert isinstance(machine["cpu_flags"], list)
+    if Path("/proc/cpuinfo").is_file() and "avx2" in Path("/proc/cpuinfo").read_text():
+        assert "avx2" in machine["cpu_flags"]
+    assert machine["torch_threads"] >= 1 and machine["nproc"] >= 1
+    assert len(machine["load_average_at_start"]) == 3
+
+
+def test_every_benchmark_has_a_smoke_test():
+    scripts = {p.stem for p in BENCHMARKS.glob("*.py") if not p.stem.startswith("_")}
+    tested = {name.removeprefix("test_").removesuffix("_smoke") for name in globals() if name.endswith("_smoke")}
+    assert scripts <= tested, f"benchmarks without a smoke test here: {sorted(scripts - tested)}"
+
+
+def test_pretrain_throughput_smoke(tmp_path):
+    bench = load("pretrain_throughput")
+    out = tmp_path / "pretrain_throughput.json"
+    bench.main(["--smoke", "--out", str(out)])
+    report = json.loads(out.read_text())
+    check_machine(report)
+    precisions = report["settings"]["precisions"]
+    assert "fp32" in precisions
+    ran = {(r["pipeline"], r["precision"]) for r in report["results"]}
+    assert ran == {(p, q) for p in bench.PIPELINES for q in precisions}
+    assert all(r["images_per_s"] > 0 and r["end_to_end_images_per_s"] > 0 for r in report["results"])
+    ratios = report["ratios"]["fp32"]
+    for key in ("synthpos_over_lightly", "clsp_step_over_simclr_step", "multipos_step_over_simclr_step",
+                "synthpos_over_model_only"):
+        assert ratios[key] > 0
+
+
+def test_generation_smoke(tmp_path):
+    bench = load("generation")
+    out = tmp_path / "generation.json"
+    bench.main(["--smoke", "--out", str(out)])
+    report = json.loads(out.read_text())
+    check_machine(report)
+    assert [r["variant"] for r in report["results"]] == [v.name for v in bench.variants(2)]
+    for r in report["results"]:
+        assert r["candidates"] >= 1 and r["candidates_per_s"] > 0 and 0 <= r["fidelity"] <= 100
+        assert r["record"]["num_steps"] == 1  # smoke: each variant as itself, for one step
+
+
+def test_frontier_smoke(tmp_path):
+    bench = load("frontier")
+    out = tmp_path / "frontier.json"
+    bench.main(["--smoke", "--out", str(out), "--work", str(tmp_path / "work")])
+    report = json.loads(out.read_text())
+    check_machine(report)
+    points = {(p["w"], p["strength"]) for p in report["points"]}
+    assert points == {(0.1, 1.0), (0.1, 0.5)}
+    assert all(0 <= p["fidelity"]["fidelity"] <= 1 for p in report["points"])
+    assert out.with_suffix(".png").is_file()
+
+
+def test_store_verify_smoke(tmp_path):
+    bench = load("store_verify")
+    out = tmp_path / "store_verify.json"
+    bench.main(["--smoke", "--out", str(out), "--dir", str(tmp_path)])
+    report = json.loads(out.read_text())
+    check_machine(report)
+    assert set(report["stores"]) == set(bench.SMOKE) == set(bench.STORES)
+    assert set(report["hash_mib_per_s"]) == set(bench.ALGORITHMS)
+    assert all(s["verify_s"] > 0 for s in report["stores"].values())
+
+
+def test_methods_fashion_mnist_smoke(tmp_path):
+    bench = load("methods_fashion_mnist")
+    out = tmp_path / "methods.json"
+    bench.main(["--smoke", "--out", str(out), "--work", str(tmp_path / "work")])
+    report = json.loads(out.read_text())
+    check_machine(report)
+    runs = report["runs"].values()
+    assert {r["method"] for r in runs} == set(bench.METHODS)
+    assert {r["mode"] for r in runs} == set(bench.MODES)
+    assert all(0 <= r["knn_top1"] <= 1 and 0 <= r["linear_top1"] <= 1 for r in runs)
+
+
+def test_synthetic_gain_smoke(tmp_path):
+    bench = load("synthetic_gain")
+    out = tmp_path / "gain.json"
+    bench.main(["--smoke", "--out", str(out), "--work", str(tmp_path / "work")])
+    report = json.loads(out.read_text())
+    check_machine(report)
+    rows = {bench.parse_row(r)["name"] for r in bench.DEFAULT_ROWS}
+    assert {r["row"] for r in report["runs"].values()} == rows
+    # every row but the two baselines is paired with its method's own run without synthetic data
+    assert {key.split("/", 1)[1] for key in report["paired"]} == rows - {"none", "moco_none"}
