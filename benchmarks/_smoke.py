@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 SOURCE = Path("/usr/share/datasets/fashion-mnist")
+THREADS = 1  # torch threads of a smoke run (see pipeline_overrides)
 # split files: (images, labels), as synthpos.data.datasets reads them
 _FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
           "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -59,13 +60,15 @@ def pipeline_overrides(data_root: Path) -> list[str]:
 
     32 training images in 2 batches of 16, 3 sampler steps (so that ``generate.strength``
     down to 0.34 keeps a step), 2 candidates, and an evaluation with one k, the fast linear
-    probe for one epoch and one grid point, on the tiny copy's test split.
+    probe for one epoch and one grid point, on the tiny copy's test split. One torch thread
+    (:data:`THREADS`): a smoke run times nothing, and on a busy machine small multi-threaded ops
+    stall at every barrier (several times slower).
     """
     return [
         f"data.root={data_root}", "data.subset=32",
         "generate.candidates=2", "generate.num_steps=3", "generate.batch_size=128", "generate.shard_size=32",
         "pretrain.epochs=1", "pretrain.batch_size=16", "pretrain.optimizer.warmup_epochs=0",
-        "pretrain.knn_every_epochs=0", "pretrain.online_probe=false", "pretrain.precision=fp32", "pretrain.num_threads=2",
+        "pretrain.knn_every_epochs=0", "pretrain.online_probe=false", "pretrain.precision=fp32", f"pretrain.num_threads={THREADS}",
         "evaluate.max_train=32", "evaluate.knn_k=[5]", "evaluate.linear_protocols=[fast]", "evaluate.label_fractions=[1.0]",
         "evaluate.linear.epochs=1", "evaluate.linear.lr_grid=[0.1]", "evaluate.linear.weight_decay_grid=[0.0]",
         "fidelity.train_images=256", "fidelity.epochs=1",

@@ -71,9 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.generators = [g for g in args.generators.split(",") if g]
     args.data_root = None
     if args.smoke:
-        from _smoke import smoke_out, tiny_fashion_mnist
+        from _smoke import THREADS, smoke_out, tiny_fashion_mnist
 
-        args.anchors, args.weights, args.strengths, args.steps = 4, [0.1], [1.0, 0.5], 2
+        args.anchors, args.weights, args.strengths, args.steps, args.threads = 4, [0.1], [1.0, 0.5], 2, THREADS
         args.out = args.out or smoke_out("frontier")
         args.work = args.work or args.out.with_suffix("")
         args.data_root = tiny_fashion_mnist(args.work / "data")

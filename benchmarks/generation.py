@@ -138,9 +138,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.data_root = None
     if args.smoke:
-        from _smoke import smoke_out, tiny_fashion_mnist
+        from _smoke import THREADS, smoke_out, tiny_fashion_mnist
 
         args.out = args.out or smoke_out("generation")
+        args.threads = THREADS
         args.anchors, args.candidates, args.round, args.bf16_anchors, args.classifier_epochs = 2, 1, 2, 2, 1
         args.data_root = tiny_fashion_mnist(args.out.with_suffix("") / "data", 512, 64)
     args.out = args.out or DEFAULT_OUT

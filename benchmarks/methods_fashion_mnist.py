@@ -120,6 +120,10 @@ def main(argv: list[str] | None = None) -> None:
     from synthpos.methods.pretrain import pretrain_stage
 
     torch.set_num_threads(2)
+    if args.smoke:
+        from _smoke import THREADS
+
+        torch.set_num_threads(THREADS)
     methods, modes = args.methods.split(","), args.modes.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     for name in methods:

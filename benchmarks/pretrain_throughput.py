@@ -369,9 +369,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name}: {bad or 'empty'}; choose from {', '.join(allowed)}")
     args.data_root = None
     if args.smoke:
-        from _smoke import smoke_out, tiny_fashion_mnist
+        from _smoke import THREADS, smoke_out, tiny_fashion_mnist
 
         args.steps, args.warmup, args.repeats, args.batch_size, args.end_to_end_steps = 2, 1, 1, 32, 4
+        args.threads = THREADS
         args.out = args.out or smoke_out("pretrain_throughput")
         args.data_root = tiny_fashion_mnist(args.out.with_suffix("") / "data", 256, 16)
     args.out = args.out or DEFAULT_OUT

@@ -247,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(2)
     if args.smoke:
+        from _smoke import THREADS
+
+        torch.set_num_threads(THREADS)
         from _smoke import tiny_fashion_mnist
 
         tmp = None if args.work else tempfile.TemporaryDirectory()

@@ -19,6 +19,16 @@ pytestmark = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """The benchmarks set torch's thread count for the process; later tests get theirs back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def load(name: str):
     """benchmarks/<name>.py as a module (its folder on sys.path for ``_machine`` and ``_smoke``)."""
     if str(BENCHMARKS) not in sys.path:
@@ -41,7 +51,8 @@ def check_machine(report: dict) -> None:
 
 
 def test_every_benchmark_has_a_smoke_test():
-    scripts = {p.stem for p in BENCHMARKS.glob("*.py") if not p.stem.startswith("_")}
+    # gpu_check has its own test (tests/test_gpu_check.py: --cpu, through its shell script).
+    scripts = {p.stem for p in BENCHMARKS.glob("*.py") if not p.stem.startswith("_")} - {"gpu_check"}
     tested = {name.removeprefix("test_").removesuffix("_smoke") for name in globals() if name.endswith("_smoke")}
     assert scripts <= tested, f"benchmarks without a smoke test here: {sorted(scripts - tested)}"
 
