@@ -93,7 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget-sweep", action="store_true", help="SimCLR alone at three budgets, random init, raw pixels")
     p.add_argument("--work", type=Path, default=None, help="run folders (default runs/bench_gain; --smoke: a temporary one)")
     p.add_argument("--out", type=Path, default=None, help="JSON (default benchmarks/results/synthetic_gain.json; "
-                   "--smoke: in the work folder)")
+                   "--smoke: runs/smoke/synthetic_gain.json)")
     p.add_argument("--smoke", action="store_true", help="every row (with --budget-sweep: one budget and both references) "
                    "for 2 steps on 32 images of a tiny copy of the data, 3 sampler steps, a minimal evaluation (CI)")
     args = p.parse_args(argv)
@@ -247,18 +247,17 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(2)
     if args.smoke:
-        from _smoke import THREADS
+        from _smoke import THREADS, smoke_out, tiny_fashion_mnist
 
         torch.set_num_threads(THREADS)
-        from _smoke import tiny_fashion_mnist
-
         tmp = None if args.work else tempfile.TemporaryDirectory()
         args.work = args.work or Path(tmp.name)
         args.smoke_data = tiny_fashion_mnist(args.work / "data", 256, 128)
+        args.out = args.out or smoke_out("synthetic_gain")
     args.work = args.work or REPO / "runs" / "bench_gain"
-    args.out = args.out or (args.work / "synthetic_gain.json" if args.smoke else DEFAULT_OUT)
+    args.out = args.out or DEFAULT_OUT
     args.work.mkdir(parents=True, exist_ok=True)
-    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    results = json.loads(args.out.read_text()) if args.out.is_file() and not args.smoke else {}
     results.setdefault("runs", {})
     results["benchmark"] = "synthetic_gain"
     results["command"] = "python benchmarks/synthetic_gain.py " + " ".join(sys.argv[1:] if argv is None else argv)
