@@ -50,6 +50,16 @@ def check_machine(report: dict) -> None:
     assert len(machine["load_average_at_start"]) == 3
 
 
+def smoke(name: str, tmp_path: Path, *extra: str):
+    """Run benchmarks/<name>.py with --smoke into tmp_path; return the module and its checked JSON."""
+    bench = load(name)
+    out = tmp_path / f"{name}.json"
+    bench.main(["--smoke", "--out", str(out), *extra])
+    report = json.loads(out.read_text())
+    check_machine(report)
+    return bench, report
+
+
 def test_every_benchmark_has_a_smoke_test():
     # gpu_check has its own test (tests/test_gpu_check.py: --cpu, through its shell script).
     scripts = {p.stem for p in BENCHMARKS.glob("*.py") if not p.stem.startswith("_")} - {"gpu_check"}
@@ -58,11 +68,7 @@ def test_every_benchmark_has_a_smoke_test():
 
 
 def test_pretrain_throughput_smoke(tmp_path):
-    bench = load("pretrain_throughput")
-    out = tmp_path / "pretrain_throughput.json"
-    bench.main(["--smoke", "--out", str(out)])
-    report = json.loads(out.read_text())
-    check_machine(report)
+    bench, report = smoke("pretrain_throughput", tmp_path)
     precisions = report["settings"]["precisions"]
     assert "fp32" in precisions
     ran = {(r["pipeline"], r["precision"]) for r in report["results"]}
@@ -75,11 +81,7 @@ def test_pretrain_throughput_smoke(tmp_path):
 
 
 def test_generation_smoke(tmp_path):
-    bench = load("generation")
-    out = tmp_path / "generation.json"
-    bench.main(["--smoke", "--out", str(out)])
-    report = json.loads(out.read_text())
-    check_machine(report)
+    bench, report = smoke("generation", tmp_path)
     assert [r["variant"] for r in report["results"]] == [v.name for v in bench.variants(2)]
     for r in report["results"]:
         assert r["candidates"] >= 1 and r["candidates_per_s"] > 0 and 0 <= r["fidelity"] <= 100
@@ -87,34 +89,22 @@ def test_generation_smoke(tmp_path):
 
 
 def test_frontier_smoke(tmp_path):
-    bench = load("frontier")
-    out = tmp_path / "frontier.json"
-    bench.main(["--smoke", "--out", str(out), "--work", str(tmp_path / "work")])
-    report = json.loads(out.read_text())
-    check_machine(report)
+    bench, report = smoke("frontier", tmp_path, "--work", str(tmp_path / "work"))
     points = {(p["w"], p["strength"]) for p in report["points"]}
     assert points == {(0.1, 1.0), (0.1, 0.5)}
     assert all(0 <= p["fidelity"]["fidelity"] <= 1 for p in report["points"])
-    assert out.with_suffix(".png").is_file()
+    assert (tmp_path / "frontier.png").is_file()
 
 
 def test_store_verify_smoke(tmp_path):
-    bench = load("store_verify")
-    out = tmp_path / "store_verify.json"
-    bench.main(["--smoke", "--out", str(out), "--dir", str(tmp_path)])
-    report = json.loads(out.read_text())
-    check_machine(report)
+    bench, report = smoke("store_verify", tmp_path, "--dir", str(tmp_path))
     assert set(report["stores"]) == set(bench.SMOKE) == set(bench.STORES)
     assert set(report["hash_mib_per_s"]) == set(bench.ALGORITHMS)
     assert all(s["verify_s"] > 0 for s in report["stores"].values())
 
 
 def test_methods_fashion_mnist_smoke(tmp_path):
-    bench = load("methods_fashion_mnist")
-    out = tmp_path / "methods.json"
-    bench.main(["--smoke", "--out", str(out), "--work", str(tmp_path / "work")])
-    report = json.loads(out.read_text())
-    check_machine(report)
+    bench, report = smoke("methods_fashion_mnist", tmp_path, "--work", str(tmp_path / "work"))
     runs = report["runs"].values()
     assert {r["method"] for r in runs} == set(bench.METHODS)
     assert {r["mode"] for r in runs} == set(bench.MODES)
@@ -122,11 +112,7 @@ def test_methods_fashion_mnist_smoke(tmp_path):
 
 
 def test_synthetic_gain_smoke(tmp_path):
-    bench = load("synthetic_gain")
-    out = tmp_path / "gain.json"
-    bench.main(["--smoke", "--out", str(out), "--work", str(tmp_path / "work")])
-    report = json.loads(out.read_text())
-    check_machine(report)
+    bench, report = smoke("synthetic_gain", tmp_path, "--work", str(tmp_path / "work"))
     rows = {bench.parse_row(r)["name"] for r in bench.DEFAULT_ROWS}
     assert {r["row"] for r in report["runs"].values()} == rows
     # every row but the two baselines is paired with its method's own run without synthetic data
