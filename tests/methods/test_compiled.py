@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
+import pytest
 import torch
 
 from synthpos.config import PretrainConfig
@@ -13,6 +15,8 @@ from synthpos.methods import compiled
 from synthpos.methods.mocov2plus import MoCoV2Plus
 from synthpos.methods.simclr import SimCLR
 from synthpos.models.backbones import ConvNet
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 def _batch(n: int = 8) -> PretrainBatch:
@@ -57,3 +61,28 @@ def test_compile_is_a_pretrain_key_that_changes_only_speed():
     assert PretrainConfig(method="simclr", compile=True).compile is True
     pretrain = next(s for s in STAGES if s.name == "pretrain")
     assert "pretrain.compile" in pretrain.ignores
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").is_file(), reason="Fashion-MNIST not installed")
+def test_pretrain_with_compile_trains_the_same_backbone(tmp_path, monkeypatch):
+    """pretrain.compile=true through Lightning: with the capture-only backend, bit for bit the uncompiled run."""
+    from synthpos.config import load_config
+    from synthpos.methods.pretrain import pretrain_stage
+    from synthpos.models.backbones import load_backbone
+
+    monkeypatch.setattr(compiled, "COMPILE_OPTIONS", {"backend": "eager"})
+    calls = []
+    monkeypatch.setattr(compiled, "compile_method", lambda m, _real=compiled.compile_method: calls.append(1) or _real(m))
+    backbones = {}
+    for flag in ("false", "true"):
+        config = load_config(None, [
+            f"run_dir={tmp_path / flag}", "data.subset=64", "pretrain.backbone.name=convnet", "pretrain.backbone.width=8",
+            "pretrain.projector_hidden_dim=32", "pretrain.projector_out_dim=16", "pretrain.batch_size=32",
+            "pretrain.epochs=1", "pretrain.precision=fp32", "pretrain.augment.crop_size=28",
+            "pretrain.optimizer.warmup_epochs=0", "pretrain.accelerator=cpu", f"pretrain.compile={flag}",
+        ])
+        backbones[flag] = load_backbone(pretrain_stage(config, show_progress=False)).state_dict()
+    assert calls == [1]  # only the run that asked for it
+    assert backbones["true"].keys() == backbones["false"].keys()
+    assert all(torch.equal(backbones["true"][k], backbones["false"][k]) for k in backbones["false"])
