@@ -61,14 +61,16 @@ def _wheel_info(path: Path) -> dict[str, Any]:
         meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
         text = zf.read(meta).decode()
     fields = dict(re.findall(r"^(Name|Version): (.+)$", text, flags=re.M))
-    needs = {}
+    needs, pins = {}, {}
     for req in re.findall(r"^Requires-Dist: (.+)$", text, flags=re.M):
         if "extra ==" in req:
             continue
-        m = re.match(r"([A-Za-z0-9_.-]+)[^;]*?>=\s*([0-9][^,;\s)]*)", req)
-        if m:
-            needs[_norm(m.group(1))] = m.group(2)
-    return {"name": _norm(fields["Name"]), "version": fields["Version"], "path": path, "needs": needs}
+        name = _norm(re.match(r"[A-Za-z0-9_.-]+", req).group(0))
+        if m := re.search(r">=\s*([0-9][^,;\s)]*)", req.split(";")[0]):
+            needs[name] = m.group(1)
+        if m := re.search(r"==\s*([0-9][^,;\s)]*)", req.split(";")[0]):
+            needs[name] = pins[name] = m.group(1)  # e.g. pydantic's exact pydantic-core
+    return {"name": _norm(fields["Name"]), "version": fields["Version"], "path": path, "needs": needs, "pins": pins}
 
 
 def installed_version(name: str) -> str | None:
@@ -81,20 +83,25 @@ def installed_version(name: str) -> str | None:
 def add_missing_wheels(wheels_dir: Path, site: Path) -> dict[str, Any]:
     """Unpack into ``site`` (put first on sys.path) the bundled wheels whose package is missing or too old.
 
-    "Too old": below synthpos's minimum or below what an added wheel requires, repeated until
-    nothing more is added. Returns what was found and what was added.
+    "Too old": below synthpos's minimum or below what an added wheel requires (``>=``), or not
+    the version an added wheel pins (``==``), repeated until nothing more is added. Returns what was found and what was added.
     """
     wheels = {w["name"]: w for w in map(_wheel_info, sorted(wheels_dir.glob("*.whl")))} if wheels_dir.is_dir() else {}
     minimum = {_norm(k): v for k, v in MINIMUM.items()}
+    pinned: dict[str, str] = {}
     added: dict[str, str] = {}
     present = {name: installed_version(name) for name in wheels}
+
+    def usable(name: str, have: str | None) -> bool:
+        if have is None or (name in pinned and _version_tuple(have) != _version_tuple(pinned[name])):
+            return False
+        return name not in minimum or _version_tuple(have) >= _version_tuple(minimum[name])
+
     changed = True
     while changed:
         changed = False
         for name, wheel in wheels.items():
-            have = present[name]
-            low = minimum.get(name)
-            if name in added or (have is not None and (low is None or _version_tuple(have) >= _version_tuple(low))):
+            if name in added or usable(name, present[name]):
                 continue
             with zipfile.ZipFile(wheel["path"]) as zf:
                 zf.extractall(site)
@@ -102,6 +109,7 @@ def add_missing_wheels(wheels_dir: Path, site: Path) -> dict[str, Any]:
             for dep, version in wheel["needs"].items():
                 if minimum.get(dep) is None or _version_tuple(version) > _version_tuple(minimum[dep]):
                     minimum[dep] = version
+            pinned.update(wheel["pins"])
             changed = True
     if added:
         sys.path.insert(0, str(site))

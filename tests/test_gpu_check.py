@@ -59,13 +59,19 @@ def test_bundled_wheels_are_added_only_where_missing(tmp_path):
             zf.writestr(f"{name}-{version}.dist-info/METADATA",
                         f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n{requires}")
 
+    import numpy
+
     wheel("numpy", "0.0.1", "numpy")  # installed here: must not shadow the real one
     wheel("synthpos_probe_pkg", "1.0", "synthpos_probe_pkg", "Requires-Dist: synthpos-probe-dep>=2.0\n")
     wheel("synthpos_probe_dep", "2.1", "synthpos_probe_dep")
+    # pytest is installed; a missing package pinning another version of it brings the bundled one.
+    wheel("synthpos_probe_pin", "1.0", "synthpos_probe_pin", "Requires-Dist: pytest==0.0.2\n")
+    wheel("pytest", "0.0.2", "synthpos_probe_fake_pytest")
     info = gpu_check.add_missing_wheels(wheels, tmp_path / "site")
     try:
-        assert info["added_from_bundle"] == {"synthpos-probe-pkg": "1.0", "synthpos-probe-dep": "2.1"}
-        import numpy
+        assert info["present"]["numpy"] == numpy.__version__
+        assert info["added_from_bundle"] == {"synthpos-probe-pkg": "1.0", "synthpos-probe-dep": "2.1",
+                                             "synthpos-probe-pin": "1.0", "pytest": "0.0.2"}
         import synthpos_probe_pkg
 
         assert synthpos_probe_pkg.__version__ == "1.0" and numpy.__version__ != "0.0.1"
