@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -464,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    {args.steps * args.batch_size / r['seconds']:9.1f} images/s  "
                   f"({1000 * r['seconds'] / args.steps:.1f} ms/step, first step {r['first_step_s']:.2f} s)", flush=True)
     scratch.cleanup()
+    machine["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
     results = [{"pipeline": p, "precision": q, "steps": args.steps, "repeats": args.repeats, **summarise(runs[p, q], args)}
                for p, q in configs]
