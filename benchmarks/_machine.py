@@ -20,14 +20,32 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+# The flags that decide which kernels run (vector width, bf16/int8 dot products, AMX, SHA).
+_FLAG_PREFIXES = ("sse4", "avx", "fma", "f16c", "amx", "sha", "vnni")
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's kernel-relevant feature flags from /proc/cpuinfo (empty where it cannot be read)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(_FLAG_PREFIXES))
+    except OSError:
+        pass
+    return []
+
+
 def machine_info(*packages: str) -> dict[str, Any]:
-    """CPU, cores, torch's CPU capability, GPU, versions of torch and ``packages``, load average now."""
+    """CPU (model, flags, cores), torch's CPU capability and threads, GPU, versions of torch and
+    ``packages``, load average now. Call it after ``torch.set_num_threads``."""
     import torch
 
     info: dict[str, Any] = {
         "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "nproc": os.cpu_count(),
         "sched_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch": torch.__version__,

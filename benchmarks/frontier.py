@@ -61,13 +61,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-clip-x0", dest="clip_x0", action="store_false", help="do not clip x0 at every step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--work", type=Path, default=Path("runs/frontier"), help="cache of the fidelity classifier")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    p.add_argument("--smoke", action="store_true", help="8 anchors, 2 points, 1 epoch classifier on 2000 images")
+    p.add_argument("--work", type=Path, default=None,
+                   help="cache of the fidelity classifier (default runs/frontier; with --smoke beside --out)")
+    p.add_argument("--out", type=Path, default=None, help="JSON (default benchmarks/results/frontier.json; "
+                   "with --smoke runs/smoke/frontier.json)")
+    p.add_argument("--smoke", action="store_true", help="checks the script: 4 anchors, 2 points of 2 sampler steps, "
+                   "a 1-epoch classifier, on a tiny copy of the data, classifier cached beside --out (CI)")
     args = p.parse_args(argv)
     args.generators = [g for g in args.generators.split(",") if g]
+    args.data_root = None
     if args.smoke:
-        args.anchors, args.weights, args.strengths = 8, [0.1], [1.0, 0.5]
+        from _smoke import THREADS, smoke_out, tiny_fashion_mnist
+
+        args.anchors, args.weights, args.strengths, args.steps, args.threads = 4, [0.1], [1.0, 0.5], 2, THREADS
+        args.out = args.out or smoke_out("frontier")
+        args.work = args.work or args.out.with_suffix("")
+        args.data_root = tiny_fashion_mnist(args.work / "data")
+    args.work = args.work or Path("runs/frontier")
+    args.out = args.out or DEFAULT_OUT
     return args
 
 
@@ -149,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     from synthpos.generators.clsp_generator import generator_id
     from synthpos.generators.diffusion import resolve_generator_dir
 
-    data = DataConfig(name="fashion_mnist")
+    data = DataConfig(name="fashion_mnist", root=args.data_root)
     train = load_dataset(data, "train")
-    fidelity = FidelityConfig(train_images=2000, epochs=1) if args.smoke else FidelityConfig()
+    fidelity = FidelityConfig(train_images=len(train), epochs=1) if args.smoke else FidelityConfig()
     classifier, info = fidelity_classifier(data, fidelity, args.seed, args.work / "fidelity", show_progress=False)
     results: dict[str, Any] = {"points": []}
     if args.out.is_file() and not args.smoke:

@@ -131,8 +131,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--classifier-epochs", type=int, default=2, help="fidelity classifier epochs (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output (default {DEFAULT_OUT.relative_to(ROOT.parent)})")
+    p.add_argument("--out", type=Path, default=None, help=f"JSON output (default {DEFAULT_OUT.relative_to(ROOT.parent)}; "
+                   "with --smoke runs/smoke/generation.json)")
+    p.add_argument("--smoke", action="store_true", help="checks the script: every variant at 1 sampler step on 2 anchors "
+                   "x 1 candidate, no warm-up, a 1-epoch classifier, on a tiny copy of the data (CI; measures nothing)")
     args = p.parse_args(argv)
+    args.data_root = None
+    if args.smoke:
+        from _smoke import THREADS, smoke_out, tiny_fashion_mnist
+
+        args.out = args.out or smoke_out("generation")
+        args.threads = THREADS
+        args.anchors, args.candidates, args.round, args.bf16_anchors, args.classifier_epochs = 2, 1, 2, 2, 1
+        args.data_root = tiny_fashion_mnist(args.out.with_suffix("") / "data", 512, 64)
+    args.out = args.out or DEFAULT_OUT
     if args.anchors < 2 or args.candidates < 1 or args.round < 1:
         p.error("need --anchors >= 2, --candidates >= 1, --round >= 1")
     known = {v.name: v for v in variants(args.bf16_anchors)}
@@ -144,6 +156,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if bad:
             p.error(f"--variants: unknown {bad}; choose from {', '.join(known)}")
         args.variants = [known[n] for n in names]
+    if args.smoke:  # each variant as it is, but 1 step: the code paths, not the numbers
+        args.variants = [Variant(v.name, {**v.settings, "num_steps": 1}, v.description, v.max_anchors) for v in args.variants]
     return args
 
 
@@ -158,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     machine = machine_info("diffusers")
-    train = load_dataset(DataConfig(name="fashion_mnist"), "train")
-    test = load_dataset(DataConfig(name="fashion_mnist"), "test")
+    machine["smoke"] = args.smoke
+    train = load_dataset(DataConfig(name="fashion_mnist", root=args.data_root), "train")
+    test = load_dataset(DataConfig(name="fashion_mnist", root=args.data_root), "test")
     anchors, labels = train.images[: args.anchors], train.labels[: args.anchors]
     k, device = args.candidates, torch.device(args.device)
 
@@ -176,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     for v in args.variants:
         settings = GenerateConfig(candidates=k, batch_size=args.batch_size, **v.settings)
         generators[v.name] = CLSPGenerator(args.generator, settings, args.seed, device)
-        generators[v.name].generate(anchors[:1], 0)  # warm-up, untimed
+        if not args.smoke:
+            generators[v.name].generate(anchors[:1], 0)  # warm-up, untimed
     record = {v.name: generators[v.name].record() for v in args.variants}
 
     outputs = {v.name: [] for v in args.variants}

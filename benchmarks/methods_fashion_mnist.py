@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from datetime import datetime, timezone
@@ -39,7 +40,10 @@ MODES = ("none", "clsp", "replace")
 
 
 def budget_overrides(args: argparse.Namespace, work: Path) -> list[str]:
-    """The settings every run shares, laid over each method's recipe."""
+    """The settings every run shares, laid over each method's recipe (then --smoke's)."""
+    from _smoke import pipeline_overrides
+
+    smoke = pipeline_overrides(args.smoke_data) if args.smoke else []
     return [
         f"data.subset={args.subset}",
         f"generate.store={work / 'store'}",
@@ -56,6 +60,7 @@ def budget_overrides(args: argparse.Namespace, work: Path) -> list[str]:
         "pretrain.num_threads=2",
         f"evaluate.max_train={args.eval_train}",
         f"evaluate.linear.epochs={args.linear_epochs}",
+        *smoke,
     ]
 
 
@@ -72,7 +77,12 @@ def run_config(args: argparse.Namespace, work: Path, method: str, mode: str, see
     return load_config(REPO / "configs" / "fashion_mnist" / f"{method}.yaml", overrides)
 
 
-def main() -> None:
+def smoke_runs(methods: list[str], modes: list[str]) -> set[tuple[str, str]]:
+    """--smoke's (method, mode) pairs: every method once, the modes in turn, so every method and every mode runs."""
+    return {(method, modes[i % len(modes)]) for i, method in enumerate(methods)} | {(methods[0], m) for m in modes}
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--modes", default=",".join(MODES))
@@ -84,9 +94,24 @@ def main() -> None:
     parser.add_argument("--replace-prob", type=float, default=0.5, help="replace mode: p that view 2 is synthetic")
     parser.add_argument("--eval-train", type=int, default=10000, help="train images for kNN and the linear probe")
     parser.add_argument("--linear-epochs", type=int, default=30)
-    parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench_methods")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    args = parser.parse_args()
+    parser.add_argument("--work", type=Path, default=None, help="run folders (default runs/bench_methods, "
+                        "with --smoke runs/smoke/methods_fashion_mnist)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON (default benchmarks/results/methods_fashion_mnist.json, "
+                        "with --smoke runs/smoke/methods_fashion_mnist.json)")
+    parser.add_argument("--smoke", action="store_true", help="checks the script: every method once and every mode (the "
+                        "modes in turn over the methods, all of them for the first) for 2 steps of 16 images of a tiny "
+                        "copy of the data, 3 sampler steps, a minimal evaluation, in --work (CI; measures nothing)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        from _smoke import smoke_out, tiny_fashion_mnist
+
+        args.out = args.out or smoke_out("methods_fashion_mnist")
+        if args.work is None:  # smoke's own folder: start afresh (the stages would resume what is there)
+            args.work = args.out.with_suffix("")
+            shutil.rmtree(args.work, ignore_errors=True)
+        args.smoke_data = tiny_fashion_mnist(args.work / "data", 256, 128)
+    args.work = args.work or REPO / "runs" / "bench_methods"
+    args.out = args.out or DEFAULT_OUT
 
     import torch
 
@@ -95,18 +120,23 @@ def main() -> None:
     from synthpos.methods.pretrain import pretrain_stage
 
     torch.set_num_threads(2)
+    if args.smoke:
+        from _smoke import THREADS
+
+        torch.set_num_threads(THREADS)
     methods, modes = args.methods.split(","), args.modes.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     for name in methods:
         if name not in METHODS:
             sys.exit(f"unknown method {name}; known: {', '.join(METHODS)}")
     args.work.mkdir(parents=True, exist_ok=True)
-    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("out", "work")}
+    results = json.loads(args.out.read_text()) if args.out.is_file() and not args.smoke else {}
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                if k not in ("out", "work", "smoke_data")}
     results.setdefault("runs", {})
     results["settings"] = settings
     results["machine"] = machine_info()
-    results["command"] = "python benchmarks/methods_fashion_mnist.py " + " ".join(sys.argv[1:])
+    results["command"] = "python benchmarks/methods_fashion_mnist.py " + " ".join(sys.argv[1:] if argv is None else argv)
 
     def save() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -123,7 +153,7 @@ def main() -> None:
         for method in methods:
             for mode in modes:
                 key = f"{method}/{mode}/s{seed}"
-                if key in results["runs"]:
+                if key in results["runs"] or (args.smoke and (method, mode) not in smoke_runs(methods, modes)):
                     continue
                 config = run_config(args, args.work, method, mode, seed)
                 start = time.perf_counter()

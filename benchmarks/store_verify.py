@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from _machine import cpu_model  # benchmarks/_machine.py
+from _machine import machine_info  # benchmarks/_machine.py
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_OUT = ROOT / "results" / "store_verify.json"
@@ -106,17 +106,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="Tiny stores and 4 MiB of hashing: checks the script runs.")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=None, help="Where the stores are written (default: a temporary directory).")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON (default benchmarks/results/store_verify.json; with --smoke runs/smoke/store_verify.json)")
     args = parser.parse_args(argv)
+    if args.out is None:
+        from _smoke import smoke_out
+
+        args.out = smoke_out("store_verify") if args.smoke else DEFAULT_OUT
     sys.path.insert(0, str(ROOT.parent / "src"))
 
     report: dict[str, Any] = {
         "benchmark": "store_verify",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "smoke": args.smoke,
-        "cpu_model": cpu_model(),
-        "nproc": os.cpu_count(),
-        "load_average_at_start": list(os.getloadavg()),
+        "machine": machine_info(),
         "page_cache": "warm (shards read right after they were written)",
     }
     report["hash_mib_per_s"] = hash_speeds(4 if args.smoke else 100, 1 if args.smoke else args.repeats)
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{report['cpu_model']}, load {report['load_average_at_start'][0]:.1f} -> {report['load_average_at_end'][0]:.1f}")
+    print(f"{report['machine']['cpu_model']}, load {report['machine']['load_average_at_start'][0]:.1f} -> {report['load_average_at_end'][0]:.1f}")
     print("hash MiB/s: " + ", ".join(f"{k} {v:.0f}" for k, v in report["hash_mib_per_s"].items()))
     print(f"{'store':12s} {'MB':>8s} {'shards':>6s} {'write s':>8s} {'open s':>8s} {'verify s':>9s} {'stamped s':>9s}")
     for name, r in report["stores"].items():

@@ -91,14 +91,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--generator", default="builtin:fashion_mnist")
     p.add_argument("--generation-seed", type=int, default=0)
     p.add_argument("--budget-sweep", action="store_true", help="SimCLR alone at three budgets, random init, raw pixels")
-    p.add_argument("--work", type=Path, default=REPO / "runs" / "bench_gain")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    p.add_argument("--smoke", action="store_true", help="every row for one step on 64 images, into a temporary folder")
+    p.add_argument("--work", type=Path, default=None, help="run folders (default runs/bench_gain; --smoke: a temporary one)")
+    p.add_argument("--out", type=Path, default=None, help="JSON (default benchmarks/results/synthetic_gain.json; "
+                   "--smoke: runs/smoke/synthetic_gain.json)")
+    p.add_argument("--smoke", action="store_true", help="every row (with --budget-sweep: one budget and both references) "
+                   "for 2 steps on 32 images of a tiny copy of the data, 3 sampler steps, a minimal evaluation (CI)")
     args = p.parse_args(argv)
     args.rows = [parse_row(r) for r in args.rows.split(";") if r]
     args.seeds = [int(s) for s in args.seeds.split(",")]
     if args.smoke:
-        args.subset, args.epochs, args.seeds = 64, 1, [0]
+        args.subset, args.epochs, args.seeds = 32, 1, [0]
     return args
 
 
@@ -122,8 +124,9 @@ def run_config(args: argparse.Namespace, row: dict[str, Any], seed: int, subset:
         *row["overrides"],
     ]
     if args.smoke:
-        overrides += ["pretrain.batch_size=32", "generate.num_steps=4", "generate.batch_size=64",
-                      "evaluate.max_train=200", "evaluate.linear.epochs=1", "pretrain.optimizer.warmup_epochs=0"]
+        from _smoke import pipeline_overrides
+
+        overrides += pipeline_overrides(args.smoke_data)
     # Generation has its own seed: every training seed reads the same store.
     config = load_config(quickstart_recipe(), overrides + [f"generate.seed={args.generation_seed}"])
     return config, args.generation_seed
@@ -206,7 +209,7 @@ def budget_sweep(args: argparse.Namespace, results: dict[str, Any], save) -> Non
     from synthpos.models.backbones import build_backbone
 
     sweep = results.setdefault("budget_sweep", {})
-    budgets = ((64, 1),) if args.smoke else BUDGETS
+    budgets = ((32, 1),) if args.smoke else BUDGETS
     for subset, epochs in budgets:
         key = f"n{subset}_e{epochs}"
         if key not in sweep:
@@ -244,10 +247,17 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(2)
     if args.smoke:
-        tmp = tempfile.TemporaryDirectory()
-        args.work, args.out = Path(tmp.name), Path(tmp.name) / "synthetic_gain.json"
+        from _smoke import THREADS, smoke_out, tiny_fashion_mnist
+
+        torch.set_num_threads(THREADS)
+        tmp = None if args.work else tempfile.TemporaryDirectory()
+        args.work = args.work or Path(tmp.name)
+        args.smoke_data = tiny_fashion_mnist(args.work / "data", 256, 128)
+        args.out = args.out or smoke_out("synthetic_gain")
+    args.work = args.work or REPO / "runs" / "bench_gain"
+    args.out = args.out or DEFAULT_OUT
     args.work.mkdir(parents=True, exist_ok=True)
-    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    results = json.loads(args.out.read_text()) if args.out.is_file() and not args.smoke else {}
     results.setdefault("runs", {})
     results["benchmark"] = "synthetic_gain"
     results["command"] = "python benchmarks/synthetic_gain.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -498,6 +498,8 @@ class PretrainConfig(_Sections):
                                                    "last one, mid-epoch too (null: epochs only). SIGTERM always checkpoints.")
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     channels_last: bool = True
+    compile: bool = Field(False, description="torch.compile the backbone and heads in place (synthpos.methods.compiled): "
+                          "paid once on the first step, cached on disk by torch; pays off on long runs")
     knn_every_epochs: int = Field(0, ge=0, description="Online kNN monitor on the test split (0: off).")
     knn_subset: int = Field(2000, ge=1)
     online_probe: bool = Field(False, description="Online linear probe (solo-learn's): a linear layer trained during "

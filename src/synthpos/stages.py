@@ -239,7 +239,8 @@ _TRAIN_GENERATOR_IGNORES = ("train_generator.num_threads", "train_generator.chan
                             "train_generator.checkpoint_every", "train_generator.checkpoint_every_minutes")
 _PRETRAIN_IGNORES = ("pretrain.store", "pretrain.output_dir", "pretrain.num_threads", "pretrain.channels_last",
                      "pretrain.precision", "pretrain.knn_every_epochs", "pretrain.knn_subset",
-                     "pretrain.checkpoint_every_epochs", "pretrain.checkpoint_every_minutes", "pretrain.verify_store")
+                     "pretrain.checkpoint_every_epochs", "pretrain.checkpoint_every_minutes", "pretrain.verify_store",
+                     "pretrain.compile")
 
 STAGES: tuple[Stage, ...] = (
     Stage(

@@ -338,7 +338,8 @@ class SyntheticStore:
             if array.dtype != np.uint8 or array.shape != want:
                 raise SynthposError(f"store {self.path}: {path.name} is damaged (holds {array.dtype} {array.shape}, "
                                     f"expected uint8 {want}); {fix}")
-            self._maps[shard] = array
+            # A plain ndarray view of the map: np.memmap's subclass hooks cost on every fancy index.
+            self._maps[shard] = np.asarray(array)
         return self._maps[shard]
 
     # ------------------------------------------------------------------ reads
@@ -371,9 +372,14 @@ class SyntheticStore:
             raise IndexError(f"candidate indices must be in 0..{self.layout.candidates - 1}, got {candidates.min()}..{candidates.max()}")
         out = np.empty((len(anchors), *self.layout.image_shape), dtype=np.uint8)
         shards, offsets = np.divmod(anchors, self.layout.shard_size)
-        for shard in np.unique(shards):
-            rows = np.nonzero(shards == shard)[0]
-            out[rows] = self._shard(int(shard))[offsets[rows], candidates[rows]]
+        # One sort, then one fancy-index per shard touched (a mask per shard was O(B) each).
+        order = np.argsort(shards, kind="stable")
+        ordered = shards[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(order) else np.empty(0, np.int64)
+        ends = np.r_[starts[1:], len(order)]
+        for start, end, shard in zip(starts.tolist(), ends.tolist(), ordered[starts].tolist()):
+            rows = order[start:end]
+            out[rows] = self._shard(shard)[offsets[rows], candidates[rows]]
         return out
 
     def __getstate__(self) -> dict[str, Any]:

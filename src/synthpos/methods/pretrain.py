@@ -178,6 +178,10 @@ def pretrain(
     output_dir.mkdir(parents=True, exist_ok=True)
     precision = resolve_precision(cfg.precision, torch.device("cuda" if accelerator == "gpu" else "cpu"))
     method = build_method(cfg, dataset, seed)
+    if cfg.compile:
+        from synthpos.methods.compiled import compile_method
+
+        compile_method(method)
     if method.scorer is not None:
         method.scorer.to(torch.device("cuda" if accelerator == "gpu" else "cpu"))
     # torch's SyncBatchNorm runs only on GPUs; on CPU processes (gloo) use synthpos's own.

@@ -1,0 +1,119 @@
+"""Every benchmark in benchmarks/ runs at toy size (``--smoke``), so an import or API change cannot
+break one unnoticed. Each runs in this process (imports are paid once) and writes its JSON into
+tmp_path; the test checks the machine section and that every compared pipeline or variant ran."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").is_file(), reason="Fashion-MNIST not installed"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """The benchmarks set torch's thread count for the process; later tests get theirs back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def load(name: str):
+    """benchmarks/<name>.py as a module (its folder on sys.path for ``_machine`` and ``_smoke``)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_machine(report: dict) -> None:
+    machine = report["machine"]
+    assert machine["cpu_model"] and machine["cpu_model"] != "unknown"
+    assert isinstance(machine["cpu_flags"], list)
+    if Path("/proc/cpuinfo").is_file() and "avx2" in Path("/proc/cpuinfo").read_text():
+        assert "avx2" in machine["cpu_flags"]
+    assert machine["torch_threads"] >= 1 and machine["nproc"] >= 1
+    assert len(machine["load_average_at_start"]) == 3
+
+
+def smoke(name: str, tmp_path: Path, *extra: str):
+    """Run benchmarks/<name>.py with --smoke into tmp_path; return the module and its checked JSON."""
+    bench = load(name)
+    out = tmp_path / f"{name}.json"
+    bench.main(["--smoke", "--out", str(out), *extra])
+    report = json.loads(out.read_text())
+    check_machine(report)
+    return bench, report
+
+
+def test_every_benchmark_has_a_smoke_test():
+    # gpu_check has its own test (tests/test_gpu_check.py: --cpu, through its shell script).
+    scripts = {p.stem for p in BENCHMARKS.glob("*.py") if not p.stem.startswith("_")} - {"gpu_check"}
+    tested = {name.removeprefix("test_").removesuffix("_smoke") for name in globals() if name.endswith("_smoke")}
+    assert scripts <= tested, f"benchmarks without a smoke test here: {sorted(scripts - tested)}"
+
+
+def test_pretrain_throughput_smoke(tmp_path):
+    bench, report = smoke("pretrain_throughput", tmp_path)
+    precisions = report["settings"]["precisions"]
+    assert "fp32" in precisions
+    ran = {(r["pipeline"], r["precision"]) for r in report["results"]}
+    assert ran == {(p, q) for p in bench.PIPELINES for q in precisions}
+    assert all(r["images_per_s"] > 0 and r["end_to_end_images_per_s"] > 0 for r in report["results"])
+    ratios = report["ratios"]["fp32"]
+    for key in ("synthpos_over_lightly", "clsp_step_over_simclr_step", "multipos_step_over_simclr_step",
+                "synthpos_over_model_only"):
+        assert ratios[key] > 0
+
+
+def test_generation_smoke(tmp_path):
+    bench, report = smoke("generation", tmp_path)
+    assert [r["variant"] for r in report["results"]] == [v.name for v in bench.variants(2)]
+    for r in report["results"]:
+        assert r["candidates"] >= 1 and r["candidates_per_s"] > 0 and 0 <= r["fidelity"] <= 100
+        assert r["record"]["num_steps"] == 1  # smoke: each variant as itself, for one step
+
+
+def test_frontier_smoke(tmp_path):
+    bench, report = smoke("frontier", tmp_path, "--work", str(tmp_path / "work"))
+    points = {(p["w"], p["strength"]) for p in report["points"]}
+    assert points == {(0.1, 1.0), (0.1, 0.5)}
+    assert all(0 <= p["fidelity"]["fidelity"] <= 1 for p in report["points"])
+    assert (tmp_path / "frontier.png").is_file()
+
+
+def test_store_verify_smoke(tmp_path):
+    bench, report = smoke("store_verify", tmp_path, "--dir", str(tmp_path))
+    assert set(report["stores"]) == set(bench.SMOKE) == set(bench.STORES)
+    assert set(report["hash_mib_per_s"]) == set(bench.ALGORITHMS)
+    assert all(s["verify_s"] > 0 for s in report["stores"].values())
+
+
+def test_methods_fashion_mnist_smoke(tmp_path):
+    bench, report = smoke("methods_fashion_mnist", tmp_path, "--work", str(tmp_path / "work"))
+    runs = report["runs"].values()
+    assert {r["method"] for r in runs} == set(bench.METHODS)
+    assert {r["mode"] for r in runs} == set(bench.MODES)
+    assert all(0 <= r["knn_top1"] <= 1 and 0 <= r["linear_top1"] <= 1 for r in runs)
+
+
+def test_synthetic_gain_smoke(tmp_path):
+    bench, report = smoke("synthetic_gain", tmp_path, "--work", str(tmp_path / "work"))
+    rows = {row["name"]: row["mode"] for row in map(bench.parse_row, bench.DEFAULT_ROWS)}
+    assert {r["row"] for r in report["runs"].values()} == set(rows)
+    # every row with synthetic data is paired with its method's own run without any
+    assert {key.split("/", 1)[1] for key in report["paired"]} == {n for n, mode in rows.items() if mode != "none"}
