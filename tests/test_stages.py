@@ -145,8 +145,12 @@ def _candidates(key: str, value):
         others = [[first / 2 if isinstance(first, float) else first * 2, *value[1:]], [0, *value[1:]],
                   *([[first + 1, *value[1:]]] if isinstance(first, int) else []), value[:-1]]
         return [o for o in others if o != value]  # halving a leading 0.0 changes nothing
+    if isinstance(value, str):
+        return [value + "x"]  # free text (a prompt)
     if value is None:
         args = typing.get_args(annotation)
+        if any(typing.get_origin(a) is list for a in args):
+            return [[0], [1]]  # an optional list of levels
         if int in args:
             return [32, 1000, 4, 1]
         if float in args:
