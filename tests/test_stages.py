@@ -72,7 +72,8 @@ _LOCATIONS = {"run_dir", "generate.store", "pretrain.store", "pretrain.output_di
 # train_generator.check is a whole section (null here): its keys are those of a section set in a recipe.
 # seeds: how `run` fans out, not a setting of one run. data.name, pretrain.method and the mode are
 # registry names (no literal to draw another from); the contract tests cover every one of them.
-_SKIPPED = _LOCATIONS | {"generate.kind", "generate.guidance_scale", "train_generator.check", "seeds", "data.name",
+_SKIPPED = _LOCATIONS | {"published",  # decides nothing (test_published_numbers_decide_nothing)
+                         "generate.kind", "generate.guidance_scale", "train_generator.check", "seeds", "data.name",
                          "pretrain.method", "pretrain.synthetic.mode"}
 _SPEED_ONLY = {"shard_size", "num_threads", "channels_last", "batch_size", "compile", "checkpoint_every", "checkpoint_every_minutes", "verify_store",
                "checkpoint_every_epochs", "knn_every_epochs", "knn_subset"}
@@ -272,3 +273,9 @@ def test_an_unfinished_generator_without_record_is_resumed_not_moved(tmp_path):
     nested["learning_rate"] = nested["learning_rate"] * 2
     (config.generator_dir / "train_config.json").write_text(json.dumps(nested))
     assert stage_status(stage, config).state == "redo"
+
+
+def test_published_numbers_decide_nothing(tmp_path):
+    config = _config(tmp_path)
+    _make_outputs(config)
+    assert _redone(_config(tmp_path, "published.source=paper", "published.linear_top1=94.45")) == []

@@ -146,15 +146,29 @@ def run(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = False,
         result = run_seeds(cfg, lambda c: run_pipeline(c, show_progress=not quiet),
                            lambda c: train_generator_stage(c, show_progress=not quiet))
         print_seeds(result)
+        if cfg.published is not None:
+            means: dict[str, dict[str, float]] = {}
+            for key, summary in result["summary"].items():
+                dataset, _, metric = key.partition("/")
+                means.setdefault(dataset, {})[metric] = summary["mean"]
+            _print_published(cfg, means, result["summary"])
         _say(f"run directory: {cfg.run_dir} (seeds.json, seed-*/)")
         _say(f"report: {_write_report(cfg.run_dir)}")
         return
     metrics = run_pipeline(cfg, show_progress=not quiet)
     if metrics:  # empty on DDP ranks other than 0
         typer.echo(json.dumps(metrics["results"], indent=2))
+        if cfg.published is not None:
+            _print_published(cfg, metrics["results"])
     _say(f"run directory: {cfg.run_dir}")
     if metrics:
         _say(f"report: {_write_report(cfg.run_dir)}")
+
+
+def _print_published(cfg, results: dict, intervals: dict | None = None) -> None:
+    from synthpos.evaluation.published import compare_published
+    for line in compare_published(cfg.published, results, intervals):
+        typer.echo(line)
 
 
 def _write_report(run_dir: Path) -> Path:

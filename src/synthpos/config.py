@@ -617,6 +617,15 @@ class FidelityConfig(_Strict):
     width: int = Field(32, ge=4)
 
 
+class PublishedConfig(_Strict):
+    """What a paper reports for this recipe (percent), printed beside the run's own numbers."""
+
+    source: str = Field(..., description="Where the numbers come from, e.g. \"CLSP README.md:19-38 (dewenzeng/clsp)\".")
+    protocol: str = Field("", description="Their protocol in words (probe, epochs, test split).")
+    linear_top1: float | None = Field(None, ge=0, le=100, description="Linear-probe top-1 (percent).")
+    knn_top1: float | None = Field(None, ge=0, le=100, description="kNN top-1 (percent).")
+
+
 class RunConfig(_Strict):
     """A whole run: data, the four stages, one run directory."""
 
@@ -633,6 +642,8 @@ class RunConfig(_Strict):
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     evaluate: EvaluateConfig = EvaluateConfig()
     fidelity: FidelityConfig = FidelityConfig()
+    published: PublishedConfig | None = Field(None, description="A paper's numbers for this recipe, printed at the "
+                                                   "end of `synthpos run` beside the run's own; decides nothing.")
 
     @model_validator(mode="after")
     def _check_stages(self) -> RunConfig:

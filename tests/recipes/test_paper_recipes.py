@@ -99,6 +99,11 @@ def test_header_quotes_the_published_numbers(recipe: str, numbers: tuple[float, 
     backbone = "ResNet-50" if recipe.endswith("_resnet50.yaml") else "ResNet-18"
     published = next((line for line in header.splitlines() if "Published" in line), "")
     assert backbone in published and all(f"{n:.2f}" in published for n in numbers), published
+    # The number `synthpos run` prints beside the run's own: the baseline's or CLSP's, per recipe.
+    config = _load(recipe)
+    ours = numbers[0] if "/clsp_baseline_" in recipe else numbers[1]
+    assert config.published is not None and config.published.linear_top1 == pytest.approx(ours)
+    assert "README.md:19-38" in config.published.source and backbone in config.published.source
 
 
 @pytest.mark.parametrize("recipe", sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("configs/imagenet/*.yaml")))
