@@ -342,3 +342,22 @@ def test_in_batch_hard_negatives_never_take_the_querys_own_image() -> None:
         coef = torch.linalg.lstsq(allowed.T, mixed[r].T).solution
         assert torch.allclose(allowed.T @ coef, mixed[r].T, atol=1e-4)
         assert (mixed[r] @ own[r]).max() < 0.999
+
+
+def test_on_rank_1_of_2_the_own_image_is_found_at_its_offset_in_the_gathered_batch(monkeypatch) -> None:
+    from synthpos.modes.mochi import MoCHi
+
+    # Rank 1 of 2 without processes: the other rank's rows (a rotated copy) come first, this rank's at offset n.
+    monkeypatch.setattr("synthpos.modes.base.gather", lambda t: torch.cat([t.roll(1, dims=1), t]))
+    monkeypatch.setattr("synthpos.modes.base.rank_offset", lambda n: n)
+    mode = MoCHi(SyntheticConfig(mode="mochi", mochi={"hardest": 5, "mixes": MIXES, "query_mixes": QUERY_MIXES}))
+    g = torch.Generator().manual_seed(13)
+    z1, z2 = torch.randn(B, D, generator=g), torch.randn(B, D, generator=g)
+    torch.manual_seed(13)
+    mixed = mode.batch_hard_negatives(torch.cat([z1, z2]), [z1, z2])
+    torch.manual_seed(13)
+    draws = draw_mixing(2 * B, 5, MIXES, QUERY_MIXES)
+    candidates = torch.cat([z1.roll(1, dims=1), z1, z2.roll(1, dims=1), z2])  # view 1 of both ranks, then view 2
+    m = 2 * B
+    expected = reference_mixes(torch.cat([z1, z2]), candidates, 5, draws, never=lambda r: (B + r % B, m + B + r % B))
+    torch.testing.assert_close(mixed, torch.tensor(expected), rtol=1e-5, atol=1e-6)
