@@ -1,6 +1,6 @@
 """Stage 4's contract: the feature cache, grey <-> RGB transfer, and the online kNN monitor's history.
 
-Two scratch datasets registered here (as a user's plugin would) hold tiny labelled images,
+Two scratch datasets registered here (as a user's plugin would, for this module only) hold tiny labelled images,
 grey and RGB, whose class is a bright block in one quadrant; their content follows
 ``data.root``, so a changed data setting means other images. Backbones are ConvNets of width 4.
 """
@@ -57,18 +57,19 @@ class _Toy(DatasetSource):
         return ImageDataset(cls.name, split, images, labels, [f"q{c}" for c in range(CLASSES)], mean, std)
 
 
-@register_dataset("toy_grey")
 class ToyGrey(_Toy):
     channels = 1
 
 
-@register_dataset("toy_rgb")
 class ToyRGB(_Toy):
     channels = 3
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _scratch_datasets_leave_with_this_module():
+def _scratch_datasets_registered_for_this_module():
+    """Registered only while this module runs, so no other test sees them among the known datasets."""
+    register_dataset("toy_grey")(ToyGrey)
+    register_dataset("toy_rgb")(ToyRGB)
     yield
     DATASETS.unregister("toy_grey")
     DATASETS.unregister("toy_rgb")
