@@ -51,7 +51,7 @@ class MoCHiSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     hardest: int = Field(1024, ge=1, description="N: the hardest negatives of each query that are mixed "
-                         "(at most the number of negatives, e.g. the queue size).")
+                         "(capped at the number of its negatives: the queue size, or the batch's other rows).")
     mixes: int = Field(512, ge=0, description="s: synthetic negatives per query mixed from pairs of the N hardest.")
     query_mixes: int = Field(256, ge=0, description="s': synthetic negatives per query mixed from the query and one "
                              "of the N hardest, the query's share below 0.5.")
