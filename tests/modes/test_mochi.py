@@ -240,16 +240,21 @@ def _decoupled_reference(z1, z2, draws, positive_weight, decoupled: bool) -> flo
     Anchor r is ``z1[r]`` (r < B) or ``z2[r - B]``; its candidates are the 2B projections ``[z1, z2]``;
     its positive the other view of image ``i = r % B``; its negatives the 2B - 2 rows of the other images.
     """
+    def never(r: int) -> tuple[int, int]:  # both views of the anchor's own image
+        return r % B, r % B + B
+
     anchors = torch.cat([z1, z2])
-    never = lambda r: (r % B, r % B + B)  # noqa: E731 - both views of the anchor's own image
     synthetic = reference_mixes(anchors, anchors, IN_BATCH_HARDEST, draws, never=never)
     rows = [_unit(v) for v in anchors.tolist()]
     total = 0.0
     for r, a in enumerate(rows):
         i = r % B
-        cos = lambda x: sum(p * q for p, q in zip(a, x)) / 0.2  # noqa: E731
-        positive = cos(rows[i + B] if r < B else rows[i])
-        negatives = [cos(rows[j]) for j in range(2 * B) if j not in never(r)] + [cos(h) for h in synthetic[r]]
+
+        def logit(x: list[float]) -> float:
+            return sum(p * q for p, q in zip(a, x)) / 0.2
+
+        positive = logit(rows[i + B] if r < B else rows[i])
+        negatives = [logit(rows[j]) for j in range(2 * B) if j not in never(r)] + [logit(h) for h in synthetic[r]]
         if decoupled:  # -w_i * pos + logsumexp(negatives): the positive is not in the denominator
             top = max(negatives)
             total += -positive_weight[i] * positive + top + math.log(sum(math.exp(x - top) for x in negatives))
@@ -333,15 +338,14 @@ def test_in_batch_hard_negatives_never_take_the_querys_own_image() -> None:
     torch.manual_seed(0)
     mixed = mode.batch_hard_negatives(torch.cat([z1, z2]), [z1, z2])
     assert mixed.shape == (2 * B, 64, D)
-    own = torch.nn.functional.normalize(torch.cat([z1, z2]), dim=1)
-    # With N = 2B - 2 every other image's views are mixed, and the own image's never: no mix is near the anchor.
-    others = torch.nn.functional.normalize(torch.cat([z1, z2]), dim=1)
+    rows = torch.nn.functional.normalize(torch.cat([z1, z2]), dim=1)
     for r in range(2 * B):
-        allowed = others[[j for j in range(2 * B) if j % B != r % B]]
-        # Every mix is a normalised combination of two allowed rows: it lies in their span, the own rows' not needed.
+        # With N = 2B - 2 the hardest are all the other images' views and never the own image's (its other
+        # view is by far the most similar row): every mix lies in the span of the other images' rows ...
+        allowed = rows[[j for j in range(2 * B) if j % B != r % B]]  # (6, D) in D = 8: a proper subspace
         coef = torch.linalg.lstsq(allowed.T, mixed[r].T).solution
         assert torch.allclose(allowed.T @ coef, mixed[r].T, atol=1e-4)
-        assert (mixed[r] @ own[r]).max() < 0.999
+        assert (mixed[r] @ rows[r]).max() < 0.999  # ... and none is the anchor or its positive
 
 
 def test_on_rank_1_of_2_the_own_image_is_found_at_its_offset_in_the_gathered_batch(monkeypatch) -> None:
