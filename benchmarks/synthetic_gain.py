@@ -9,7 +9,8 @@ Rows (``--rows``, each ``name=mode[:setting=value,...]``; the default set):
 - ``replace``: view 2 from a stored candidate with p = 1.0 (Ayromlou et al.'s main runs);
 - ``multipos``: the candidates as extra positives of a multi-positive InfoNCE;
 - ``mochi``: MoCo v2+ with MoCHi's synthetic hard negatives (no store), against MoCo v2+
-  alone (``moco_none``); each row is paired with its own method's ``none`` run.
+  alone (``moco_none``); ``mochi_simclr``: SimCLR with MoCHi's mixes of its hardest in-batch
+  negatives; each row is paired with its own method's ``none`` run.
 
 Every row uses the same training images (the first ``--subset`` of the Fashion-MNIST train
 split), epochs, batch, encoder (the quick start's ConvNet) and augmentations, from the quick
@@ -51,8 +52,9 @@ REPO = ROOT.parent
 DEFAULT_OUT = ROOT / "results" / "synthetic_gain.json"
 DEFAULT_ROWS = ("none", "clsp", "clsp_s0.6=clsp:generate.strength=0.6", "clsp_s0.4=clsp:generate.strength=0.4",
                 "replace=replace:pretrain.synthetic.replace_prob=1.0", "multipos",
-                # MoCHi (issue 11) needs a method with negatives from a queue: MoCo v2+ against MoCo v2+.
-                "moco_none=none:{MOCO}", "mochi=mochi:{MOCO}")
+                # MoCHi (issue 11): MoCo v2+ against MoCo v2+ (negatives from a queue), and SimCLR with
+                # the in-batch hardest negatives against SimCLR.
+                "moco_none=none:{MOCO}", "mochi=mochi:{MOCO}", "mochi_simclr=mochi")
 # MoCo v2+ on the quick start's budget: its CPU recipe's heads, queue and temperature.
 MOCO = "pretrain.method=mocov2plus,pretrain.queue_size=8192,pretrain.temperature=0.2"
 BUDGETS = ((2500, 20), (5000, 40), (10000, 60))  # (images, epochs) of --budget-sweep

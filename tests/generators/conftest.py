@@ -1,4 +1,4 @@
-"""Shared fixtures for the generator tests: tiny random UNets and their schedules."""
+"""Shared fixtures for the generator tests: tiny random UNets and their schedules, and stores generated from them."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
-from synthpos.config import TrainGeneratorConfig, UNetConfig
+from synthpos.config import GenerateConfig, TrainGeneratorConfig, UNetConfig
+from synthpos.data.synthetic_store import SyntheticStore
 from synthpos.generators.clsp import derive_seed
 from synthpos.generators.diffusion import build_noise_scheduler, build_unet, save_pipeline
+from synthpos.generators.generate import generate_store
 
 TINY_UNET = UNetConfig(block_out_channels=[8, 16], attention_levels=[1], layers_per_block=1, dropout=0.0, norm_num_groups=4)
 
@@ -76,3 +78,45 @@ def generator_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def anchor_images() -> np.ndarray:
     """Ten random uint8 anchors. Shape: (10, 8, 8, 1)."""
     return np.random.default_rng(7).integers(0, 256, size=(10, 8, 8, 1), dtype=np.uint8)
+
+
+# --- stores generated from the tiny generator (a test module sets ``generate_settings``) ----------------
+
+@pytest.fixture(scope="module")
+def generate_settings() -> GenerateConfig:
+    """The generation settings of a module's stores; a module that generates overrides this fixture."""
+    return GenerateConfig(candidates=2, num_steps=2, shard_size=4, batch_size=4, precision="fp32", channels_last=False)
+
+
+@pytest.fixture(scope="module")
+def generate(generate_settings: GenerateConfig) -> Callable[..., SyntheticStore]:
+    """``generate(images, generator_dir, path, settings=None, **kwargs)``: ``generate_store`` of the toy anchors'
+    dataset ("toy", "train") with seed 0 on the CPU, quietly; ``settings`` defaults to the module's."""
+
+    def run(images, generator_dir, path, settings: GenerateConfig | None = None, **kwargs) -> SyntheticStore:
+        return generate_store(images, "toy", "train", generator_dir, path, settings or generate_settings, seed=0,
+                              device="cpu", show_progress=False, **kwargs)
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def reference_store(tmp_path_factory: pytest.TempPathFactory, anchor_images, generator_dir, generate) -> Path:
+    """One uninterrupted single-process run over the ten anchors with the module's settings."""
+    path = tmp_path_factory.mktemp("reference") / "store"
+    generate(anchor_images, generator_dir, path)
+    return path
+
+
+@pytest.fixture
+def count_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The shards ``SyntheticStore.write_shard`` writes while the test runs, in order."""
+    written: list[int] = []
+    original = SyntheticStore.write_shard
+
+    def counting(self, shard, candidates):
+        written.append(shard)
+        return original(self, shard, candidates)
+
+    monkeypatch.setattr(SyntheticStore, "write_shard", counting)
+    return written

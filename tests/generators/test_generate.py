@@ -20,33 +20,13 @@ SETTINGS = GenerateConfig(candidates=2, num_steps=3, shard_size=4, batch_size=3,
 NUM_SHARDS = 3  # 10 anchors, 4 per shard
 
 
-def _generate(images, generator_dir, store_path, settings=SETTINGS, **kwargs) -> SyntheticStore:
-    return generate_store(images, "toy", "train", generator_dir, store_path, settings, seed=0, device="cpu", show_progress=False, **kwargs)
-
-
 def _shard_bytes(path: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(path.glob("shard-*.npy"))}
 
 
 @pytest.fixture(scope="module")
-def reference_store(tmp_path_factory, anchor_images, generator_dir) -> Path:
-    """One uninterrupted single-process run."""
-    path = tmp_path_factory.mktemp("ref") / "store"
-    _generate(anchor_images, generator_dir, path)
-    return path
-
-
-@pytest.fixture
-def count_writes(monkeypatch) -> list[int]:
-    written: list[int] = []
-    original = SyntheticStore.write_shard
-
-    def counting(self, shard, candidates):
-        written.append(shard)
-        return original(self, shard, candidates)
-
-    monkeypatch.setattr(SyntheticStore, "write_shard", counting)
-    return written
+def generate_settings() -> GenerateConfig:
+    return SETTINGS
 
 
 # ----------------------------------------------------------------------------- (a) a complete store
@@ -88,7 +68,7 @@ def test_shard_equals_the_sampler_called_directly(reference_store, anchor_images
 # ----------------------------------------------------------------------------- (b) interrupted + resumed
 
 
-def test_resumed_equals_uninterrupted(tmp_path, reference_store, anchor_images, generator_dir, count_writes, monkeypatch) -> None:
+def test_resumed_equals_uninterrupted(generate, tmp_path, reference_store, anchor_images, generator_dir, count_writes, monkeypatch) -> None:
     path = tmp_path / "store"
     # Interrupt the first run while it writes shard 1: a half-written .tmp file is left behind.
     original_save = np.save
@@ -103,7 +83,7 @@ def test_resumed_equals_uninterrupted(tmp_path, reference_store, anchor_images, 
 
     monkeypatch.setattr(np, "save", crashing_save)
     with pytest.raises(KeyboardInterrupt):
-        _generate(anchor_images, generator_dir, path)
+        generate(anchor_images, generator_dir, path)
     monkeypatch.setattr(np, "save", original_save)
     store = SyntheticStore.open(path, require_complete=False)
     assert store.missing_shards() == [1, 2]
@@ -112,7 +92,7 @@ def test_resumed_equals_uninterrupted(tmp_path, reference_store, anchor_images, 
     shard0 = store.shard_path(0).stat()
 
     count_writes.clear()
-    resumed = _generate(anchor_images, generator_dir, path)
+    resumed = generate(anchor_images, generator_dir, path)
     assert count_writes == [1, 2], "the resumed run must do only the missing shards"
     assert resumed.complete
     assert _shard_bytes(path) == _shard_bytes(reference_store)
@@ -120,7 +100,7 @@ def test_resumed_equals_uninterrupted(tmp_path, reference_store, anchor_images, 
     assert (after.st_ino, after.st_mtime_ns) == (shard0.st_ino, shard0.st_mtime_ns), "a complete shard was rewritten"
 
 
-def test_deleted_shards_are_regenerated_identically(tmp_path, reference_store, anchor_images, generator_dir, count_writes) -> None:
+def test_deleted_shards_are_regenerated_identically(generate, tmp_path, reference_store, anchor_images, generator_dir, count_writes) -> None:
     path = tmp_path / "store"
     shutil.copytree(reference_store, path)
     for shard in (0, 2):
@@ -128,14 +108,14 @@ def test_deleted_shards_are_regenerated_identically(tmp_path, reference_store, a
     (path / "shard-00000.npy.tmp-99999").write_bytes(b"junk")
     kept = (path / "shard-00001.npy").stat()
     count_writes.clear()
-    _generate(anchor_images, generator_dir, path)
+    generate(anchor_images, generator_dir, path)
     assert count_writes == [0, 2]
     assert _shard_bytes(path) == _shard_bytes(reference_store)
     now = (path / "shard-00001.npy").stat()
     assert (now.st_ino, now.st_mtime_ns) == (kept.st_ino, kept.st_mtime_ns)
 
 
-def test_rerunning_a_complete_store_writes_nothing(tmp_path, reference_store, anchor_images, generator_dir, count_writes) -> None:
+def test_rerunning_a_complete_store_writes_nothing(generate, tmp_path, reference_store, anchor_images, generator_dir, count_writes) -> None:
     path = tmp_path / "store"
     shutil.copytree(reference_store, path)
     def files() -> dict[str, tuple[int, int]]:
@@ -143,50 +123,50 @@ def test_rerunning_a_complete_store_writes_nothing(tmp_path, reference_store, an
 
     before = files()
     count_writes.clear()
-    store = _generate(anchor_images, generator_dir, path)
+    store = generate(anchor_images, generator_dir, path)
     assert count_writes == [] and store.complete
     # A copied store is hashed once (new inodes: its stamp does not vouch for these files), and stamped anew ...
     after = files()
     assert {k: v for k, v in after.items() if k != "verified.json"} == {k: v for k, v in before.items() if k != "verified.json"}
     assert after["verified.json"] != before["verified.json"]
     # ... after which a rerun touches nothing at all.
-    _generate(anchor_images, generator_dir, path)
+    generate(anchor_images, generator_dir, path)
     assert count_writes == [] and files() == after
 
 
-def test_resuming_with_other_generation_settings_raises(tmp_path, reference_store, anchor_images, generator_dir) -> None:
+def test_resuming_with_other_generation_settings_raises(generate, tmp_path, reference_store, anchor_images, generator_dir) -> None:
     path = tmp_path / "store"
     shutil.copytree(reference_store, path)
     for change in ({"num_steps": 4}, {"eta": 0.0}, {"interpolation_weight": 0.5}, {"clip_x0": True}, {"candidates": 3}, {"shard_size": 5}):
         with pytest.raises(SynthposError):
-            _generate(anchor_images, generator_dir, path, SETTINGS.model_copy(update=change))
+            generate(anchor_images, generator_dir, path, SETTINGS.model_copy(update=change))
     with pytest.raises(SynthposError):
         generate_store(anchor_images, "toy", "train", generator_dir, path, SETTINGS, seed=1, device="cpu", show_progress=False)
     changed = anchor_images.copy()
     changed[0, 0, 0, 0] ^= 1
     with pytest.raises(SynthposError):
-        _generate(changed, generator_dir, path)
+        generate(changed, generator_dir, path)
 
 
 # ----------------------------------------------------------------------------- (c) split across processes
 
 
-def test_split_across_ranks_equals_a_single_run(tmp_path, reference_store, anchor_images, generator_dir, count_writes) -> None:
+def test_split_across_ranks_equals_a_single_run(generate, tmp_path, reference_store, anchor_images, generator_dir, count_writes) -> None:
     path = tmp_path / "store"
     count_writes.clear()
-    first = _generate(anchor_images, generator_dir, path, rank=0, world_size=2)
+    first = generate(anchor_images, generator_dir, path, rank=0, world_size=2)
     assert count_writes == [0, 2] and first.missing_shards() == [1]
     count_writes.clear()
-    second = _generate(anchor_images, generator_dir, path, rank=1, world_size=2)
+    second = generate(anchor_images, generator_dir, path, rank=1, world_size=2)
     assert count_writes == [1] and second.complete
     assert _shard_bytes(path) == _shard_bytes(reference_store)
 
 
-def test_rank_and_world_size_from_the_environment(tmp_path, anchor_images, generator_dir, count_writes, monkeypatch) -> None:
+def test_rank_and_world_size_from_the_environment(generate, tmp_path, anchor_images, generator_dir, count_writes, monkeypatch) -> None:
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "3")
     count_writes.clear()
-    _generate(anchor_images, generator_dir, tmp_path / "store")
+    generate(anchor_images, generator_dir, tmp_path / "store")
     assert count_writes == [1]
 
 
@@ -194,9 +174,9 @@ def test_rank_and_world_size_from_the_environment(tmp_path, anchor_images, gener
 
 
 @pytest.mark.parametrize("batch_size", [1, 8])
-def test_batch_size_does_not_change_the_bytes(tmp_path, reference_store, anchor_images, generator_dir, batch_size) -> None:
+def test_batch_size_does_not_change_the_bytes(generate, tmp_path, reference_store, anchor_images, generator_dir, batch_size) -> None:
     path = tmp_path / "store"
-    _generate(anchor_images, generator_dir, path, SETTINGS.model_copy(update={"batch_size": batch_size}))
+    generate(anchor_images, generator_dir, path, SETTINGS.model_copy(update={"batch_size": batch_size}))
     ours, ref = _shard_bytes(path), _shard_bytes(reference_store)
     assert ours.keys() == ref.keys()
     if ours != ref:
@@ -221,57 +201,57 @@ def test_generate_a_shard_directly(reference_store, anchor_images, generator_dir
 # ----------------------------------------------------------------------------- (e) bad generators
 
 
-def test_generator_for_other_image_size_raises(tmp_path, anchor_images, unet_factory, scheduler_factory) -> None:
+def test_generator_for_other_image_size_raises(generate, tmp_path, anchor_images, unet_factory, scheduler_factory) -> None:
     gen = tmp_path / "gen16"
     save_pipeline(unet_factory(sample_size=16), scheduler_factory(50), gen)
     with pytest.raises(SynthposError, match="16x16x1"):
-        _generate(anchor_images, gen, tmp_path / "store")
+        generate(anchor_images, gen, tmp_path / "store")
     assert not (tmp_path / "store").exists()
 
 
-def test_generator_for_other_channels_raises(tmp_path, anchor_images, generator_dir) -> None:
+def test_generator_for_other_channels_raises(generate, tmp_path, anchor_images, generator_dir) -> None:
     rgb = np.repeat(anchor_images, 3, axis=-1)
     with pytest.raises(SynthposError, match="8x8x1"):
-        _generate(rgb, generator_dir, tmp_path / "store")
+        generate(rgb, generator_dir, tmp_path / "store")
 
 
-def test_missing_generator_dir_raises(tmp_path, anchor_images) -> None:
+def test_missing_generator_dir_raises(generate, tmp_path, anchor_images) -> None:
     with pytest.raises(SynthposError, match="DDPMPipeline") as err:
-        _generate(anchor_images, tmp_path / "no_such_generator", tmp_path / "store")
+        generate(anchor_images, tmp_path / "no_such_generator", tmp_path / "store")
     assert "no_such_generator" in str(err.value)
     assert not (tmp_path / "store").exists()
 
 
-def test_incomplete_generator_dir_names_the_layout(tmp_path, anchor_images, generator_dir) -> None:
+def test_incomplete_generator_dir_names_the_layout(generate, tmp_path, anchor_images, generator_dir) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(SynthposError) as err:
-        _generate(anchor_images, empty, tmp_path / "store")
+        generate(anchor_images, empty, tmp_path / "store")
     for part in ("unet/config.json", "diffusion_pytorch_model", "scheduler/scheduler_config.json"):
         assert part in str(err.value)
     partial = tmp_path / "partial"
     shutil.copytree(generator_dir, partial)
     shutil.rmtree(partial / "scheduler")
     with pytest.raises(SynthposError, match="scheduler/scheduler_config.json"):
-        _generate(anchor_images, partial, tmp_path / "store")
+        generate(anchor_images, partial, tmp_path / "store")
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpmsolver++"])
-def test_more_steps_than_the_trained_timesteps_raises_before_the_store(tmp_path, anchor_images, generator_dir, sampler) -> None:
+def test_more_steps_than_the_trained_timesteps_raises_before_the_store(generate, tmp_path, anchor_images, generator_dir, sampler) -> None:
     # DPM-Solver++ would repeat a timestep, divide by a zero step and write NaN images.
     settings = SETTINGS.model_copy(update={"sampler": sampler, "num_steps": 51})
     with pytest.raises(SynthposError, match="at most 50"):
-        _generate(anchor_images, generator_dir, tmp_path / "store", settings)
+        generate(anchor_images, generator_dir, tmp_path / "store", settings)
     assert not (tmp_path / "store").exists()
 
 
-def test_a_unet_bottleneck_interpolation_cannot_split_raises_before_the_store(tmp_path, anchor_images, unet_factory, scheduler_factory) -> None:
+def test_a_unet_bottleneck_interpolation_cannot_split_raises_before_the_store(generate, tmp_path, anchor_images, unet_factory, scheduler_factory) -> None:
     unet = unet_factory()
     unet.register_to_config(center_input_sample=True)
     gen = tmp_path / "centred"
     save_pipeline(unet, scheduler_factory(50), gen)
     with pytest.raises(SynthposError, match="cannot make CLSP positives.*center_input_sample"):
-        _generate(anchor_images, gen, tmp_path / "store")
+        generate(anchor_images, gen, tmp_path / "store")
     assert not (tmp_path / "store").exists()
 
 
@@ -282,9 +262,9 @@ FAST = SETTINGS.model_copy(update={"sampler": "dpmsolver++", "share_anchor_noise
 
 
 @pytest.fixture(scope="module")
-def fast_store(tmp_path_factory, anchor_images, generator_dir) -> Path:
+def fast_store(tmp_path_factory, anchor_images, generator_dir, generate) -> Path:
     path = tmp_path_factory.mktemp("fast") / "store"
-    _generate(anchor_images, generator_dir, path, FAST)
+    generate(anchor_images, generator_dir, path, FAST)
     return path
 
 
@@ -299,16 +279,16 @@ def _assert_same_images(path: Path, ref: Path) -> None:
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 5, 64])
-def test_shared_anchor_noise_store_is_the_same_in_any_batch_size(tmp_path, fast_store, anchor_images, generator_dir, batch_size) -> None:
+def test_shared_anchor_noise_store_is_the_same_in_any_batch_size(generate, tmp_path, fast_store, anchor_images, generator_dir, batch_size) -> None:
     path = tmp_path / "store"
-    _generate(anchor_images, generator_dir, path, FAST.model_copy(update={"batch_size": batch_size}))
+    generate(anchor_images, generator_dir, path, FAST.model_copy(update={"batch_size": batch_size}))
     _assert_same_images(path, fast_store)
 
 
-def test_shared_anchor_noise_store_split_across_ranks(tmp_path, fast_store, anchor_images, generator_dir) -> None:
+def test_shared_anchor_noise_store_split_across_ranks(generate, tmp_path, fast_store, anchor_images, generator_dir) -> None:
     path = tmp_path / "store"
     for rank in (1, 0):
-        _generate(anchor_images, generator_dir, path, FAST, rank=rank, world_size=2)
+        generate(anchor_images, generator_dir, path, FAST, rank=rank, world_size=2)
     assert _shard_bytes(path) == _shard_bytes(fast_store)
 
 
@@ -347,12 +327,12 @@ def test_record_holds_what_changes_the_bytes(fast_store, reference_store, genera
         assert generator_record(generator_dir, FAST.model_copy(update=change), 0, torch.device("cpu")) != fast
 
 
-def test_resuming_with_another_sampler_raises(tmp_path, fast_store, anchor_images, generator_dir, count_writes) -> None:
+def test_resuming_with_another_sampler_raises(generate, tmp_path, fast_store, anchor_images, generator_dir, count_writes) -> None:
     path = tmp_path / "store"
     shutil.copytree(fast_store, path)
     for change in ({"sampler": "ddim"}, {"share_anchor_noise": False}):
         with pytest.raises(SynthposError, match="different generator"):
-            _generate(anchor_images, generator_dir, path, FAST.model_copy(update=change))
+            generate(anchor_images, generator_dir, path, FAST.model_copy(update=change))
     count_writes.clear()
-    _generate(anchor_images, generator_dir, path, FAST.model_copy(update={"batch_size": 1}))
+    generate(anchor_images, generator_dir, path, FAST.model_copy(update={"batch_size": 1}))
     assert count_writes == []

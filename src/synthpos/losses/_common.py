@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -13,6 +15,19 @@ def check_gather_available(gather_distributed: bool) -> None:
             "gather_distributed=True but torch.distributed is not available in this "
             "torch build; set gather_distributed=False"
         )
+
+
+def check_extra_negatives(extra_negatives: torch.Tensor | None, n: int, d: int) -> None:
+    """Raise ValueError unless ``extra_negatives`` is None or one set of negatives per anchor. Shape: (n, S, d)."""
+    if extra_negatives is not None and (extra_negatives.dim() != 3 or extra_negatives.shape[0] != n
+                                        or extra_negatives.shape[2] != d):
+        raise ValueError(f"extra_negatives must have shape ({n}, S, {d}); got {tuple(extra_negatives.shape)}")
+
+
+def extra_logits(anchors: torch.Tensor, extra_negatives: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Each (unit) anchor's logits against its own extra negatives (normalised here). Shape: (n, D), (n, S, D) -> (n, S)."""
+    extra = F.normalize(extra_negatives.to(anchors), dim=2)
+    return torch.einsum("nd,nsd->ns", anchors, extra) / temperature
 
 
 class TemperatureLoss(nn.Module):

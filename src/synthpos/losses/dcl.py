@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from synthpos import distributed
-from synthpos.losses._common import TemperatureLoss
+from synthpos.losses._common import TemperatureLoss, check_extra_negatives, extra_logits
 from synthpos.losses.ntxent import _check_pair
 from synthpos.losses.quality import _check_weights
 
@@ -70,7 +70,8 @@ class DCLLoss(TemperatureLoss):
         return None
 
     def forward(
-        self, out0: torch.Tensor, out1: torch.Tensor, weights: torch.Tensor | None = None
+        self, out0: torch.Tensor, out1: torch.Tensor, weights: torch.Tensor | None = None,
+        extra_negatives: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Compute the loss.
 
@@ -80,6 +81,10 @@ class DCLLoss(TemperatureLoss):
             weights: Optional per-pair weights, used detached. Both anchors of
                 pair i get ``weights[i]`` (multiplying the whole per-anchor
                 loss). Shape: (N,).
+            extra_negatives: Optional negatives of each anchor alone (MoCHi's
+                synthetic hard negatives), rows in anchor order ``out0`` then
+                ``out1``, added to its logsumexp (normalised here).
+                Shape: (2N, S, D).
 
         Returns:
             Scalar loss, averaged over the 2N local anchors.
@@ -93,6 +98,8 @@ class DCLLoss(TemperatureLoss):
         _check_pair("out0", out0, "out1", out1)
         weights = _check_weights(weights, out0.shape[0])
         n = out0.shape[0]
+        check_extra_negatives(extra_negatives, 2 * n, out0.shape[1])
+        extra0, extra1 = (None, None) if extra_negatives is None else extra_negatives.split(n)
         out0 = F.normalize(out0, dim=1)
         out1 = F.normalize(out1, dim=1)
 
@@ -109,8 +116,8 @@ class DCLLoss(TemperatureLoss):
             )
 
         positive_weights = self._positive_weights(all0, all1, offset, n)
-        loss0 = self._per_anchor(out0, all0, all1, offset, positive_weights)  # (N,)
-        loss1 = self._per_anchor(out1, all1, all0, offset, positive_weights)  # (N,)
+        loss0 = self._per_anchor(out0, all0, all1, offset, positive_weights, extra0)  # (N,)
+        loss1 = self._per_anchor(out1, all1, all0, offset, positive_weights, extra1)  # (N,)
         if weights is None:
             # The same reduction as lightly, for bit-level agreement.
             return 0.5 * (loss0.mean() + loss1.mean())
@@ -124,6 +131,7 @@ class DCLLoss(TemperatureLoss):
         other_view: torch.Tensor,
         offset: int,
         positive_weights: torch.Tensor | None,
+        extra_negatives: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """DCL loss of each local anchor of one view.
 
@@ -133,6 +141,7 @@ class DCLLoss(TemperatureLoss):
             other_view: All ranks' projections of the other view. Shape: (M, D).
             offset: Index of this rank's first row in ``same_view``/``other_view``.
             positive_weights: Optional weights of the positive term. Shape: (N,).
+            extra_negatives: Optional further negatives of each anchor. Shape: (N, S, D).
 
         Returns:
             Per-anchor loss. Shape: (N,).
@@ -153,6 +162,8 @@ class DCLLoss(TemperatureLoss):
             [sim_same.masked_fill(own_mask, float("-inf")), sim_other.masked_fill(own_mask, float("-inf"))],
             dim=1,
         )
+        if extra_negatives is not None:
+            negatives = torch.cat([negatives, extra_logits(anchors, extra_negatives, self.temperature)], dim=1)
         return positive_loss + torch.logsumexp(negatives, dim=1)
 
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from synthpos import distributed
-from synthpos.losses._common import TemperatureLoss
+from synthpos.losses._common import TemperatureLoss, check_extra_negatives, extra_logits
 from synthpos.losses.ntxent import _check_pair
 from synthpos.losses.quality import _check_weights
 
@@ -90,9 +90,7 @@ class MoCoLoss(TemperatureLoss):
         _check_pair("query", query, "key", key)
         weights = _check_weights(weights, query.shape[0])
         n, d = query.shape
-        if extra_negatives is not None and (extra_negatives.dim() != 3 or extra_negatives.shape[0] != n
-                                            or extra_negatives.shape[2] != d):
-            raise ValueError(f"extra_negatives must have shape ({n}, S, {d}); got {tuple(extra_negatives.shape)}")
+        check_extra_negatives(extra_negatives, n, d)
         q = F.normalize(query, dim=1)
         k = F.normalize(key, dim=1)
 
@@ -113,8 +111,7 @@ class MoCoLoss(TemperatureLoss):
             logits = q @ keys.T / self.temperature  # (N, world_size * N)
             target = torch.arange(n, device=q.device) + offset
         if extra_negatives is not None:
-            extra = F.normalize(extra_negatives.to(q), dim=2)
-            logits = torch.cat([logits, torch.einsum("nd,nsd->ns", q, extra) / self.temperature], dim=1)
+            logits = torch.cat([logits, extra_logits(q, extra_negatives, self.temperature)], dim=1)
 
         if weights is None:
             return F.cross_entropy(logits, target)

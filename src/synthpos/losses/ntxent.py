@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from synthpos import distributed
-from synthpos.losses._common import TemperatureLoss
+from synthpos.losses._common import TemperatureLoss, check_extra_negatives, extra_logits
 from synthpos.losses.quality import _check_weights
 
 __all__ = ["NTXentLoss"]
@@ -69,7 +69,8 @@ class NTXentLoss(TemperatureLoss):
         super().__init__(temperature, gather_distributed)
 
     def forward(
-        self, out0: torch.Tensor, out1: torch.Tensor, weights: torch.Tensor | None = None
+        self, out0: torch.Tensor, out1: torch.Tensor, weights: torch.Tensor | None = None,
+        extra_negatives: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Compute the loss.
 
@@ -78,6 +79,10 @@ class NTXentLoss(TemperatureLoss):
             out1: Projections of the second view. Shape: (N, D).
             weights: Optional per-pair weights, used detached. Both anchors of
                 pair i (``out0[i]`` and ``out1[i]``) get ``weights[i]``. Shape: (N,).
+            extra_negatives: Optional negatives of each anchor alone (MoCHi's
+                synthetic hard negatives), rows in anchor order ``out0`` then
+                ``out1``, appended to its logits (normalised here; a gradient
+                flows only where they carry one). Shape: (2N, S, D).
 
         Returns:
             Scalar loss, averaged over the 2N local anchors (each multiplied by
@@ -90,6 +95,7 @@ class NTXentLoss(TemperatureLoss):
         _check_pair("out0", out0, "out1", out1)
         weights = _check_weights(weights, out0.shape[0])
         n = out0.shape[0]
+        check_extra_negatives(extra_negatives, 2 * n, out0.shape[1])
         out0 = F.normalize(out0, dim=1)
         out1 = F.normalize(out1, dim=1)
 
@@ -116,6 +122,8 @@ class NTXentLoss(TemperatureLoss):
         self_mask = torch.zeros_like(logits, dtype=torch.bool)
         self_mask[rows, self_index] = True
         logits = logits.masked_fill(self_mask, float("-inf"))
+        if extra_negatives is not None:
+            logits = torch.cat([logits, extra_logits(anchors, extra_negatives, self.temperature)], dim=1)
         if weights is None:
             return F.cross_entropy(logits, positive_index)
         per_anchor = F.cross_entropy(logits, positive_index, reduction="none")  # (2N,)

@@ -90,9 +90,13 @@ class All4One(MomentumMethod):
 
     CLSP term: on ``p``, the vector the neighbour contrast scores (as NNCLR). Quality
     weights are not supported: the centroid and feature terms are not sums over pairs.
+    MoCHi (``mochi``) adds synthetic negatives to the centroid contrast, whose rows ``rich``
+    carry a gradient (through the transformer); not to the neighbour contrast (see NNCLR).
     """
 
     synthetic_key = "p"
+
+    modes = ("mochi",)
 
     def build_heads(self) -> None:
         c = self.config
@@ -150,7 +154,11 @@ class All4One(MomentumMethod):
         # The shift: the view's own second prediction enters as the first token, the farthest neighbour leaves.
         shifted1 = self.summarise(torch.cat([s1.unsqueeze(1), nn1[:, :-1]], dim=1))
         shifted2 = self.summarise(torch.cat([s2.unsqueeze(1), nn2[:, :-1]], dim=1))
-        centroid = (self.centroid_criterion(rich1, shifted2) + self.centroid_criterion(rich2, shifted1)) / 2
+        # The mode may add negatives to the centroid contrast (MoCHi's mixes of the hardest other shifted
+        # embeddings); not to the neighbour term, whose rows are support-set vectors without gradient.
+        extra1, extra2 = self.mode.batch_hard_negatives(rich1, [shifted2]), self.mode.batch_hard_negatives(rich2, [shifted1])
+        centroid = (self.centroid_criterion(rich1, shifted2, extra_negatives=extra1)
+                    + self.centroid_criterion(rich2, shifted1, extra_negatives=extra2)) / 2
         # Over the global batch (solo-learn: each rank's own), so that DDP trains as one process would.
         feature = feature_contrast(*(gather(t) for t in (m1, m2, z1, z2)))
 

@@ -14,14 +14,14 @@ from synthpos.methods.simclr import SimCLR
 class DCL(SimCLR):
     """Decoupled contrastive learning: SimCLR's architecture with :class:`~synthpos.losses.DCLLoss`."""
 
-    modes = ("quality",)  # no multi-positive form of the decoupled loss
+    modes = ("quality", "mochi")  # no multi-positive form of the decoupled loss
 
     def setup_losses(self) -> None:
         super().setup_losses()
         self.criterion = DCLLoss(self.config.temperature, gather_distributed=world_size() > 1)
 
     def pair_loss(self, outputs, views, batch, weights):
-        loss = self.criterion(outputs[0]["z"], outputs[1]["z"], weights=weights)
+        loss, _ = super().pair_loss(outputs, views, batch, weights)  # SimCLR's, with the decoupled criterion
         return loss, {"dcl": loss}
 
 

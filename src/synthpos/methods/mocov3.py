@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from synthpos.distributed import gather, rank_offset, world_size
+from synthpos.distributed import world_size
 from synthpos.losses import MoCoLoss
 from synthpos.methods.base import Outputs, register_method
 from synthpos.methods.momentum import MomentumMethod
@@ -64,14 +64,6 @@ class MoCoV3(MomentumMethod):
     def setup_losses(self) -> None:
         self.criterion = MoCoLoss(self.config.temperature, gather_distributed=world_size() > 1)
 
-    def extra_negatives(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor | None:
-        """The mode's negatives (MoCHi) from the keys the loss contrasts with: every rank's, the own one excluded."""
-        if not self.mode.adds_negatives:
-            return None
-        everyone = gather(keys) if world_size() > 1 else keys
-        own = torch.arange(len(query), device=query.device) + rank_offset(len(query))
-        return self.mode.hard_negatives(query, everyone, own)
-
     def embed(self, x: torch.Tensor) -> Outputs:
         z = self.projector(self.backbone(x))
         return {"z": z, "p": self.predictor(z)}
@@ -80,7 +72,8 @@ class MoCoV3(MomentumMethod):
         k1, k2 = self.momentum_keys(views)
         q1, q2 = outputs[0]["p"], outputs[1]["p"]
         scale = 2 * self.config.temperature
-        extra1, extra2 = self.extra_negatives(q1, k2), self.extra_negatives(q2, k1)
+        # The mode may add negatives per query (MoCHi's mixes of the hardest other keys, of all ranks).
+        extra1, extra2 = self.mode.batch_hard_negatives(q1, [k2]), self.mode.batch_hard_negatives(q2, [k1])
         loss = scale * (self.criterion(q1, k2, weights=weights, extra_negatives=extra1)
                         + self.criterion(q2, k1, weights=weights, extra_negatives=extra2))
         return loss, {"mocov3": loss}

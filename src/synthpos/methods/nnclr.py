@@ -34,6 +34,10 @@ class NNCLR(SSLMethod):
 
     CLSP term: on ``p``, the vector the loss scores against its positive (as MoCo's
     query), so the synthetic view's prediction joins view 1's in the contrasted space.
+
+    No ``mochi``: each row's vector is a support-set neighbour without gradient, so MoCHi's
+    detached mixes appended to a row would move no parameter (they would only rescale the
+    row's softmax over the real predictions).
     """
 
     synthetic_key = "p"

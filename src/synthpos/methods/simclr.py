@@ -16,11 +16,12 @@ class SimCLR(SSLMethod):
 
     With ``synthetic.mode=clsp`` this is CLSP-SimCLR: ``NT-Xent(z1, z2) + lambda * mean(2 - 2 cos(z1, z3))``
     with z3 a synthetic view that is never a negative. With ``multipos`` every view of an
-    image, real or synthetic, is a positive of every other (multi-positive NT-Xent).
+    image, real or synthetic, is a positive of every other (multi-positive NT-Xent). With
+    ``mochi`` each anchor also meets MoCHi's mixes of its hardest in-batch negatives.
     Projector: Linear(hidden) - ReLU - Linear(out) (CLSP's).
     """
 
-    modes = ("multipos", "quality")
+    modes = ("multipos", "quality", "mochi")
 
     def build_heads(self) -> None:
         c = self.config
@@ -35,7 +36,11 @@ class SimCLR(SSLMethod):
         return {"z": self.projector(self.backbone(x))}
 
     def pair_loss(self, outputs, views, batch, weights):
-        loss = self.criterion(outputs[0]["z"], outputs[1]["z"], weights=weights)
+        z1, z2 = outputs[0]["z"], outputs[1]["z"]
+        # The mode may add negatives per anchor (MoCHi): the anchors are both views, each one's
+        # negatives both views of every other image, as in the loss.
+        extra = self.mode.batch_hard_negatives(torch.cat([z1, z2]), [z1, z2])
+        loss = self.criterion(z1, z2, weights=weights, extra_negatives=extra)
         return loss, {"ntxent": loss}
 
     def multipos_loss(self, outputs: list[Outputs], batch) -> torch.Tensor:

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from synthpos.config import PretrainConfig, SyntheticConfig
 from synthpos.data.batch import PretrainBatch
 from synthpos.data.synthetic_store import SyntheticStore
+from synthpos.distributed import gather, rank_offset
 from synthpos.registry import METHODS, MODES
 
 if TYPE_CHECKING:  # methods import modes, not the other way round
@@ -41,7 +42,8 @@ class SyntheticMode:
     for_every_method: ClassVar[bool] = False
     needs: ClassVar[str] = "support for it"
     settings: ClassVar[type[BaseModel] | None] = None
-    #: :meth:`hard_negatives` returns negatives (methods gather what it needs only then)
+    #: :meth:`hard_negatives` returns negatives (methods, and :meth:`batch_hard_negatives`, gather what it
+    #: needs only then)
     adds_negatives: ClassVar[bool] = False
 
     def __init__(self, config: SyntheticConfig) -> None:
@@ -90,13 +92,33 @@ class SyntheticMode:
         return loss, {**logs, "loss": loss}
 
     def hard_negatives(
-        self, query: torch.Tensor, negatives: torch.Tensor, positives: torch.Tensor | None = None
+        self, query: torch.Tensor, negatives: torch.Tensor, exclude: torch.Tensor | None = None
     ) -> torch.Tensor | None:
         """Extra negatives per query for a method's contrast, or None (default).
 
         A method that contrasts queries with a set of negatives passes them here and adds
-        what comes back (MoCHi). ``positives[i]`` is the row of ``negatives`` that is query
-        i's own positive where the set holds it (in-batch keys), else None.
-        Shape: (N, D), (Q, D), (N,) -> (N, S, D).
+        what comes back (MoCHi). ``exclude[i]`` holds the rows of ``negatives`` that are never
+        query i's negatives (its own positive, or itself, where the set holds them: in-batch
+        keys); None when every row is a negative of every query (a queue).
+        Shape: (N, D), (Q, D), (N,) or (N, E) -> (N, S, D).
         """
         return None
+
+    def batch_hard_negatives(self, queries: torch.Tensor, views: list[torch.Tensor]) -> torch.Tensor | None:
+        """:meth:`hard_negatives` for a contrast with the rest of the batch (no queue), or None.
+
+        The negatives of an in-batch contrast: every row of every tensor in ``views``, gathered
+        over all ranks, except the rows of the query's own image. Query row r belongs to image
+        ``r % n`` of this rank's batch (n = ``len(views[0])``), so queries may stack several views
+        (SimCLR's anchors are both). Gathers only when the mode adds negatives.
+        Shape: (Vq * n, D), V x (n, D) -> (Vq * n, S, D).
+        """
+        if not self.adds_negatives:
+            return None
+        n = len(views[0])
+        with torch.no_grad():
+            gathered = [gather(v.detach()) for v in views]
+        m = len(gathered[0])  # world_size * n
+        own = torch.arange(len(queries), device=queries.device) % n + rank_offset(n)
+        exclude = torch.stack([own + v * m for v in range(len(views))], dim=1)  # (Vq * n, V)
+        return self.hard_negatives(queries, torch.cat(gathered), exclude)

@@ -12,11 +12,26 @@ vector) take its ``N`` hardest negatives ``n_1..n_N``, the negatives most simila
 As in the paper, no gradient flows through the mixing (the mixes are built from detached
 vectors); the query's gradient comes from its logits against them, as from any negative.
 Nothing is generated before training, so the mode needs no store and ``run`` trains no
-generator for it. Methods with a set of negatives per query pass it to
-:meth:`~synthpos.modes.base.SyntheticMode.hard_negatives`: MoCo v2+ its queue, MoCo v3
-the keys of the whole batch (of all ranks), the query's own key excluded.
+generator for it.
 
-Recipe: configs/fashion_mnist/mochi_mocov2plus.yaml.
+What the hardest negatives are, per method (each lists ``mochi`` in its ``modes``):
+
+- MoCo v2+: the query ``q1`` against the other view's queue (and ``q2`` against the first's):
+  the N queue entries most similar to the query (:meth:`~synthpos.modes.base.SyntheticMode.hard_negatives`).
+- In-batch contrasts (:meth:`~synthpos.modes.base.SyntheticMode.batch_hard_negatives`): the
+  negatives are the rows the loss contrasts the query with, of all ranks, minus the query's
+  own image; the hardest are the N of them most similar to the query.
+  MoCo v3: ``p1`` against the momentum keys ``k2`` of the other images (and ``p2`` against ``k1``).
+  SimCLR, DCL, DCLW: each of the 2n anchors ``z`` against both views of every other image
+  (NT-Xent's and DCL's 2n - 2 negatives; the anchor itself and its positive never).
+  All4One: its centroid contrast only, ``rich1`` against the ``shifted2`` of the other
+  images (and ``rich2`` against ``shifted1``).
+
+Not NNCLR, nor All4One's neighbour term: their rows are support-set neighbours, which carry
+no gradient, so detached mixes in a row would move no parameter (they would only rescale
+that row's softmax); see docs/architecture.md.
+
+Recipes: configs/fashion_mnist/mochi_mocov2plus.yaml, mochi_simclr.yaml.
 """
 
 from __future__ import annotations
@@ -36,7 +51,7 @@ class MoCHiSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     hardest: int = Field(1024, ge=1, description="N: the hardest negatives of each query that are mixed "
-                         "(at most the number of negatives, e.g. the queue size).")
+                         "(capped at the number of its negatives: the queue size, or the batch's other rows).")
     mixes: int = Field(512, ge=0, description="s: synthetic negatives per query mixed from pairs of the N hardest.")
     query_mixes: int = Field(256, ge=0, description="s': synthetic negatives per query mixed from the query and one "
                              "of the N hardest, the query's share below 0.5.")
@@ -67,17 +82,17 @@ def draw_mixing(batch: int, hardest: int, mixes: int, query_mixes: int, device: 
 
 @torch.no_grad()
 def mix_hard_negatives(
-    query: torch.Tensor, negatives: torch.Tensor, hardest: int, draws: MixingDraws, positives: torch.Tensor | None = None
+    query: torch.Tensor, negatives: torch.Tensor, hardest: int, draws: MixingDraws, exclude: torch.Tensor | None = None
 ) -> torch.Tensor:
     """MoCHi's synthetic negatives of each query, unit vectors without gradient.
 
     Args:
         query: queries (normalised here). Shape: (B, D).
         negatives: the negatives they share (normalised here). Shape: (Q, D).
-        hardest: N; the ``hardest`` negatives most similar to each query are mixed (N <= Q).
+        hardest: N; the ``hardest`` negatives most similar to each query are mixed (N <= Q - E).
         draws: which of them and how much of each (:func:`draw_mixing`).
-        positives: row of ``negatives`` that is each query's own positive (in-batch keys, MoCo v3),
-            never taken as a negative; None when the set holds none (a queue). Shape: (B,).
+        exclude: rows of ``negatives`` that are never query i's negatives (its own positive and
+            itself, in-batch), or None when every row is one (a queue). Shape: (B,) or (B, E).
 
     Returns:
         ``[h_1..h_s, h'_1..h'_s']`` per query. Shape: (B, s + s', D).
@@ -85,8 +100,9 @@ def mix_hard_negatives(
     q = F.normalize(query.detach().float(), dim=1)
     n = F.normalize(negatives.detach().float().to(q.device), dim=1)
     sims = q @ n.T  # (B, Q)
-    if positives is not None:  # masked_fill, not a product: the positive must never rank among the hardest
-        sims = sims.masked_fill(F.one_hot(positives.to(q.device), len(n)).bool(), float("-inf"))
+    if exclude is not None:  # masked_fill, not a product: an excluded row must never rank among the hardest
+        exclude = exclude.to(q.device).view(len(q), -1)
+        sims = sims.masked_fill(torch.zeros_like(sims, dtype=torch.bool).scatter_(1, exclude, True), float("-inf"))
     order = sims.topk(hardest, dim=1).indices  # (B, N): most similar first
     hard = n[order]  # (B, N, D)
 
@@ -105,15 +121,16 @@ class MoCHi(SyntheticMode):
     """Hard negatives mixed from the hardest negatives of each query (and the query); see the module docstring."""
 
     needs_store = False
-    needs = "a set of negatives per query (a queue or the batch's keys)"
+    needs = "a contrast of each query with a set of negatives (a queue or the rest of the batch)"
     settings = MoCHiSettings
     adds_negatives = True
 
-    def hard_negatives(self, query, negatives, positives=None):
+    def hard_negatives(self, query, negatives, exclude=None):
         o = self.options
-        if o.mixes + o.query_mixes == 0:
-            return None
+        excluded = 0 if exclude is None else exclude.view(len(query), -1).shape[1]
         # Fewer negatives than N: every one of them is among the hardest.
-        hardest = min(o.hardest, len(negatives) - (positives is not None))
+        hardest = min(o.hardest, len(negatives) - excluded)
+        if o.mixes + o.query_mixes == 0 or hardest < 1:
+            return None
         draws = draw_mixing(len(query), hardest, o.mixes, o.query_mixes, query.device)
-        return mix_hard_negatives(query, negatives, hardest, draws, positives)
+        return mix_hard_negatives(query, negatives, hardest, draws, exclude)
