@@ -157,12 +157,20 @@ def one_run(args: argparse.Namespace, row: dict[str, Any], seed: int, subset: in
         "seed": seed, "generation_seed": generation_seed if generator_record else None,
         "subset": subset, "epochs": epochs,
         "knn_top1": scores["knn_top1"], "linear_top1": scores["linear_top1"],
+        # Each number's own record from the evaluate stage (probe, features, labels, the validation
+        # carve and grid that chose its hyper-parameters, the chosen values, seed).
         "protocol": {"evaluate": config.evaluate.model_dump(mode="json"), "test": "Fashion-MNIST test (10,000)",
-                     "features": "frozen backbone, global-pooled", "split_that_chose_hyperparameters": "none (fixed)",
-                     "seed": seed},
+                     "knn_top1": _record(metrics, "knn", scores["knn_top1"]),
+                     "linear_top1": _record(metrics, "linear", scores["linear_top1"]), "seed": seed},
         "pretrain_seconds": round(seconds, 1),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _record(metrics: dict[str, Any], probe: str, value: float) -> dict[str, Any] | None:
+    """The metrics.json record of the number ``value`` measured with ``probe`` (full labels)."""
+    return next((r for r in metrics.get("records", []) if r.get("probe") == probe and r.get("value") == value
+                 and r.get("label_fraction", 1.0) == 1.0), None)
 
 
 def paired_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -620,7 +620,7 @@ class FidelityConfig(_Strict):
 class PublishedConfig(_Strict):
     """What a paper reports for this recipe (percent), printed beside the run's own numbers."""
 
-    source: str = Field(..., description="Where the numbers come from, e.g. \"CLSP README.md:19-38 (dewenzeng/clsp)\".")
+    source: str = Field("", description="Where the numbers come from, e.g. \"CLSP README.md:19-38 (dewenzeng/clsp)\".")
     protocol: str = Field("", description="Their protocol in words (probe, epochs, test split).")
     linear_top1: float | None = Field(None, ge=0, le=100, description="Linear-probe top-1 (percent).")
     knn_top1: float | None = Field(None, ge=0, le=100, description="kNN top-1 (percent).")

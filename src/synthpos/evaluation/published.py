@@ -32,7 +32,7 @@ def compare_published(published: PublishedConfig, results: dict[str, dict[str, A
         One header line naming the source and protocol, then one line per published metric:
         ``linear_top1: published 94.45, this run 93.10 (linear_paper_top1), -1.35 points``.
     """
-    lines = [f"published ({published.source}; {published.protocol or 'protocol as in the source'}):"]
+    lines = [f"published ({published.source or 'source not given'}; {published.protocol or 'protocol as in the source'}):"]
     dataset = next(iter(results), None)
     for field, keys in _METRIC_KEYS.items():
         target = getattr(published, field)
