@@ -207,11 +207,6 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
 PREVIOUS_CHECKPOINT = "checkpoint.previous.pt"
 
 
-def _save_atomic(obj: dict, path: Path) -> None:
-    with atomic_path(path, fsync=True) as tmp:
-        torch.save(obj, tmp)
-
-
 def _readable_checkpoint(path: Path, device: torch.device) -> dict | None:
     """The training state in ``path``, or in the checkpoint before it if ``path`` cannot be read.
 
@@ -336,19 +331,19 @@ def train_generator(
 
     def checkpoint() -> None:
         nonlocal last_save
-        if ckpt_path.is_file():
-            os.replace(ckpt_path, ckpt_path.with_name(PREVIOUS_CHECKPOINT))
-        _save_atomic(
-            {
+        # The new state is written in full first; only then does the old one become the previous
+        # checkpoint, so checkpoint.pt is missing for no more than the moment between two renames.
+        with atomic_path(ckpt_path, fsync=True) as tmp:
+            torch.save({
                 "unet": unet.state_dict(),
                 "ema": ema.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "step": step,
                 "numpy_rng": rng,
                 "torch_rng": torch.get_rng_state(),
-            },
-            ckpt_path,
-        )
+            }, tmp)
+            if ckpt_path.is_file():
+                os.replace(ckpt_path, ckpt_path.with_name(PREVIOUS_CHECKPOINT))
         save_pipeline(ema, scheduler, model_dir, image_size=h)
         last_save = time.monotonic()
 
