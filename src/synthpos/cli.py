@@ -147,11 +147,7 @@ def run(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = False,
                            lambda c: train_generator_stage(c, show_progress=not quiet))
         print_seeds(result)
         if cfg.published is not None:
-            means: dict[str, dict[str, float]] = {}
-            for key, summary in result["summary"].items():
-                dataset, _, metric = key.partition("/")
-                means.setdefault(dataset, {})[metric] = summary["mean"]
-            _print_published(cfg, means, result["summary"])
+            _print_published(cfg, intervals=result["summary"])
         _say(f"run directory: {cfg.run_dir} (seeds.json, seed-*/)")
         _say(f"report: {_write_report(cfg.run_dir)}")
         return
@@ -165,7 +161,7 @@ def run(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = False,
         _say(f"report: {_write_report(cfg.run_dir)}")
 
 
-def _print_published(cfg, results: dict, intervals: dict | None = None) -> None:
+def _print_published(cfg, results: dict | None = None, intervals: dict | None = None) -> None:
     from synthpos.evaluation.published import compare_published
     for line in compare_published(cfg.published, results, intervals):
         typer.echo(line)

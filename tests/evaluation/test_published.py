@@ -28,7 +28,7 @@ def test_the_paper_protocol_number_is_compared_with_its_difference() -> None:
 def test_seeds_show_their_mean_and_interval_and_a_missing_metric_says_so() -> None:
     published = PublishedConfig(source="s", linear_top1=94.0, knn_top1=None)
     summary = {"cifar10/linear_paper_top1": {"n": 3, "mean": 0.935, "ci95": [0.93, 0.94]}}
-    lines = compare_published(published, {"cifar10": {"linear_paper_top1": 0.935}}, summary)
+    lines = compare_published(published, intervals=summary)
     assert lines[1] == "  linear_top1: published 94.00, this run 93.50 (linear_paper_top1, 95% CI 93.00 .. 94.00 over 3 seeds), -0.50 points"
     assert len(lines) == 2  # no kNN number was published
     assert compare_published(published, {"cifar10": {"knn_top1": 0.9}})[1] == "  linear_top1: published 94.00, not measured by this run"

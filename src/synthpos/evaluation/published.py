@@ -18,21 +18,26 @@ __all__ = ["compare_published"]
 _METRIC_KEYS = {"linear_top1": ("linear_paper_top1", "linear_top1"), "knn_top1": ("knn_top1",)}
 
 
-def compare_published(published: PublishedConfig, results: dict[str, dict[str, Any]],
+def compare_published(published: PublishedConfig, results: dict[str, dict[str, Any]] | None = None,
                       intervals: dict[str, dict[str, Any]] | None = None) -> list[str]:
     """Lines comparing ``published`` with a run's ``results`` (metrics.json's ``results``).
 
     Args:
         published: the recipe's ``published:`` section (percent).
-        results: ``{dataset: {metric: fraction}}`` of one run, or of the first seed.
+        results: ``{dataset: {metric: fraction}}`` of one run (None with ``intervals``).
         intervals: seeds.json's ``summary`` (``{"<dataset>/<metric>": {"mean", "ci95"}}``) for a
-            run over several seeds: their mean and interval are shown instead.
+            run over several seeds: their mean and interval are shown.
 
     Returns:
         One header line naming the source and protocol, then one line per published metric:
         ``linear_top1: published 94.45, this run 93.10 (linear_paper_top1), -1.35 points``.
     """
     lines = [f"published ({published.source or 'source not given'}; {published.protocol or 'protocol as in the source'}):"]
+    if results is None:  # the seeds' means, per dataset
+        results = {}
+        for name, summary in (intervals or {}).items():
+            dataset, _, metric = name.partition("/")
+            results.setdefault(dataset, {})[metric] = summary["mean"]
     dataset = next(iter(results), None)
     for field, keys in _METRIC_KEYS.items():
         target = getattr(published, field)
