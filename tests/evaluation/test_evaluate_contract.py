@@ -156,6 +156,33 @@ def test_features_are_reused_only_for_the_same_backbone_bytes_and_data_settings(
     assert extractions == []
 
 
+def test_features_are_recomputed_when_the_images_change_under_the_same_settings(
+        tmp_path: Path, extractions, monkeypatch) -> None:
+    """A folder whose files were replaced: same config, name and count, other bytes."""
+    checkpoint = _save(_backbone(1, 0), tmp_path / "backbone.pt")
+    config = _config(tmp_path / "run", checkpoint)
+    evaluate_stage(config, show_progress=False)
+    assert [s[0] for s in extractions] == [TRAIN, TEST]
+
+    original = ToyGrey.load.__func__
+
+    def one_test_pixel_changed(cls, data, split):
+        dataset = original(cls, data, split)
+        if split == "test":
+            dataset.images[0, 0, 0, 0] ^= 0xFF
+        return dataset
+
+    monkeypatch.setattr(ToyGrey, "load", classmethod(one_test_pixel_changed))
+    extractions.clear()
+    changed = evaluate_stage(config, show_progress=False)
+    assert [s[0] for s in extractions] == [TEST]  # the train split's images are the same: still cached
+    test = ToyGrey.load(config.data, "test")
+    expected = extract_features(load_backbone(checkpoint), test.images, 12, test.mean, test.std)
+    cached = [torch.load(p) for p in (config.evaluate_dir / "features").glob("toy_grey-test-*.pt")]
+    assert len(cached) == 2 and any(torch.equal(c, expected) for c in cached)
+    assert changed["results"]  # scored from the new features
+
+
 # --- grey <-> RGB transfer -----------------------------------------------------------------------
 
 def test_a_grey_backbone_evaluates_an_rgb_dataset_through_its_luma(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from torch import nn
 from synthpos.atomic import atomic_path
 from synthpos.config import DataConfig, EvaluateConfig, RunConfig
 from synthpos.data import ImageDataset, load_dataset
-from synthpos.evaluation.features import cached_features, extract_features
+from synthpos.evaluation.features import cached_features, extract_features, images_digest
 from synthpos.evaluation.protocols import run_protocols
 from synthpos.errors import SynthposError
 from synthpos.models.backbones import load_backbone
@@ -75,9 +75,10 @@ def evaluate_backbone(
         def compute(ds=dataset):
             return extract_features(backbone, ds.images, size, ds.mean, ds.std, cfg.batch_size)
 
-        # The data config (root, image size, ...) is part of the key: same name and count is not same images.
+        # The data config (root, image size, ...) and the images' bytes are part of the key: same name,
+        # settings and count is not same images (a folder whose files were replaced).
         data_tag = hashlib.sha256(data.model_dump_json().encode()).hexdigest()[:8]
-        key = f"{data.name}-{split}-{len(dataset)}-{size}-{data_tag}"
+        key = f"{data.name}-{split}-{len(dataset)}-{size}-{data_tag}-{images_digest(dataset.images)}"
         feats = cached_features(cache_dir, key, compute, backbone_file=backbone_file) if cache_dir else compute()
         splits[split] = (feats, dataset.labels, dataset.num_classes)
         if split == "train" and "paper" in cfg.linear_protocols:
