@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from datetime import datetime, timezone
@@ -59,20 +58,14 @@ DEFAULT_ROWS = ("none", "clsp", "clsp_s0.6=clsp:generate.strength=0.6", "clsp_s0
 MOCO = "pretrain.method=mocov2plus,pretrain.queue_size=8192,pretrain.temperature=0.2"
 BUDGETS = ((2500, 20), (5000, 40), (10000, 60))  # (images, epochs) of --budget-sweep
 
-# Two-sided 95% quantiles of Student's t (df 1..30); above 30 the normal's 1.96 is within 2%.
-_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-
-
 def t_interval(values: list[float]) -> dict[str, Any]:
-    """Mean and two-sided 95% t interval of ``values`` (None bounds for fewer than two)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return {"n": n, "mean": mean, "low": None, "high": None, "sd": None}
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = (_T95[n - 2] if n - 1 <= len(_T95) else 1.96) * sd / math.sqrt(n)
-    return {"n": n, "mean": mean, "low": mean - half, "high": mean + half, "sd": sd}
+    """Mean and two-sided 95% t interval of ``values`` (None bounds for fewer than two), from
+    :func:`synthpos.evaluation.seeds.mean_interval` (the interval ``synthpos run --seeds`` prints)."""
+    from synthpos.evaluation.seeds import mean_interval
+
+    summary = mean_interval(values)
+    low, high = summary.get("ci95", (None, None))
+    return {"n": summary["n"], "mean": summary["mean"], "low": low, "high": high, "sd": summary.get("sd")}
 
 
 def parse_row(text: str) -> dict[str, Any]:

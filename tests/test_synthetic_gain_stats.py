@@ -31,7 +31,7 @@ def test_t_interval_matches_scipy(bench, values):
     got = bench.t_interval(values)
     low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
     assert got["mean"] == pytest.approx(np.mean(values))
-    assert got["low"] == pytest.approx(low, rel=2e-3) and got["high"] == pytest.approx(high, rel=2e-3)
+    assert got["low"] == pytest.approx(low, rel=1e-4) and got["high"] == pytest.approx(high, rel=1e-4)
 
 
 def _run(row, mode, seed, linear, gid=None):
