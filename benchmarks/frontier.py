@@ -189,10 +189,11 @@ def main(argv: list[str] | None = None) -> int:
                 point = {"key": key, **measure(gen, w, strength, train, classifier, args)}
                 results["points"].append(point)
                 done.add(key)
-                f, d = point["fidelity"], point["diversity"]
+                f, d, m = point["fidelity"], point["diversity"], point["memorisation"]
                 print(f"{gen} w={w} strength={strength}: fidelity {100 * f['fidelity']:.1f}%, pixel "
                       f"{d['pixel']['candidate_to_anchor']:.3f}, features {d['features']['candidate_to_anchor']:.3f}, "
-                      f"memorised {100 * point['memorisation']['closer_to_another_training_image']:.1f}% "
+                      f"nearer another training image {100 * m['closer_to_another_training_image']:.1f}%, "
+                      f"nearer it than its anchor is {100 * m['nearer_to_another_training_image_than_its_anchor_is']:.1f}% "
                       f"({point['generate_s']:.0f} s)", flush=True)
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 tmp = args.out.with_suffix(".json.tmp")
