@@ -37,6 +37,7 @@ Writes ``benchmarks/results/synthetic_gain.json`` (``--out``) and prints the pai
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -138,13 +139,20 @@ def generator_tag(args: argparse.Namespace, row: dict[str, Any]) -> str:
     ``--generator``: ``builtin:fashion_mnist`` names other weights once a new generator ships, and a
     result of the old one must not be skipped to as if it were the new one's. Rows without a store:
     :data:`NO_GENERATOR`."""
-    from synthpos.generators.clsp_generator import generator_id
-    from synthpos.generators.diffusion import resolve_generator_dir
     from synthpos.registry import MODES
 
     if not MODES.get(row["mode"]).needs_store:
         return NO_GENERATOR
-    return generator_id(resolve_generator_dir(Path(args.generator)))
+    return _weights_id(args.generator)
+
+
+@functools.lru_cache(maxsize=None)
+def _weights_id(generator: str) -> str:
+    """``generator_id`` of a generator folder (or builtin:NAME), hashed once per process, not per run key."""
+    from synthpos.generators.clsp_generator import generator_id
+    from synthpos.generators.diffusion import resolve_generator_dir
+
+    return generator_id(resolve_generator_dir(Path(generator)))
 
 
 def run_key(args: argparse.Namespace, row: dict[str, Any], seed: int, subset: int, epochs: int) -> str:
@@ -199,12 +207,10 @@ def paired_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         here = [r for r in runs if (r["subset"], r["epochs"]) == (subset, epochs)]
         # Each row against the method's own run without synthetic data, on the same seed.
         base = {(r["method"], r["seed"]): r for r in here if r["mode"] == "none"}
-        gids: dict[str, set[str]] = {}
-        for r in here:
-            if r["mode"] != "none":
-                gids.setdefault(r["row"], set()).add(r.get("generator_id") or "")
         # Rows of two generators (the old and the new builtin:fashion_mnist) are summarised apart.
-        for name, gid in sorted({(r["row"], r.get("generator_id") or "") for r in here if r["mode"] != "none"}):
+        groups = sorted({(r["row"], r.get("generator_id") or "") for r in here if r["mode"] != "none"})
+        shared = {name for name, _ in groups if sum(n == name for n, _ in groups) > 1}  # names needing the id
+        for name, gid in groups:
             pairs = [(r, base[r["method"], r["seed"]]) for r in here
                      if r["row"] == name and (r.get("generator_id") or "") == gid and (r["method"], r["seed"]) in base]
             if not pairs:
@@ -217,7 +223,7 @@ def paired_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 entry[metric]["mean_points"] = entry[metric]["mean"]
             entry["target_met"] = (entry["linear_top1"]["mean"] >= 1.5 and entry["linear_top1"]["low"] is not None
                                    and entry["linear_top1"]["low"] > 0)
-            out[f"n{subset}_e{epochs}/{name}" + (f"@{gid[:8]}" if gid and len(gids.get(name, ())) > 1 else "")] = entry
+            out[f"n{subset}_e{epochs}/{name}" + (f"@{gid[:8]}" if gid and name in shared else "")] = entry
     return out
 
 
