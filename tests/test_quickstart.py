@@ -58,8 +58,17 @@ def test_quickstart_tiny(tmp_path):
 
 
 def test_builtin_names_resolve_to_the_shipped_folders():
-    small = resolve_generator_dir("builtin:fashion_mnist_small")
-    assert (small / "unet" / "config.json").is_file()
-    # Until the larger generator ships, builtin:fashion_mnist stands for the small one.
-    assert resolve_generator_dir("builtin:fashion_mnist") in (small, small.parent / "fashion_mnist")
-    assert (resolve_generator_dir("builtin:fashion_mnist") / "unet" / "config.json").is_file()
+    from synthpos.generators.clsp_generator import generator_id
+
+    small, new = resolve_generator_dir("builtin:fashion_mnist_small"), resolve_generator_dir("builtin:fashion_mnist")
+    assert small.name == "fashion_mnist_small" and new.name == "fashion_mnist"
+    # Two generators, not one under two names: the old stays comparable with the new.
+    assert generator_id(small) != generator_id(new)
+    old_unet, _ = load_generator(small)
+    new_unet, _ = load_generator(new)
+    assert tuple(old_unet.config.block_out_channels) == (16, 32, 64)
+    assert tuple(new_unet.config.block_out_channels) == (32, 64, 128)
+    # The new one's training is recorded beside its weights (config, command, the checks' curve).
+    record = json.loads((new / "training.json").read_text())
+    assert record["config"] == "configs/fashion_mnist/generator_cpu.yaml"
+    assert [c["step"] for c in record["checks"]] == sorted(c["step"] for c in record["checks"])

@@ -90,20 +90,11 @@ def build_noise_scheduler(config: TrainGeneratorConfig) -> DDPMScheduler:
     )
 
 
-#: Names of shipped generators that stand for another one. ``fashion_mnist`` is the first, small
-#: DDPM (``fashion_mnist_small``) until the larger one in training (configs/fashion_mnist/
-#: generator_cpu.yaml) reaches its fidelity target and ships under that name (docs/generator.md).
-BUILTIN_ALIASES = {"fashion_mnist": "fashion_mnist_small"}
-
-
 def resolve_generator_dir(path: Path) -> Path:
     """Map ``builtin:NAME`` to the checkpoint shipped in the package."""
     text = str(path)
     if text.startswith(BUILTIN_PREFIX):
-        name = text[len(BUILTIN_PREFIX):]
-        if not (BUILTIN_DIR / name).is_dir():
-            name = BUILTIN_ALIASES.get(name, name)
-        return BUILTIN_DIR / name
+        return BUILTIN_DIR / text[len(BUILTIN_PREFIX):]
     return Path(path)
 
 
