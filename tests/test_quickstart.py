@@ -47,6 +47,10 @@ def test_quickstart_tiny(tmp_path):
     assert results["fidelity"]["anchors"] == 40 and results["fidelity"]["candidates"] == 2
     # The positives' diversity and memorisation are measured and printed (against all 60,000 training images).
     assert "diversity:" in out and "memorisation:" in out
+    # The recipe's sampling point is named with its reason, and the diversity floors are judged.
+    flat = " ".join(out.split())  # rich wraps long lines at spaces
+    assert "strength 0.7, chosen from the frontier" in flat and "the floors (pixel >= 0.20" in flat
+    assert results["sampling"]["strength"] == 0.7 and results["sampling"]["sampler"] == "dpmsolver++"
     assert results["memorisation"]["training_images"] == 60000
     assert 0.0 <= results["memorisation"]["closer_to_another_training_image"] <= 1.0
     assert results["diversity"]["pixel"]["between_same_class_real_images"] < results["diversity"]["pixel"]["between_real_images"]
