@@ -168,9 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.is_file() and not args.smoke:
         results = json.loads(args.out.read_text())
     done = {p["key"] for p in results["points"]}
+    command = "python benchmarks/frontier.py " + " ".join(sys.argv[1:] if argv is None else argv)
     results.update({
         "benchmark": "frontier",
-        "command": "python benchmarks/frontier.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command,  # the last one; each point keeps the command that measured it
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info("diffusers"),
         "protocol": {"anchors": f"the first {args.anchors} Fashion-MNIST training images", "candidates": args.candidates,
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                 key = point_key(gid, w, strength, args)
                 if key in done:
                     continue
-                point = {"key": key, **measure(gen, w, strength, train, classifier, args)}
+                point = {"key": key, "command": command, **measure(gen, w, strength, train, classifier, args)}
                 results["points"].append(point)
                 done.add(key)
                 f, d, m = point["fidelity"], point["diversity"], point["memorisation"]
