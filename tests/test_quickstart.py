@@ -76,3 +76,21 @@ def test_builtin_names_resolve_to_the_shipped_folders():
     record = json.loads((new / "training.json").read_text())
     assert record["config"] == "configs/fashion_mnist/generator_cpu.yaml"
     assert [c["step"] for c in record["checks"]] == sorted(c["step"] for c in record["checks"])
+
+
+def test_train_generator_in_the_quick_start_is_the_shipped_generators_recipe():
+    """``quickstart --train-generator`` trains what ships as builtin:fashion_mnist, to its step count
+    (not the paper-scale UNet of the defaults)."""
+    from synthpos.config import load_config
+    from synthpos.quickstart import quickstart_recipe
+
+    repo = Path(__file__).resolve().parents[1]
+    quick = load_config(quickstart_recipe()).train_generator
+    shipped = load_config(repo / "configs" / "fashion_mnist" / "generator_cpu.yaml").train_generator
+    record = json.loads((resolve_generator_dir("builtin:fashion_mnist") / "training.json").read_text())
+    assert quick.max_steps == record["steps"]
+    assert quick.check is None  # the quick start judges its positives once, after generating them
+    skip = {"max_steps", "check"}
+    assert quick.model_dump(exclude=skip) == shipped.model_dump(exclude=skip)
+    unet, _ = load_generator(resolve_generator_dir("builtin:fashion_mnist"))
+    assert list(unet.config.block_out_channels) == quick.unet.block_out_channels
