@@ -94,3 +94,17 @@ def test_train_generator_in_the_quick_start_is_the_shipped_generators_recipe():
     assert quick.model_dump(exclude=skip) == shipped.model_dump(exclude=skip)
     unet, _ = load_generator(resolve_generator_dir("builtin:fashion_mnist"))
     assert list(unet.config.block_out_channels) == quick.unet.block_out_channels
+
+
+def test_the_recipes_reason_is_printed_only_for_the_point_it_was_measured_at():
+    from synthpos.config import load_config
+    from synthpos.quickstart import _sampling_reason, quickstart_recipe
+
+    def reason(*overrides):
+        return _sampling_reason(load_config(quickstart_recipe(), list(overrides)).generate)
+
+    assert "chosen from the frontier" in reason()
+    assert reason("generate.strength=1.0").startswith("strength 1.0: the paper's sampling")
+    # Another generator or w at the same strength: the measured 68% would not be its figure.
+    for other in ("generate.generator=builtin:fashion_mnist_small", "generate.interpolation_weight=0.3"):
+        assert "chosen from the frontier" not in reason(other) and "noised 70% of the way" in reason(other)
