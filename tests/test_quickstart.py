@@ -108,3 +108,15 @@ def test_the_recipes_reason_is_printed_only_for_the_point_it_was_measured_at():
     # Another generator or w at the same strength: the measured 68% would not be its figure.
     for other in ("generate.generator=builtin:fashion_mnist_small", "generate.interpolation_weight=0.3"):
         assert "chosen from the frontier" not in reason(other) and "noised 70% of the way" in reason(other)
+
+
+def test_the_recipes_reason_compares_the_point_as_numbers():
+    from synthpos.config import load_config
+    from synthpos.quickstart import _sampling_reason, quickstart_recipe
+
+    def reason(*overrides):
+        return _sampling_reason(load_config(quickstart_recipe(), list(overrides)).generate)
+
+    # 1 - 0.3 (0.7000000000000001) is the recipe's strength though its text is not "0.7"; 0.71 is not.
+    assert "chosen from the frontier" in reason(f"generate.strength={1 - 0.3!r}")
+    assert "chosen from the frontier" not in reason("generate.strength=0.71")

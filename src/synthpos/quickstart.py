@@ -11,6 +11,7 @@ settings. Fidelity is inspect-store's (the cached classifier of the whole real s
 from __future__ import annotations
 
 import json
+import math
 import time
 from importlib import resources
 from pathlib import Path
@@ -133,7 +134,8 @@ RECIPE_POINT = {"generator": "builtin:fashion_mnist", "interpolation_weight": 0.
 def _sampling_reason(g) -> str:
     if g.strength == 1.0:
         return "strength 1.0: the paper's sampling, from pure noise"
-    if all(str(getattr(g, key)) == str(value) for key, value in RECIPE_POINT.items()):
+    if str(g.generator) == RECIPE_POINT["generator"] and all(
+            math.isclose(getattr(g, key), RECIPE_POINT[key]) for key in ("interpolation_weight", "strength")):
         return ("strength 0.7, chosen from the frontier (docs/generator.md; 1,000 positives of the first 500 anchors, "
                 "benchmarks/results/frontier_1000.json): it keeps the anchor's class in 68% of them, against 56% from "
                 "pure noise (the paper's strength 1.0), and is the most faithful point with the paper's w that stays "
