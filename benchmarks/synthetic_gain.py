@@ -30,7 +30,7 @@ Resumable: a run already in the JSON is skipped, so the benchmark can run in pie
 
     python benchmarks/synthetic_gain.py --budget-sweep            # SimCLR alone at three budgets: pick one
     python benchmarks/synthetic_gain.py --seeds 0,1,2                 # the chosen budget: 5,000 images x 40 epochs
-    python benchmarks/synthetic_gain.py --seeds 3,4 --rows none,replace
+    python benchmarks/synthetic_gain.py --seeds 3,4 --rows "none;multipos"
     python benchmarks/synthetic_gain.py --smoke                    # every row for one step (CI)
 
 Writes ``benchmarks/results/synthetic_gain.json`` (``--out``) and prints the paired table.
@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -110,8 +111,13 @@ def run_config(args: argparse.Namespace, row: dict[str, Any], seed: int, subset:
     from synthpos.quickstart import quickstart_recipe
 
     generation = [o for o in row["overrides"] if o.startswith("generate.")]
-    store = args.work / ("store_" + ("_".join(o.replace("generate.", "").replace("=", "") for o in generation) or "paper"))
-    run_name = f"{row['name']}_n{subset}_e{epochs}_s{seed}"
+    # Folders of rows with a store name their generator's weights, so that two generators'
+    # stores and runs sit side by side in one --work.
+    tag = generator_tag(args, row)
+    weights = "" if tag == NO_GENERATOR else f"_{tag[:8]}"
+    store = args.work / (f"store{weights}_"
+                         + ("_".join(o.replace("generate.", "").replace("=", "") for o in generation) or "paper"))
+    run_name = f"{row['name']}{weights}_n{subset}_e{epochs}_s{seed}"
     overrides = [
         f"run_dir={args.work / run_name}",
         f"seed={seed}",
@@ -323,7 +329,11 @@ def main(argv: list[str] | None = None) -> int:
                 key = run_key(args, row, seed, args.subset, args.epochs)
                 if key in results["runs"]:
                     continue
+                load = [round(x, 2) for x in os.getloadavg()]
                 run = one_run(args, row, seed, args.subset, args.epochs)
+                # Each run keeps the command and the load it ran under: the top-level ones are the
+                # last invocation's only.
+                run.update(command=results["command"], load_average_at_start=load)
                 results["runs"][key] = run
                 save()
                 print(f"{key}: kNN {100 * run['knn_top1']:.2f} linear {100 * run['linear_top1']:.2f} "

@@ -55,17 +55,33 @@ def test_paired_summary_pairs_by_seed_and_keeps_generators_apart(bench):
     assert set(bench.paired_summary(none + new)) == {"n5000_e40/clsp"}
 
 
-def test_run_key_names_the_generator_weights_not_its_alias(bench, tmp_path):
-    def ddpm(folder: Path, weights: bytes) -> Path:
-        (folder / "unet").mkdir(parents=True)
-        (folder / "scheduler").mkdir()
-        (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(weights)
-        (folder / "scheduler" / "scheduler_config.json").write_text("{}")
-        return folder
+def ddpm(folder: Path, weights: bytes) -> Path:
+    """A generator folder whose weights hash to their own ``generator_id`` (nothing loads them)."""
+    (folder / "unet").mkdir(parents=True)
+    (folder / "scheduler").mkdir()
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(weights)
+    (folder / "scheduler" / "scheduler_config.json").write_text("{}")
+    return folder
 
+
+def test_run_key_names_the_generator_weights_not_its_alias(bench, tmp_path):
     clsp, none = {"name": "clsp", "mode": "clsp"}, {"name": "none", "mode": "none"}
     first = Namespace(generator=str(ddpm(tmp_path / "a", b"old weights")))
     second = Namespace(generator=str(ddpm(tmp_path / "b", b"new weights")))
     assert bench.run_key(first, clsp, 0, 5000, 40) != bench.run_key(second, clsp, 0, 5000, 40)
     assert bench.run_key(first, none, 0, 5000, 40) == bench.run_key(second, none, 0, 5000, 40) \
         == "none/no-generator/s0/n5000_e40"
+
+
+def test_two_generators_runs_and_stores_sit_side_by_side(bench, tmp_path):
+    """One --work holds both generators' stores and runs: a second generator does not run into
+    the first one's store or run folder; runs without a store are shared."""
+    clsp, none = bench.parse_row("clsp"), bench.parse_row("none")
+    common = dict(work=tmp_path / "work", smoke=False, generation_seed=0)
+    first = Namespace(generator=str(ddpm(tmp_path / "a", b"old weights")), **common)
+    second = Namespace(generator=str(ddpm(tmp_path / "b", b"new weights")), **common)
+    (a, _), (b, _) = bench.run_config(first, clsp, 0, 5000, 40), bench.run_config(second, clsp, 0, 5000, 40)
+    assert a.run_dir != b.run_dir and a.generate.store != b.generate.store
+    assert a.run_dir.parent == b.run_dir.parent == tmp_path / "work"
+    (a, _), (b, _) = bench.run_config(first, none, 0, 5000, 40), bench.run_config(second, none, 0, 5000, 40)
+    assert a.run_dir == b.run_dir
