@@ -42,6 +42,7 @@ import argparse
 import functools
 import json
 import os
+import shlex
 import sys
 import time
 from datetime import datetime, timezone
@@ -311,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(args.out.read_text()) if args.out.is_file() and not args.smoke else {}
     results.setdefault("runs", {})
     results["benchmark"] = "synthetic_gain"
-    results["command"] = "python benchmarks/synthetic_gain.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    results["command"] = "python benchmarks/synthetic_gain.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     results["machine"] = machine_info("diffusers")
     results["variation_covered"] = "training seeds (pretraining init, augmentations, batch order); one store per row"
 
