@@ -117,3 +117,12 @@ def test_synthetic_gain_smoke(tmp_path):
     assert {r["row"] for r in report["runs"].values()} == set(rows)
     # every row with synthetic data is paired with its method's own run without any
     assert {key.split("/", 1)[1] for key in report["paired"]} == {n for n, mode in rows.items() if mode != "none"}
+
+
+def test_generator_training_cost_smoke(tmp_path):
+    bench, report = smoke("generator_training_cost", tmp_path)
+    assert {(r["unet"], r["precision"]) for r in report["rows"]} == {(u[0], p) for u in bench.UNETS for p in ("fp32", "bf16")}
+    paper = next(r for r in report["rows"] if r["recipe"] == "configs/cifar10/generator.yaml")
+    # the recipe's own UNet and steps, not a stand-in
+    assert paper["unet_config"]["block_out_channels"] == [128, 256, 256, 256] and paper["recipe_max_steps"] == 800000
+    assert all(r["train_images_per_s"] > 0 for r in report["rows"])
