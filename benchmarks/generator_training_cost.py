@@ -57,7 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.precisions = args.precisions.split(",")
     if args.smoke:
-        args.batch, args.steps = 2, 1
+        from _smoke import THREADS
+
+        args.batch, args.steps, args.threads = 2, 1, THREADS
     return args
 
 
