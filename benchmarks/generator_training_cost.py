@@ -3,13 +3,16 @@
 Each UNet is built from its recipe's ``train_generator.unet`` (through
 :func:`synthpos.generators.diffusion.build_unet`, as ``synthpos train-generator`` builds it):
 
-* ``builtin:fashion_mnist`` (the reference): ``configs/fashion_mnist/generator_cpu.yaml``, 28 px;
-* ``builtin:fashion_mnist_small``: ``configs/fashion_mnist/generator_small_cpu.yaml``, 28 px;
+* ``builtin:fashion_mnist`` (the reference): ``configs/fashion_mnist/generator_cpu.yaml``;
+* ``builtin:fashion_mnist_small``: ``configs/fashion_mnist/generator_small_cpu.yaml``;
 * the paper's DDPM (CLSP's CIFAR-10 UNet, ch 128, mult 1-2-2-2): ``configs/cifar10/generator.yaml``,
-  at 32 px and 1 channel, the size a Fashion-MNIST image is padded to for its four levels.
 
-A training step is the one ``train-generator`` takes: the UNet's noise prediction at random
-timesteps, mean squared error, backward, Adam; at the same batch for every UNet, in fp32 and
+each on 1-channel Fashion-MNIST at the side ``train-generator`` would give it (28 px for three
+levels, padded to 32 for four: :func:`~synthpos.generators.diffusion.fitting_sample_size`).
+
+A step costs what one of ``train-generator`` does: the UNet's noise prediction at random
+timesteps, a mean squared error (unweighted: the weighting is a few elementwise products),
+backward, Adam; at the same batch for every UNet, in fp32 and
 in bf16 autocast, one untimed warm-up step first. ``images/s`` = batch x timed steps / wall
 seconds. From it, the days the recipe's ``max_steps`` at its own batch would take here (the
 shipped generator stopped at step 13,167 of its cap, src/synthpos/checkpoints/fashion_mnist/training.json).
@@ -36,11 +39,12 @@ from _machine import machine_info  # benchmarks/_machine.py
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
 DEFAULT_OUT = ROOT / "results" / "generator_training_cost.json"
-#: (name, recipe, side in px, channels); the first is the reference.
+IMAGE_SIDE, CHANNELS = 28, 1  # Fashion-MNIST
+#: (name, recipe); the first is the reference.
 UNETS = (
-    ("builtin:fashion_mnist", "configs/fashion_mnist/generator_cpu.yaml", 28, 1),
-    ("builtin:fashion_mnist_small", "configs/fashion_mnist/generator_small_cpu.yaml", 28, 1),
-    ("paper DDPM (CLSP's CIFAR-10 UNet), Fashion-MNIST padded to 32 px", "configs/cifar10/generator.yaml", 32, 1),
+    ("builtin:fashion_mnist", "configs/fashion_mnist/generator_cpu.yaml"),
+    ("builtin:fashion_mnist_small", "configs/fashion_mnist/generator_small_cpu.yaml"),
+    ("paper DDPM (CLSP's CIFAR-10 UNet), Fashion-MNIST padded to 32 px", "configs/cifar10/generator.yaml"),
 )
 
 
@@ -67,6 +71,8 @@ def train_rate(unet, side: int, channels: int, batch: int, steps: int, precision
     """Training images/s of ``unet`` (one untimed warm-up step first)."""
     import torch
 
+    from synthpos.precision import autocast
+
     x = torch.randn(batch, channels, side, side)
     noise = torch.randn_like(x)
     t = torch.randint(0, 1000, (batch,))
@@ -74,7 +80,7 @@ def train_rate(unet, side: int, channels: int, batch: int, steps: int, precision
     unet.train()
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with autocast(torch.device("cpu"), precision):
             loss = torch.nn.functional.mse_loss(unet(x, t).sample.float(), noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -92,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from synthpos.config import load_config
-    from synthpos.generators.diffusion import build_unet
+    from synthpos.generators.diffusion import build_unet, count_parameters, fitting_sample_size
 
     torch.set_num_threads(args.threads)
     report: dict[str, Any] = {
@@ -101,18 +107,19 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info("diffusers") | {"smoke": args.smoke},
         "batch": args.batch, "reference": UNETS[0][0], "rows": [],
     }
-    for name, recipe, side, channels in UNETS:
+    # --smoke: the code paths, not the numbers; 8 px passes every level of both shapes.
+    image_side, channels = (8 if args.smoke else IMAGE_SIDE), CHANNELS
+    for name, recipe in UNETS:
         tg = load_config(REPO / recipe).train_generator
+        side = fitting_sample_size(image_side, len(tg.unet.block_out_channels))
         torch.manual_seed(0)
-        if args.smoke:  # the code paths, not the numbers: 8 px passes every level of both shapes
-            side = 8
         unet = build_unet(tg.unet, side, channels)
         steps = args.steps or (3 if tg.unet.block_out_channels[0] >= 128 else 10)
         for precision in args.precisions:
             rate = train_rate(unet, side, channels, args.batch, steps, precision)
             report["rows"].append({
                 "unet": name, "recipe": recipe, "unet_config": tg.unet.model_dump(mode="json"),
-                "parameters_M": round(sum(p.numel() for p in unet.parameters()) / 1e6, 2),
+                "parameters_M": round(count_parameters(unet) / 1e6, 2),
                 "side_px": side, "channels": channels, "precision": precision, "timed_steps": steps,
                 "train_images_per_s": round(rate, 2),
                 "recipe_batch": tg.batch_size, "recipe_max_steps": tg.max_steps,
