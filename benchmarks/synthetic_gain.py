@@ -311,6 +311,17 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     results = json.loads(args.out.read_text()) if args.out.is_file() and not args.smoke else {}
     results.setdefault("runs", {})
+    if not args.budget_sweep:
+        # A run key names the row, not its settings: a row changed under its old name must not be
+        # skipped to its old result. Checked before anything runs.
+        for seed in args.seeds:
+            for row in args.rows:
+                done = results["runs"].get(run_key(args, row, seed, args.subset, args.epochs))
+                if done is not None and done["overrides"] != row["overrides"]:
+                    print(f"error: row {row['name']!r} seed {seed} is in {args.out} with the settings "
+                          f"{done['overrides']}, not {row['overrides']}; give the changed row a name of its own "
+                          "(NAME=mode:key=value,...)", file=sys.stderr)
+                    return 2
     results["benchmark"] = "synthetic_gain"
     results["command"] = "python benchmarks/synthetic_gain.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     results["machine"] = machine_info("diffusers")

@@ -85,3 +85,19 @@ def test_two_generators_runs_and_stores_sit_side_by_side(bench, tmp_path):
     assert a.run_dir.parent == b.run_dir.parent == tmp_path / "work"
     (a, _), (b, _) = bench.run_config(first, none, 0, 5000, 40), bench.run_config(second, none, 0, 5000, 40)
     assert a.run_dir == b.run_dir
+
+
+def test_a_row_changed_under_its_old_name_is_refused_not_skipped(bench, tmp_path, capsys):
+    """The JSON keys runs by row name: a row whose settings changed must not pass for its old result."""
+    import json
+
+    generator = str(ddpm(tmp_path / "g", b"weights"))
+    old = bench.parse_row("clsp_s=clsp:generate.strength=0.7")
+    args = Namespace(generator=generator)
+    out = tmp_path / "gain.json"
+    stored = {"runs": {bench.run_key(args, old, 0, 5000, 40): {"overrides": old["overrides"]}}}
+    out.write_text(json.dumps(stored))
+    argv = ["--generator", generator, "--work", str(tmp_path / "work"), "--out", str(out), "--seeds", "0"]
+    assert bench.main([*argv, "--rows", "clsp_s=clsp:generate.strength=0.6"]) == 2
+    assert "generate.strength=0.7" in capsys.readouterr().err
+    assert json.loads(out.read_text()) == stored and not list((tmp_path / "work").iterdir())
