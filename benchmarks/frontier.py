@@ -107,6 +107,23 @@ def measure(generator_dir: str, w: float, strength: float, train, classifier, ar
             "generate_s": round(seconds, 1), **summary}
 
 
+def generator_series(points: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The points by generator weights, each under a label for the plot.
+
+    A series is one set of weights (``record.generator_sha256``), not one name: once new weights
+    ship as ``builtin:fashion_mnist``, the points measured with the old ones stay in the JSON and
+    are drawn as their own series, labelled with their weights id, not mixed into the new one's.
+    """
+    by_weights: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for p in points:
+        by_weights.setdefault((p["generator"], p["record"]["generator_sha256"]), []).append(p)
+    ids_of = {}
+    for name, gid in by_weights:
+        ids_of.setdefault(name, set()).add(gid)
+    return {(name.removeprefix("builtin:") + (f" (weights {gid[:8]})" if len(ids_of[name]) > 1 else "")): series
+            for (name, gid), series in sorted(by_weights.items())}
+
+
 def plot(points: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -117,20 +134,20 @@ def plot(points: list[dict[str, Any]], path: Path) -> None:
     panels = (("pixel", "pixel RMS from candidate to anchor ([0, 1])"),
               ("features", "judge-feature cosine distance from candidate to anchor"))
     markers = ["o", "s", "^", "D", "v"]
-    generators = sorted({p["generator"] for p in points})
+    generators = generator_series(points)
     weights = sorted({p["w"] for p in points})
     colours = plt.cm.viridis(np.linspace(0, 0.9, max(1, len(weights))))
     for ax, (space, label) in zip(axes, panels):
-        for gi, gen in enumerate(generators):
+        for gi, (name, series) in enumerate(generators.items()):
             for wi, w in enumerate(weights):
-                row = sorted((p for p in points if p["generator"] == gen and p["w"] == w), key=lambda p: p["strength"])
+                row = sorted((p for p in series if p["w"] == w), key=lambda p: p["strength"])
                 row = [p for p in row if p["fidelity"] and p["diversity"][space]]
                 if not row:
                     continue
                 x = [p["diversity"][space]["candidate_to_anchor"] for p in row]
                 y = [100 * p["fidelity"]["fidelity"] for p in row]
                 ax.plot(x, y, marker=markers[gi % len(markers)], color=colours[wi], linestyle="-" if gi else "--",
-                        label=f"{gen.removeprefix('builtin:')}, w={w}")
+                        label=f"{name}, w={w}")
                 for p, xi, yi in zip(row, x, y):
                     ax.annotate(f"{p['strength']:g}", (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
         scale = next((p["diversity"][space] for p in points if p["diversity"][space]), None)

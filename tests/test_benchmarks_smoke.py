@@ -126,3 +126,18 @@ def test_generator_training_cost_smoke(tmp_path):
     # the recipe's own UNet and steps, not a stand-in
     assert paper["unet_config"]["block_out_channels"] == [128, 256, 256, 256] and paper["recipe_max_steps"] == 800000
     assert all(r["train_images_per_s"] > 0 for r in report["rows"])
+
+
+def test_frontier_draws_each_generators_weights_as_their_own_series():
+    """Old weights of a name (a generator that has since been replaced) are not mixed into the new one's curve."""
+    bench = load("frontier")
+
+    def point(name, gid, w):
+        return {"generator": name, "record": {"generator_sha256": gid}, "w": w}
+
+    points = [point("builtin:fashion_mnist", "aaaa1111bbbb", 0.1), point("builtin:fashion_mnist", "cccc2222dddd", 0.1),
+              point("builtin:fashion_mnist", "cccc2222dddd", 0.3), point("builtin:fashion_mnist_small", "eeee", 0.1)]
+    series = bench.generator_series(points)
+    assert {label: len(s) for label, s in series.items()} == {
+        "fashion_mnist (weights aaaa1111)": 1, "fashion_mnist (weights cccc2222)": 2, "fashion_mnist_small": 1}
+    assert all(len({p["record"]["generator_sha256"] for p in s}) == 1 for s in series.values())
