@@ -120,3 +120,35 @@ def test_the_recipes_reason_compares_the_point_as_numbers():
     # 1 - 0.3 (0.7000000000000001) is the recipe's strength though its text is not "0.7"; 0.71 is not.
     assert "chosen from the frontier" in reason(f"generate.strength={1 - 0.3!r}")
     assert "chosen from the frontier" not in reason("generate.strength=0.71")
+
+
+def test_the_recipes_figures_are_those_measured_for_the_shipped_weights():
+    """The 68% / 56% the quick start prints are frontier_1000.json's for the weights shipped now:
+    shipping new weights as builtin:fashion_mnist fails here until the point is measured for them."""
+    from synthpos.generators.clsp_generator import generator_id
+    from synthpos.quickstart import RECIPE_POINT
+
+    shipped = generator_id(resolve_generator_dir(RECIPE_POINT["generator"]))
+    assert shipped == RECIPE_POINT["generator_id"]
+    frontier = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "frontier_1000.json"
+    measured = {p["strength"]: round(100 * p["fidelity"]["fidelity"]) for p in json.loads(frontier.read_text())["points"]
+                if p["record"]["generator_sha256"] == shipped and p["w"] == RECIPE_POINT["interpolation_weight"]
+                and p["anchors"] == 500}
+    assert measured[RECIPE_POINT["strength"]] == RECIPE_POINT["fidelity"]
+    assert measured[1.0] == RECIPE_POINT["paper_fidelity"]
+
+
+def test_the_recipes_reason_is_not_printed_for_other_weights_under_its_name(tmp_path, monkeypatch):
+    import shutil
+
+    from synthpos import quickstart
+    from synthpos.config import load_config
+
+    g = load_config(quickstart.quickstart_recipe()).generate
+    assert "chosen from the frontier" in quickstart._sampling_reason(g)
+    other = tmp_path / "fashion_mnist"
+    shutil.copytree(resolve_generator_dir("builtin:fashion_mnist"), other)
+    weights = other / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
+    monkeypatch.setattr("synthpos.generators.diffusion.resolve_generator_dir", lambda name: other)
+    assert "chosen from the frontier" not in quickstart._sampling_reason(g)
