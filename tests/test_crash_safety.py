@@ -158,7 +158,10 @@ def test_pretrain_survives_sigkill_and_a_damaged_checkpoint(tmp_path, capsys):
     checkpoints = killed / "pretrain" / "checkpoints"
     proc = _start(tmp_path, "pretrain", killed, PRETRAIN)
     delay = _kill_after(proc, (checkpoints / LAST).is_file, rng, 1.0)
-    saved = torch.load(checkpoints / LAST, weights_only=False)
+    # A kill between the save's two renames leaves previous.ckpt (and the new state's temporary
+    # file) but no last.ckpt: the resume takes previous.ckpt, so the test compares against that.
+    resume_from, _ = usable_checkpoint(checkpoints, say=lambda message: None)
+    saved = torch.load(resume_from, weights_only=False)
     position = saved["callbacks"]["ResumableCheckpoint"]
     with capsys.disabled():
         print(f"fault seed {SEED}: pretrain killed {delay:.2f}s after its first checkpoint; last checkpoint at step "
@@ -270,3 +273,25 @@ def test_a_resume_from_the_middle_of_an_epoch_equals_an_uninterrupted_run(tmp_pa
     assert (state["epoch"], state["position"], state["global_step"]) == (1, 2, 6)
     resumed = pretrain(config.pretrain, dataset, tmp_path / "resumed", seed=0, show_progress=False)
     _equal_backbones(resumed, reference)
+
+
+def test_a_kill_between_the_saves_two_renames_resumes_from_previous(tmp_path, monkeypatch):
+    """The window the SIGKILL test can land in: last.ckpt already moved to previous.ckpt, the new
+    state still under its temporary name. The resume takes previous.ckpt, not nothing."""
+    from synthpos.resumable import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"global_step": 4}, tmp_path / LAST)
+    real_replace = os.replace
+
+    def killed_at_the_second_rename(src, dst):
+        if Path(dst).name == LAST:
+            raise KeyboardInterrupt  # stands for the SIGKILL: the process does nothing more
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_at_the_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"global_step": 8}, tmp_path / LAST)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert not (tmp_path / LAST).exists() and (tmp_path / PREVIOUS).is_file()
+    assert usable_checkpoint(tmp_path, say=lambda message: None) == (tmp_path / PREVIOUS, 4)
