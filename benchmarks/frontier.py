@@ -31,6 +31,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -117,10 +118,8 @@ def generator_series(points: list[dict[str, Any]]) -> dict[str, list[dict[str, A
     by_weights: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for p in points:
         by_weights.setdefault((p["generator"], p["record"]["generator_sha256"]), []).append(p)
-    ids_of = {}
-    for name, gid in by_weights:
-        ids_of.setdefault(name, set()).add(gid)
-    return {(name.removeprefix("builtin:") + (f" (weights {gid[:8]})" if len(ids_of[name]) > 1 else "")): series
+    weights_per_name = Counter(name for name, _ in by_weights)
+    return {(name.removeprefix("builtin:") + (f" (weights {gid[:8]})" if weights_per_name[name] > 1 else "")): series
             for (name, gid), series in sorted(by_weights.items())}
 
 
