@@ -15,7 +15,7 @@ timesteps, a mean squared error (unweighted: the weighting is a few elementwise 
 backward, Adam; at the same batch for every UNet, in fp32 and
 in bf16 autocast, one untimed warm-up step first. ``images/s`` = batch x timed steps / wall
 seconds. From it, the days the recipe's ``max_steps`` at its own batch would take here (the
-shipped generator stopped at step 13,167 of its cap, src/synthpos/checkpoints/fashion_mnist/training.json).
+shipped generator stopped at step 34,925 of its cap, by its stop rule, src/synthpos/checkpoints/fashion_mnist/training.json).
 
 Run (on an idle machine, about 3 minutes on 2 cores)::
 
