@@ -122,6 +122,19 @@ class GeneratorCheckConfig(_Strict):
     patience: int = Field(2, ge=1, description="Stop after this many checks in a row without progress.")
 
 
+class EmbeddingConditionConfig(_Strict):
+    """Condition the DDPM on each image's own embedding from a frozen synthpos encoder (no labels):
+    see :mod:`synthpos.generators.embedding_condition`."""
+
+    encoder: Path = Field(description="The frozen encoder: a backbone.pt written by `synthpos pretrain` on the same data.")
+    crop_size: int | None = Field(None, ge=8, description="Side the encoder reads images at (default: the images' own).")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Replace the embedding by zeros with this probability, so "
+                           "classifier-free guidance (generate.guidance_scale) works.")
+    neighbour_prob: float = Field(0.0, ge=0, le=1, description="Train toward one of the anchor's nearest training images "
+                                  "in embedding space with this probability (IC-GAN's neighbourhood targets).")
+    neighbours: int = Field(5, ge=1, description="How many nearest neighbours are targets.")
+
+
 class TrainGeneratorConfig(_Strict):
     """Stage 1: an unconditional DDPM trained from scratch (CLSP's recipe by default)."""
 
@@ -150,6 +163,8 @@ class TrainGeneratorConfig(_Strict):
     class_conditional: bool = Field(False, description="Condition the UNet on class labels (CLSP's conditional variant).")
     label_dropout: float = Field(0.1, ge=0, lt=1, description="Class-conditional: drop the label with this probability "
                                  "(the null class), so one model also predicts unconditionally for classifier-free guidance.")
+    condition: EmbeddingConditionConfig | None = Field(None, description="Condition on each image's own self-supervised "
+                                                       "embedding (instance conditioning; null: unconditional).")
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     channels_last: bool = True
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's).")
@@ -164,6 +179,9 @@ class TrainGeneratorConfig(_Strict):
                              f"by the UNet's {len(self.unet.block_out_channels)} levels; use a multiple of {step}")
         if self.beta_start >= self.beta_end:
             raise ValueError(f"train_generator.beta_start={self.beta_start} must be below beta_end={self.beta_end}")
+        if self.class_conditional and self.condition is not None:
+            raise ValueError("train_generator.class_conditional and train_generator.condition exclude each other; "
+                             "set one of them")
         return self
 
 
@@ -693,9 +711,12 @@ class RunConfig(_Strict):
             if "generate" in stages and gen.num_steps > tg.num_train_timesteps:
                 raise ValueError(f"generate.num_steps={gen.num_steps} is more than the train_generator.num_train_timesteps="
                                  f"{tg.num_train_timesteps} the generator is trained with")
-            if "generate" in stages and gen.guidance_scale != 1.0 and not tg.class_conditional:
-                raise ValueError(f"generate.guidance_scale={gen.guidance_scale} needs a class-conditional generator; "
-                                 "set train_generator.class_conditional=true or generate.guidance_scale=1")
+            if "generate" in stages and gen.guidance_scale != 1.0 and not tg.class_conditional and tg.condition is None:
+                raise ValueError(f"generate.guidance_scale={gen.guidance_scale} needs a conditional generator; set "
+                                 "train_generator.class_conditional=true, train_generator.condition, or generate.guidance_scale=1")
+        if "train-generator" in stages and tg.condition is not None and not Path(tg.condition.encoder).is_file():
+            raise ValueError(f"train_generator.condition.encoder={tg.condition.encoder} does not exist; point it at a "
+                             "backbone.pt written by `synthpos pretrain` on this data")
             side = self.data.image_side()
             if ("train-generator" in stages and side is not None and tg.sample_size is not None
                     and (tg.sample_size < side or (tg.sample_size - side) % 2)):

@@ -34,6 +34,7 @@ __all__ = [
     "clsp_interpolation_sample",
     "ddim_scheduler",
     "derive_seed",
+    "embedding_conditioned",
     "first_step",
     "guided_eps",
     "null_label",
@@ -86,8 +87,14 @@ def check_unet(unet: UNet2DModel) -> None:
         raise ValueError("bottleneck interpolation needs a UNet without skip-sample blocks (no Skip*Block2D)")
     if unet.config.time_embedding_type != "positional" or unet.config.center_input_sample:
         raise ValueError("bottleneck interpolation supports positional time embeddings without center_input_sample")
-    if unet.class_embedding is not None and unet.config.class_embed_type is not None:
-        raise ValueError("class-conditional sampling supports num_class_embeds (class_embed_type=None) only")
+    if unet.class_embedding is not None and unet.config.class_embed_type not in (None, "identity"):
+        raise ValueError("conditional sampling supports num_class_embeds (class labels) or class_embed_type='identity' "
+                         "(an embedding condition) only")
+
+
+def embedding_conditioned(unet: UNet2DModel) -> bool:
+    """Whether ``unet`` takes a condition vector added to its time embedding (``class_embed_type="identity"``)."""
+    return unet.config.class_embed_type == "identity"
 
 
 def unet_encode(
@@ -220,6 +227,7 @@ def clsp_interpolation_sample(
     guidance_scale: float = 1.0,
     compiled: bool = False,
     strength: float = 1.0,
+    null_condition: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Synthetic positives of ``anchors`` by DDIM or DPM-Solver++ with bottleneck interpolation.
 
@@ -239,7 +247,9 @@ def clsp_interpolation_sample(
         eta: DDIM stochasticity (0 = deterministic); DPM-Solver++ ignores it.
         weight: w in ``w * h + (1 - w) * h_anchor``.
         class_labels: the anchors' labels (A,), required by a class-conditional UNet; a
-            trajectory and its anchor are both predicted under the anchor's label.
+            trajectory and its anchor are both predicted under the anchor's label. For an
+            embedding-conditioned UNet (:func:`embedding_conditioned`), the anchors' projected
+            embeddings (A, E) instead, and ``null_condition`` (1, E) the unconditional one.
         anchor_index: which anchor each output row follows. Shape: (B,); default ``arange(A)``.
         anchor_generators: one generator per anchor (A): each step re-noises an anchor once
             from it and all rows of that anchor share it (encoder rows B + A instead of 2B).
@@ -269,11 +279,17 @@ def clsp_interpolation_sample(
     anchor_of_row = index_dev if shared else torch.arange(batch, device=device)
     row_anchors = anchors if shared else anchors[index_dev]
     label_passes: list[tuple[torch.Tensor, torch.Tensor] | None] = [None]
-    if num_classes(unet) is not None:
+    if num_classes(unet) is not None or embedding_conditioned(unet):
         if class_labels is None:
-            raise ValueError("this UNet is class-conditional: pass class_labels")
-        labels = class_labels.to(device).long()
-        null = torch.full_like(labels, null_label(unet))
+            raise ValueError("this UNet is conditional: pass class_labels (labels, or projected embeddings)")
+        if embedding_conditioned(unet):
+            if null_condition is None:
+                raise ValueError("an embedding-conditioned UNet needs null_condition for guidance")
+            labels = class_labels.to(device).float()
+            null = null_condition.to(device).float().expand_as(labels)
+        else:
+            labels = class_labels.to(device).long()
+            null = torch.full_like(labels, null_label(unet))
         # s = 1 and s = 0 need one prediction only; otherwise the null pass comes first.
         label_sets = {1.0: [labels], 0.0: [null]}.get(float(guidance_scale), [null, labels])
         label_passes = [(y[index_dev], y if shared else y[index_dev]) for y in label_sets]

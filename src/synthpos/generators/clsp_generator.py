@@ -19,7 +19,14 @@ import torch
 
 from synthpos.config import GenerateConfig
 from synthpos.errors import SynthposError
-from synthpos.generators.clsp import SHARED_ANCHOR_NOISE, check_unet, clsp_interpolation_sample, derive_seed, num_classes
+from synthpos.generators.clsp import (
+    SHARED_ANCHOR_NOISE,
+    check_unet,
+    clsp_interpolation_sample,
+    derive_seed,
+    embedding_conditioned,
+    num_classes,
+)
 from synthpos.generators.diffusion import (
     crop_from_model,
     images_to_model_range,
@@ -30,6 +37,7 @@ from synthpos.generators.diffusion import (
     resolve_generator_dir,
     trained_image_size,
 )
+from synthpos.generators.embedding_condition import CONDITION_DIR, EmbeddingCondition
 from synthpos.generators.registry import CandidateGenerator, register_generator
 from synthpos.generators.samplers import DPMSOLVER_ORDER, build_sampler
 from synthpos.precision import resolve_precision
@@ -43,6 +51,8 @@ def generator_id(generator_dir: Path) -> str:
     for path in sorted((generator_dir / "unet").glob("diffusion_pytorch_model.*")):
         digest.update(path.read_bytes())
     digest.update((generator_dir / "scheduler" / "scheduler_config.json").read_bytes())
+    if (generator_dir / CONDITION_DIR).is_dir():  # an embedding-conditioned generator: its projection and encoder too
+        digest.update(EmbeddingCondition.digest(generator_dir))
     return digest.hexdigest()[:16]
 
 
@@ -84,11 +94,12 @@ class CLSPGenerator(CandidateGenerator):
                 f"was trained with; set generate.num_steps to at most {trained_steps}"
             )
         self.num_classes = num_classes(unet)
-        if self.num_classes is None and settings.guidance_scale != 1.0:
+        self.condition = EmbeddingCondition.load(self.generator_dir) if embedding_conditioned(unet) else None
+        if self.num_classes is None and self.condition is None and settings.guidance_scale != 1.0:
             raise SynthposError(
-                f"generate.guidance_scale={settings.guidance_scale} needs a class-conditional generator, but "
+                f"generate.guidance_scale={settings.guidance_scale} needs a conditional generator, but "
                 f"{self.generator_dir} is unconditional; set generate.guidance_scale=1 or train one with "
-                "train_generator.class_conditional=true"
+                "train_generator.class_conditional=true or train_generator.condition"
             )
         unet = unet.to(self.device)
         if settings.channels_last:
@@ -132,10 +143,11 @@ class CLSPGenerator(CandidateGenerator):
             "interpolation_weight": s.interpolation_weight,
             "clip_x0": s.clip_x0,
             "share_anchor_noise": s.share_anchor_noise,
-            "guidance_scale": s.guidance_scale if self.num_classes is not None else None,
+            "guidance_scale": s.guidance_scale if self.num_classes is not None or self.condition is not None else None,
             "precision": self.precision,
             "seed": self.seed,
-        } | ({} if s.strength == 1.0 else {"strength": s.strength})  # stores made before strength existed stay current
+        } | ({} if s.strength == 1.0 else {"strength": s.strength}) | (
+            {} if self.condition is None else {"encoder_sha256": self.condition.encoder_sha256})  # stores made before strength existed stay current
 
     def generate(self, anchors: np.ndarray, first_index: int, labels: np.ndarray | None = None, bar: Any = None) -> np.ndarray:
         """K candidates per anchor, ``max(1, batch_size // K)`` anchors (all their candidates) per UNet call.
@@ -149,6 +161,10 @@ class CLSPGenerator(CandidateGenerator):
         border = padding_for(self.image_size, self.unet.config.sample_size)
         anchor_tensor = pad_to_model(images_to_model_range(torch.from_numpy(np.ascontiguousarray(anchors))), border)
         per_call = max(1, s.batch_size // k)
+        conditions, null = None, None
+        if self.condition is not None:  # the anchors' own embeddings: no labels
+            conditions = self.condition.project(torch.from_numpy(self.condition.embed(anchors)))
+            null = self.condition.null()
         for begin in range(0, n, per_call):
             end = min(n, begin + per_call)
             batch = anchor_tensor[begin:end].to(self.device)
@@ -162,9 +178,10 @@ class CLSPGenerator(CandidateGenerator):
             samples = clsp_interpolation_sample(
                 self.unet, self.scheduler, batch, generators,
                 num_steps=s.num_steps, eta=s.eta, weight=s.interpolation_weight, precision=self.precision,
-                class_labels=None if labels is None or self.num_classes is None else torch.from_numpy(labels[begin:end]),
+                class_labels=self._conditions(labels, conditions, begin, end),
                 anchor_index=torch.arange(end - begin).repeat_interleave(k),
                 anchor_generators=shared, guidance_scale=s.guidance_scale, compiled=s.compile, strength=s.strength,
+                null_condition=null,
             )
             out[begin:end] = model_range_to_images(crop_from_model(samples.cpu(), border)).numpy().reshape(end - begin, k, *anchors.shape[1:])
             if bar is not None:
@@ -172,6 +189,14 @@ class CLSPGenerator(CandidateGenerator):
         return out
 
     # ------------------------------------------------------------------ helpers
+
+    def _conditions(self, labels: np.ndarray | None, conditions: torch.Tensor | None, begin: int, end: int) -> torch.Tensor | None:
+        """What the UNet is conditioned on for anchors ``begin:end``: projected embeddings, labels, or nothing."""
+        if conditions is not None:
+            return conditions[begin:end]
+        if labels is None or self.num_classes is None:
+            return None
+        return torch.from_numpy(labels[begin:end])
 
     def _check_labels(self, labels: np.ndarray | None, n: int) -> np.ndarray:
         if labels is None:

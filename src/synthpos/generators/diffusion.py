@@ -16,6 +16,7 @@ model predicts both conditionally and unconditionally, as classifier-free guidan
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from synthpos.atomic import atomic_path
 from synthpos.config import RunConfig, TrainGeneratorConfig, UNetConfig
 from synthpos.errors import SynthposError
+from synthpos.generators.embedding_condition import ConditionData, ConditionProjection, load_condition_data
 from synthpos.precision import autocast
 from synthpos.progress import progress_bar
 from synthpos.signals import stop_requests
@@ -42,13 +44,17 @@ BUILTIN_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 PADDING_FILE = "synthpos_padding.json"
 
 
-def build_unet(config: UNetConfig, sample_size: int, channels: int, num_classes: int | None = None) -> UNet2DModel:
+def build_unet(config: UNetConfig, sample_size: int, channels: int, num_classes: int | None = None,
+               embedding_conditioned: bool = False) -> UNet2DModel:
     """A UNet2DModel shaped like the DDPM/CLSP UNet: ``len(block_out_channels)`` levels,
     attention at ``attention_levels`` (in the up blocks at ``up_attention_levels`` when given),
     a middle block with attention.
 
     ``num_classes``: make it class-conditional with ``num_classes + 1`` class embeddings
     (the last one is the null class of classifier-free guidance).
+    ``embedding_conditioned``: the UNet adds a given vector to its time embedding
+    (``class_embed_type="identity"``) and its resnets scale and shift by it (FiLM): the
+    instance conditioning of :mod:`synthpos.generators.embedding_condition`.
     """
     levels = len(config.block_out_channels)
     bad = [lvl for lvl in config.attention_levels if not 0 <= lvl < levels]
@@ -73,9 +79,10 @@ def build_unet(config: UNetConfig, sample_size: int, channels: int, num_classes:
         dropout=config.dropout,
         norm_num_groups=config.norm_num_groups,
         attention_head_dim=config.attention_head_dim,
-        resnet_time_scale_shift="default",
+        resnet_time_scale_shift="scale_shift" if embedding_conditioned else "default",
         add_attention=True,
         num_class_embeds=None if num_classes is None else num_classes + 1,
+        class_embed_type="identity" if embedding_conditioned else None,
     )
 
 
@@ -222,7 +229,8 @@ def _readable_checkpoint(path: Path, device: torch.device) -> dict | None:
     return None
 
 
-def save_pipeline(unet: UNet2DModel, scheduler: DDPMScheduler, path: Path, image_size: int | None = None) -> None:
+def save_pipeline(unet: UNet2DModel, scheduler: DDPMScheduler, path: Path, image_size: int | None = None,
+                  extra: Callable[[Path], None] | None = None) -> None:
     """Write a DDPMPipeline directory atomically (to a temporary name, then renamed).
 
     ``image_size``: the data's side when the UNet works on padded images
@@ -235,6 +243,8 @@ def save_pipeline(unet: UNet2DModel, scheduler: DDPMScheduler, path: Path, image
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp)
     if image_size is not None and image_size != unet.config.sample_size:
         (tmp / PADDING_FILE).write_text(json.dumps({"image_size": image_size, "sample_size": unet.config.sample_size}))
+    if extra is not None:
+        extra(tmp)
     old = path.with_name(path.name + f".old-{os.getpid()}")
     if path.exists():
         os.replace(path, old)
@@ -254,6 +264,7 @@ def train_generator(
     num_classes: int | None = None,
     on_check: Callable[[Path, int], str | None] | None = None,
     check_every_minutes: float | None = None,
+    condition: ConditionData | None = None,
 ) -> Path:
     """Train a DDPM on ``images`` and write it to ``output_dir/model``.
 
@@ -272,6 +283,8 @@ def train_generator(
         num_classes: classes of a class-conditional model (default: ``labels.max() + 1``).
         on_check: called every ``check_every_minutes`` (after a checkpoint, with the saved
             model's directory and the step); a returned reason stops training there.
+        condition: the images' embeddings and how to write the condition folder, when
+            ``config.condition`` is set (see :mod:`synthpos.generators.embedding_condition`).
 
     Returns:
         The path of the saved DDPMPipeline directory.
@@ -294,19 +307,30 @@ def train_generator(
     ckpt_path = output_dir / "checkpoint.pt"
     model_dir = output_dir / "model"
 
+    if (config.condition is None) != (condition is None):
+        raise SynthposError("train_generator.condition needs the images' embeddings (and only it takes them)")
     torch.manual_seed(seed)
-    unet = build_unet(config.unet, size, c, num_classes if config.class_conditional else None).to(device)
+    unet = build_unet(config.unet, size, c, num_classes if config.class_conditional else None,
+                      embedding_conditioned=condition is not None).to(device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     unet = unet.to(memory_format=memory_format)
-    ema = copy.deepcopy(unet).eval().requires_grad_(False)
+    # The model that trains: the UNet alone, or the UNet and the condition's projection (one EMA, one optimiser).
+    model = torch.nn.ModuleDict({"unet": unet})
+    if condition is not None:
+        model["projection"] = ConditionProjection(condition.embeddings.shape[1], unet.config.block_out_channels[0] * 4).to(device)
+    ema_model = copy.deepcopy(model).eval().requires_grad_(False)
+    ema = ema_model["unet"]
     scheduler = build_noise_scheduler(config)
-    optimizer = torch.optim.Adam(unet.parameters(), lr=config.learning_rate)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     step = 0
     rng = np.random.default_rng(seed)
     state = _readable_checkpoint(ckpt_path, device)
     if state is not None:
         unet.load_state_dict(state["unet"])
         ema.load_state_dict(state["ema"])
+        if condition is not None:
+            model["projection"].load_state_dict(state["projection"])
+            ema_model["projection"].load_state_dict(state["projection_ema"])
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
         rng = state["numpy_rng"]
@@ -316,6 +340,7 @@ def train_generator(
 
     data = torch.from_numpy(images)  # stays uint8 in memory; converted per batch
     targets = torch.from_numpy(labels) if config.class_conditional else None
+    embeddings = None if condition is None else torch.from_numpy(condition.embeddings).float()
     alphas = scheduler.alphas_cumprod.to(device)
     timestep_weights = loss_weights(alphas, config.loss_weighting, config.min_snr_gamma)
     start = time.monotonic()
@@ -332,10 +357,13 @@ def train_generator(
                 "step": step,
                 "numpy_rng": rng,
                 "torch_rng": torch.get_rng_state(),
+                **({} if condition is None else {"projection": model["projection"].state_dict(),
+                                                 "projection_ema": ema_model["projection"].state_dict()}),
             }, tmp)
             if ckpt_path.is_file():
                 os.replace(ckpt_path, ckpt_path.with_name(PREVIOUS_CHECKPOINT))
-        save_pipeline(ema, scheduler, model_dir, image_size=h)
+        extra = None if condition is None else functools.partial(condition.write, ema_model["projection"])
+        save_pipeline(ema, scheduler, model_dir, image_size=h, extra=extra)
         last_save = time.monotonic()
 
     unet.train()
@@ -348,7 +376,12 @@ def train_generator(
         try:
             while step < config.max_steps:
                 idx = rng.integers(0, n, size=config.batch_size)
-                x0 = pad_to_model(images_to_model_range(data[idx]), border).to(device)
+                target_idx = idx
+                if condition is not None and config.condition.neighbour_prob > 0:
+                    # IC-GAN's neighbourhood: the image to denoise is one of the anchor's nearest neighbours.
+                    pick = condition.neighbours[idx, rng.integers(0, condition.neighbours.shape[1], size=len(idx))]
+                    target_idx = np.where(rng.random(len(idx)) < config.condition.neighbour_prob, pick, idx)
+                x0 = pad_to_model(images_to_model_range(data[target_idx]), border).to(device)
                 if config.hflip:
                     flip = torch.rand(x0.shape[0], device=device) < 0.5
                     x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
@@ -367,18 +400,23 @@ def train_generator(
                     class_labels = targets[idx].to(device)
                     drop = torch.rand(class_labels.shape[0], device=device) < config.label_dropout
                     class_labels = torch.where(drop, torch.full_like(class_labels, num_classes), class_labels)
+                if embeddings is not None:
+                    # The zero embedding with probability `dropout`: the unconditional prediction of guidance.
+                    cond = embeddings[idx].to(device)
+                    keep = (torch.rand(cond.shape[0], device=device) >= config.condition.dropout).float()
+                    class_labels = model["projection"](cond * keep[:, None])
                 with autocast(device, config.precision):
                     pred = unet(xt, t, class_labels=class_labels).sample
                 per_sample = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
                 loss = (per_sample * timestep_weights[t]).mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
                 # Short CPU runs cannot wait out a 0.9999 EMA; the warm-up (1+s)/(10+s)
                 # lets the average follow the model early and reach `ema_decay` later.
                 decay = min(config.ema_decay, (1 + step) / (10 + step))
-                _ema_update(ema, unet, decay)
+                _ema_update(ema_model, model, decay)
                 step += 1
                 losses.append(loss.item())
                 bar.update(1, info=f"loss {np.mean(losses[-100:]):.4f}")
@@ -452,8 +490,16 @@ def train_generator_stage(config: RunConfig, show_progress: bool = True) -> Path
                   f"{result['diversity']['pixel']['candidate_to_anchor']:.3f} ({result['check_s']:.0f} s)", flush=True)
             return should_stop(check.history(), rule)
 
+    condition = None
+    spec = config.train_generator.condition
+    if spec is not None:
+        # Labels never reach the condition: it is the encoder's view of the image alone.
+        condition = load_condition_data(
+            spec.encoder, dataset.images, spec.crop_size or dataset.images.shape[1], dataset.mean, dataset.std,
+            spec.neighbours if spec.neighbour_prob > 0 else None, config.generator_dir / "embeddings",
+        )
     return train_generator(
         dataset.images, config.train_generator, config.generator_dir, config.generation_seed, show_progress=show_progress,
         labels=dataset.labels, num_classes=dataset.num_classes or None,
-        on_check=on_check, check_every_minutes=None if rule is None else rule.every_minutes,
+        on_check=on_check, check_every_minutes=None if rule is None else rule.every_minutes, condition=condition,
     )
