@@ -251,6 +251,9 @@ class GenerateConfig(_Strict):
                                      "(saves encoder passes; the paper draws fresh noise per candidate).")
     guidance_scale: float = Field(1.0, ge=0.0, description="Class-conditional generators: classifier-free guidance scale "
                                   "(1 = the conditional prediction alone).")
+    condition_noise: float = Field(0.0, ge=0.0, description="Embedding-conditioned generators: Gaussian noise of this "
+                                   "standard deviation on each candidate's L2-normalised embedding (then normalised "
+                                   "again); 0 conditions every candidate on its anchor's own embedding.")
     compile: bool = Field(False, description="torch.compile the UNet (pays off on long runs on GPUs).")
     unclip: UnCLIPConfig = UnCLIPConfig()
     num_anchors: int | None = Field(None, ge=1, description="Generate for the first N training images only.")

@@ -169,3 +169,36 @@ def test_a_condition_folder_missing_its_encoder_is_one_clear_error(tmp_path: Pat
 def test_class_labels_and_an_embedding_condition_exclude_each_other(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="exclude each other"):
         TrainGeneratorConfig(class_conditional=True, condition=EmbeddingConditionConfig(encoder=tmp_path / "x.pt"))
+
+
+def test_condition_noise_gives_each_candidate_its_own_condition_and_stays_deterministic(tmp_path: Path) -> None:
+    images = _images()
+    model_dir = _train(tmp_path, images, _encoder(tmp_path))
+    plain = CLSPGenerator(model_dir, _settings(), seed=0, device="cpu")
+    noisy = CLSPGenerator(model_dir, _settings(condition_noise=0.5), seed=0, device="cpu")
+    with torch.no_grad():
+        for p in (*plain.condition.projection.parameters(), *noisy.condition.projection.parameters()):
+            p.mul_(5.0)  # an untrained projection is too weak to show the condition
+    base = torch.from_numpy(plain.condition.embed(images[:2]))
+    per_row = noisy._conditions(None, base, 0, 2, range(7, 9))
+    assert per_row.shape == (4, noisy.condition.projection.time_embed_dim)  # K = 2 rows per anchor
+    assert not torch.allclose(per_row[0], per_row[1])  # two candidates of one anchor differ
+    # The same candidate's condition whatever the batch: anchor 8 alone gives rows 2-3 again.
+    alone = noisy._conditions(None, base[1:], 0, 1, range(8, 9))
+    assert torch.allclose(alone, per_row[2:])
+    out = noisy.generate(images[:2], first_index=7)
+    assert np.array_equal(out[1:], noisy.generate(images[1:2], first_index=8))
+    assert not np.array_equal(out, plain.generate(images[:2], first_index=7))
+    assert noisy.record()["condition_noise"] == 0.5 and noisy.record() != plain.record()
+    # With shared anchor noise, per-candidate conditions replay the anchor's shared draws row by row.
+    shared = CLSPGenerator(model_dir, _settings(condition_noise=0.5, share_anchor_noise=True), seed=0, device="cpu")
+    shared.condition = noisy.condition
+    assert np.array_equal(shared.generate(images[:2], 7)[1:], shared.generate(images[1:2], 8))
+
+
+def test_condition_noise_needs_an_embedding_conditioned_generator(tmp_path: Path, tiny_unet) -> None:
+    from synthpos.generators.diffusion import build_noise_scheduler, save_pipeline
+
+    save_pipeline(tiny_unet, build_noise_scheduler(TrainGeneratorConfig(num_train_timesteps=50)), tmp_path / "plain")
+    with pytest.raises(SynthposError, match="condition_noise"):
+        CLSPGenerator(tmp_path / "plain", _settings(condition_noise=0.1), seed=0, device="cpu")

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from synthpos.config import GenerateConfig
 from synthpos.errors import SynthposError
@@ -42,7 +43,11 @@ from synthpos.generators.registry import CandidateGenerator, register_generator
 from synthpos.generators.samplers import DPMSOLVER_ORDER, build_sampler
 from synthpos.precision import resolve_precision
 
-__all__ = ["CLSPGenerator", "generator_id"]
+__all__ = ["CONDITION_NOISE", "CLSPGenerator", "generator_id"]
+
+#: Candidate c's embedding noise is drawn from ``derive_seed(seed, anchor, CONDITION_NOISE + c)``: a stream no
+#: candidate's own draws (``c``) nor the shared re-noising (``SHARED_ANCHOR_NOISE``) use.
+CONDITION_NOISE = 2**33
 
 
 def generator_id(generator_dir: Path) -> str:
@@ -95,6 +100,9 @@ class CLSPGenerator(CandidateGenerator):
             )
         self.num_classes = num_classes(unet)
         self.condition = EmbeddingCondition.load(self.generator_dir) if embedding_conditioned(unet) else None
+        if self.condition is None and settings.condition_noise:
+            raise SynthposError(f"generate.condition_noise={settings.condition_noise} needs an embedding-conditioned "
+                                f"generator, but {self.generator_dir} is not; set generate.condition_noise=0")
         if self.num_classes is None and self.condition is None and settings.guidance_scale != 1.0:
             raise SynthposError(
                 f"generate.guidance_scale={settings.guidance_scale} needs a conditional generator, but "
@@ -144,6 +152,7 @@ class CLSPGenerator(CandidateGenerator):
             "clip_x0": s.clip_x0,
             "share_anchor_noise": s.share_anchor_noise,
             "guidance_scale": s.guidance_scale if self.num_classes is not None or self.condition is not None else None,
+            **({} if self.condition is None else {"condition_noise": s.condition_noise}),
             "precision": self.precision,
             "seed": self.seed,
         } | ({} if s.strength == 1.0 else {"strength": s.strength}) | (
@@ -161,9 +170,9 @@ class CLSPGenerator(CandidateGenerator):
         border = padding_for(self.image_size, self.unet.config.sample_size)
         anchor_tensor = pad_to_model(images_to_model_range(torch.from_numpy(np.ascontiguousarray(anchors))), border)
         per_call = max(1, s.batch_size // k)
-        conditions, null = None, None
+        embeddings, null = None, None
         if self.condition is not None:  # the anchors' own embeddings: no labels
-            conditions = self.condition.project(torch.from_numpy(self.condition.embed(anchors)))
+            embeddings = torch.from_numpy(self.condition.embed(anchors))
             null = self.condition.null()
         for begin in range(0, n, per_call):
             end = min(n, begin + per_call)
@@ -172,14 +181,22 @@ class CLSPGenerator(CandidateGenerator):
                 batch = batch.contiguous(memory_format=torch.channels_last)
             indices = range(first_index + begin, first_index + end)
             generators = [torch.Generator().manual_seed(derive_seed(self.seed, a, c)) for a in indices for c in range(k)]
+            anchor_index = torch.arange(end - begin).repeat_interleave(k)
             shared = None
             if s.share_anchor_noise:
                 shared = [torch.Generator().manual_seed(derive_seed(self.seed, a, SHARED_ANCHOR_NOISE)) for a in indices]
+            conditions = self._conditions(labels, embeddings, begin, end, indices)
+            if conditions is not None and len(conditions) == len(generators) != end - begin:
+                # One condition per candidate (noised embeddings): each row follows its own copy of its anchor,
+                # and a shared re-noising is replayed per row from the anchor's seed (the same draws).
+                batch, anchor_index = batch[anchor_index], torch.arange(len(generators))
+                if shared is not None:
+                    shared = [torch.Generator().manual_seed(derive_seed(self.seed, a, SHARED_ANCHOR_NOISE))
+                              for a in indices for _ in range(k)]
             samples = clsp_interpolation_sample(
                 self.unet, self.scheduler, batch, generators,
                 num_steps=s.num_steps, eta=s.eta, weight=s.interpolation_weight, precision=self.precision,
-                class_labels=self._conditions(labels, conditions, begin, end),
-                anchor_index=torch.arange(end - begin).repeat_interleave(k),
+                class_labels=conditions, anchor_index=anchor_index,
                 anchor_generators=shared, guidance_scale=s.guidance_scale, compiled=s.compile, strength=s.strength,
                 null_condition=null,
             )
@@ -190,10 +207,25 @@ class CLSPGenerator(CandidateGenerator):
 
     # ------------------------------------------------------------------ helpers
 
-    def _conditions(self, labels: np.ndarray | None, conditions: torch.Tensor | None, begin: int, end: int) -> torch.Tensor | None:
-        """What the UNet is conditioned on for anchors ``begin:end``: projected embeddings, labels, or nothing."""
-        if conditions is not None:
-            return conditions[begin:end]
+    def _conditions(self, labels: np.ndarray | None, embeddings: torch.Tensor | None, begin: int, end: int,
+                    indices: range) -> torch.Tensor | None:
+        """What the UNet is conditioned on for anchors ``begin:end``: projected embeddings, labels, or nothing.
+
+        With ``condition_noise`` the embedding of candidate c of anchor a gets Gaussian noise of that
+        standard deviation (from its own stream, ``derive_seed(seed, a, CONDITION_NOISE + c)``) and is
+        L2-normalised again: one condition per candidate (K rows per anchor) instead of one per anchor.
+        """
+        if embeddings is not None:
+            chosen = embeddings[begin:end]
+            sigma = self.settings.condition_noise
+            if sigma > 0:
+                k = self.candidates
+                noise = torch.stack([
+                    torch.randn(chosen.shape[1], generator=torch.Generator().manual_seed(
+                        derive_seed(self.seed, a, CONDITION_NOISE + c)))
+                    for a in indices for c in range(k)])
+                chosen = F.normalize(chosen.repeat_interleave(k, dim=0) + sigma * noise, dim=1)
+            return self.condition.project(chosen)
         if labels is None or self.num_classes is None:
             return None
         return torch.from_numpy(labels[begin:end])
