@@ -55,6 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma-separated generator folders (or builtin:NAME)")
     p.add_argument("--weights", type=_floats, default=[0.0, 0.1, 0.3, 0.5, 1.0], help="interpolation weights w")
     p.add_argument("--strengths", type=_floats, default=[1.0, 0.8, 0.6, 0.4], help="generate.strength values")
+    p.add_argument("--guidance", type=_floats, default=[1.0], help="classifier-free guidance scales (conditional "
+                   "generators only; an unconditional one is measured at 1)")
+    p.add_argument("--condition-noise", dest="condition_noise", type=_floats, default=[0.0],
+                   help="generate.condition_noise values (embedding-conditioned generators only; others at 0)")
     p.add_argument("--anchors", type=int, default=300)
     p.add_argument("--candidates", type=int, default=2)
     p.add_argument("--sampler", default="dpmsolver++", choices=["ddim", "dpmsolver++"])
@@ -83,19 +87,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def point_key(generator_id: str, w: float, strength: float, args: argparse.Namespace) -> str:
+def point_key(generator_id: str, w: float, strength: float, args: argparse.Namespace,
+              guidance: float = 1.0, condition_noise: float = 0.0) -> str:
+    # Guidance and embedding noise join the key only when set, so points measured before they existed stay found.
+    extra = {k: v for k, v in (("guidance", guidance), ("condition_noise", condition_noise))
+             if v != {"guidance": 1.0, "condition_noise": 0.0}[k]}
     return json.dumps({"generator": generator_id, "w": w, "strength": strength, "sampler": args.sampler, "steps": args.steps,
-                       "clip_x0": args.clip_x0, "anchors": args.anchors, "candidates": args.candidates, "seed": args.seed},
-                      sort_keys=True)
+                       "clip_x0": args.clip_x0, "anchors": args.anchors, "candidates": args.candidates, "seed": args.seed,
+                       **extra}, sort_keys=True)
 
 
-def measure(generator_dir: str, w: float, strength: float, train, classifier, args: argparse.Namespace) -> dict[str, Any]:
+def conditioning(generator_dir: Path) -> str | None:
+    """"embedding" or "class" for a conditional generator folder, None for an unconditional one."""
+    unet_config = json.loads((generator_dir / "unet" / "config.json").read_text())
+    if unet_config.get("class_embed_type") == "identity":
+        return "embedding"
+    return "class" if unet_config.get("num_class_embeds") else None
+
+
+def sampling_grid(generator_dir: Path, args: argparse.Namespace) -> list[tuple[float, float, float, float]]:
+    """The (w, strength, guidance, condition noise) points a generator is measured at."""
+    kind = conditioning(generator_dir)
+    guidance = args.guidance if kind else [1.0]
+    noise = args.condition_noise if kind == "embedding" else [0.0]
+    return [(w, s, g, n) for w in args.weights for s in args.strengths for g in guidance for n in noise]
+
+
+def measure(generator_dir: str, w: float, strength: float, train, classifier, args: argparse.Namespace,
+            guidance: float = 1.0, condition_noise: float = 0.0) -> dict[str, Any]:
     from synthpos.config import GenerateConfig
     from synthpos.evaluation.positives import PositivesStats
     from synthpos.generators.registry import build_generator
 
     settings = GenerateConfig(kind="clsp", candidates=args.candidates, sampler=args.sampler, num_steps=args.steps,
-                              interpolation_weight=w, strength=strength, clip_x0=args.clip_x0, batch_size=256)
+                              interpolation_weight=w, strength=strength, clip_x0=args.clip_x0, batch_size=256,
+                              guidance_scale=guidance, condition_noise=condition_noise)
     generator = build_generator("clsp", Path(generator_dir), settings, args.seed, torch.device("cpu"))
     anchors, labels = train.images[: args.anchors], train.labels[: args.anchors]
     start = time.perf_counter()
@@ -105,7 +131,7 @@ def measure(generator_dir: str, w: float, strength: float, train, classifier, ar
     stats.add(anchors, candidates, labels, np.arange(len(anchors)))
     summary = stats.summary(train.images[:2000], train.labels[:2000])
     return {"generator": generator_dir, "record": generator.record(), "w": w, "strength": strength,
-            "generate_s": round(seconds, 1), **summary}
+            "guidance": guidance, "condition_noise": condition_noise, "generate_s": round(seconds, 1), **summary}
 
 
 def generator_series(points: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -115,12 +141,14 @@ def generator_series(points: list[dict[str, Any]]) -> dict[str, list[dict[str, A
     ship as ``builtin:fashion_mnist``, the points measured with the old ones stay in the JSON and
     are drawn as their own series, labelled with their weights id, not mixed into the new one's.
     """
-    by_weights: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    by_weights: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for p in points:
-        by_weights.setdefault((p["generator"], p["record"]["generator_sha256"]), []).append(p)
-    weights_per_name = Counter(name for name, _ in by_weights)
-    return {(name.removeprefix("builtin:") + (f" (weights {gid[:8]})" if weights_per_name[name] > 1 else "")): series
-            for (name, gid), series in sorted(by_weights.items())}
+        g, n = p.get("guidance", 1.0), p.get("condition_noise", 0.0)
+        dials = "".join(f", {label} {v:g}" for label, v, default in (("guidance", g, 1.0), ("noise", n, 0.0)) if v != default)
+        by_weights.setdefault((p["generator"], p["record"]["generator_sha256"], dials), []).append(p)
+    weights_per_name = Counter(name for name, _ in {(name, gid) for name, gid, _ in by_weights})
+    return {(name.removeprefix("builtin:") + (f" (weights {gid[:8]})" if weights_per_name[name] > 1 else "") + dials): series
+            for (name, gid, dials), series in sorted(by_weights.items())}
 
 
 def plot(points: list[dict[str, Any]], path: Path) -> None:
@@ -197,25 +225,26 @@ def main(argv: list[str] | None = None) -> int:
                      "features": "the judge's penultimate layer (128-d)"},
     })
     for gen in args.generators:
-        gid = generator_id(resolve_generator_dir(Path(gen)))
-        for w in args.weights:
-            for strength in args.strengths:
-                key = point_key(gid, w, strength, args)
-                if key in done:
-                    continue
-                point = {"key": key, "command": command, **measure(gen, w, strength, train, classifier, args)}
-                results["points"].append(point)
-                done.add(key)
-                f, d, m = point["fidelity"], point["diversity"], point["memorisation"]
-                print(f"{gen} w={w} strength={strength}: fidelity {100 * f['fidelity']:.1f}%, pixel "
-                      f"{d['pixel']['candidate_to_anchor']:.3f}, features {d['features']['candidate_to_anchor']:.3f}, "
-                      f"nearer another training image {100 * m['closer_to_another_training_image']:.1f}%, "
-                      f"nearer it than its anchor is {100 * m['nearer_to_another_training_image_than_its_anchor_is']:.1f}% "
-                      f"({point['generate_s']:.0f} s)", flush=True)
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                tmp = args.out.with_suffix(".json.tmp")
-                tmp.write_text(json.dumps(results, indent=2))
-                tmp.replace(args.out)
+        folder = resolve_generator_dir(Path(gen))
+        gid = generator_id(folder)
+        for w, strength, guidance, noise in sampling_grid(folder, args):
+            key = point_key(gid, w, strength, args, guidance, noise)
+            if key in done:
+                continue
+            point = {"key": key, "command": command,
+                     **measure(gen, w, strength, train, classifier, args, guidance, noise)}
+            results["points"].append(point)
+            done.add(key)
+            f, d, m = point["fidelity"], point["diversity"], point["memorisation"]
+            print(f"{gen} w={w} strength={strength} guidance={guidance} noise={noise}: fidelity {100 * f['fidelity']:.1f}%, pixel "
+                  f"{d['pixel']['candidate_to_anchor']:.3f}, features {d['features']['candidate_to_anchor']:.3f}, "
+                  f"nearer another training image {100 * m['closer_to_another_training_image']:.1f}%, "
+                  f"nearer it than its anchor is {100 * m['nearer_to_another_training_image_than_its_anchor_is']:.1f}% "
+                  f"({point['generate_s']:.0f} s)", flush=True)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = args.out.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(results, indent=2))
+            tmp.replace(args.out)
     plot(results["points"], args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
     return 0

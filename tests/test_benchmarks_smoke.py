@@ -141,3 +141,21 @@ def test_frontier_draws_each_generators_weights_as_their_own_series():
     assert {label: len(s) for label, s in series.items()} == {
         "fashion_mnist (weights aaaa1111)": 1, "fashion_mnist (weights cccc2222)": 2, "fashion_mnist_small": 1}
     assert all(len({p["record"]["generator_sha256"] for p in s}) == 1 for s in series.values())
+
+
+def test_frontier_grid_follows_the_generators_conditioning(tmp_path):
+    """Guidance is swept only for conditional generators, embedding noise only for embedding-conditioned ones, and a
+    point at the defaults keeps the key it had before those dials existed (so measured points are not redone)."""
+    bench = load("frontier")
+    args = bench.parse_args(["--weights", "0.1", "--strengths", "1,0.7", "--guidance", "1,2", "--condition-noise", "0,0.2"])
+    for name, unet_config in (("plain", {}), ("labels", {"num_class_embeds": 11}), ("embedding", {"class_embed_type": "identity"})):
+        (tmp_path / name / "unet").mkdir(parents=True)
+        (tmp_path / name / "unet" / "config.json").write_text(json.dumps(unet_config))
+    assert [(g, n) for _, _, g, n in bench.sampling_grid(tmp_path / "plain", args)] == [(1.0, 0.0)] * 2
+    assert {(g, n) for _, _, g, n in bench.sampling_grid(tmp_path / "labels", args)} == {(1.0, 0.0), (2.0, 0.0)}
+    assert len(bench.sampling_grid(tmp_path / "embedding", args)) == 2 * 2 * 2
+    old = json.dumps({"generator": "g", "w": 0.1, "strength": 1.0, "sampler": args.sampler, "steps": args.steps,
+                      "clip_x0": args.clip_x0, "anchors": args.anchors, "candidates": args.candidates, "seed": args.seed},
+                     sort_keys=True)
+    assert bench.point_key("g", 0.1, 1.0, args) == old
+    assert bench.point_key("g", 0.1, 1.0, args, 2.0, 0.0) != old != bench.point_key("g", 0.1, 1.0, args, 1.0, 0.2)
