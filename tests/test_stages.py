@@ -191,6 +191,23 @@ def test_every_setting_redoes_exactly_the_stages_it_decides(tmp_path):
     assert unchanged == [], unchanged
 
 
+def test_an_embedding_condition_redoes_the_generator_and_an_unset_one_changes_no_record(tmp_path):
+    """``train_generator.condition`` (a section with a required encoder, so the sweep above cannot set it) decides
+    the generator; left unset it is not written, so records made before it existed stay current."""
+    config = _config(tmp_path)
+    _make_outputs(config)
+    assert "condition" not in config.model_dump()["train_generator"]
+    encoder = tmp_path / "encoder.pt"
+    encoder.write_bytes(b"weights")
+    changed = _config(tmp_path, f"train_generator.condition.encoder={encoder}")
+    assert _redone(changed) == ORDER[ORDER.index("train-generator"):]
+    conditioned = _config(tmp_path / "conditioned", f"train_generator.condition.encoder={encoder}")
+    _make_outputs(conditioned)
+    assert _redone(conditioned) == []
+    encoder.write_bytes(b"weights pretrained again")  # the same path, another encoder
+    assert _redone(conditioned) == ORDER[ORDER.index("train-generator"):]
+
+
 def test_changed_settings_are_named_and_the_old_output_is_kept(tmp_path, monkeypatch):
     config = _config(tmp_path)
     _make_outputs(config)

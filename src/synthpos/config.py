@@ -184,6 +184,14 @@ class TrainGeneratorConfig(_Strict):
                              "set one of them")
         return self
 
+    @model_serializer(mode="wrap")
+    def _write_condition_when_set(self, handler: Any) -> dict[str, Any]:
+        # An unset condition is left out of dumps, so the records of generators trained before it existed stay current.
+        data = handler(self)
+        if data.get("condition", 0) is None:
+            del data["condition"]
+        return data
+
 
 class AdaptiveNoiseConfig(_Strict):
     """GenView's adaptive noise level: a foreground ratio per image, binned to a noise level."""

@@ -128,8 +128,13 @@ def _train_generator_resolved(config: RunConfig) -> dict[str, Any]:
 
     # The generator is trained with the generation seed (generate.seed, else the run's), so the
     # seeds of a `run --seeds` share one generator.
-    return {"precision": _device_precision(config.train_generator.precision, "cuda" if torch.cuda.is_available() else "cpu"),
-            "generation_seed": config.generation_seed}
+    out = {"precision": _device_precision(config.train_generator.precision, "cuda" if torch.cuda.is_available() else "cpu"),
+           "generation_seed": config.generation_seed}
+    condition = config.train_generator.condition
+    if condition is not None and Path(condition.encoder).is_file():
+        # The encoder's bytes, not its path: an encoder pretrained again with other settings redoes the generator.
+        out["condition_encoder_sha256"] = _sha256(Path(condition.encoder))
+    return out
 
 
 _GENERATOR_RECORDS: dict[tuple, dict[str, Any]] = {}
