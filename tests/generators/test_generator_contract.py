@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from synthpos.config import GenerateConfig, UnCLIPConfig
-from synthpos.generators.registry import GENERATORS, _load_builtin_generators, build_generator
+from synthpos.generators.registry import GENERATORS, build_generator
 
 
 def _clsp(tmp_path_factory, generator_dir, **update):
@@ -50,13 +50,13 @@ def _equal(kind: str, a: np.ndarray, b: np.ndarray) -> None:
 
 
 def test_every_generator_has_a_contract() -> None:
-    _load_builtin_generators()
+    GENERATORS.load_builtins()
     assert set(GENERATORS) <= set(FACTORIES), f"add a factory for {set(GENERATORS) - set(FACTORIES)}"
 
 
 @pytest.mark.parametrize("kind", sorted(FACTORIES))
 def test_generator_contract(kind, tmp_path_factory, generator_dir, anchor_images) -> None:
-    _load_builtin_generators()
+    GENERATORS.load_builtins()
     if kind not in GENERATORS:
         pytest.skip(f"{kind} is not registered here (its extra is not installed)")
     anchors = anchor_images[:4]
