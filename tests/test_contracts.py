@@ -1,13 +1,17 @@
 """One contract for every registered method and synthetic mode (after diffusers' SchedulerCommonTest).
 
-The cases come from the registries, so a new method or mode is checked the moment it is
-registered; the scratch method and mode defined here, as a user's module would, pass the
-same contract. Models are tiny (8 px, a ConvNet of width 4, heads of 8-16 units).
+:class:`MethodContract` and :class:`ModeContract` hold the checks; each component's test is a
+small subclass naming it, and a method's checks run once per mode it takes (the modes come from
+the registry, so a new mode is stepped through every method that declares it). A registered
+method or mode without a subclass fails ``test_every_method_and_mode_has_a_contract``. The
+scratch method and mode defined here, as a user's module would, pass the same contract. Models
+are tiny (8 px, a ConvNet of width 4, heads of 8-16 units).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -86,16 +90,22 @@ def _scratch_components_leave_with_this_module():
     MODES.unregister("scratch_noise")
 
 
-# --- the cases, from the registries ------------------------------------------------------------
+# --- the cases: one subclass per component, checked complete against the registries -----------
 
 def _supports(method, mode) -> bool:
     return mode.for_every_method or mode.name in method.modes
 
 
-SUPPORTED = [(n, m) for n, method in METHODS.items() for m, mode in MODES.items() if _supports(method, mode)]
-UNSUPPORTED = [(n, m) for n, method in METHODS.items() for m, mode in MODES.items() if not _supports(method, mode)]
-WITH_SETTINGS = [("pretrain", n) for n, c in METHODS.items() if c.settings] + \
-                [("pretrain.synthetic", n) for n, c in MODES.items() if c.settings]
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A method's contract runs once per mode it takes (``mode``) and once per mode it does not (``other_mode``)."""
+    cls = metafunc.cls
+    if cls is None or not issubclass(cls, MethodContract):
+        return
+    method = METHODS.get(cls.name)
+    for argument, wanted in (("mode", True), ("other_mode", False)):
+        if argument in metafunc.fixturenames:
+            modes = [m for m, mode in MODES.items() if _supports(method, mode) == wanted]
+            metafunc.parametrize(argument, modes or [pytest.param(None, marks=pytest.mark.skip(reason="it takes every mode"))])
 
 
 @pytest.fixture(scope="module")
@@ -147,57 +157,170 @@ def _config(method: str, mode: str) -> PretrainConfig:
                           channels_last=False, augment=AugmentConfig(crop_size=S), batch_size=8)
 
 
-@pytest.mark.parametrize(("method", "mode"), SUPPORTED)
-def test_a_step_has_a_finite_loss_and_a_gradient_for_every_trained_parameter(method, mode, dataset, store) -> None:
-    torch.manual_seed(0)
-    cfg = _config(method, mode)
-    scorer = UniformScorer() if mode == "quality" else MODES.get(mode).frozen_model(cfg, dataset, 0)
-    model = METHODS.get(method)(TinyBackbone(), build_augment(cfg, dataset), cfg, scorer)
-    model.setup("fit")
-    batches = PretrainBatches(dataset, store if MODES.get(mode).needs_store else None, 0, cfg.synthetic)
-    loss, logs = model.compute_loss(batches.__getitems__(list(range(8))))
-    assert loss.dim() == 0 and torch.isfinite(loss), loss
-    assert logs["loss"] is loss or torch.equal(logs["loss"], loss)
-    assert all(torch.isfinite(v).all() for v in logs.values())
-    loss.backward()
-    without = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
-    assert not without, f"{method}/{mode}: no (finite) gradient for {without}"
-
-
-@pytest.mark.parametrize(("method", "mode"), UNSUPPORTED)
-def test_a_mode_a_method_does_not_declare_is_one_line_when_the_config_is_read(method, mode) -> None:
-    extra = ["pretrain.synthetic.scorer=x.pt"] if mode == "quality" else []
-    with pytest.raises(SynthposError, match=f"mode={mode} needs .*{method} has none") as err:
-        load_config(None, [f"pretrain.method={method}", f"pretrain.synthetic.mode={mode}", *extra])
-    assert "\n" not in str(err.value)
-
-
-@pytest.mark.parametrize("method", list(METHODS))
-def test_settings_round_trip_through_the_run_config(method, tmp_path: Path) -> None:
-    config = RunConfig(pretrain=PretrainConfig(method=method))
-    assert RunConfig.model_validate(config.model_dump(mode="json")) == config
-    dump_config(config, tmp_path / "config.yaml")
-    assert load_config(tmp_path / "config.yaml") == config  # what a stage records reads back as what it ran
-
-
-@pytest.mark.parametrize(("where", "name"), WITH_SETTINGS)
-def test_a_component_owns_its_settings_section(where: str, name: str, tmp_path: Path) -> None:
-    registry = METHODS if where == "pretrain" else MODES
+def _check_settings_section(registry, where: str, name: str, chosen: list[str]) -> None:
+    """A component's settings: a section of its own, its defaults recorded when it is chosen, unknown keys refused."""
     settings = registry.get(name).settings()
     assert type(settings).model_validate(settings.model_dump()) == settings
-    if where == "pretrain":
-        chosen, with_it = f"pretrain.method={name}", []
-    else:  # a mode with a method that declares it
-        user = next(n for n, m in METHODS.items() if _supports(m, MODES.get(name)))
-        chosen, with_it = f"pretrain.synthetic.mode={name}", [f"pretrain.method={user}"]
-    config = load_config(None, [chosen, *with_it])
+    config = load_config(None, chosen)
     section = config.pretrain if where == "pretrain" else config.pretrain.synthetic
     assert section.section(name) == settings  # the component in use records its (default) settings
     key = where.split(".")[-1]
     assert config.model_dump(mode="json")["pretrain"].get(name) == settings.model_dump(mode="json") or \
         config.model_dump(mode="json")["pretrain"][key].get(name) == settings.model_dump(mode="json")
     with pytest.raises(SynthposError, match=f"unknown key '{where}.{name}.no_such_key'"):
-        load_config(None, [chosen, *with_it, f"{where}.{name}.no_such_key=1"])
+        load_config(None, [*chosen, f"{where}.{name}.no_such_key=1"])
+
+
+class MethodContract:
+    """What every method guarantees: a step with each mode it takes has a finite loss and a gradient
+    for every trained parameter; a mode it does not take is one line when the config is read; its
+    settings round-trip and form its own section."""
+
+    #: the name it registers under (``pretrain.method``)
+    name: ClassVar[str]
+
+    def test_a_step_has_a_finite_loss_and_a_gradient_for_every_trained_parameter(self, mode, dataset, store) -> None:
+        method = self.name
+        torch.manual_seed(0)
+        cfg = _config(method, mode)
+        scorer = UniformScorer() if mode == "quality" else MODES.get(mode).frozen_model(cfg, dataset, 0)
+        model = METHODS.get(method)(TinyBackbone(), build_augment(cfg, dataset), cfg, scorer)
+        model.setup("fit")
+        batches = PretrainBatches(dataset, store if MODES.get(mode).needs_store else None, 0, cfg.synthetic)
+        loss, logs = model.compute_loss(batches.__getitems__(list(range(8))))
+        assert loss.dim() == 0 and torch.isfinite(loss), loss
+        assert logs["loss"] is loss or torch.equal(logs["loss"], loss)
+        assert all(torch.isfinite(v).all() for v in logs.values())
+        loss.backward()
+        without = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+        assert not without, f"{method}/{mode}: no (finite) gradient for {without}"
+
+    def test_a_mode_it_does_not_declare_is_one_line_when_the_config_is_read(self, other_mode) -> None:
+        extra = ["pretrain.synthetic.scorer=x.pt"] if other_mode == "quality" else []
+        with pytest.raises(SynthposError, match=f"mode={other_mode} needs .*{self.name} has none") as err:
+            load_config(None, [f"pretrain.method={self.name}", f"pretrain.synthetic.mode={other_mode}", *extra])
+        assert "\n" not in str(err.value)
+
+    def test_settings_round_trip_through_the_run_config(self, tmp_path: Path) -> None:
+        config = RunConfig(pretrain=PretrainConfig(method=self.name))
+        assert RunConfig.model_validate(config.model_dump(mode="json")) == config
+        dump_config(config, tmp_path / "config.yaml")
+        assert load_config(tmp_path / "config.yaml") == config  # what a stage records reads back as what it ran
+
+    def test_it_owns_its_settings_section(self) -> None:
+        if not METHODS.get(self.name).settings:
+            pytest.skip(f"{self.name} has no settings of its own")
+        _check_settings_section(METHODS, "pretrain", self.name, [f"pretrain.method={self.name}"])
+
+
+class ModeContract:
+    """What every synthetic mode guarantees: it declares whether it reads a store and what a method
+    needs for it, some method takes it, and its settings form its own section. (Its steps run in
+    each method's contract.)"""
+
+    #: the name it registers under (``pretrain.synthetic.mode``)
+    name: ClassVar[str]
+
+    def test_it_declares_what_it_needs(self) -> None:
+        mode = MODES.get(self.name)
+        assert isinstance(mode.needs_store, bool) and isinstance(mode.for_every_method, bool)
+        assert mode.for_every_method or (isinstance(mode.needs, str) and mode.needs)
+        assert any(_supports(method, mode) for _, method in METHODS.items()), f"no method takes {self.name}"
+
+    def test_it_owns_its_settings_section(self) -> None:
+        if not MODES.get(self.name).settings:
+            pytest.skip(f"{self.name} has no settings of its own")
+        user = next(n for n, m in METHODS.items() if _supports(m, MODES.get(self.name)))
+        _check_settings_section(MODES, "pretrain.synthetic", self.name,
+                                [f"pretrain.synthetic.mode={self.name}", f"pretrain.method={user}"])
+
+
+class TestSimCLR(MethodContract):
+    name = "simclr"
+
+
+class TestMoCoV2Plus(MethodContract):
+    name = "mocov2plus"
+
+
+class TestMoCoV3(MethodContract):
+    name = "mocov3"
+
+
+class TestBYOL(MethodContract):
+    name = "byol"
+
+
+class TestSimSiam(MethodContract):
+    name = "simsiam"
+
+
+class TestBarlowTwins(MethodContract):
+    name = "barlow_twins"
+
+
+class TestVICReg(MethodContract):
+    name = "vicreg"
+
+
+class TestNNCLR(MethodContract):
+    name = "nnclr"
+
+
+class TestDCL(MethodContract):
+    name = "dcl"
+
+
+class TestDCLW(MethodContract):
+    name = "dclw"
+
+
+class TestAll4One(MethodContract):
+    name = "all4one"
+
+
+class TestSupCon(MethodContract):
+    name = "supcon"
+
+
+class TestScratchCosine(MethodContract):
+    """The user's method above passes the same contract."""
+
+    name = "scratch_cosine"
+
+
+class TestNoneMode(ModeContract):
+    name = "none"
+
+
+class TestCLSPMode(ModeContract):
+    name = "clsp"
+
+
+class TestReplaceMode(ModeContract):
+    name = "replace"
+
+
+class TestMultiposMode(ModeContract):
+    name = "multipos"
+
+
+class TestQualityMode(ModeContract):
+    name = "quality"
+
+
+class TestMoCHiMode(ModeContract):
+    name = "mochi"
+
+
+class TestScratchNoiseMode(ModeContract):
+    name = "scratch_noise"
+
+
+@pytest.mark.parametrize(("registry", "contract"), [(METHODS, MethodContract), (MODES, ModeContract)], ids=["methods", "modes"])
+def test_every_method_and_mode_has_a_contract(registry, contract) -> None:
+    covered = {c.name for c in contract.__subclasses__()}
+    assert set(registry) <= covered, f"write a {contract.__name__} subclass for {sorted(set(registry) - covered)}"
 
 
 def test_the_scratch_components_work_from_a_recipe_and_need_no_store() -> None:

@@ -85,7 +85,7 @@ def inspect_store(
     """Fidelity and diversity of a store's synthetic positives, and a grid of them (--verify: its integrity)."""
     cfg = _load(config, set)
     if verify:
-        from synthpos.data.store_integrity import verify_command
+        from synthpos.evaluation.store_diagnostics import verify_command
         verify_command(store or cfg.store_dir)
         return
     from synthpos.evaluation.store_diagnostics import inspect_store_stage, print_report

@@ -235,8 +235,14 @@ class UnCLIPConfig(_Strict):
 class GenerateConfig(_Strict):
     """Stage 2: synthetic positives into a store (CLSP's DDIM with bottleneck interpolation by default)."""
 
-    kind: str = Field("clsp", description="Which generator: 'clsp' (a DDPM, optionally class-conditional, with bottleneck "
-                      "interpolation) or 'unclip' (Stable unCLIP image variations); see synthpos.generators.registry.")
+    kind: str = Field("clsp", description="A registered generator (synthpos.registry.GENERATORS): 'clsp' (a DDPM, "
+                      "optionally class-conditional or embedding-conditioned, with bottleneck interpolation), 'unclip' "
+                      "(Stable unCLIP image variations), or one a plugin registers.")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_generator(cls, kind: str) -> str:
+        return _known("GENERATORS", kind)
     generator: Path | None = Field(
         None, description="Generator directory (diffusers format). Default: <run_dir>/generator/model. "
         "'builtin:fashion_mnist' names the checkpoint shipped with synthpos.",
@@ -330,7 +336,7 @@ def _known(registry: str, name: str) -> str:
 
     reg = getattr(registries, registry)
     if name not in reg:
-        raise ValueError(f"{name!r} is not a known {reg.kind}; known: {', '.join(reg.names())}")
+        raise ValueError(reg.unknown(name))
     return name
 
 

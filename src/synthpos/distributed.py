@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["GlobalBatchNorm", "all_reduce_sum", "convert_global_batchnorm", "gather", "is_distributed", "launched_world_size", "rank", "rank_offset", "wait_for_launched_processes", "world_size"]
+__all__ = ["GlobalBatchNorm", "all_reduce_sum", "convert_global_batchnorm", "default_device", "gather", "is_distributed", "launched_world_size", "rank", "rank_offset", "wait_for_launched_processes", "world_size"]
 
 
 def is_distributed() -> bool:
@@ -183,6 +183,13 @@ def convert_global_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
     for name, child in module.named_children():
         module.add_module(name, convert_global_batchnorm(child))
     return module
+
+
+def default_device() -> torch.device:
+    """This process's GPU (``LOCAL_RANK`` under torchrun), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
 
 
 def launched_world_size() -> int:

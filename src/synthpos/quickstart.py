@@ -28,7 +28,7 @@ from synthpos.evaluation.evaluate import evaluate_backbone, score_features
 from synthpos.evaluation.generator_check import floors_met
 from synthpos.evaluation.store_diagnostics import fidelity_classifier, inspect_store
 from synthpos.models.backbones import build_backbone, load_backbone, save_backbone
-from synthpos.report.grid import positives_grid
+from synthpos.figures.grid import positives_grid
 from synthpos.report.html import write_report
 from synthpos.stages import run_stage
 

@@ -28,7 +28,7 @@ T = TypeVar("T")
 #: comma-separated modules that register components of their own (imported on a registry's first look-up)
 PLUGINS_ENV = "SYNTHPOS_PLUGINS"
 
-__all__ = ["DATASETS", "METHODS", "MODES", "Registry"]
+__all__ = ["DATASETS", "GENERATORS", "METHODS", "MODES", "Registry"]
 
 
 class Registry(Generic[T]):
@@ -46,6 +46,8 @@ class Registry(Generic[T]):
         self._package = package
         self._entries: dict[str, T] = {}
         self._loaded = False
+        #: built-in modules that could not be imported for want of a third-party package -> why
+        self.not_loaded: dict[str, str] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
         """Class decorator: make the component available as ``<key>: name``; sets ``cls.name``."""
@@ -86,7 +88,9 @@ class Registry(Generic[T]):
             except ModuleNotFoundError as err:
                 if (err.name or "").split(".")[0] == "synthpos":
                     raise
-                # A component that needs an extra which is not installed is simply absent.
+                # A component that needs an extra which is not installed is absent; the module's
+                # message (unclip: "pip install 'synthpos[unclip]'") goes into the unknown-name error.
+                self.not_loaded[f"{self._package}.{info.name}"] = str(err)
 
     def names(self) -> list[str]:
         self.load_builtins()
@@ -106,7 +110,7 @@ class Registry(Generic[T]):
         self.load_builtins()
         return list(self._entries.items())
 
-    def get(self, name: str, hint: str = "") -> T:
+    def get(self, name: str) -> T:
         """The component called ``name``.
 
         Raises:
@@ -114,9 +118,16 @@ class Registry(Generic[T]):
         """
         self.load_builtins()
         if name not in self._entries:
-            known = ", ".join(self._entries) or "none"
-            raise SynthposError(f"{self.key}={name!r} is not a known {self.kind}{hint}; known: {known}")
+            raise SynthposError(f"{self.key}={self.unknown(name)}")
         return self._entries[name]
+
+    def unknown(self, name: str) -> str:
+        """The one-line reason ``name`` is not here: the known names, and the built-in modules that
+        could not be imported (with what to install)."""
+        self.load_builtins()
+        known = ", ".join(self._entries) or "none"
+        absent = "".join(f"; {module} is not loaded ({why})" for module, why in self.not_loaded.items())
+        return f"{name!r} is not a known {self.kind}; known: {known}{absent}"
 
     def __getitem__(self, name: str) -> T:
         return self.get(name)
@@ -130,5 +141,7 @@ def _qualname(component: object) -> str:
 METHODS: Registry[Any] = Registry("method", "pretrain.method", "synthpos.methods")
 #: synthetic modes (``pretrain.synthetic.mode``); classes derived from ``synthpos.modes.base.SyntheticMode``
 MODES: Registry[Any] = Registry("synthetic mode", "pretrain.synthetic.mode", "synthpos.modes")
+#: generators (``generate.kind``); classes derived from ``synthpos.generators.registry.CandidateGenerator``
+GENERATORS: Registry[Any] = Registry("generator", "generate.kind", "synthpos.generators")
 #: datasets (``data.name``); classes derived from ``synthpos.data.datasets.DatasetSource``
 DATASETS: Registry[Any] = Registry("dataset", "data.name", "synthpos.data")

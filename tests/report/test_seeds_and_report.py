@@ -16,7 +16,9 @@ from typer.testing import CliRunner
 
 from synthpos.cli import app
 from synthpos.config import load_config
-from synthpos.evaluation.seeds import mean_interval, paired_difference, seed_configs, t_quantile_975
+from synthpos.evaluation.seeds import covers, mean_interval, paired_difference, run_seeds, seed_configs, t_quantile_975
+from synthpos.generators.registry import CandidateGenerator, register_generator
+from synthpos.registry import GENERATORS
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -52,6 +54,49 @@ def test_seed_configs_share_the_generator_and_store_unless_asked() -> None:
     assert a.generator_model == b.generator_model == Path("r/generator/model")
     a, b = seed_configs(cfg.model_copy(update={"seed_store": "per-seed"}))
     assert a.store_dir != b.store_dir and (a.generation_seed, b.generation_seed) == (3, 4)
+
+
+class _PretrainedGenerator(CandidateGenerator):
+    """A generator that loads its weights (as unclip does): stage 1 never trains it."""
+
+    trains_on_data = False
+
+    def record(self):
+        return {"kind": "scratch_pretrained"}
+
+    def generate(self, anchors, first_index, labels=None, bar=None):
+        raise NotImplementedError
+
+
+@pytest.fixture
+def _scratch_generator():
+    """Registered only while the test runs, so no other test sees it among the known generators."""
+    register_generator("scratch_pretrained")(_PretrainedGenerator)
+    yield
+    GENERATORS.unregister("scratch_pretrained")
+
+
+@pytest.mark.parametrize(("mode", "kind", "trained"), [
+    ("clsp", "clsp", True),
+    ("mochi", "clsp", False),  # mixes in embedding space: no store, so no generator
+    ("none", "clsp", False),
+    ("clsp", "scratch_pretrained", False),  # a generator that loads weights is not trained on the data
+])
+def test_run_seeds_trains_the_shared_generator_only_when_a_store_needs_one(mode, kind, trained, tmp_path,
+                                                                           _scratch_generator) -> None:
+    cfg = load_config(None, [f"run_dir={tmp_path}", "seeds=[0, 1]", f"pretrain.synthetic.mode={mode}",
+                             f"generate.kind={kind}"])
+    trainings, runs = [], []
+
+    def run_one(sub):
+        runs.append(sub)
+        return {"results": {"toy": {"knn": 0.5 + sub.seed / 100}}}
+
+    result = run_seeds(cfg, run_one, trainings.append)
+    assert len(trainings) == int(trained) and len(runs) == 2
+    # Each seed's run is told to use the shared generator only when one was trained for it.
+    assert all((sub.generate.generator == tmp_path / "generator" / "model") == trained for sub in runs)
+    assert ("no store in this run" in result["covers"]) == (mode != "clsp") == ("no store" in covers(cfg))
 
 
 TINY = [

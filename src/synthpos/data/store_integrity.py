@@ -272,35 +272,3 @@ def ensure_verified(store: SyntheticStore, policy: VerifyPolicy = "auto", raise_
     if raise_if_bad and (message := damage_message(store, states)):
         raise SynthposError(message)
     return states
-
-
-# ----------------------------------------------------------------------------- inspect-store --verify
-
-
-def verify_command(path: Path) -> list[ShardState]:
-    """``synthpos inspect-store --verify``: hash every shard, stamp, print each shard's state.
-
-    Raises:
-        SynthposError: the manifest is damaged, or a shard is missing or damaged (after the table).
-    """
-    from rich.console import Console
-    from rich.table import Table
-
-    from synthpos.data.synthetic_store import SyntheticStore
-
-    store = SyntheticStore.open(path, require_complete=False)
-    states = ensure_verified(store, "always", raise_if_bad=False)
-    table = Table(title=f"{store.path}: {store.layout.num_shards} shards, {HASH}")
-    for column in ("shard", "anchors", "state", "detail"):
-        table.add_column(column)
-    colour = {"ok": "green", "no hash": "yellow"}
-    for s in states:
-        start, end = store.layout.shard_range(s.shard)
-        table.add_row(s.name, f"{start}..{end - 1}", f"[{colour.get(s.state, 'red')}]{s.state}[/]", s.detail)
-    console = Console()
-    console.print(table)
-    if message := damage_message(store, states):
-        raise SynthposError(message)
-    if note := unrecorded_note(store, states):
-        console.print(f"note: {note}")
-    return states

@@ -80,7 +80,7 @@ def compare_stage(run_a: Path, run_b: Path, data: DataConfig | None = None, imag
     out = Path(out) if out else (resolve_backbone(run_a) or Path(run_a)).parent / "compare"
     out.mkdir(parents=True, exist_ok=True)
     if "matrix" in result:
-        from synthpos.report.plots import cka_heatmap
+        from synthpos.figures.plots import cka_heatmap
 
         result["heatmap"] = str(cka_heatmap(result, out / "cka_layers.png"))
     with atomic_path(out / "cka.json") as tmp:

@@ -78,6 +78,20 @@ def predict(model: Classifier, images: np.ndarray, mean, std, batch_size: int = 
     return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
 
 
+@torch.no_grad()
+def classifier_outputs(model: Classifier, images: np.ndarray, mean, std) -> tuple[np.ndarray, torch.Tensor]:
+    """The fidelity classifier's predicted classes and penultimate features (one forward pass).
+
+    Args:
+        images: uint8. Shape: (B, H, W, C).
+
+    Returns:
+        ``(classes (B,), features (B, 128))``.
+    """
+    hidden = model.head[:-1](model.features(_inputs(images, mean, std)))
+    return model.head[-1](hidden).argmax(1).numpy(), hidden
+
+
 def store_fidelity(model: Classifier, store: SyntheticStore, labels: np.ndarray, mean, std, max_anchors: int | None = None) -> dict[str, float]:
     """Share of candidates classified as their anchor's label, overall and per candidate slot."""
     n = min(len(store), len(labels), max_anchors or len(store))

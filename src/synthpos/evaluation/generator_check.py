@@ -20,9 +20,11 @@ import numpy as np
 
 from synthpos.config import GeneratorCheckConfig, RunConfig
 from synthpos.data import load_dataset
+from synthpos.distributed import default_device
 from synthpos.errors import SynthposError
 from synthpos.evaluation.positives import PositivesStats
 from synthpos.evaluation.store_diagnostics import fidelity_classifier
+from synthpos.registry import GENERATORS
 
 __all__ = ["GeneratorCheck", "floors_met", "should_stop"]
 
@@ -82,14 +84,13 @@ class GeneratorCheck:
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
 
     def __call__(self, model_dir: Path, step: int) -> dict[str, Any]:
-        from synthpos.generators.generate import default_device
-        from synthpos.generators.registry import build_generator
-
         start = time.monotonic()
         n = min(self.rule.anchors, len(self.train))
         anchors = self.train.images[:n]
         labels = None if self.train.labels is None else self.train.labels[:n]
-        generator = build_generator(self.settings.kind, model_dir, self.settings, self.config.seed, default_device())
+        # Through the registry, not the generators package: training calls this check, so the
+        # generators import evaluation, never the other way round.
+        generator = GENERATORS.get(self.settings.kind)(model_dir, self.settings, self.config.seed, default_device())
         generator.check_images(anchors)
         candidates = generator.generate(anchors, 0, labels)
         stats = PositivesStats(self.train.mean, self.train.std, self.classifier, train_images=self.train.images)

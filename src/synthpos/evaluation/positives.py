@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from synthpos.evaluation.fidelity import Classifier
+from synthpos.evaluation.fidelity import Classifier, classifier_outputs
 
 __all__ = ["FEATURE_METRIC", "PIXEL_METRIC", "PositivesStats", "feature_distances", "memorisation", "pixel_distances"]
 
@@ -172,8 +172,6 @@ class PositivesStats:
         self._memo: list[dict[str, np.ndarray]] = []
 
     def _embed(self, images: np.ndarray) -> tuple[np.ndarray | None, torch.Tensor | None]:
-        from synthpos.evaluation.store_diagnostics import classifier_outputs
-
         classes, features = (None, None)
         if self.classifier is not None:
             classes, features = classifier_outputs(self.classifier, images, self.mean, self.std)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from synthpos.atomic import atomic_path
 from synthpos.config import RunConfig
+from synthpos.registry import GENERATORS, MODES
 
 __all__ = ["t_quantile_975", "mean_interval", "aggregate", "paired_difference", "seed_configs", "run_seeds",
            "SEEDS_SCHEMA"]
@@ -80,14 +81,25 @@ def paired_difference(a: dict, b: dict) -> dict:
             "difference": {k: mean_interval([b["per_seed"][s][k] - a["per_seed"][s][k] for s in common]) for k in keys}}
 
 
+def _reads_store(config: RunConfig) -> bool:
+    """Whether pretraining reads a store: the synthetic mode says (``none`` and ``mochi`` read none)."""
+    return MODES.get(config.pretrain.synthetic.mode).needs_store
+
+
+def _trains_shared_generator(config: RunConfig) -> bool:
+    """Whether one generator is trained here for every seed: the seeds share a store that a generator
+    trained on the data makes (its class says so: ``trains_on_data``) and none is given."""
+    return (config.seed_store == "shared" and _reads_store(config) and config.generate.generator is None
+            and GENERATORS.get(config.generate.kind).trains_on_data)
+
+
 def covers(config: RunConfig) -> str:
-    shared = config.seed_store == "shared" and config.pretrain.synthetic.mode != "none"
     what = ("pretraining (initialisation, data order, augmentations, candidate draws) and evaluation (validation "
             "carve, label subsets, probe initialisation and order)")
-    if shared:
+    if not _reads_store(config):
+        return what + f"; no store in this run (pretrain.synthetic.mode={config.pretrain.synthetic.mode})"
+    if config.seed_store == "shared":
         return what + f"; not generation: one generator and store (generation seed {config.generation_seed}) shared"
-    if config.pretrain.synthetic.mode == "none":
-        return what + "; no synthetic positives in this run"
     return what + ", and generation (a store per seed)"
 
 
@@ -105,7 +117,7 @@ def seed_configs(config: RunConfig) -> list[RunConfig]:
             sub.generate.seed = config.generate.seed if config.generate.seed is not None else seeds[0]
             sub.generate.store = config.generate.store or config.pretrain.store or config.run_dir / "store"
             sub.pretrain.store = None
-            if config.generate.generator is None:
+            if _trains_shared_generator(config):
                 sub.generate.generator = config.run_dir / "generator" / "model"
         out.append(sub)
     return out
@@ -118,9 +130,7 @@ def run_seeds(config: RunConfig, run_one: Callable[[RunConfig], dict], train_gen
     ``train_generator`` makes the shared generator once (shared stores, a generator trained here).
     """
     subs = seed_configs(config)
-    shared_generator = (config.seed_store == "shared" and config.generate.generator is None
-                        and config.generate.kind == "clsp" and config.pretrain.synthetic.mode != "none")
-    if shared_generator and not (config.generator_dir / "COMPLETE").is_file():
+    if _trains_shared_generator(config) and not (config.generator_dir / "COMPLETE").is_file():
         base = config.model_copy(deep=True)
         base.generate.seed = subs[0].generate.seed
         train_generator(base)

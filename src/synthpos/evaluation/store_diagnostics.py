@@ -28,6 +28,7 @@ from synthpos.atomic import atomic_path
 from synthpos.config import DataConfig, FidelityConfig, RunConfig
 from synthpos.data import ImageDataset, load_dataset
 from synthpos.data.augment import to_model_input
+from synthpos.data.store_integrity import HASH, ShardState, damage_message, ensure_verified, unrecorded_note
 from synthpos.data.synthetic_store import SyntheticStore, dataset_fingerprint
 from synthpos.errors import SynthposError
 from synthpos.evaluation.fidelity import Classifier, predict, train_classifier
@@ -38,13 +39,13 @@ __all__ = [
     "FEATURE_METRIC",
     "PIXEL_METRIC",
     "backbone_embedding",
-    "classifier_outputs",
     "feature_distances",
     "fidelity_classifier",
     "inspect_store",
     "inspect_store_stage",
     "pixel_distances",
     "print_report",
+    "verify_command",
 ]
 
 #: uint8 images (B, H, W, C) -> float features (B, D)
@@ -52,22 +53,6 @@ Embedding = Callable[[np.ndarray], torch.Tensor]
 
 
 # ----------------------------------------------------------------------------- encoders
-
-
-@torch.no_grad()
-def classifier_outputs(model: Classifier, images: np.ndarray, mean, std) -> tuple[np.ndarray, torch.Tensor]:
-    """The fidelity classifier's predicted classes and penultimate features (one forward pass).
-
-    Args:
-        images: uint8. Shape: (B, H, W, C).
-
-    Returns:
-        ``(classes (B,), features (B, 128))``.
-    """
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-    x = to_model_input(x, x.shape[-1], mean, std)
-    hidden = model.head[:-1](model.features(x))
-    return model.head[-1](hidden).argmax(1).numpy(), hidden
 
 
 def backbone_embedding(backbone: nn.Module, size: int, mean, std, batch_size: int = 512) -> Embedding:
@@ -201,7 +186,7 @@ def inspect_store_stage(
             cannot be read or does not fit the images.
     """
     from synthpos.models.backbones import load_backbone
-    from synthpos.report.grid import positives_grid
+    from synthpos.figures.grid import positives_grid
 
     if max_anchors is not None and max_anchors < 1:
         raise SynthposError(f"--max-anchors must be at least 1, got {max_anchors}")
@@ -292,3 +277,33 @@ def print_report(report: dict[str, Any]) -> None:
                       f"image than their anchor is (a copy of another image)")
     for note in report["notes"]:
         console.print(f"note: {note}")
+
+
+# ----------------------------------------------------------------------------- inspect-store --verify
+
+
+def verify_command(path: Path) -> list[ShardState]:
+    """``synthpos inspect-store --verify``: hash every shard, stamp, print each shard's state.
+
+    Raises:
+        SynthposError: the manifest is damaged, or a shard is missing or damaged (after the table).
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    store = SyntheticStore.open(path, require_complete=False)
+    states = ensure_verified(store, "always", raise_if_bad=False)
+    table = Table(title=f"{store.path}: {store.layout.num_shards} shards, {HASH}")
+    for column in ("shard", "anchors", "state", "detail"):
+        table.add_column(column)
+    colour = {"ok": "green", "no hash": "yellow"}
+    for s in states:
+        start, end = store.layout.shard_range(s.shard)
+        table.add_row(s.name, f"{start}..{end - 1}", f"[{colour.get(s.state, 'red')}]{s.state}[/]", s.detail)
+    console = Console()
+    console.print(table)
+    if message := damage_message(store, states):
+        raise SynthposError(message)
+    if note := unrecorded_note(store, states):
+        console.print(f"note: {note}")
+    return states

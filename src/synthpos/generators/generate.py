@@ -21,7 +21,7 @@ import torch
 from synthpos.config import GenerateConfig, RunConfig
 from synthpos.data.store_integrity import ensure_verified, file_digest
 from synthpos.data.synthetic_store import SyntheticStore, dataset_fingerprint
-from synthpos.distributed import wait_for_launched_processes
+from synthpos.distributed import default_device, wait_for_launched_processes
 from synthpos.errors import SynthposError
 from synthpos.generators.clsp_generator import CLSPGenerator, generator_id
 from synthpos.generators.registry import build_generator
@@ -29,13 +29,6 @@ from synthpos.progress import progress_bar
 from synthpos.signals import sigterm_raises
 
 __all__ = ["CLSPGenerator", "default_device", "generate_stage", "generate_store", "generator_id", "generator_record"]
-
-
-def default_device() -> torch.device:
-    """This process's GPU (``LOCAL_RANK`` under torchrun), else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
 
 
 def generator_record(generator_dir: Path, settings: GenerateConfig, seed: int, device: torch.device) -> dict[str, Any]:

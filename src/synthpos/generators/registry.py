@@ -1,6 +1,8 @@
 """The generator registry: every way of filling a synthetic store is one class.
 
-A generator turns anchors into K candidates each. Stage 2 (``generate_store``) owns
+A generator turns anchors into K candidates each; it registers in
+:data:`synthpos.registry.GENERATORS`, which imports every module of this package on its first
+look-up (so no list of generators is kept anywhere). Stage 2 (``generate_store``) owns
 everything else: the store, its shards, resuming, splitting the work over processes.
 A new generator (IC-GAN, say) is one class registered under a name, chosen with
 ``generate.kind`` in the run config::
@@ -30,7 +32,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from synthpos.errors import SynthposError
+from synthpos.registry import GENERATORS
 
 __all__ = ["CandidateGenerator", "GENERATORS", "build_generator", "generator_class", "register_generator"]
 
@@ -75,43 +77,19 @@ class CandidateGenerator(ABC):
         """
 
 
-GENERATORS: dict[str, type[CandidateGenerator]] = {}
-
-
 def register_generator(name: str) -> Callable[[type[CandidateGenerator]], type[CandidateGenerator]]:
-    """Class decorator: make a generator available as ``generate.kind: NAME``."""
-
-    def add(cls: type[CandidateGenerator]) -> type[CandidateGenerator]:
-        if name in GENERATORS and GENERATORS[name] is not cls:
-            raise ValueError(f"a generator named {name!r} is already registered ({GENERATORS[name].__name__})")
-        GENERATORS[name] = cls
-        return cls
-
-    return add
-
-
-def _load_builtin_generators() -> None:
-    # Importing a module registers its generators; heavy imports stay lazy until used.
-    import synthpos.generators.clsp_generator  # noqa: F401  (clsp)
-    try:
-        import synthpos.generators.unclip  # noqa: F401  (unclip, needs transformers)
-    except ModuleNotFoundError as err:
-        if err.name not in ("transformers", "synthpos.generators.unclip"):
-            raise
+    """Class decorator: make a generator available as ``generate.kind: NAME`` (in :data:`synthpos.registry.GENERATORS`)."""
+    return GENERATORS.register(name)
 
 
 def generator_class(kind: str) -> type[CandidateGenerator]:
     """The class registered as ``kind`` (what it declares, such as ``trains_on_data``, without loading weights).
 
     Raises:
-        SynthposError: no generator of that name is registered.
+        SynthposError: no generator of that name is registered (one line: the known ones, and a
+            built-in one whose extra is not installed, with the command that installs it).
     """
-    _load_builtin_generators()
-    if kind not in GENERATORS:
-        known = ", ".join(sorted(GENERATORS)) or "none"
-        hint = " (install the 'unclip' extra: pip install 'synthpos[unclip]')" if kind == "unclip" else ""
-        raise SynthposError(f"generate.kind={kind!r} is not a known generator{hint}; known: {known}")
-    return GENERATORS[kind]
+    return GENERATORS.get(kind)
 
 
 def build_generator(kind: str, generator_dir: Path, settings: Any, seed: int, device: Any) -> CandidateGenerator:

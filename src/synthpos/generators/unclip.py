@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from synthpos.config import GenerateConfig
+from synthpos.distributed import default_device
 from synthpos.errors import SynthposError
 from synthpos.generators.adaptive_noise import ForegroundFit, fit_foreground, load_fit, noise_levels, save_fit_once
 from synthpos.generators.clsp import derive_seed
@@ -219,11 +220,7 @@ class UnCLIPGenerator(CandidateGenerator):
         self.settings = settings
         self.options = settings.unclip
         self.seed = seed
-        if device is None:
-            from synthpos.generators.generate import default_device
-
-            device = default_device()
-        self.device = torch.device(device)
+        self.device = torch.device(device) if device is not None else default_device()
         self.precision = resolve_precision(settings.precision, self.device)
         self.candidates = settings.candidates
         self.fit: ForegroundFit | None = None

@@ -1,1 +1,1 @@
-"""Reports: image grids and result tables."""
+"""The HTML report of a run (`synthpos report`): what a run directory holds, as one page."""

@@ -204,7 +204,7 @@ def _inspect_now(run: dict, tmp: Path, grid: bool = True) -> dict | None:
     from synthpos.data import load_dataset
     from synthpos.data.synthetic_store import SyntheticStore
     from synthpos.evaluation.store_diagnostics import inspect_store
-    from synthpos.report.grid import positives_grid
+    from synthpos.figures.grid import positives_grid
 
     config = next((c for c in (_config_of(e) for e in run["entries"]) if c is not None), None)
     if config is None:
@@ -228,7 +228,7 @@ def write_report(run_dirs: list[Path], out: Path | None = None, cka_images: int 
     """
     import jinja2
 
-    from synthpos.report.plots import cka_heatmap, label_efficiency_plot, training_curves
+    from synthpos.figures.plots import cka_heatmap, label_efficiency_plot, training_curves
 
     runs = [collect_run(Path(d)) for d in run_dirs]
     entries = [e for r in runs for e in r["entries"]]

@@ -1,4 +1,4 @@
-"""The report's plots (matplotlib, written as PNG files)."""
+"""Plots (matplotlib, written as PNG files): the CKA heat map, training curves, label efficiency."""
 
 from __future__ import annotations
 

@@ -1,0 +1,33 @@
+"""The generator's training-time check, run once on a real generator: it builds the run's
+generator through the registry (``generate.kind``), judges its positives and logs one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from synthpos.config import load_config
+from synthpos.evaluation import generator_check
+from synthpos.evaluation.fidelity import Classifier
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(), reason="dataset-fashion-mnist not installed")
+def test_a_check_makes_and_judges_the_generators_positives(tmp_path: Path, monkeypatch) -> None:
+    # The judge, untrained (training and scoring it is inspect-store's, tested there): what is
+    # checked here is the way from the run's settings to a generator, its positives and the log.
+    torch.manual_seed(0)
+    judge = Classifier(1, 10, 4, 28).eval()
+    monkeypatch.setattr(generator_check, "fidelity_classifier", lambda *args: (judge, {"test_top1": 0.1}))
+    config = load_config(None, [f"run_dir={tmp_path}", "train_generator.check.anchors=6", "train_generator.check.candidates=2",
+                                "generate.num_steps=2", "generate.precision=fp32"])
+    check = generator_check.GeneratorCheck(config, tmp_path / "checks.jsonl")
+    result = check(Path("builtin:fashion_mnist"), step=7)
+    assert (result["step"], result["anchors"], result["candidates"]) == (7, 6, 2)
+    assert 0 <= result["fidelity"] <= 1 and result["sampling"]["num_steps"] == 2
+    assert result["diversity"]["pixel"]["candidate_to_anchor"] > 0 and result["classifier_test_top1"] == 0.1
+    assert check.history() == [json.loads(json.dumps(result))]
