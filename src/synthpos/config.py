@@ -228,7 +228,8 @@ class GenerateConfig(_Strict):
     """Stage 2: synthetic positives into a store (CLSP's DDIM with bottleneck interpolation by default)."""
 
     kind: str = Field("clsp", description="Which generator: 'clsp' (a DDPM, optionally class-conditional, with bottleneck "
-                      "interpolation) or 'unclip' (Stable unCLIP image variations); see synthpos.generators.registry.")
+                      "interpolation), 'unclip' (Stable unCLIP image variations) or 'anchors' (K copies of the anchor "
+                      "itself: the real-view control of a synthetic run); see synthpos.generators.registry.")
     generator: Path | None = Field(
         None, description="Generator directory (diffusers format). Default: <run_dir>/generator/model. "
         "'builtin:fashion_mnist' names the checkpoint shipped with synthpos.",

@@ -92,6 +92,7 @@ def register_generator(name: str) -> Callable[[type[CandidateGenerator]], type[C
 
 def _load_builtin_generators() -> None:
     # Importing a module registers its generators; heavy imports stay lazy until used.
+    import synthpos.generators.anchors  # noqa: F401  (anchors: the real-view control)
     import synthpos.generators.clsp_generator  # noqa: F401  (clsp)
     try:
         import synthpos.generators.unclip  # noqa: F401  (unclip, needs transformers)
