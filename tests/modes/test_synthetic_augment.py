@@ -115,3 +115,14 @@ def test_unset_it_is_not_written_and_another_crop_size_is_refused() -> None:
     assert "augment" not in load_config(None, []).model_dump(mode="json")["pretrain"]["synthetic"]
     with pytest.raises(SynthposError, match="pretrain.synthetic.augment.crop_size=20 must equal"):
         load_config(None, ["pretrain.synthetic.augment.crop_size=20"])
+
+
+def test_set_it_changes_the_pretraining_record_only(tmp_path) -> None:
+    from synthpos.stages import BY_NAME
+
+    base = [f"run_dir={tmp_path}", "pretrain.synthetic.mode=multipos"]
+    plain, weak = load_config(None, base), load_config(None, [*base, "pretrain.synthetic.augment.hue=0.05"])
+    for stage in ("train-generator", "generate"):
+        assert BY_NAME[stage].settings(plain) == BY_NAME[stage].settings(weak)
+    changed = {k: v for k, v in BY_NAME["pretrain"].settings(weak).items() if BY_NAME["pretrain"].settings(plain).get(k) != v}
+    assert changed["pretrain.synthetic.augment.hue"] == 0.05 and "pretrain.synthetic.augment.crop_size" in changed
