@@ -35,6 +35,15 @@ def cpu_flags() -> list[str]:
     return []
 
 
+def cpu_identity(model: str | None = None, flags: list[str] | None = None) -> dict[str, Any]:
+    """What results are paired by: the CPU model and whether it has avx512_bf16 (bf16 and fp32 kernels, and so the
+    last digits of a result, differ between CPU types). ``key`` is a slug fit for a JSON key; default: this machine."""
+    model = cpu_model() if model is None else model
+    bf16 = "avx512_bf16" in (cpu_flags() if flags is None else flags)
+    slug = "-".join(model.replace("/", " ").split()) + ("+bf16" if bf16 else "+nobf16")
+    return {"model": model, "avx512_bf16": bf16, "key": slug}
+
+
 def machine_info(*packages: str) -> dict[str, Any]:
     """CPU (model, flags, cores), torch's CPU capability and threads, GPU, versions of torch and
     ``packages``, load average now. Call it after ``torch.set_num_threads``."""

@@ -113,10 +113,32 @@ def test_methods_fashion_mnist_smoke(tmp_path):
 
 def test_synthetic_gain_smoke(tmp_path):
     bench, report = smoke("synthetic_gain", tmp_path, "--work", str(tmp_path / "work"))
-    rows = {row["name"]: row["mode"] for row in map(bench.parse_row, bench.DEFAULT_ROWS)}
-    assert {r["row"] for r in report["runs"].values()} == set(rows)
-    # every row with synthetic data is paired with its method's own run without any
-    assert {key.split("/", 1)[1] for key in report["paired"]} == {n for n, mode in rows.items() if mode != "none"}
+    planned = {row["name"]: row for row in bench.plan_rows(list(map(bench.parse_row, bench.DEFAULT_ROWS)))}
+    runs = report["runs"].values()
+    # every row, its control on the anchors store, the all-data and the time-matched SimCLR
+    assert {r["row"] for r in runs} == set(planned) | {"none_all", "none_time"}
+    assert {r["row"] for r in runs if r["role"] == "control"} == {"clsp_real", "multipos_real", "multipos_weakaug_real"}
+    assert all(r["generator"] == {"kind": "anchors", "candidates": 2} for r in runs if r["role"] == "control")
+    cpu = report["machine"]["cpu_model"]
+    assert all(r["cpu"]["model"] == cpu and key.endswith("/" + r["cpu"]["key"]) for key, r in report["runs"].items())
+    # every row but the baselines is paired with its method's own run without synthetic data ...
+    baselines = {n for n, row in planned.items() if row["role"] == "baseline"}
+    assert {key.split("/", 1)[1] for key in report["paired"]} == (set(planned) | {"none_all", "none_time"}) - baselines
+    # ... and, with a store, with its control; SimCLR rows with none_time
+    paired = {key.split("/", 1)[1]: entry for key, entry in report["paired"].items()}
+    assert paired["multipos"]["against_control"]["against"] == "multipos_real"
+    assert paired["clsp_s0.4"]["against_control"]["against"] == "clsp_real"
+    assert paired["replace"]["against_control"]["against"] == "none"
+    assert paired["multipos_weakaug"]["against_control"]["against"] == "multipos_weakaug_real"
+    assert paired["multipos"]["against_none_time"]["against"] == "none_time" and "against_none_time" not in paired["mochi"]
+    matched = next(iter(report["time_matched"].values()))
+    assert matched["cpu"]["model"] == cpu and len(matched["load_average"]) == 3
+    slowest = [r["pretrain_seconds"] for r in runs if r["row"] == matched["slowest_row"]]  # one seed here
+    assert matched["t_slowest"] == pytest.approx(slowest[0], abs=0.051) and matched["t_none"] > 0
+    none_time = next(r for r in runs if r["row"] == "none_time")
+    assert none_time["pretrain_epochs"] == matched["epochs"] == bench.none_time_epochs(1, matched["t_none"], matched["t_slowest"])
+    none_all = next(r for r in runs if r["row"] == "none_all")
+    assert none_all["train_images"] == 256 and none_all["steps"]["none_all"] >= none_all["steps"]["budget"]
 
 
 def test_generator_training_cost_smoke(tmp_path):

@@ -153,8 +153,11 @@ def _cross_field() -> st.SearchStrategy:
         (["pretrain.synthetic.mode=quality", "pretrain.synthetic.scorer=/nonexistent/scorer.pt"], "pretrain.synthetic.scorer"),
         (["evaluate.checkpoint=/nonexistent/backbone.pt"], "evaluate.checkpoint"),
     ])
+    # Synthetic views are batched with the real ones: the same crop size.
+    synthetic_crop = st.integers(8, 256).filter(lambda c: c != 32).map(
+        lambda c: ([f"pretrain.synthetic.augment.crop_size={c}"], "pretrain.synthetic.augment.crop_size"))
     return st.one_of(crop, crop_above_one, groups, levels, sample, batch, split, knn, anchors, positives, steps,
-                     milestones, subset, missing)
+                     milestones, subset, missing, synthetic_crop)
 
 
 def _yaml(value) -> str:
@@ -229,7 +232,8 @@ VALID_FIELDS = [(k, a, m) for k, a, m in FIELDS if _valid_values(a, m) is not No
                               "generate.guidance_scale", "generate.num_anchors", "pretrain.synthetic.positives",
                               "train_generator.unet.norm_num_groups", "pretrain.synthetic.mode", "data.name",
                               "evaluate.max_train", "train_generator.num_train_timesteps", "pretrain.num_nodes",
-                              "generate.strength")]  # strength: at least 1 / num_steps
+                              "generate.strength",  # strength: at least 1 / num_steps
+                              "pretrain.synthetic.augment.crop_size")]  # pretrain.augment.crop_size's
 
 
 @settings(max_examples=200, deadline=None)

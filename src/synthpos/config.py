@@ -237,7 +237,8 @@ class GenerateConfig(_Strict):
 
     kind: str = Field("clsp", description="A registered generator (synthpos.registry.GENERATORS): 'clsp' (a DDPM, "
                       "optionally class-conditional or embedding-conditioned, with bottleneck interpolation), 'unclip' "
-                      "(Stable unCLIP image variations), or one a plugin registers.")
+                      "(Stable unCLIP image variations), 'anchors' (K copies of the anchor itself: the real-view control "
+                      "of a synthetic run), or one a plugin registers.")
 
     @field_validator("kind")
     @classmethod
@@ -364,6 +365,9 @@ class _Sections(_Strict):
     _prefix: ClassVar[str]  # where this section sits in a run config, for messages
     #: keys that moved: old spelling -> (section, key); each still works, with one deprecation line
     MOVED: ClassVar[dict[str, tuple[str, str]]] = {}
+    #: optional keys a dump writes only when set: stage records (and saved configs) of runs made before
+    #: the key existed stay current while it is left unset
+    WRITTEN_WHEN_SET: ClassVar[tuple[str, ...]] = ()
     sections: dict[str, Any] = Field(default_factory=dict, description="Settings sections of "
                                                            "registered components, written under their names.")
 
@@ -420,6 +424,9 @@ class _Sections(_Strict):
     def _write_sections(self, handler: Any) -> dict[str, Any]:
         data = handler(self)
         data.update(data.pop("sections", None) or {})
+        for key in self.WRITTEN_WHEN_SET:
+            if data.get(key, 0) is None:
+                del data[key]
         return data
 
     def section(self, name: str) -> BaseModel:
@@ -465,6 +472,13 @@ class SyntheticConfig(_Sections):
                                 "mapping normalised images (B, C, H, W) to feature maps (B, C', h, w).")
     gamma: float = Field(1.0, ge=0, description="quality: sharpness of the pair weights.")
     scorer_fit_images: int = Field(1000, ge=2, description="quality: images used to fit the scorer's first principal component.")
+    augment: AugmentConfig | None = Field(
+        None, description="The augmentation of views made from a stored candidate (clsp's and multipos's extra views, "
+        "replace's and quality's replaced rows): the keys of pretrain.augment, each one left out taking pretrain.augment's "
+        "value (crop_size must be the same); null: the same augmentation as real views. Weaker colour jitter on "
+        "synthetic views: AdaInf (Wang et al., ICLR 2024).")
+
+    WRITTEN_WHEN_SET: ClassVar[tuple[str, ...]] = ("augment",)
 
     @field_validator("mode")
     @classmethod
@@ -560,6 +574,21 @@ class PretrainConfig(_Sections):
     @classmethod
     def _known_method(cls, method: str) -> str:
         return _known("METHODS", method)
+
+    @model_validator(mode="after")
+    def _resolve_synthetic_augment(self) -> PretrainConfig:
+        """``synthetic.augment``: the keys it sets over ``augment``'s, every key then written out (so a saved
+        config reads back the same)."""
+        own = self.synthetic.augment
+        if own is None:
+            return self
+        merged = AugmentConfig.model_validate({**self.augment.model_dump(), **own.model_dump(exclude_unset=True)})
+        if merged.crop_size != self.augment.crop_size:
+            raise ValueError(f"pretrain.synthetic.augment.crop_size={merged.crop_size} must equal pretrain.augment.crop_size="
+                             f"{self.augment.crop_size}: every view of a step goes through the backbone in one batch")
+        # Not setattr: validate_assignment would run this validator again; a copy, so a shared section is left alone.
+        self.__dict__["synthetic"] = self.synthetic.model_copy(update={"augment": merged})
+        return self
 
 
 def _epoch_fractions(value: list[float], key: str) -> list[float]:

@@ -109,7 +109,8 @@ def _generator_feeds(config: RunConfig) -> str | None:
 
     if not generator_class(config.generate.kind).trains_on_data:
         # The generator class says whether it is trained on the data (clsp's DDPM) or loads pretrained weights.
-        return f"generate.kind={config.generate.kind} uses a pretrained generator (generate.generator)"
+        return (f"generate.kind={config.generate.kind} is not trained on the data "
+                "(it loads pretrained weights from generate.generator, or needs none)")
     if config.generate.generator is not None:
         return f"using generator {config.generate.generator}"
     return None

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -384,6 +385,18 @@ class BatchAugment(torch.nn.Module):
             raise ValueError(f"blur_kernel_size must be odd and positive, got {self.blur_kernel_size}")
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
+
+    @classmethod
+    def from_settings(cls, settings: Any, mean: Sequence[float], std: Sequence[float]) -> BatchAugment:
+        """From an ``AugmentConfig`` (``pretrain.augment``, ``pretrain.synthetic.augment``) and the data's mean and std."""
+        a = settings
+        return cls(
+            crop_size=a.crop_size, crop_scale=tuple(a.crop_scale), jitter_prob=a.jitter_prob,
+            brightness=a.brightness, contrast=a.contrast, saturation=a.saturation,
+            hue=a.hue, grayscale_prob=a.grayscale_prob, hflip_prob=a.hflip_prob,
+            mean=mean, std=std, solarize_prob=a.solarize_prob,
+            blur_prob=a.blur_prob, blur_sigma=tuple(a.blur_sigma), blur_kernel_size=a.blur_kernel_size,
+        )
 
     def extra_repr(self) -> str:
         return (

@@ -87,6 +87,10 @@ class SSLMethod(L.LightningModule):
         self.options = config.section(self.name) if self.settings is not None else None
         self.backbone = backbone
         self.augment = augment
+        # pretrain.synthetic.augment: views made from stored candidates get their own pipeline (the data's
+        # normalisation); None: the same one as real views. No parameters, so the state_dict is unchanged.
+        self.synthetic_augment = None if config.synthetic.augment is None else BatchAugment.from_settings(
+            config.synthetic.augment, augment.mean, augment.std)
         self.optimizer_config = config.optimizer
         self.channels_last = config.channels_last
         self.per_view_batchnorm = config.per_view_batchnorm
@@ -137,14 +141,30 @@ class SSLMethod(L.LightningModule):
 
     # --- shared machinery ------------------------------------------------------------------
 
-    def view(self, images: torch.Tensor, no_crop: torch.Tensor | None = None, index: int = 0) -> torch.Tensor:
+    def view(self, images: torch.Tensor, no_crop: torch.Tensor | None = None, index: int = 0,
+             synthetic: bool | torch.Tensor = False) -> torch.Tensor:
         """View ``index`` (0 = view 1: per-view augmentation settings) of ``images``; ``no_crop`` (B,) bool:
-        where set, no RandomResizedCrop (the whole image)."""
-        # Only an augmentation with per-view settings takes the view's index (others keep their plain signature).
-        per_view = index and getattr(self.augment, "per_view", False)
-        extra = ({} if no_crop is None else {"no_crop": no_crop}) | ({"view": index} if per_view else {})
-        out = self.augment(images, **extra)
+        where set, no RandomResizedCrop (the whole image). ``synthetic``: whether the images are stored
+        candidates, all (True) or per row ((B,) bool); they take ``pretrain.synthetic.augment`` when it is set.
+        Shape: (B, C, H, W) uint8 -> (B, C, crop, crop)."""
+        if self.synthetic_augment is None or synthetic is False:
+            out = self._augment(self.augment, images, no_crop, index)  # the path of every run without the setting
+        elif synthetic is True:
+            out = self._augment(self.synthetic_augment, images, no_crop, index)
+        else:
+            rows = synthetic.to(images.device, torch.bool)
+            out = self._augment(self.augment, images, no_crop, index)
+            if rows.any():
+                out[rows] = self._augment(self.synthetic_augment, images[rows],
+                                          None if no_crop is None else no_crop.to(images.device)[rows], index)
         return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
+
+    @staticmethod
+    def _augment(augment: nn.Module, images: torch.Tensor, no_crop: torch.Tensor | None, index: int) -> torch.Tensor:
+        # Only an augmentation with per-view settings takes the view's index (others keep their plain signature).
+        per_view = index and getattr(augment, "per_view", False)
+        extra = ({} if no_crop is None else {"no_crop": no_crop}) | ({"view": index} if per_view else {})
+        return augment(images, **extra)
 
     def forward_views(self, module, views: list[torch.Tensor]) -> list[torch.Tensor]:
         """``module`` (e.g. a momentum encoder) of every view: one pass, or one per view when

@@ -91,14 +91,7 @@ def _first(batch):
 
 
 def build_augment(cfg: PretrainConfig, dataset: ImageDataset) -> BatchAugment:
-    a = cfg.augment
-    return BatchAugment(
-        crop_size=a.crop_size, crop_scale=tuple(a.crop_scale), jitter_prob=a.jitter_prob,
-        brightness=a.brightness, contrast=a.contrast, saturation=a.saturation,
-        hue=a.hue, grayscale_prob=a.grayscale_prob, hflip_prob=a.hflip_prob,
-        mean=dataset.mean, std=dataset.std, solarize_prob=a.solarize_prob,
-        blur_prob=a.blur_prob, blur_sigma=tuple(a.blur_sigma), blur_kernel_size=a.blur_kernel_size,
-    )
+    return BatchAugment.from_settings(cfg.augment, dataset.mean, dataset.std)
 
 
 def check_method(cfg: PretrainConfig, dataset: ImageDataset) -> type[SSLMethod]:

@@ -82,7 +82,17 @@ class SyntheticMode:
 
     def views(self, method: SSLMethod, batch: PretrainBatch) -> list[torch.Tensor]:
         """The augmented views, in the order of :meth:`sources` (default: the method's augmentation of each)."""
-        return [method.view(source, index=i) for i, source in enumerate(self.sources(batch))]
+        return [method.view(source, index=i, synthetic=self.synthetic_rows(batch, i))
+                for i, source in enumerate(self.sources(batch))]
+
+    def synthetic_rows(self, batch: PretrainBatch, view: int) -> bool | torch.Tensor:
+        """Whether view ``view``'s sources are stored candidates (``pretrain.synthetic.augment`` applies to them):
+        every view after the second (clsp's, multipos's extra views), and in views 1 and 2 the rows
+        ``batch.replaced`` marks (replace, quality). A mode whose extra views are real overrides this.
+        Shape: bool, or (B,) bool."""
+        if view >= 2:
+            return True
+        return False if batch.replaced is None else batch.replaced[:, view]
 
     def loss(
         self, method: SSLMethod, views: list[torch.Tensor], outputs: list[Outputs], batch: PretrainBatch

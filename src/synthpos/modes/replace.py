@@ -64,4 +64,5 @@ class Replace(SyntheticMode):
     def views(self, method, batch: PretrainBatch) -> list[torch.Tensor]:
         if self.config.crop_synthetic or batch.replaced is None:
             return super().views(method, batch)
-        return [method.view(source, no_crop=batch.replaced[:, v], index=v) for v, source in enumerate(self.sources(batch))]
+        return [method.view(source, no_crop=batch.replaced[:, v], index=v, synthetic=batch.replaced[:, v])
+                for v, source in enumerate(self.sources(batch))]
