@@ -6,8 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from synthpos.config import DataConfig
+from synthpos.data import load_dataset
+from synthpos.data.synthetic_store import SyntheticStore
 from synthpos.generators.diffusion import load_generator, resolve_generator_dir
 
 SYNTHPOS = str(Path(sys.executable).with_name("synthpos"))
@@ -35,11 +39,19 @@ def test_quickstart_tiny(tmp_path):
     proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    for row in ("raw pixels", "random init", "SimCLR", "CLSP-SimCLR"):
+    for row in ("raw pixels", "random init", "SimCLR", "CLSP-SimCLR", "control (anchor copies)"):
         assert row in out
     assert "fidelity of the synthetic positives" in out
     results = json.loads((run_dir / "results.json").read_text())
-    assert set(results["rows"]) == {"raw pixels", "random init", "SimCLR", "CLSP-SimCLR"}
+    assert set(results["rows"]) == {"raw pixels", "random init", "SimCLR", "CLSP-SimCLR",
+                                    "CLSP-SimCLR control (anchor copies)"}
+    # The control trained on a store of the anchors themselves (the same mode, nothing generated), and its
+    # backbone is its own.
+    control = SyntheticStore.open(run_dir / "control_store")
+    assert control.manifest["generator"]["kind"] == "anchors"
+    anchors = load_dataset(DataConfig(name="fashion_mnist", subset=40), "train").images
+    assert np.array_equal(np.load(control.shard_path(0)), np.repeat(anchors[:20, None], 2, axis=1))
+    assert (run_dir / "clsp_simclr_control" / "backbone.pt").read_bytes() != (run_dir / "clsp_simclr" / "backbone.pt").read_bytes()
     for scores in results["rows"].values():
         assert 0.0 <= scores["knn_top1"] <= 1.0 and 0.0 <= scores["linear_top1"] <= 1.0
     # Raw pixels on Fashion-MNIST are far above chance (10%) even with 300 training images.

@@ -86,7 +86,8 @@ def collect_run(run_dir: Path) -> dict:
     seeds = _json(run_dir / "seeds.json")
     if quick and "rows" in quick:
         out["kind"] = "quickstart"
-        folders = {"SimCLR": "simclr", "CLSP-SimCLR": "clsp_simclr", "random init": "random_init"}
+        folders = {"SimCLR": "simclr", "CLSP-SimCLR": "clsp_simclr", "random init": "random_init",
+                   "CLSP-SimCLR control (anchor copies)": "clsp_simclr_control"}
         out["entries"] = []
         for name, row in quick["rows"].items():
             folder = run_dir / folders.get(name, "_none")
