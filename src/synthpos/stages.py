@@ -69,6 +69,7 @@ class Stage:
         feeds: None when the next stage reads this one's output with this config, else why not
             (a stage that feeds nothing is not part of ``synthpos run``; see :func:`needed`).
         resolved: values the config leaves open (resolved precision, the generator's record).
+        notes: lines worth a user's look that change nothing (a store's stray shard files).
     """
 
     name: str
@@ -81,6 +82,7 @@ class Stage:
     result: Callable[[RunConfig], Any]
     feeds: Callable[[RunConfig], str | None] = lambda config: None
     resolved: Callable[[RunConfig], dict[str, Any]] = field(default=lambda config: {})
+    notes: Callable[[RunConfig], list[str]] = field(default=lambda config: [])
 
     def settings(self, config: RunConfig) -> dict[str, Any]:
         """The output-deciding settings' values, flattened."""
@@ -192,14 +194,35 @@ def _sha256(path: Path) -> str:
 
 
 def _store_finished(config: RunConfig) -> bool:
+    """Every shard present and matching its recorded hash: a store that does not verify is not done.
+
+    Shards the stamp of the last full check vouches for (same size, mtime, inode) are not hashed
+    again; a shard changed since (zeroed in place, copied over) is. Writes nothing.
+    """
+    from synthpos.data.store_integrity import stamped_states
     from synthpos.data.synthetic_store import SyntheticStore
 
     if not (config.store_dir / "manifest.json").is_file():
         return False
     try:
-        return SyntheticStore.open(config.store_dir, require_complete=False).complete
+        store = SyntheticStore.open(config.store_dir, require_complete=False)
     except SynthposError:
         return False
+    return not any(state.bad for state in stamped_states(store))
+
+
+def _store_notes(config: RunConfig) -> list[str]:
+    """Shard files the store's manifest does not know: reported, never read or removed."""
+    from synthpos.data.store_integrity import unknown_note
+    from synthpos.data.synthetic_store import SyntheticStore
+
+    if not (config.store_dir / "manifest.json").is_file():
+        return []
+    try:
+        note = unknown_note(SyntheticStore.open(config.store_dir, require_complete=False))
+    except SynthposError:
+        return []
+    return [note] if note else []
 
 
 def _run_train_generator(config: RunConfig, show_progress: bool) -> Path:
@@ -270,6 +293,7 @@ STAGES: tuple[Stage, ...] = (
         result=_open_store,
         feeds=_store_feeds,
         resolved=_generate_resolved,
+        notes=_store_notes,
     ),
     Stage(
         name="pretrain",
@@ -456,6 +480,9 @@ def stage_status(stage: Stage, config: RunConfig, adopt: bool = False, explicit:
         return Status("redo", "made with other settings", changes, expected)
     if record.get("complete") and stage.finished(config):
         return Status("done", "", expected=expected)
+    if record.get("complete"):
+        # Finished once, damaged since (a store's shard zeroed or deleted): the stage remakes what is bad.
+        return Status("resume", "its output was finished but is now incomplete or damaged", expected=expected)
     return Status("resume", "", expected=expected)
 
 
@@ -485,6 +512,9 @@ def prepare_stage(stage: Stage, config: RunConfig, force: bool = False, explicit
     if status.state == "not needed":
         console.print(f"[dim]skip {stage.name}: {status.why}[/dim]")
         return status
+    if _is_lead_process():
+        for line in stage.notes(config):
+            console.print(f"note: {line}", markup=False, highlight=False)
     if status.state == "done" and not force:
         note = f" ({status.why})" if status.why else ""
         console.print(f"[dim]skip {stage.name}: done, made with these settings{note}[/dim]")

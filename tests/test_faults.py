@@ -1,0 +1,171 @@
+"""Faults a user meets on a shared machine, through the `synthpos` command (in this process, via
+``synthpos.cli.main``, so its error handling is the one under test): a damaged store, a second
+launch, a full disk, a bad path. Each ends in one line and exit 2, or in a correct resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+needs_fmnist = pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").is_file(), reason="Fashion-MNIST not installed")
+
+N = 16
+# The shipped generator, 2 sampling steps, 4 shards of 4 anchors: about a second.
+GENERATE = ["run_dir=run", f"data.subset={N}", "pretrain.synthetic.mode=clsp", "generate.generator=builtin:fashion_mnist",
+            "generate.candidates=2", "generate.num_steps=2", "generate.shard_size=4", "generate.batch_size=8",
+            "generate.precision=fp32", "generate.num_threads=1"]
+PRETRAIN = ["pretrain.backbone.name=convnet", "pretrain.backbone.width=4", "pretrain.projector_hidden_dim=16",
+            "pretrain.projector_out_dim=8", "pretrain.batch_size=8", "pretrain.epochs=1", "pretrain.precision=fp32",
+            "pretrain.augment.crop_size=28", "pretrain.accelerator=cpu", "pretrain.num_threads=1",
+            "pretrain.knn_every_epochs=0"]
+EVALUATE = ["evaluate.max_train=16", "evaluate.knn_k=3", "evaluate.linear.epochs=1", "evaluate.linear_protocols=[fast]",
+            "evaluate.label_fractions=[1.0]", "evaluate.validation_fraction=0.25"]
+
+
+def sets(*groups: list[str]) -> list[str]:
+    return [arg for group in groups for value in group for arg in ("--set", value)]
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """``synthpos ARGS`` in this process: (exit code, stdout, stderr)."""
+    from synthpos.cli import main
+
+    capsys.readouterr()
+    argv, sys.argv = sys.argv, ["synthpos", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        sys.argv = argv
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(code: int, err: str, *needles: str) -> str:
+    """Exit 2 and exactly one line on stderr, starting 'error: ', without a traceback."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, err[-3000:])
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def tree(path: Path) -> dict[str, str]:
+    """Every file and folder under ``path`` with its content hash ('dir' for folders): to check nothing changed."""
+    out = {}
+    for p in sorted(path.rglob("*")):
+        out[str(p.relative_to(path))] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def made_store(tmp_path_factory) -> Path:
+    """A folder with run/store made by `synthpos generate` (copied into each test's folder)."""
+    root = tmp_path_factory.mktemp("made")
+    from _pytest.monkeypatch import MonkeyPatch
+
+    with MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        from synthpos.cli import main
+
+        argv, sys.argv = sys.argv, ["synthpos", "generate", "-q", *sets(GENERATE)]
+        try:
+            main()
+        finally:
+            sys.argv = argv
+    return root
+
+
+def _copy(made: Path, tmp_path: Path, monkeypatch) -> Path:
+    shutil.copytree(made / "run", tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "run" / "store"
+
+
+def _damage(store: Path, kind: str) -> None:
+    shard = store / "shard-00002.npy"
+    if kind == "missing":
+        shard.unlink()
+    elif kind == "truncated":
+        shard.write_bytes(shard.read_bytes()[:1000])
+    elif kind == "zeroed":
+        shard.write_bytes(bytes(shard.stat().st_size))
+    elif kind == "flipped":  # one byte of the data changed, size and header intact
+        data = bytearray(shard.read_bytes())
+        data[-7] ^= 0xFF
+        shard.write_bytes(bytes(data))
+
+
+# ----------------------------------------------------------------------------- item 2: the store is part of generate's state
+
+
+@needs_fmnist
+@pytest.mark.parametrize("kind", ["missing", "truncated", "zeroed", "flipped"])
+def test_a_damaged_store_is_remade_by_the_command_pretrain_advises(made_store, tmp_path, monkeypatch, capsys, kind) -> None:
+    store = _copy(made_store, tmp_path, monkeypatch)
+    before = {p.name: p.read_bytes() for p in sorted(store.glob("shard-*.npy"))}
+    _damage(store, kind)
+
+    code, _, err = cli(capsys, "pretrain", "-q", *sets(GENERATE, PRETRAIN))
+    line = one_line(code, err, "shard-00002.npy", "synthpos generate")
+    assert {"missing": "incomplete", "truncated": "truncated", "zeroed": "sha256 differs",
+            "flipped": "sha256 differs"}[kind] in line
+    assert not (tmp_path / "run" / "pretrain").exists()
+
+    code, _, err = cli(capsys, "generate", "-q", *sets(GENERATE))  # the advised command, with the same config
+    assert code == 0, err
+    assert "skip generate" not in err
+    assert {p.name: p.read_bytes() for p in sorted(store.glob("shard-*.npy"))} == before  # byte for byte
+
+    code, _, err = cli(capsys, "pretrain", "-q", *sets(GENERATE, PRETRAIN))
+    assert code == 0, err
+    assert (tmp_path / "run" / "pretrain" / "backbone.pt").is_file()
+
+
+@needs_fmnist
+def test_a_verified_store_is_not_hashed_again_and_a_changed_shard_is(made_store, tmp_path, monkeypatch, capsys) -> None:
+    from synthpos.data import store_integrity
+
+    store = _copy(made_store, tmp_path, monkeypatch)
+    hashed: list[str] = []
+    original = store_integrity.file_digest
+    monkeypatch.setattr(store_integrity, "file_digest", lambda path: hashed.append(Path(path).name) or original(path))
+    code, _, err = cli(capsys, "generate", "-q", *sets(GENERATE))
+    assert code == 0 and "skip generate: done" in err, err
+    # The copy has new inodes, so that status check hashed every shard (and, a status check, wrote no stamp).
+    assert sorted(hashed) == [f"shard-{s:05d}.npy" for s in range(4)]
+    from synthpos.data.synthetic_store import SyntheticStore
+    store_integrity.ensure_verified(SyntheticStore.open(store), "always")  # a stamp for these very files
+    hashed.clear()
+    assert cli(capsys, "generate", "-q", *sets(GENERATE))[0] == 0
+    assert hashed == [], "a stamped store must not be hashed by a status check"
+    (store / "shard-00001.npy").write_bytes(bytes((store / "shard-00001.npy").stat().st_size))
+    code, _, err = cli(capsys, "generate", "-q", *sets(GENERATE))
+    assert code == 0 and "skip generate" not in err and "shard-00001.npy is damaged" in err, err
+    assert hashed[0] == "shard-00001.npy", hashed  # the status check hashed the changed shard alone
+
+
+@needs_fmnist
+def test_a_shard_the_manifest_does_not_know_is_reported(made_store, tmp_path, monkeypatch, capsys) -> None:
+    store = _copy(made_store, tmp_path, monkeypatch)
+    shutil.copy(store / "shard-00000.npy", store / "shard-00009.npy")
+    code, _, err = cli(capsys, "generate", "-q", *sets(GENERATE))
+    assert code == 0 and "skip generate: done" in err, err
+    assert "shard-00009.npy" in err and "manifest does not" in " ".join(err.split()), err
+    assert (store / "shard-00009.npy").is_file()  # reported, not removed
