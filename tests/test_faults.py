@@ -169,3 +169,103 @@ def test_a_shard_the_manifest_does_not_know_is_reported(made_store, tmp_path, mo
     assert code == 0 and "skip generate: done" in err, err
     assert "shard-00009.npy" in err and "manifest does not" in " ".join(err.split()), err
     assert (store / "shard-00009.npy").is_file()  # reported, not removed
+
+
+# ----------------------------------------------------------------------------- item 3: one run directory, one writer
+
+HOLDER = """
+import os, sys, time
+from synthpos.run_lock import run_lock
+with run_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def _hold(run_dir: Path, tmp_path: Path, **env: str):
+    """A second real process that takes ``run_dir``'s lock and sleeps; returns it once it holds the lock."""
+    import os
+    import subprocess
+
+    script = tmp_path / "hold.py"
+    script.write_text(HOLDER)
+    environment = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "TORCHELASTIC_RUN_ID")}
+    proc = subprocess.Popen([sys.executable, str(script), str(run_dir)], stdout=subprocess.PIPE, text=True,
+                            env={**environment, **env})
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+@needs_fmnist
+def test_a_second_launch_is_refused_and_a_dead_holder_taken_over(made_store, tmp_path, monkeypatch, capsys) -> None:
+    import json
+    import signal
+
+    _copy(made_store, tmp_path, monkeypatch)
+    run = tmp_path / "run"
+    holder = _hold(run, tmp_path)
+    try:
+        before = tree(run)
+        for command in (["pretrain", *sets(GENERATE, PRETRAIN)], ["generate", *sets(GENERATE)],
+                        ["run", *sets(GENERATE, PRETRAIN, EVALUATE)]):
+            code, _, err = cli(capsys, *command[:1], "-q", *command[1:])
+            line = one_line(code, err, f"pid {holder.pid}", "since", "run/.synthpos.lock", f"kill {holder.pid}")
+            assert tree(run) == before, command[0]  # refused: the run directory is byte-identical
+        assert json.loads((run / ".synthpos.lock").read_text())["pid"] == holder.pid
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # SIGKILL leaves the lock behind; its process is gone, so the next command takes it over.
+    code, _, err = cli(capsys, "generate", "-q", *sets(GENERATE))
+    assert code == 0 and f"taking over the lock of run from pid {holder.pid}" in " ".join(err.split()), err
+    assert not (run / ".synthpos.lock").exists(), "removed on exit"
+    assert line
+
+
+def test_a_lock_from_another_host_is_refused_with_the_command_that_clears_it(tmp_path, monkeypatch, capsys) -> None:
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".synthpos.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere", "since": "2026-01-01 00:00:00"}))
+    before = tree(tmp_path)
+    code, _, err = cli(capsys, "generate", "-q", *sets(GENERATE))
+    one_line(code, err, "pid 1 on elsewhere since 2026-01-01 00:00:00", "`rm run/.synthpos.lock`")
+    assert tree(tmp_path) == before
+
+
+def test_the_lock_is_reentrant_removed_on_every_exit_and_shared_by_one_launch(tmp_path, monkeypatch) -> None:
+    import signal
+
+    from synthpos.errors import SynthposError
+    from synthpos.run_lock import run_lock
+
+    run = tmp_path / "a" / "run"
+    with run_lock(run):
+        with run_lock(run):  # `run` holds it and each stage takes it again
+            assert (run / ".synthpos.lock").is_file()
+        assert (run / ".synthpos.lock").is_file()
+    assert not (tmp_path / "a").exists(), "the folders made for the lock go with it"
+    with pytest.raises(SynthposError), run_lock(run):
+        raise SynthposError("a refused input")
+    assert not (tmp_path / "a").exists()
+
+    # A torchrun launch: rank 0 holds it; rank 1 of the same launch shares it, a rank of another launch is refused.
+    holder = _hold(run, tmp_path, TORCHELASTIC_RUN_ID="launch-1", RANK="0", LOCAL_RANK="0")
+    try:
+        monkeypatch.setenv("RANK", "1")
+        monkeypatch.setenv("LOCAL_RANK", "1")
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-1")
+        with run_lock(run):
+            pass
+        assert (run / ".synthpos.lock").is_file(), "a non-zero rank never removes the launch's lock"
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-2")
+        with pytest.raises(SynthposError, match=f"pid {holder.pid}"), run_lock(run):
+            pass
+        monkeypatch.setenv("RANK", "0")
+        monkeypatch.setenv("LOCAL_RANK", "0")
+        with pytest.raises(SynthposError, match=f"pid {holder.pid}"), run_lock(run):
+            pass
+    finally:
+        holder.send_signal(signal.SIGTERM)
+        holder.wait()

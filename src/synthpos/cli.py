@@ -139,6 +139,12 @@ def run(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = False,
         seeds: Annotated[Optional[str], typer.Option(help="Run once per seed, e.g. 0,1,2 (sets `seeds:`).")] = None) -> None:
     """All four stages from one config, skipping those already done."""
     cfg = _load(config, (set or []) + ([f"seeds=[{seeds}]"] if seeds else []))
+    from synthpos.run_lock import run_lock
+    with run_lock(cfg.run_dir):  # one writer for the whole run, seeds and shared generator included
+        _run(cfg, quiet)
+
+
+def _run(cfg, quiet: bool) -> None:
     from synthpos.pipeline import run_pipeline
     if cfg.seeds:
         from synthpos.evaluation.seeds import run_seeds, print_seeds
@@ -191,8 +197,10 @@ def quickstart(
 ) -> None:
     """SimCLR vs CLSP-SimCLR on Fashion-MNIST at CPU scale (about 15 minutes on 2 cores)."""
     from synthpos.quickstart import run_quickstart
+    from synthpos.run_lock import run_lock
 
-    run_quickstart(run_dir, train_generator=train_generator, overrides=set or [], show_progress=not quiet)
+    with run_lock(run_dir):
+        run_quickstart(run_dir, train_generator=train_generator, overrides=set or [], show_progress=not quiet)
 
 
 def _quiet_libraries() -> None:

@@ -8,6 +8,7 @@ from rich.console import Console
 
 from synthpos.config import RunConfig
 from synthpos.distributed import rank
+from synthpos.run_lock import run_lock
 from synthpos.stages import BY_NAME, STAGES, needed, run_stage, stage_status
 
 console = Console(stderr=True)
@@ -31,12 +32,13 @@ def run_pipeline(config: RunConfig, show_progress: bool = True) -> dict:
     """
     # Every stage's limits first: a bad pretrain value is not found after the generator has trained.
     config.check_limits(tuple(s.name for s in STAGES if needed(s, config) is None))
-    upstream_ran = False
-    for stage in STAGES:
-        # Once a stage has run, every later one runs too: its inputs are new.
-        _, ran = run_stage(stage.name, config, show_progress, force=upstream_ran)
-        upstream_ran = upstream_ran or ran
-        if ran and rank() != 0:
-            # Lightning's DDP relaunches this command on every rank; only rank 0 goes on.
-            return {}
-    return json.loads((config.evaluate_dir / "metrics.json").read_text())
+    with run_lock(config.run_dir):  # held between the stages too: nobody else writes in between
+        upstream_ran = False
+        for stage in STAGES:
+            # Once a stage has run, every later one runs too: its inputs are new.
+            _, ran = run_stage(stage.name, config, show_progress, force=upstream_ran)
+            upstream_ran = upstream_ran or ran
+            if ran and rank() != 0:
+                # Lightning's DDP relaunches this command on every rank; only rank 0 goes on.
+                return {}
+        return json.loads((config.evaluate_dir / "metrics.json").read_text())

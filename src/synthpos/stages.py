@@ -567,10 +567,21 @@ def run_stage(name: str, config: RunConfig, show_progress: bool = True, force: b
     ``force``: redo it even if done (an earlier stage ran). ``explicit``: the stage's own CLI
     command, which runs it also where ``synthpos run`` would not need it.
 
+    The run directory's lock (:mod:`synthpos.run_lock`) is held from the first record read to
+    the last one written; a second process on the same run directory is refused.
+
     The result is what the stage function returns (a path, a store, the metrics) or, for a
     stage that is done, the same read from its output; None for a stage not in this run.
     """
-    stage = BY_NAME[name]
+    from synthpos.run_lock import run_lock
+
+    with run_lock(config.run_dir):
+        return _run_stage_locked(BY_NAME[name], config, show_progress, force, explicit)
+
+
+def _run_stage_locked(stage: Stage, config: RunConfig, show_progress: bool, force: bool,
+                      explicit: bool) -> tuple[Any, bool]:
+    name = stage.name
     created = _created_dirs(stage.output(config))
     # Under torchrun every rank generates: rank 0 decides (moves a stale store aside, writes the
     # record) while the others wait, then they read what it wrote.
