@@ -269,3 +269,128 @@ def test_the_lock_is_reentrant_removed_on_every_exit_and_shared_by_one_launch(tm
     finally:
         holder.send_signal(signal.SIGTERM)
         holder.wait()
+
+
+# ----------------------------------------------------------------------------- item 4: a full disk is one line
+
+SEED = int(__import__("os").environ.get("SYNTHPOS_FAULT_SEED", "0"))
+
+
+def _no_space(path: str = "") -> OSError:
+    import errno
+
+    return OSError(errno.ENOSPC, "No space left on device", path or None)
+
+
+@needs_fmnist
+def test_a_full_disk_in_generate_is_one_line_and_the_same_command_resumes(made_store, tmp_path, monkeypatch, capsys) -> None:
+    import random
+
+    from synthpos.data import store_integrity
+    from synthpos.data.synthetic_store import SyntheticStore
+
+    monkeypatch.chdir(tmp_path)
+    shard_bytes = (made_store / "run" / "store" / "shard-00000.npy").stat().st_size
+    # A disk with room for between 1 and 3 shards: the write that crosses it fails with ENOSPC.
+    room = random.Random(SEED).randrange(shard_bytes, 3 * shard_bytes)
+    written = [0]
+    original = store_integrity.HashingWriter.write
+
+    def write(self, data: bytes) -> int:
+        written[0] += len(data)
+        if written[0] > room:
+            raise _no_space()
+        return original(self, data)
+
+    monkeypatch.setattr(store_integrity.HashingWriter, "write", write)
+    code, _, err = cli(capsys, "generate", "-q", *sets(GENERATE))
+    line = one_line(code, err, "no space left on device", "run/store/shard-0000", "needs about", "run the same command again")
+    kept = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run" / "store").glob("shard-*.npy")}
+    assert len(kept) == room // shard_bytes, (line, kept)
+    assert not list((tmp_path / "run" / "store").glob("*.tmp-*")), "no half-written file left"
+
+    monkeypatch.setattr(store_integrity.HashingWriter, "write", original)  # space freed
+    code, _, err = cli(capsys, "generate", "-q", *sets(GENERATE))
+    assert code == 0, err
+    store = tmp_path / "run" / "store"
+    assert all(store.joinpath(name).stat().st_mtime_ns == mtime for name, mtime in kept.items()), "finished shards kept"
+    assert [s.state for s in store_integrity.ensure_verified(SyntheticStore.open(store), "always")] == ["ok"] * 4
+    for shard in sorted(store.glob("shard-*.npy")):  # as an uninterrupted generation made them
+        assert shard.read_bytes() == (made_store / "run" / "store" / shard.name).read_bytes()
+
+
+TORCH_SAVE = torch.save
+
+
+def _fail_nth_save(monkeypatch, n: int) -> list[str]:
+    """torch.save fails with ENOSPC (after writing a little) at its n-th call; returns the files it was asked for."""
+    calls: list[str] = []
+    original = TORCH_SAVE
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(str(f))
+        if len(calls) == n:
+            Path(f).write_bytes(b"partial")
+            raise _no_space(str(f))
+        return original(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    return calls
+
+
+@needs_fmnist
+@pytest.mark.parametrize("stage", ["pretrain", "evaluate"])
+def test_a_full_disk_in_pretrain_and_evaluate_is_one_line_and_resumable(made_store, tmp_path, monkeypatch, capsys, stage) -> None:
+    import random
+
+    _copy(made_store, tmp_path, monkeypatch)
+    args = sets(GENERATE, PRETRAIN, EVALUATE)
+    if stage == "evaluate":
+        assert cli(capsys, "pretrain", "-q", *args)[0] == 0
+    # Count the stage's torch.save calls, then fail a seeded one of them in a fresh copy.
+    calls = _fail_nth_save(monkeypatch, 10**9)
+    probe = tmp_path / "probe"
+    shutil.copytree(tmp_path / "run", probe / "run")
+    monkeypatch.chdir(probe)
+    assert cli(capsys, stage, "-q", *args)[0] == 0
+    monkeypatch.chdir(tmp_path)
+    assert calls, f"{stage} wrote nothing with torch.save"
+    n = random.Random(SEED).randrange(1, len(calls) + 1)
+    calls = _fail_nth_save(monkeypatch, n)
+    code, _, err = cli(capsys, stage, "-q", *args)
+    one_line(code, err, "no space left on device", Path(calls[-1]).name.split(".tmp-")[0], "run the same command again")
+    monkeypatch.setattr(torch, "save", TORCH_SAVE)  # space freed
+    code, _, err = cli(capsys, stage, "-q", *args)
+    assert code == 0, err
+    assert (tmp_path / "run" / ("pretrain/backbone.pt" if stage == "pretrain" else "evaluate/metrics.json")).is_file()
+
+
+def test_no_space_and_no_memory_anywhere_are_one_line(tmp_path, monkeypatch, capsys) -> None:
+    import dataclasses
+    import errno
+
+    import synthpos.stages as stages
+    from synthpos.atomic import NoSpaceError, atomic_path
+
+    # torch's writer loses the errno; on a nearly full file system its failure is a full disk.
+    monkeypatch.setattr("synthpos.atomic.free_bytes", lambda path: 1000)
+    with pytest.raises(NoSpaceError, match="no space left on device writing .*x.pt: it needs more than the 7 bytes"):
+        with atomic_path(tmp_path / "x.pt") as tmp:
+            tmp.write_bytes(b"partial")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/0: file write failed")
+    assert list(tmp_path.iterdir()) == []
+    for i, (fault, needles) in enumerate([
+            (OSError(errno.EDQUOT, "Disk quota exceeded"), ("disk quota exceeded", "under run")),
+            (MemoryError("Unable to allocate 7.45 GiB for an array with shape (1000000000,)"),
+             ("out of memory: Unable to allocate 7.45 GiB", "batch_size")),
+            (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 800 bytes"),
+             ("out of memory", "800 bytes"))]):
+        def fail(config, show_progress, fault=fault):
+            raise fault
+
+        # The generate stage's work fails with ``fault`` (any stage's would go the same way: cli.main decides).
+        monkeypatch.setitem(stages.BY_NAME, "generate", dataclasses.replace(stages.BY_NAME["generate"], run=fail))
+        (tmp_path / str(i)).mkdir()
+        monkeypatch.chdir(tmp_path / str(i))
+        code, _, err = cli(capsys, "generate", "-q", *sets(GENERATE))
+        one_line(code, err, *needles)

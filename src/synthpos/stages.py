@@ -28,7 +28,7 @@ from typing import Any
 
 from rich.console import Console
 
-from synthpos.atomic import atomic_path
+from synthpos.atomic import NoSpaceError, atomic_path
 from synthpos.config import RunConfig
 from synthpos.errors import SynthposError
 
@@ -70,6 +70,7 @@ class Stage:
             (a stage that feeds nothing is not part of ``synthpos run``; see :func:`needed`).
         resolved: values the config leaves open (resolved precision, the generator's record).
         notes: lines worth a user's look that change nothing (a store's stray shard files).
+        space: (about how many bytes the unfinished output still needs, what it is), for a full disk's message.
     """
 
     name: str
@@ -83,6 +84,7 @@ class Stage:
     feeds: Callable[[RunConfig], str | None] = lambda config: None
     resolved: Callable[[RunConfig], dict[str, Any]] = field(default=lambda config: {})
     notes: Callable[[RunConfig], list[str]] = field(default=lambda config: [])
+    space: Callable[[RunConfig], tuple[int | None, str | None]] = field(default=lambda config: (None, None))
 
     def settings(self, config: RunConfig) -> dict[str, Any]:
         """The output-deciding settings' values, flattened."""
@@ -225,6 +227,19 @@ def _store_notes(config: RunConfig) -> list[str]:
     return [note] if note else []
 
 
+def _store_space(config: RunConfig) -> tuple[int | None, str | None]:
+    """The bytes of the shards still to write (missing or of the wrong size): what a full disk must make room for."""
+    from synthpos.data.store_integrity import check_store
+    from synthpos.data.synthetic_store import SyntheticStore
+
+    try:
+        store = SyntheticStore.open(config.store_dir, require_complete=False)
+    except SynthposError:
+        return None, "the synthetic store"
+    todo = [s.shard for s in check_store(store, full=False) if s.bad]
+    return sum(store.expected_bytes(s) for s in todo) or None, f"the synthetic store: {len(todo)} shards to write"
+
+
 def _run_train_generator(config: RunConfig, show_progress: bool) -> Path:
     from synthpos.generators.diffusion import train_generator_stage
 
@@ -294,6 +309,7 @@ STAGES: tuple[Stage, ...] = (
         feeds=_store_feeds,
         resolved=_generate_resolved,
         notes=_store_notes,
+        space=_store_space,
     ),
     Stage(
         name="pretrain",
@@ -599,6 +615,14 @@ def _run_stage_locked(stage: Stage, config: RunConfig, show_progress: bool, forc
         return stage.result(config), False
     try:
         result = stage.run(config, show_progress)
+    except NoSpaceError as err:
+        # The writer knows the file; the stage knows how much more its output needs.
+        if err.needed is None:
+            err.needed, what = stage.space(config)
+            err.what = err.what or what
+        if _is_lead_process():
+            _undo_start(stage, config, created)
+        raise
     except SynthposError:
         if _is_lead_process():
             _undo_start(stage, config, created)
