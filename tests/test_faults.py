@@ -394,3 +394,76 @@ def test_no_space_and_no_memory_anywhere_are_one_line(tmp_path, monkeypatch, cap
         monkeypatch.chdir(tmp_path / str(i))
         code, _, err = cli(capsys, "generate", "-q", *sets(GENERATE))
         one_line(code, err, *needles)
+
+
+# ----------------------------------------------------------------------------- item 5: nothing moved before the inputs are known good
+
+# A grid of k: the carve of 16 images leaves about 12 to fit on, so 15 is dropped with a notice.
+EVALUATE_GRID = [*EVALUATE[:1], "evaluate.knn_k=[3,15]", *EVALUATE[2:]]
+
+
+@pytest.fixture(scope="module")
+def done_run(made_store, tmp_path_factory) -> Path:
+    """A folder whose run/ has every stage done (the shipped generator, so train-generator is not part of it)."""
+    root = tmp_path_factory.mktemp("done")
+    shutil.copytree(made_store / "run", root / "run")
+    from _pytest.monkeypatch import MonkeyPatch
+
+    from synthpos.cli import main
+
+    with MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        for command in ("pretrain", "evaluate"):
+            argv, sys.argv = sys.argv, ["synthpos", command, "-q", *sets(GENERATE, PRETRAIN, EVALUATE_GRID)]
+            try:
+                main()
+            finally:
+                sys.argv = argv
+    assert (root / "run" / "evaluate" / "metrics.json").is_file()
+    return root
+
+
+def _bad_inputs(root: Path) -> dict[str, tuple[list[str], str]]:
+    """name -> (the command's arguments, what its one line must say)."""
+    torch.save({"weight": torch.zeros(3)}, root / "plain.pt")  # a state_dict, not a synthpos backbone
+    torch.save({"weight": torch.zeros(3)}, root / "described.pt")
+    (root / "described.json").write_text('{"not": "a backbone description"}')
+    (root / "scorer.pt").write_bytes(b"neither a backbone nor TorchScript")
+    full = sets(GENERATE, PRETRAIN, EVALUATE_GRID)
+    return {
+        "evaluate-plain-state-dict": (["evaluate", *full, "--set", "evaluate.checkpoint=plain.pt"], "evaluate.checkpoint=plain.pt"),
+        "run-plain-state-dict": (["run", *full, "--set", "evaluate.checkpoint=plain.pt"], "evaluate.checkpoint=plain.pt"),
+        "evaluate-foreign-json": (["evaluate", *full, "--set", "evaluate.checkpoint=described.pt"], "not a synthpos backbone"),
+        "evaluate-missing": (["evaluate", *full, "--set", "evaluate.checkpoint=nowhere.pt"], "nowhere.pt does not exist"),
+        "pretrain-store": (["pretrain", *full, "--set", "pretrain.store=nowhere"], "no synthetic store at nowhere"),
+        "generate-generator": (["generate", *full, "--set", "generate.generator=nowhere"], "generate.generator=nowhere"),
+        "run-generator": (["run", *full, "--set", "generate.generator=nowhere"], "generate.generator=nowhere"),
+        "pretrain-scorer": (["pretrain", *full, "--set", "pretrain.synthetic.mode=quality", "--set",
+                             "pretrain.synthetic.scorer=scorer.pt"], "scorer.pt is neither"),
+        "evaluate-knn-k": (["evaluate", *full, "--set", "evaluate.max_train=null", "--set", "evaluate.knn_k=1000000"],
+                           "evaluate.knn_k=1000000 is more than the 60000"),
+        "run-knn-k": (["run", *full, "--set", "evaluate.max_train=null", "--set", "evaluate.knn_k=1000000"],
+                      "evaluate.knn_k=1000000"),
+    }
+
+
+@needs_fmnist
+def test_a_bad_path_or_value_leaves_the_run_directory_byte_identical(done_run, tmp_path, monkeypatch, capsys) -> None:
+    shutil.copytree(done_run / "run", tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    cases = _bad_inputs(tmp_path)
+    before = tree(tmp_path)
+    for name, (args, needle) in cases.items():
+        code, _, err = cli(capsys, args[0], "-q", *args[1:])
+        one_line(code, err, needle)
+        assert tree(tmp_path) == before, name  # nothing moved, written or removed
+
+
+@needs_fmnist
+def test_knn_grid_values_above_the_carved_set_are_dropped_with_a_notice(done_run) -> None:
+    import json
+
+    metrics = json.loads((done_run / "run" / "evaluate" / "metrics.json").read_text())
+    knn = next(r for r in metrics["records"] if r["probe"] == "knn")
+    assert list(knn["selection"]["validation_top1"]) == ["3"], knn["selection"]  # 15 > the 12 left after the carve
+    assert knn["hyper_parameters"]["k"] == 3

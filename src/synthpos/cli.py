@@ -144,7 +144,9 @@ def run(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = False,
         seeds: Annotated[Optional[str], typer.Option(help="Run once per seed, e.g. 0,1,2 (sets `seeds:`).")] = None) -> None:
     """All four stages from one config, skipping those already done."""
     cfg = _load(config, (set or []) + ([f"seeds=[{seeds}]"] if seeds else []))
+    from synthpos.pipeline import check_run
     from synthpos.run_lock import run_lock
+    check_run(cfg)  # before the lock and before anything is read or moved
     with run_lock(cfg.run_dir):  # one writer for the whole run, seeds and shared generator included
         _run(cfg, quiet)
 

@@ -535,7 +535,6 @@ def prepare_stage(stage: Stage, config: RunConfig, force: bool = False, explicit
         note = f" ({status.why})" if status.why else ""
         console.print(f"[dim]skip {stage.name}: done, made with these settings{note}[/dim]")
         return status
-    config.check_limits((stage.name,))  # the stage runs: its limits before anything is read or written
     lead = _is_lead_process()
     # Computed before anything moves: an input that is not there (an untrained generator) is
     # the stage's own one-line error, with nothing written.
@@ -576,6 +575,71 @@ def _undo_start(stage: Stage, config: RunConfig, created: list[Path]) -> None:
                 folder.rmdir()
 
 
+def _readable_backbone(path: Path, key: str) -> None:
+    """Raise unless ``path`` loads as a synthpos backbone (weights and the ``.json`` that describes them)."""
+    from synthpos.models.backbones import load_backbone
+
+    try:
+        load_backbone(path)
+    except SynthposError as err:
+        raise SynthposError(f"{key}={path}: {err}") from None
+    except (ValueError, KeyError, TypeError) as err:  # a .json that is not a synthpos description
+        raise SynthposError(f"{key}={path} is not a synthpos backbone ({path.with_suffix('.json').name} does not "
+                            f"describe one: {type(err).__name__}); point it at a backbone.pt written by synthpos") from None
+
+
+def check_inputs(stage: Stage, config: RunConfig, explicit: bool = False, upfront: bool = False) -> None:
+    """Every path and value ``stage`` reads, checked before the lock, any record or any file is touched.
+
+    ``upfront``: ``synthpos run`` checking all of its stages before the first starts; an input
+    an earlier stage of the run makes (the run's store, its backbone) is left for the check
+    at that stage's turn, when it is there.
+
+    Raises:
+        SynthposError: one line naming the key, the value and the fix.
+    """
+    if not explicit and needed(stage, config) is not None:
+        return  # not part of this run: its settings are not read
+    config.check_limits((stage.name,))
+    if stage.name == "train-generator" and config.train_generator.condition is not None:
+        _readable_backbone(Path(config.train_generator.condition.encoder), "train_generator.condition.encoder")
+    elif stage.name == "generate" and config.generate.generator is not None:
+        from synthpos.generators.diffusion import resolve_generator_dir
+
+        folder = resolve_generator_dir(config.generate.generator)
+        if not folder.is_dir():
+            raise SynthposError(f"generate.generator={config.generate.generator}: {folder} does not exist; point it at "
+                                "a generator folder (`synthpos train-generator` writes one) or builtin:fashion_mnist")
+    elif stage.name == "pretrain":
+        if (scorer := config.pretrain.synthetic.scorer) is not None and config.pretrain.synthetic.mode == "quality":
+            from synthpos.models.scorer import load_scorer_network
+
+            load_scorer_network(Path(scorer))
+        if not upfront:  # in a run, generate makes or repairs the store first
+            # Last: hashing a store that no stamp vouches for writes one (the check's record, kept for the stage).
+            _check_store_input(config)
+    elif stage.name == "evaluate" and (config.evaluate.checkpoint is not None or explicit):
+        # A backbone from elsewhere, or the run's own when `synthpos evaluate` is asked for alone
+        # (in `run`, pretraining has just written it).
+        _readable_backbone(config.backbone_path, "evaluate.checkpoint" if config.evaluate.checkpoint else "backbone")
+
+
+def _check_store_input(config: RunConfig) -> None:
+    """The store pretraining reads opens, is complete and verifies (its stamp spares the hashing when fresh)."""
+    if _store_feeds(config) is not None:
+        return
+    from synthpos.data.store_integrity import damage_message, stamped_states
+    from synthpos.data.synthetic_store import SyntheticStore
+
+    key = "pretrain.store" if config.pretrain.store or config.generate.store else "the run's store"
+    try:
+        store = SyntheticStore.open(config.store_dir)  # manifest readable, every shard there and of its size
+    except SynthposError as err:
+        raise SynthposError(f"{key}: {err}") from None
+    if message := damage_message(store, stamped_states(store, restamp=_is_lead_process())):
+        raise SynthposError(message)
+
+
 def run_stage(name: str, config: RunConfig, show_progress: bool = True, force: bool = False,
               explicit: bool = False) -> tuple[Any, bool]:
     """Run stage ``name`` unless its output is current; returns (its result, whether it ran).
@@ -591,8 +655,10 @@ def run_stage(name: str, config: RunConfig, show_progress: bool = True, force: b
     """
     from synthpos.run_lock import run_lock
 
+    stage = BY_NAME[name]
+    check_inputs(stage, config, explicit)
     with run_lock(config.run_dir):
-        return _run_stage_locked(BY_NAME[name], config, show_progress, force, explicit)
+        return _run_stage_locked(stage, config, show_progress, force, explicit)
 
 
 def _run_stage_locked(stage: Stage, config: RunConfig, show_progress: bool, force: bool,
