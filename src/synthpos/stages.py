@@ -616,7 +616,6 @@ def check_inputs(stage: Stage, config: RunConfig, explicit: bool = False, upfron
 
             load_scorer_network(Path(scorer))
         if not upfront:  # in a run, generate makes or repairs the store first
-            # Last: hashing a store that no stamp vouches for writes one (the check's record, kept for the stage).
             _check_store_input(config)
     elif stage.name == "evaluate" and (config.evaluate.checkpoint is not None or explicit):
         # A backbone from elsewhere, or the run's own when `synthpos evaluate` is asked for alone
@@ -625,7 +624,11 @@ def check_inputs(stage: Stage, config: RunConfig, explicit: bool = False, upfron
 
 
 def _check_store_input(config: RunConfig) -> None:
-    """The store pretraining reads opens, is complete and verifies (its stamp spares the hashing when fresh)."""
+    """The store pretraining reads opens, is complete and verifies (its stamp spares the hashing when fresh).
+
+    Read-only, as it runs before the lock: a store no stamp vouches for (copied in) is hashed here
+    and again, stamped, by pretraining's own check.
+    """
     if _store_feeds(config) is not None:
         return
     from synthpos.data.store_integrity import damage_message, stamped_states
@@ -636,7 +639,7 @@ def _check_store_input(config: RunConfig) -> None:
         store = SyntheticStore.open(config.store_dir)  # manifest readable, every shard there and of its size
     except SynthposError as err:
         raise SynthposError(f"{key}: {err}") from None
-    if message := damage_message(store, stamped_states(store, restamp=_is_lead_process())):
+    if message := damage_message(store, stamped_states(store)):
         raise SynthposError(message)
 
 

@@ -227,16 +227,13 @@ def fresh_stamp(store: SyntheticStore) -> list[ShardState] | None:
     return states if len(states) == store.layout.num_shards else None
 
 
-def stamped_states(store: SyntheticStore, restamp: bool = False) -> list[ShardState]:
-    """Every shard's state, hashing only the shards the stamp does not vouch for.
+def stamped_states(store: SyntheticStore) -> list[ShardState]:
+    """Every shard's state, hashing only the shards the stamp does not vouch for; writes nothing.
 
     A shard whose (size, mtime, inode) are those of the last full check keeps that check's
     state; any other present shard (changed, replaced, or never checked) is hashed now. With no
     stamp, or a manifest changed since it, every shard is hashed. This is what decides whether
     ``generate`` is done, so a status check costs a ``stat`` per shard on a stamped store.
-
-    ``restamp``: when a shard was hashed, write the stamp of this check (a status check writes
-    nothing; a stage about to read the store does, so the stage's own check need not hash again).
     """
     try:
         stamp = json.loads((store.path / STAMP).read_text())
@@ -247,7 +244,7 @@ def stamped_states(store: SyntheticStore, restamp: bool = False) -> list[ShardSt
     if stamped_files.get("manifest.json") != stats.get("manifest.json"):
         stamped = {}  # the records may have changed: nothing the stamp says still holds
     records = store.records()
-    out, hashed = [], False
+    out = []
     for shard in range(store.layout.num_shards):
         name = store.shard_path(shard).name
         known = stamped.get(name)
@@ -255,9 +252,6 @@ def stamped_states(store: SyntheticStore, restamp: bool = False) -> list[ShardSt
             out.append(known)
         else:
             out.append(check_shard(store, shard, full=True, records=records))
-            hashed = True
-    if restamp and hashed:
-        write_stamp(store, out, stats)
     return out
 
 
