@@ -25,6 +25,12 @@ PRETRAIN = ["pretrain.backbone.name=convnet", "pretrain.backbone.width=4", "pret
             "pretrain.projector_out_dim=8", "pretrain.batch_size=8", "pretrain.epochs=1", "pretrain.precision=fp32",
             "pretrain.augment.crop_size=28", "pretrain.accelerator=cpu", "pretrain.num_threads=1",
             "pretrain.knn_every_epochs=0"]
+# A toy DDPM: 4 steps, a checkpoint every 2.
+TRAIN_GENERATOR = ["train_generator.unet.block_out_channels=[8,16]", "train_generator.unet.attention_levels=[1]",
+                   "train_generator.unet.layers_per_block=1", "train_generator.unet.norm_num_groups=4",
+                   "train_generator.num_train_timesteps=50", "train_generator.warmup_steps=1",
+                   "train_generator.batch_size=8", "train_generator.max_steps=4", "train_generator.checkpoint_every=2",
+                   "train_generator.precision=fp32", "train_generator.num_threads=1"]
 EVALUATE = ["evaluate.max_train=16", "evaluate.knn_k=3", "evaluate.linear.epochs=1", "evaluate.linear_protocols=[fast]",
             "evaluate.label_fractions=[1.0]", "evaluate.validation_fraction=0.25"]
 
@@ -338,13 +344,17 @@ def _fail_nth_save(monkeypatch, n: int) -> list[str]:
     return calls
 
 
+# The fault matrix's full-disk cells besides generate's (above): a seeded torch.save of the stage fails.
+OUTPUT = {"train-generator": "generator/COMPLETE", "pretrain": "pretrain/backbone.pt", "evaluate": "evaluate/metrics.json"}
+
+
 @needs_fmnist
-@pytest.mark.parametrize("stage", ["pretrain", "evaluate"])
-def test_a_full_disk_in_pretrain_and_evaluate_is_one_line_and_resumable(made_store, tmp_path, monkeypatch, capsys, stage) -> None:
+@pytest.mark.parametrize("stage", ["train-generator", "pretrain", "evaluate"])
+def test_a_full_disk_in_each_stage_is_one_line_and_resumable(made_store, tmp_path, monkeypatch, capsys, stage) -> None:
     import random
 
     _copy(made_store, tmp_path, monkeypatch)
-    args = sets(GENERATE, PRETRAIN, EVALUATE)
+    args = sets(GENERATE, TRAIN_GENERATOR, PRETRAIN, EVALUATE)
     if stage == "evaluate":
         assert cli(capsys, "pretrain", "-q", *args)[0] == 0
     # Count the stage's torch.save calls, then fail a seeded one of them in a fresh copy.
@@ -359,10 +369,30 @@ def test_a_full_disk_in_pretrain_and_evaluate_is_one_line_and_resumable(made_sto
     calls = _fail_nth_save(monkeypatch, n)
     code, _, err = cli(capsys, stage, "-q", *args)
     one_line(code, err, "no space left on device", Path(calls[-1]).name.split(".tmp-")[0], "run the same command again")
+    assert not (tmp_path / "run" / OUTPUT[stage]).exists()
     monkeypatch.setattr(torch, "save", TORCH_SAVE)  # space freed
     code, _, err = cli(capsys, stage, "-q", *args)
     assert code == 0, err
-    assert (tmp_path / "run" / ("pretrain/backbone.pt" if stage == "pretrain" else "evaluate/metrics.json")).is_file()
+    assert (tmp_path / "run" / OUTPUT[stage]).is_file()
+
+
+@needs_fmnist
+@pytest.mark.parametrize("stage", ["train-generator", "generate", "pretrain", "evaluate"])
+def test_a_second_launch_of_each_stage_is_refused_with_nothing_changed(done_run, tmp_path, monkeypatch, capsys, stage) -> None:
+    """The fault matrix's second-launch cells: another process holds the run (a stage still running)."""
+    import signal
+
+    shutil.copytree(done_run / "run", tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    holder = _hold(tmp_path / "run", tmp_path)
+    try:
+        before = tree(tmp_path)
+        code, _, err = cli(capsys, stage, "-q", *sets(GENERATE, TRAIN_GENERATOR, PRETRAIN, EVALUATE_GRID))
+        one_line(code, err, f"in use by pid {holder.pid}")
+        assert tree(tmp_path) == before
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
 
 
 def test_no_space_and_no_memory_anywhere_are_one_line(tmp_path, monkeypatch, capsys) -> None:
