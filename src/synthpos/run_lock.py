@@ -85,6 +85,11 @@ def _alive(holder: dict[str, Any]) -> bool:
     return not (isinstance(started, int) and now is not None and now != started)  # a reused pid is not the holder
 
 
+def _dead_here(holder: dict[str, Any]) -> bool:
+    """The holder ran on this host and is gone (a SIGKILLed run): its lock may be taken over."""
+    return bool(holder) and holder.get("host") == socket.gethostname() and not _alive(holder)
+
+
 def _ancestors() -> set[int]:
     """The pids above this process (Lightning's DDP children run under the process that holds the lock)."""
     out, pid = set(), os.getppid()
@@ -156,7 +161,7 @@ def _take(run_dir: Path) -> bool:
             continue  # removed meanwhile: try again
         if _ours(holder):
             return False
-        if holder and holder.get("host") == me["host"] and not _alive(holder):
+        if _dead_here(holder):
             from rich.console import Console
 
             Console(stderr=True).print(f"note: taking over the lock of {run_dir} from {_who(holder)}, which no "
@@ -192,8 +197,9 @@ def run_lock(run_dir: Path | str) -> Iterator[None]:
         except BaseException:
             _remove_empty(created)
             raise
-    elif (holder := _read(lock_path(run_dir))) is not None and not _ours(holder):
-        # Another rank of this launch may not have taken it yet (absent is fine); another launch's is not.
+    elif (holder := _read(lock_path(run_dir))) is not None and not _ours(holder) and not _dead_here(holder):
+        # Rank 0 of this launch may not have taken it yet (absent, or a dead holder's it is about
+        # to take over, is fine); a live process of another launch is not.
         raise _refuse(run_dir, holder)
     _held[key] = 1
     try:
