@@ -23,10 +23,15 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Overri
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
 
+_loaded: list = []  # the config of this command, for an error that does not say where it was writing
+
+
 def _load(config: Path | None, overrides: list[str] | None):
     from synthpos.config import load_config
 
-    return load_config(config, overrides or [])
+    cfg = load_config(config, overrides or [])
+    _loaded[:] = [cfg]
+    return cfg
 
 
 def _say(message: str) -> None:
@@ -139,6 +144,14 @@ def run(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = False,
         seeds: Annotated[Optional[str], typer.Option(help="Run once per seed, e.g. 0,1,2 (sets `seeds:`).")] = None) -> None:
     """All four stages from one config, skipping those already done."""
     cfg = _load(config, (set or []) + ([f"seeds=[{seeds}]"] if seeds else []))
+    from synthpos.pipeline import check_run
+    from synthpos.run_lock import run_lock
+    check_run(cfg)  # before the lock and before anything is read or moved
+    with run_lock(cfg.run_dir):  # one writer for the whole run, seeds and shared generator included
+        _run(cfg, quiet)
+
+
+def _run(cfg, quiet: bool) -> None:
     from synthpos.pipeline import run_pipeline
     if cfg.seeds:
         from synthpos.evaluation.seeds import run_seeds, print_seeds
@@ -191,8 +204,10 @@ def quickstart(
 ) -> None:
     """SimCLR vs CLSP-SimCLR on Fashion-MNIST at CPU scale (about 15 minutes on 2 cores)."""
     from synthpos.quickstart import run_quickstart
+    from synthpos.run_lock import run_lock
 
-    run_quickstart(run_dir, train_generator=train_generator, overrides=set or [], show_progress=not quiet)
+    with run_lock(run_dir):
+        run_quickstart(run_dir, train_generator=train_generator, overrides=set or [], show_progress=not quiet)
 
 
 def _quiet_libraries() -> None:
@@ -225,6 +240,19 @@ def main() -> None:
     except typer.BadParameter as err:
         _say(f"error: {err}")
         sys.exit(2)
+    except MemoryError as err:
+        _say(f"error: {_out_of_memory(err)}")
+        sys.exit(2)
+    except OSError as err:
+        # A full disk outside atomic_path's files (a log, a cache): one line with what and where.
+        from synthpos.atomic import as_no_space
+
+        if (full := as_no_space(err)) is None:
+            raise
+        if full.path is None and _loaded:
+            full.what = f"under {_loaded[0].run_dir}"
+        _say(f"error: {full}")
+        sys.exit(2)
     except (KeyboardInterrupt, typer.Abort):
         # click turns Ctrl-C into Abort when it does not handle exits itself.
         if (what := terminated()) is not None:
@@ -244,7 +272,17 @@ def main() -> None:
                 sys.exit(0)
             _say(f"error: {' '.join(err.format_message().split())}")
             sys.exit(2)
+        if type(err).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(err):  # torch's, CPU or CUDA
+            _say(f"error: {_out_of_memory(err)}")
+            sys.exit(2)
         raise
+
+
+def _out_of_memory(err: BaseException) -> str:
+    """One line for a failed allocation: the allocator's own words (they say how much it tried), and the way on."""
+    said = " ".join(str(err).split("\n")[0].split())[:300] or "an allocation failed"
+    return (f"out of memory: {said}; lower the batch size (pretrain.batch_size, generate.batch_size, evaluate.batch_size) "
+            "or free memory, then run the same command again (finished work is kept)")
 
 
 def _click_exception_types() -> tuple[type[Exception], ...]:

@@ -30,6 +30,7 @@ class _Strict(BaseModel):
 
 # What is known about the named datasets without reading them: training images and side.
 TRAIN_IMAGES = {"fashion_mnist": 60000, "cifar10": 50000, "cifar100": 50000}
+CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
 NATIVE_SIDE = {"fashion_mnist": 28, "cifar10": 32, "cifar100": 32}
 
 
@@ -749,10 +750,8 @@ class RunConfig(_Strict):
         if "evaluate" in stages and checkpoint is not None and not Path(checkpoint).is_file():
             raise ValueError(f"evaluate.checkpoint={checkpoint} does not exist; point it at a backbone.pt written by "
                              "synthpos (or leave it unset to evaluate this run's pretraining)")
-        if "evaluate" in stages and self.evaluate.max_train is None:
-            known = TRAIN_IMAGES.get(self.data.name)  # evaluation uses the whole training split
-            if known is not None and self.evaluate.largest_k > known:
-                raise ValueError(f"evaluate.knn_k={self.evaluate.knn_k} is more than the {known} training images")
+        if "evaluate" in stages:
+            self._check_knn_limits()
         if gen.kind == "clsp" and gen.generator is None:  # the generator is trained in this run
             if "generate" in stages and gen.num_steps > tg.num_train_timesteps:
                 raise ValueError(f"generate.num_steps={gen.num_steps} is more than the train_generator.num_train_timesteps="
@@ -763,11 +762,35 @@ class RunConfig(_Strict):
         if "train-generator" in stages and tg.condition is not None and not Path(tg.condition.encoder).is_file():
             raise ValueError(f"train_generator.condition.encoder={tg.condition.encoder} does not exist; point it at a "
                              "backbone.pt written by `synthpos pretrain` on this data")
-            side = self.data.image_side()
-            if ("train-generator" in stages and side is not None and tg.sample_size is not None
-                    and (tg.sample_size < side or (tg.sample_size - side) % 2)):
-                raise ValueError(f"train_generator.sample_size={tg.sample_size} must be the images' {side} px plus an "
-                                 "even number of padding pixels")
+        side = self.data.image_side()  # (this check sat unreachable under the raise above)
+        if ("train-generator" in stages and side is not None and tg.sample_size is not None
+                and (tg.sample_size < side or (tg.sample_size - side) % 2)):
+            raise ValueError(f"train_generator.sample_size={tg.sample_size} must be the images' {side} px plus an "
+                             "even number of padding pixels")
+
+    def _check_knn_limits(self) -> None:
+        """``evaluate.knn_k`` within the labelled set the kNN is fitted on, for every evaluated dataset.
+
+        Evaluation reads the whole training split (not ``data.subset``), cut to ``evaluate.max_train``;
+        a grid of k is chosen on the part left after the validation carve, which per class keeps
+        ``n_c - round(fraction * n_c)``: at most ``n * (1 - fraction) + classes`` images. A k above
+        that can never be fitted; one just under it that the carve's rounding leaves out is dropped
+        at evaluation, with a notice.
+        """
+        ev = self.evaluate
+        for data in ev.datasets or [self.data]:
+            sizes = [n for n in (TRAIN_IMAGES.get(data.name), ev.max_train) if n is not None]
+            if not sizes:
+                continue  # a folder of unknown size: checked when its labels are read
+            n, classes = min(sizes), CLASSES.get(data.name)
+            grid = not isinstance(ev.knn_k, int) and len(ev.knn_k) > 1
+            fit = int(n * (1 - ev.validation_fraction)) + classes if grid and classes else n
+            if ev.largest_k > min(fit, n):
+                where = f"evaluate.max_train={ev.max_train}" if ev.max_train == n else f"{data.name}'s {n} training images"
+                carve = (f", less the validation carve (evaluate.validation_fraction={ev.validation_fraction}) the grid "
+                         "is chosen on") if grid and classes else ""
+                raise ValueError(f"evaluate.knn_k={ev.knn_k} is more than the {min(fit, n)} labelled images the kNN is "
+                                 f"fitted on ({where}{carve}); lower knn_k or raise evaluate.max_train")
 
     def _check_pretrain_limits(self, images: int | None) -> None:
         pre, gen = self.pretrain, self.generate

@@ -28,7 +28,7 @@ from typing import Any
 
 from rich.console import Console
 
-from synthpos.atomic import atomic_path
+from synthpos.atomic import NoSpaceError, atomic_path
 from synthpos.config import RunConfig
 from synthpos.errors import SynthposError
 
@@ -69,6 +69,8 @@ class Stage:
         feeds: None when the next stage reads this one's output with this config, else why not
             (a stage that feeds nothing is not part of ``synthpos run``; see :func:`needed`).
         resolved: values the config leaves open (resolved precision, the generator's record).
+        notes: lines worth a user's look that change nothing (a store's stray shard files).
+        space: (about how many bytes the unfinished output still needs, what it is), for a full disk's message.
     """
 
     name: str
@@ -81,6 +83,8 @@ class Stage:
     result: Callable[[RunConfig], Any]
     feeds: Callable[[RunConfig], str | None] = lambda config: None
     resolved: Callable[[RunConfig], dict[str, Any]] = field(default=lambda config: {})
+    notes: Callable[[RunConfig], list[str]] = field(default=lambda config: [])
+    space: Callable[[RunConfig], tuple[int | None, str | None]] = field(default=lambda config: (None, None))
 
     def settings(self, config: RunConfig) -> dict[str, Any]:
         """The output-deciding settings' values, flattened."""
@@ -198,14 +202,48 @@ def _sha256(path: Path) -> str:
 
 
 def _store_finished(config: RunConfig) -> bool:
+    """Every shard present and matching its recorded hash: a store that does not verify is not done.
+
+    Shards the stamp of the last full check vouches for (same size, mtime, inode) are not hashed
+    again; a shard changed since (zeroed in place, copied over) is. Writes nothing.
+    """
+    from synthpos.data.store_integrity import stamped_states
     from synthpos.data.synthetic_store import SyntheticStore
 
     if not (config.store_dir / "manifest.json").is_file():
         return False
     try:
-        return SyntheticStore.open(config.store_dir, require_complete=False).complete
+        store = SyntheticStore.open(config.store_dir, require_complete=False)
     except SynthposError:
         return False
+    return not any(state.bad for state in stamped_states(store))
+
+
+def _store_notes(config: RunConfig) -> list[str]:
+    """Shard files the store's manifest does not know: reported, never read or removed."""
+    from synthpos.data.store_integrity import unknown_note
+    from synthpos.data.synthetic_store import SyntheticStore
+
+    if not (config.store_dir / "manifest.json").is_file():
+        return []
+    try:
+        note = unknown_note(SyntheticStore.open(config.store_dir, require_complete=False))
+    except SynthposError:
+        return []
+    return [note] if note else []
+
+
+def _store_space(config: RunConfig) -> tuple[int | None, str | None]:
+    """The bytes of the shards still to write (missing or of the wrong size): what a full disk must make room for."""
+    from synthpos.data.store_integrity import check_store
+    from synthpos.data.synthetic_store import SyntheticStore
+
+    try:
+        store = SyntheticStore.open(config.store_dir, require_complete=False)
+    except SynthposError:
+        return None, "the synthetic store"
+    todo = [s.shard for s in check_store(store, full=False) if s.bad]
+    return sum(store.expected_bytes(s) for s in todo) or None, f"the synthetic store: {len(todo)} shards to write"
 
 
 def _run_train_generator(config: RunConfig, show_progress: bool) -> Path:
@@ -276,6 +314,8 @@ STAGES: tuple[Stage, ...] = (
         result=_open_store,
         feeds=_store_feeds,
         resolved=_generate_resolved,
+        notes=_store_notes,
+        space=_store_space,
     ),
     Stage(
         name="pretrain",
@@ -462,6 +502,9 @@ def stage_status(stage: Stage, config: RunConfig, adopt: bool = False, explicit:
         return Status("redo", "made with other settings", changes, expected)
     if record.get("complete") and stage.finished(config):
         return Status("done", "", expected=expected)
+    if record.get("complete"):
+        # Finished once, damaged since (a store's shard zeroed or deleted): the stage remakes what is bad.
+        return Status("resume", "its output was finished but is now incomplete or damaged", expected=expected)
     return Status("resume", "", expected=expected)
 
 
@@ -491,11 +534,13 @@ def prepare_stage(stage: Stage, config: RunConfig, force: bool = False, explicit
     if status.state == "not needed":
         console.print(f"[dim]skip {stage.name}: {status.why}[/dim]")
         return status
+    if _is_lead_process():
+        for line in stage.notes(config):
+            console.print(f"note: {line}", markup=False, highlight=False)
     if status.state == "done" and not force:
         note = f" ({status.why})" if status.why else ""
         console.print(f"[dim]skip {stage.name}: done, made with these settings{note}[/dim]")
         return status
-    config.check_limits((stage.name,))  # the stage runs: its limits before anything is read or written
     lead = _is_lead_process()
     # Computed before anything moves: an input that is not there (an untrained generator) is
     # the stage's own one-line error, with nothing written.
@@ -536,6 +581,74 @@ def _undo_start(stage: Stage, config: RunConfig, created: list[Path]) -> None:
                 folder.rmdir()
 
 
+def _readable_backbone(path: Path, key: str) -> None:
+    """Raise unless ``path`` loads as a synthpos backbone (weights and the ``.json`` that describes them)."""
+    from synthpos.models.backbones import load_backbone
+
+    try:
+        load_backbone(path)
+    except SynthposError as err:
+        raise SynthposError(f"{key}={path}: {err}") from None
+    except (ValueError, KeyError, TypeError) as err:  # a .json that is not a synthpos description
+        raise SynthposError(f"{key}={path} is not a synthpos backbone ({path.with_suffix('.json').name} does not "
+                            f"describe one: {type(err).__name__}); point it at a backbone.pt written by synthpos") from None
+
+
+def check_inputs(stage: Stage, config: RunConfig, explicit: bool = False, upfront: bool = False) -> None:
+    """Every path and value ``stage`` reads, checked before the lock, any record or any file is touched.
+
+    ``upfront``: ``synthpos run`` checking all of its stages before the first starts; an input
+    an earlier stage of the run makes (the run's store, its backbone) is left for the check
+    at that stage's turn, when it is there.
+
+    Raises:
+        SynthposError: one line naming the key, the value and the fix.
+    """
+    if not explicit and needed(stage, config) is not None:
+        return  # not part of this run: its settings are not read
+    config.check_limits((stage.name,))
+    if stage.name == "train-generator" and config.train_generator.condition is not None:
+        _readable_backbone(Path(config.train_generator.condition.encoder), "train_generator.condition.encoder")
+    elif stage.name == "generate" and config.generate.generator is not None:
+        from synthpos.generators.diffusion import resolve_generator_dir
+
+        folder = resolve_generator_dir(config.generate.generator)
+        if not folder.is_dir():
+            raise SynthposError(f"generate.generator={config.generate.generator}: {folder} does not exist; point it at "
+                                "a generator folder (`synthpos train-generator` writes one) or builtin:fashion_mnist")
+    elif stage.name == "pretrain":
+        if (scorer := config.pretrain.synthetic.scorer) is not None and config.pretrain.synthetic.mode == "quality":
+            from synthpos.models.scorer import load_scorer_network
+
+            load_scorer_network(Path(scorer))
+        if not upfront:  # in a run, generate makes or repairs the store first
+            _check_store_input(config)
+    elif stage.name == "evaluate" and (config.evaluate.checkpoint is not None or explicit):
+        # A backbone from elsewhere, or the run's own when `synthpos evaluate` is asked for alone
+        # (in `run`, pretraining has just written it).
+        _readable_backbone(config.backbone_path, "evaluate.checkpoint" if config.evaluate.checkpoint else "backbone")
+
+
+def _check_store_input(config: RunConfig) -> None:
+    """The store pretraining reads opens, is complete and verifies (its stamp spares the hashing when fresh).
+
+    Read-only, as it runs before the lock: a store no stamp vouches for (copied in) is hashed here
+    and again, stamped, by pretraining's own check.
+    """
+    if _store_feeds(config) is not None:
+        return
+    from synthpos.data.store_integrity import damage_message, stamped_states
+    from synthpos.data.synthetic_store import SyntheticStore
+
+    key = "pretrain.store" if config.pretrain.store or config.generate.store else "the run's store"
+    try:
+        store = SyntheticStore.open(config.store_dir)  # manifest readable, every shard there and of its size
+    except SynthposError as err:
+        raise SynthposError(f"{key}: {err}") from None
+    if message := damage_message(store, stamped_states(store)):
+        raise SynthposError(message)
+
+
 def run_stage(name: str, config: RunConfig, show_progress: bool = True, force: bool = False,
               explicit: bool = False) -> tuple[Any, bool]:
     """Run stage ``name`` unless its output is current; returns (its result, whether it ran).
@@ -543,10 +656,23 @@ def run_stage(name: str, config: RunConfig, show_progress: bool = True, force: b
     ``force``: redo it even if done (an earlier stage ran). ``explicit``: the stage's own CLI
     command, which runs it also where ``synthpos run`` would not need it.
 
+    The run directory's lock (:mod:`synthpos.run_lock`) is held from the first record read to
+    the last one written; a second process on the same run directory is refused.
+
     The result is what the stage function returns (a path, a store, the metrics) or, for a
     stage that is done, the same read from its output; None for a stage not in this run.
     """
+    from synthpos.run_lock import run_lock
+
     stage = BY_NAME[name]
+    check_inputs(stage, config, explicit)
+    with run_lock(config.run_dir):
+        return _run_stage_locked(stage, config, show_progress, force, explicit)
+
+
+def _run_stage_locked(stage: Stage, config: RunConfig, show_progress: bool, force: bool,
+                      explicit: bool) -> tuple[Any, bool]:
+    name = stage.name
     created = _created_dirs(stage.output(config))
     # Under torchrun every rank generates: rank 0 decides (moves a stale store aside, writes the
     # record) while the others wait, then they read what it wrote.
@@ -564,6 +690,14 @@ def run_stage(name: str, config: RunConfig, show_progress: bool = True, force: b
         return stage.result(config), False
     try:
         result = stage.run(config, show_progress)
+    except NoSpaceError as err:
+        # The writer knows the file; the stage knows how much more its output needs.
+        if err.needed is None:
+            err.needed, what = stage.space(config)
+            err.what = err.what or what
+        if _is_lead_process():
+            _undo_start(stage, config, created)
+        raise
     except SynthposError:
         if _is_lead_process():
             _undo_start(stage, config, created)

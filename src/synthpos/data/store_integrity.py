@@ -227,6 +227,51 @@ def fresh_stamp(store: SyntheticStore) -> list[ShardState] | None:
     return states if len(states) == store.layout.num_shards else None
 
 
+def stamped_states(store: SyntheticStore) -> list[ShardState]:
+    """Every shard's state, hashing only the shards the stamp does not vouch for; writes nothing.
+
+    A shard whose (size, mtime, inode) are those of the last full check keeps that check's
+    state; any other present shard (changed, replaced, or never checked) is hashed now. With no
+    stamp, or a manifest changed since it, every shard is hashed. This is what decides whether
+    ``generate`` is done, so a status check costs a ``stat`` per shard on a stamped store.
+    """
+    try:
+        stamp = json.loads((store.path / STAMP).read_text())
+        stamped_files, stamped = stamp["files"], {s["name"]: ShardState(**s) for s in stamp["shards"]}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        stamped_files, stamped = {}, {}
+    stats = _file_stats(store)
+    if stamped_files.get("manifest.json") != stats.get("manifest.json"):
+        stamped = {}  # the records may have changed: nothing the stamp says still holds
+    records = store.records()
+    out = []
+    for shard in range(store.layout.num_shards):
+        name = store.shard_path(shard).name
+        known = stamped.get(name)
+        if known is not None and name in stats and stamped_files.get(name) == stats[name] and known.shard == shard:
+            out.append(known)
+        else:
+            out.append(check_shard(store, shard, full=True, records=records))
+    return out
+
+
+def unknown_shards(store: SyntheticStore) -> list[str]:
+    """Names of ``shard-*.npy`` files in the store that its layout does not have (another layout's, or strays)."""
+    known = {store.shard_path(s).name for s in range(store.layout.num_shards)}
+    return sorted(p.name for p in store.path.glob("shard-*.npy") if p.name not in known)
+
+
+def unknown_note(store: SyntheticStore) -> str | None:
+    """One line about shard files the manifest does not know (left alone: they may be someone's), or None."""
+    names = unknown_shards(store)
+    if not names:
+        return None
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    return (f"store {store.path} holds {len(names)} shard file{'s' if len(names) > 1 else ''} its manifest does not "
+            f"know ({shown}; the manifest has shard-00000..shard-{store.layout.num_shards - 1:05d}): never read, "
+            "left as they are; delete them if nobody needs them")
+
+
 def verify(store: SyntheticStore) -> list[ShardState]:
     """A full check of every shard, stamped: this process does the hashing."""
     stats = _file_stats(store)  # before hashing: a shard that changes meanwhile makes the stamp stale

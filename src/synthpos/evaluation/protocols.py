@@ -22,6 +22,8 @@ Protocols:
 
 from __future__ import annotations
 
+import sys
+
 from typing import Any
 
 import numpy as np
@@ -49,6 +51,12 @@ def knn_grid(
     """The k of ``ks`` with the best validation top-1 (the smallest on a tie), every k's score, the validation size."""
     fit, val = validation_split(ytr.numpy(), val_fraction, seed)
     fit_t, val_t = torch.from_numpy(fit), torch.from_numpy(val)
+    # A k above the images left after the carve would vote over all of them (the same as a smaller k):
+    # dropped, said once. The config check already refused a grid that cannot fit at all.
+    if dropped := [k for k in ks if k > len(fit)]:
+        ks = [k for k in ks if k <= len(fit)] or [len(fit)]
+        print(f"note: kNN grid values {dropped} are more than the {len(fit)} images fitted on after the validation "
+              f"carve; dropped (tried: {ks})", file=sys.stderr)
     scores = {str(k): knn_accuracy(train[fit_t], ytr[fit_t], train[val_t], ytr[val_t], num_classes, k, temperature)
               for k in ks}
     best = max(ks, key=lambda k: (scores[str(k)], -k))

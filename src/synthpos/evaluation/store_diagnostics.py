@@ -28,7 +28,14 @@ from synthpos.atomic import atomic_path
 from synthpos.config import DataConfig, FidelityConfig, RunConfig
 from synthpos.data import ImageDataset, load_dataset
 from synthpos.data.augment import to_model_input
-from synthpos.data.store_integrity import HASH, ShardState, damage_message, ensure_verified, unrecorded_note
+from synthpos.data.store_integrity import (
+    HASH,
+    ShardState,
+    damage_message,
+    ensure_verified,
+    unknown_note,
+    unrecorded_note,
+)
 from synthpos.data.synthetic_store import SyntheticStore, dataset_fingerprint
 from synthpos.errors import SynthposError
 from synthpos.evaluation.fidelity import Classifier, predict, train_classifier
@@ -302,6 +309,8 @@ def verify_command(path: Path) -> list[ShardState]:
         table.add_row(s.name, f"{start}..{end - 1}", f"[{colour.get(s.state, 'red')}]{s.state}[/]", s.detail)
     console = Console()
     console.print(table)
+    if note := unknown_note(store):
+        console.print(f"note: {note}")
     if message := damage_message(store, states):
         raise SynthposError(message)
     if note := unrecorded_note(store, states):

@@ -1,0 +1,499 @@
+"""Faults a user meets on a shared machine, through the `synthpos` command (in this process, via
+``synthpos.cli.main``, so its error handling is the one under test): a damaged store, a second
+launch, a full disk, a bad path. Each ends in one line and exit 2, or in a correct resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+needs_fmnist = pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").is_file(), reason="Fashion-MNIST not installed")
+
+N = 16
+# The shipped generator, 2 sampling steps, 4 shards of 4 anchors: about a second.
+GENERATE = ["run_dir=run", f"data.subset={N}", "pretrain.synthetic.mode=clsp", "generate.generator=builtin:fashion_mnist",
+            "generate.candidates=2", "generate.num_steps=2", "generate.shard_size=4", "generate.batch_size=8",
+            "generate.precision=fp32", "generate.num_threads=1"]
+PRETRAIN = ["pretrain.backbone.name=convnet", "pretrain.backbone.width=4", "pretrain.projector_hidden_dim=16",
+            "pretrain.projector_out_dim=8", "pretrain.batch_size=8", "pretrain.epochs=1", "pretrain.precision=fp32",
+            "pretrain.augment.crop_size=28", "pretrain.accelerator=cpu", "pretrain.num_threads=1",
+            "pretrain.knn_every_epochs=0"]
+# A toy DDPM: 4 steps, a checkpoint every 2.
+TRAIN_GENERATOR = ["train_generator.unet.block_out_channels=[8,16]", "train_generator.unet.attention_levels=[1]",
+                   "train_generator.unet.layers_per_block=1", "train_generator.unet.norm_num_groups=4",
+                   "train_generator.num_train_timesteps=50", "train_generator.warmup_steps=1",
+                   "train_generator.batch_size=8", "train_generator.max_steps=4", "train_generator.checkpoint_every=2",
+                   "train_generator.precision=fp32", "train_generator.num_threads=1"]
+EVALUATE = ["evaluate.max_train=16", "evaluate.knn_k=3", "evaluate.linear.epochs=1", "evaluate.linear_protocols=[fast]",
+            "evaluate.label_fractions=[1.0]", "evaluate.validation_fraction=0.25"]
+
+
+def sets(*groups: list[str]) -> list[str]:
+    return [arg for group in groups for value in group for arg in ("--set", value)]
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """``synthpos ARGS`` in this process: (exit code, stdout, stderr)."""
+    from synthpos.cli import main
+
+    capsys.readouterr()
+    argv, sys.argv = sys.argv, ["synthpos", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        sys.argv = argv
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(code: int, err: str, *needles: str) -> str:
+    """Exit 2 and exactly one line on stderr, starting 'error: ', without a traceback."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, err[-3000:])
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def tree(path: Path) -> dict[str, str]:
+    """Every file and folder under ``path`` with its content hash ('dir' for folders): to check nothing changed."""
+    out = {}
+    for p in sorted(path.rglob("*")):
+        out[str(p.relative_to(path))] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def made_store(tmp_path_factory) -> Path:
+    """A folder with run/store made by `synthpos generate` (copied into each test's folder)."""
+    root = tmp_path_factory.mktemp("made")
+    from _pytest.monkeypatch import MonkeyPatch
+
+    with MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        from synthpos.cli import main
+
+        argv, sys.argv = sys.argv, ["synthpos", "generate", "-q", *sets(GENERATE)]
+        try:
+            main()
+        finally:
+            sys.argv = argv
+    return root
+
+
+def _copy(made: Path, tmp_path: Path, monkeypatch) -> Path:
+    shutil.copytree(made / "run", tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "run" / "store"
+
+
+def _damage(store: Path, kind: str) -> None:
+    shard = store / "shard-00002.npy"
+    if kind == "missing":
+        shard.unlink()
+    elif kind == "truncated":
+        shard.write_bytes(shard.read_bytes()[:1000])
+    elif kind == "zeroed":
+        shard.write_bytes(bytes(shard.stat().st_size))
+    elif kind == "flipped":  # one byte of the data changed, size and header intact
+        data = bytearray(shard.read_bytes())
+        data[-7] ^= 0xFF
+        shard.write_bytes(bytes(data))
+
+
+# ----------------------------------------------------------------------------- item 2: the store is part of generate's state
+
+
+@needs_fmnist
+@pytest.mark.parametrize("kind", ["missing", "truncated", "zeroed", "flipped"])
+def test_a_damaged_store_is_remade_by_the_command_pretrain_advises(made_store, tmp_path, monkeypatch, capsys, kind) -> None:
+    store = _copy(made_store, tmp_path, monkeypatch)
+    before = {p.name: p.read_bytes() for p in sorted(store.glob("shard-*.npy"))}
+    _damage(store, kind)
+
+    code, _, err = cli(capsys, "pretrain", "-q", *sets(GENERATE, PRETRAIN))
+    line = one_line(code, err, "shard-00002.npy", "synthpos generate")
+    assert {"missing": "incomplete", "truncated": "truncated", "zeroed": "sha256 differs",
+            "flipped": "sha256 differs"}[kind] in line
+    assert not (tmp_path / "run" / "pretrain").exists()
+
+    code, _, err = cli(capsys, "generate", "-q", *sets(GENERATE))  # the advised command, with the same config
+    assert code == 0, err
+    assert "skip generate" not in err
+    assert {p.name: p.read_bytes() for p in sorted(store.glob("shard-*.npy"))} == before  # byte for byte
+
+    code, _, err = cli(capsys, "pretrain", "-q", *sets(GENERATE, PRETRAIN))
+    assert code == 0, err
+    assert (tmp_path / "run" / "pretrain" / "backbone.pt").is_file()
+
+
+@needs_fmnist
+def test_a_verified_store_is_not_hashed_again_and_a_changed_shard_is(made_store, tmp_path, monkeypatch, capsys) -> None:
+    from synthpos.data import store_integrity
+
+    store = _copy(made_store, tmp_path, monkeypatch)
+    hashed: list[str] = []
+    original = store_integrity.file_digest
+    monkeypatch.setattr(store_integrity, "file_digest", lambda path: hashed.append(Path(path).name) or original(path))
+    code, _, err = cli(capsys, "generate", "-q", *sets(GENERATE))
+    assert code == 0 and "skip generate: done" in err, err
+    # The copy has new inodes, so that status check hashed every shard (and, a status check, wrote no stamp).
+    assert sorted(hashed) == [f"shard-{s:05d}.npy" for s in range(4)]
+    from synthpos.data.synthetic_store import SyntheticStore
+    store_integrity.ensure_verified(SyntheticStore.open(store), "always")  # a stamp for these very files
+    hashed.clear()
+    assert cli(capsys, "generate", "-q", *sets(GENERATE))[0] == 0
+    assert hashed == [], "a stamped store must not be hashed by a status check"
+    (store / "shard-00001.npy").write_bytes(bytes((store / "shard-00001.npy").stat().st_size))
+    code, _, err = cli(capsys, "generate", "-q", *sets(GENERATE))
+    assert code == 0 and "skip generate" not in err and "shard-00001.npy is damaged" in err, err
+    assert hashed[0] == "shard-00001.npy", hashed  # the status check hashed the changed shard alone
+
+
+@needs_fmnist
+def test_a_shard_the_manifest_does_not_know_is_reported(made_store, tmp_path, monkeypatch, capsys) -> None:
+    store = _copy(made_store, tmp_path, monkeypatch)
+    shutil.copy(store / "shard-00000.npy", store / "shard-00009.npy")
+    code, _, err = cli(capsys, "generate", "-q", *sets(GENERATE))
+    assert code == 0 and "skip generate: done" in err, err
+    assert "shard-00009.npy" in err and "manifest does not" in " ".join(err.split()), err
+    assert (store / "shard-00009.npy").is_file()  # reported, not removed
+
+
+# ----------------------------------------------------------------------------- item 3: one run directory, one writer
+
+HOLDER = """
+import os, sys, time
+from synthpos.run_lock import run_lock
+with run_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def _hold(run_dir: Path, tmp_path: Path, **env: str):
+    """A second real process that takes ``run_dir``'s lock and sleeps; returns it once it holds the lock."""
+    import os
+    import subprocess
+
+    script = tmp_path / "hold.py"
+    script.write_text(HOLDER)
+    environment = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "TORCHELASTIC_RUN_ID")}
+    proc = subprocess.Popen([sys.executable, str(script), str(run_dir)], stdout=subprocess.PIPE, text=True,
+                            env={**environment, **env})
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+@needs_fmnist
+def test_a_second_launch_is_refused_and_a_dead_holder_taken_over(made_store, tmp_path, monkeypatch, capsys) -> None:
+    import json
+    import signal
+
+    _copy(made_store, tmp_path, monkeypatch)
+    run = tmp_path / "run"
+    holder = _hold(run, tmp_path)
+    try:
+        before = tree(run)
+        for command in (["pretrain", *sets(GENERATE, PRETRAIN)], ["generate", *sets(GENERATE)],
+                        ["run", *sets(GENERATE, PRETRAIN, EVALUATE)]):
+            code, _, err = cli(capsys, *command[:1], "-q", *command[1:])
+            line = one_line(code, err, f"pid {holder.pid}", "since", "run/.synthpos.lock", f"kill {holder.pid}")
+            assert tree(run) == before, command[0]  # refused: the run directory is byte-identical
+        assert json.loads((run / ".synthpos.lock").read_text())["pid"] == holder.pid
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # SIGKILL leaves the lock behind; its process is gone, so the next command takes it over.
+    code, _, err = cli(capsys, "generate", "-q", *sets(GENERATE))
+    assert code == 0 and f"taking over the lock of run from pid {holder.pid}" in " ".join(err.split()), err
+    assert not (run / ".synthpos.lock").exists(), "removed on exit"
+    assert line
+
+
+def test_a_lock_from_another_host_is_refused_with_the_command_that_clears_it(tmp_path, monkeypatch, capsys) -> None:
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".synthpos.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere", "since": "2026-01-01 00:00:00"}))
+    before = tree(tmp_path)
+    code, _, err = cli(capsys, "generate", "-q", *sets(GENERATE))
+    one_line(code, err, "pid 1 on elsewhere since 2026-01-01 00:00:00", "`rm run/.synthpos.lock`")
+    assert tree(tmp_path) == before
+
+
+def test_the_lock_is_reentrant_removed_on_every_exit_and_shared_by_one_launch(tmp_path, monkeypatch) -> None:
+    import signal
+
+    from synthpos.errors import SynthposError
+    from synthpos.run_lock import run_lock
+
+    run = tmp_path / "a" / "run"
+    with run_lock(run):
+        with run_lock(run):  # `run` holds it and each stage takes it again
+            assert (run / ".synthpos.lock").is_file()
+        assert (run / ".synthpos.lock").is_file()
+    assert not (tmp_path / "a").exists(), "the folders made for the lock go with it"
+    with pytest.raises(SynthposError), run_lock(run):
+        raise SynthposError("a refused input")
+    assert not (tmp_path / "a").exists()
+
+    # A torchrun launch: rank 0 holds it; rank 1 of the same launch shares it, a rank of another launch is refused.
+    holder = _hold(run, tmp_path, TORCHELASTIC_RUN_ID="launch-1", RANK="0", LOCAL_RANK="0")
+    try:
+        monkeypatch.setenv("RANK", "1")
+        monkeypatch.setenv("LOCAL_RANK", "1")
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-1")
+        with run_lock(run):
+            pass
+        assert (run / ".synthpos.lock").is_file(), "a non-zero rank never removes the launch's lock"
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-2")
+        with pytest.raises(SynthposError, match=f"pid {holder.pid}"), run_lock(run):
+            pass
+        monkeypatch.setenv("RANK", "0")
+        monkeypatch.setenv("LOCAL_RANK", "0")
+        with pytest.raises(SynthposError, match=f"pid {holder.pid}"), run_lock(run):
+            pass
+    finally:
+        holder.send_signal(signal.SIGTERM)
+        holder.wait()
+
+
+# ----------------------------------------------------------------------------- item 4: a full disk is one line
+
+SEED = int(__import__("os").environ.get("SYNTHPOS_FAULT_SEED", "0"))
+
+
+def _no_space(path: str = "") -> OSError:
+    import errno
+
+    return OSError(errno.ENOSPC, "No space left on device", path or None)
+
+
+@needs_fmnist
+def test_a_full_disk_in_generate_is_one_line_and_the_same_command_resumes(made_store, tmp_path, monkeypatch, capsys) -> None:
+    import random
+
+    from synthpos.data import store_integrity
+    from synthpos.data.synthetic_store import SyntheticStore
+
+    monkeypatch.chdir(tmp_path)
+    shard_bytes = (made_store / "run" / "store" / "shard-00000.npy").stat().st_size
+    # A disk with room for between 1 and 3 shards: the write that crosses it fails with ENOSPC.
+    room = random.Random(SEED).randrange(shard_bytes, 3 * shard_bytes)
+    written = [0]
+    original = store_integrity.HashingWriter.write
+
+    def write(self, data: bytes) -> int:
+        written[0] += len(data)
+        if written[0] > room:
+            raise _no_space()
+        return original(self, data)
+
+    monkeypatch.setattr(store_integrity.HashingWriter, "write", write)
+    code, _, err = cli(capsys, "generate", "-q", *sets(GENERATE))
+    line = one_line(code, err, "no space left on device", "run/store/shard-0000", "needs about", "run the same command again")
+    kept = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run" / "store").glob("shard-*.npy")}
+    assert len(kept) == room // shard_bytes, (line, kept)
+    assert not list((tmp_path / "run" / "store").glob("*.tmp-*")), "no half-written file left"
+
+    monkeypatch.setattr(store_integrity.HashingWriter, "write", original)  # space freed
+    code, _, err = cli(capsys, "generate", "-q", *sets(GENERATE))
+    assert code == 0, err
+    store = tmp_path / "run" / "store"
+    assert all(store.joinpath(name).stat().st_mtime_ns == mtime for name, mtime in kept.items()), "finished shards kept"
+    assert [s.state for s in store_integrity.ensure_verified(SyntheticStore.open(store), "always")] == ["ok"] * 4
+    for shard in sorted(store.glob("shard-*.npy")):  # as an uninterrupted generation made them
+        assert shard.read_bytes() == (made_store / "run" / "store" / shard.name).read_bytes()
+
+
+TORCH_SAVE = torch.save
+
+
+def _fail_nth_save(monkeypatch, n: int) -> list[str]:
+    """torch.save fails with ENOSPC (after writing a little) at its n-th call; returns the files it was asked for."""
+    calls: list[str] = []
+    original = TORCH_SAVE
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(str(f))
+        if len(calls) == n:
+            Path(f).write_bytes(b"partial")
+            raise _no_space(str(f))
+        return original(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    return calls
+
+
+# The fault matrix's full-disk cells besides generate's (above): a seeded torch.save of the stage fails.
+OUTPUT = {"train-generator": "generator/COMPLETE", "pretrain": "pretrain/backbone.pt", "evaluate": "evaluate/metrics.json"}
+
+
+@needs_fmnist
+@pytest.mark.parametrize("stage", ["train-generator", "pretrain", "evaluate"])
+def test_a_full_disk_in_each_stage_is_one_line_and_resumable(made_store, tmp_path, monkeypatch, capsys, stage) -> None:
+    import random
+
+    _copy(made_store, tmp_path, monkeypatch)
+    args = sets(GENERATE, TRAIN_GENERATOR, PRETRAIN, EVALUATE)
+    if stage == "evaluate":
+        assert cli(capsys, "pretrain", "-q", *args)[0] == 0
+    # Count the stage's torch.save calls, then fail a seeded one of them in a fresh copy.
+    calls = _fail_nth_save(monkeypatch, 10**9)
+    probe = tmp_path / "probe"
+    shutil.copytree(tmp_path / "run", probe / "run")
+    monkeypatch.chdir(probe)
+    assert cli(capsys, stage, "-q", *args)[0] == 0
+    monkeypatch.chdir(tmp_path)
+    assert calls, f"{stage} wrote nothing with torch.save"
+    n = random.Random(SEED).randrange(1, len(calls) + 1)
+    calls = _fail_nth_save(monkeypatch, n)
+    code, _, err = cli(capsys, stage, "-q", *args)
+    one_line(code, err, "no space left on device", Path(calls[-1]).name.split(".tmp-")[0], "run the same command again")
+    assert not (tmp_path / "run" / OUTPUT[stage]).exists()
+    monkeypatch.setattr(torch, "save", TORCH_SAVE)  # space freed
+    code, _, err = cli(capsys, stage, "-q", *args)
+    assert code == 0, err
+    assert (tmp_path / "run" / OUTPUT[stage]).is_file()
+
+
+@needs_fmnist
+@pytest.mark.parametrize("stage", ["train-generator", "generate", "pretrain", "evaluate"])
+def test_a_second_launch_of_each_stage_is_refused_with_nothing_changed(done_run, tmp_path, monkeypatch, capsys, stage) -> None:
+    """The fault matrix's second-launch cells: another process holds the run (a stage still running)."""
+    import signal
+
+    shutil.copytree(done_run / "run", tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    holder = _hold(tmp_path / "run", tmp_path)
+    try:
+        before = tree(tmp_path)
+        code, _, err = cli(capsys, stage, "-q", *sets(GENERATE, TRAIN_GENERATOR, PRETRAIN, EVALUATE_GRID))
+        one_line(code, err, f"in use by pid {holder.pid}")
+        assert tree(tmp_path) == before
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+
+
+def test_no_space_and_no_memory_anywhere_are_one_line(tmp_path, monkeypatch, capsys) -> None:
+    import dataclasses
+    import errno
+
+    import synthpos.stages as stages
+    from synthpos.atomic import NoSpaceError, atomic_path
+
+    # torch's writer loses the errno; on a nearly full file system its failure is a full disk.
+    monkeypatch.setattr("synthpos.atomic.free_bytes", lambda path: 1000)
+    with pytest.raises(NoSpaceError, match="no space left on device writing .*x.pt: it needs more than the 7 bytes"):
+        with atomic_path(tmp_path / "x.pt") as tmp:
+            tmp.write_bytes(b"partial")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/0: file write failed")
+    assert list(tmp_path.iterdir()) == []
+    for i, (fault, needles) in enumerate([
+            (OSError(errno.EDQUOT, "Disk quota exceeded"), ("disk quota exceeded", "under run")),
+            (MemoryError("Unable to allocate 7.45 GiB for an array with shape (1000000000,)"),
+             ("out of memory: Unable to allocate 7.45 GiB", "batch_size")),
+            (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 800 bytes"),
+             ("out of memory", "800 bytes"))]):
+        def fail(config, show_progress, fault=fault):
+            raise fault
+
+        # The generate stage's work fails with ``fault`` (any stage's would go the same way: cli.main decides).
+        monkeypatch.setitem(stages.BY_NAME, "generate", dataclasses.replace(stages.BY_NAME["generate"], run=fail))
+        (tmp_path / str(i)).mkdir()
+        monkeypatch.chdir(tmp_path / str(i))
+        code, _, err = cli(capsys, "generate", "-q", *sets(GENERATE))
+        one_line(code, err, *needles)
+
+
+# ----------------------------------------------------------------------------- item 5: nothing moved before the inputs are known good
+
+# A grid of k: the carve of 16 images leaves about 12 to fit on, so 15 is dropped with a notice.
+EVALUATE_GRID = [*EVALUATE[:1], "evaluate.knn_k=[3,15]", *EVALUATE[2:]]
+
+
+@pytest.fixture(scope="module")
+def done_run(made_store, tmp_path_factory) -> Path:
+    """A folder whose run/ has every stage done (the shipped generator, so train-generator is not part of it)."""
+    root = tmp_path_factory.mktemp("done")
+    shutil.copytree(made_store / "run", root / "run")
+    from _pytest.monkeypatch import MonkeyPatch
+
+    from synthpos.cli import main
+
+    with MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        for command in ("pretrain", "evaluate"):
+            argv, sys.argv = sys.argv, ["synthpos", command, "-q", *sets(GENERATE, PRETRAIN, EVALUATE_GRID)]
+            try:
+                main()
+            finally:
+                sys.argv = argv
+    assert (root / "run" / "evaluate" / "metrics.json").is_file()
+    return root
+
+
+def _bad_inputs(root: Path) -> dict[str, tuple[list[str], str]]:
+    """name -> (the command's arguments, what its one line must say)."""
+    torch.save({"weight": torch.zeros(3)}, root / "plain.pt")  # a state_dict, not a synthpos backbone
+    torch.save({"weight": torch.zeros(3)}, root / "described.pt")
+    (root / "described.json").write_text('{"not": "a backbone description"}')
+    (root / "scorer.pt").write_bytes(b"neither a backbone nor TorchScript")
+    full = sets(GENERATE, PRETRAIN, EVALUATE_GRID)
+    return {
+        "evaluate-plain-state-dict": (["evaluate", *full, "--set", "evaluate.checkpoint=plain.pt"], "evaluate.checkpoint=plain.pt"),
+        "run-plain-state-dict": (["run", *full, "--set", "evaluate.checkpoint=plain.pt"], "evaluate.checkpoint=plain.pt"),
+        "evaluate-foreign-json": (["evaluate", *full, "--set", "evaluate.checkpoint=described.pt"], "not a synthpos backbone"),
+        "evaluate-missing": (["evaluate", *full, "--set", "evaluate.checkpoint=nowhere.pt"], "nowhere.pt does not exist"),
+        "pretrain-store": (["pretrain", *full, "--set", "pretrain.store=nowhere"], "no synthetic store at nowhere"),
+        "generate-generator": (["generate", *full, "--set", "generate.generator=nowhere"], "generate.generator=nowhere"),
+        "run-generator": (["run", *full, "--set", "generate.generator=nowhere"], "generate.generator=nowhere"),
+        "pretrain-scorer": (["pretrain", *full, "--set", "pretrain.synthetic.mode=quality", "--set",
+                             "pretrain.synthetic.scorer=scorer.pt"], "scorer.pt is neither"),
+        "evaluate-knn-k": (["evaluate", *full, "--set", "evaluate.max_train=null", "--set", "evaluate.knn_k=1000000"],
+                           "evaluate.knn_k=1000000 is more than the 60000"),
+        "run-knn-k": (["run", *full, "--set", "evaluate.max_train=null", "--set", "evaluate.knn_k=1000000"],
+                      "evaluate.knn_k=1000000"),
+    }
+
+
+@needs_fmnist
+def test_a_bad_path_or_value_leaves_the_run_directory_byte_identical(done_run, tmp_path, monkeypatch, capsys) -> None:
+    shutil.copytree(done_run / "run", tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    cases = _bad_inputs(tmp_path)
+    before = tree(tmp_path)
+    for name, (args, needle) in cases.items():
+        code, _, err = cli(capsys, args[0], "-q", *args[1:])
+        one_line(code, err, needle)
+        assert tree(tmp_path) == before, name  # nothing moved, written or removed
+
+
+@needs_fmnist
+def test_knn_grid_values_above_the_carved_set_are_dropped_with_a_notice(done_run) -> None:
+    import json
+
+    metrics = json.loads((done_run / "run" / "evaluate" / "metrics.json").read_text())
+    knn = next(r for r in metrics["records"] if r["probe"] == "knn")
+    assert list(knn["selection"]["validation_top1"]) == ["3"], knn["selection"]  # 15 > the 12 left after the carve
+    assert knn["hyper_parameters"]["k"] == 3
