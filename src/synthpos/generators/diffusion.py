@@ -36,6 +36,7 @@ from synthpos.errors import SynthposError
 from synthpos.generators.embedding_condition import ConditionData, ConditionProjection, load_condition_data
 from synthpos.precision import autocast
 from synthpos.progress import progress_bar
+from synthpos.provenance import provenance as make_provenance
 from synthpos.signals import stop_requests
 
 BUILTIN_PREFIX = "builtin:"
@@ -265,6 +266,7 @@ def train_generator(
     on_check: Callable[[Path, int], str | None] | None = None,
     check_every_minutes: float | None = None,
     condition: ConditionData | None = None,
+    provenance: dict | None = None,
 ) -> Path:
     """Train a DDPM on ``images`` and write it to ``output_dir/model``.
 
@@ -285,6 +287,8 @@ def train_generator(
             model's directory and the step); a returned reason stops training there.
         condition: the images' embeddings and how to write the condition folder, when
             ``config.condition`` is set (see :mod:`synthpos.generators.embedding_condition`).
+        provenance: recorded in ``COMPLETE`` (default: that of ``config``); never in
+            ``train_config.json``, which is compared to adopt a generator.
 
     Returns:
         The path of the saved DDPMPipeline directory.
@@ -444,7 +448,8 @@ def train_generator(
             raise
     if not model_dir.exists():
         checkpoint()
-    (output_dir / "COMPLETE").write_text(json.dumps({"step": step, "stopped_by_check": stopped}))
+    (output_dir / "COMPLETE").write_text(json.dumps({"step": step, "stopped_by_check": stopped,
+                                                     "provenance": provenance or make_provenance(config)}))
     return model_dir
 
 
@@ -502,4 +507,5 @@ def train_generator_stage(config: RunConfig, show_progress: bool = True) -> Path
         dataset.images, config.train_generator, config.generator_dir, config.generation_seed, show_progress=show_progress,
         labels=dataset.labels, num_classes=dataset.num_classes or None,
         on_check=on_check, check_every_minutes=None if rule is None else rule.every_minutes, condition=condition,
+        provenance=make_provenance(config),
     )

@@ -27,6 +27,7 @@ from synthpos.models.backbones import build_backbone, save_backbone
 from synthpos.modes.base import SyntheticMode
 from synthpos.registry import MODES
 from synthpos.precision import resolve_precision
+from synthpos.provenance import provenance as make_provenance
 from synthpos.resumable import AtomicCheckpointIO, ResumableBatchSampler, ResumableCheckpoint, usable_checkpoint
 from synthpos.signals import Terminated
 
@@ -158,8 +159,11 @@ def pretrain(
     seed: int = 0,
     show_progress: bool = True,
     strategy: str = "auto",
+    provenance: dict | None = None,
 ) -> Path:
     """Pretrain on ``dataset`` and export the backbone to ``output_dir/backbone.pt``.
+
+    ``provenance`` goes into ``backbone.json`` (default: that of ``cfg``; the stage passes the run config's).
 
     Checkpoints go to ``output_dir/checkpoints/last.ckpt`` (the one before kept as
     ``previous.ckpt``) every ``checkpoint_every_epochs`` epochs, every
@@ -238,7 +242,8 @@ def pretrain(
         raise Terminated(f"pretraining stopped by SIGTERM; checkpoint {output_dir / 'checkpoints' / 'last.ckpt'}") from err
     path = output_dir / "backbone.pt"
     if trainer.is_global_zero:
-        save_backbone(method.backbone.to(memory_format=torch.contiguous_format), cfg.backbone, dataset.channels, path)
+        save_backbone(method.backbone.to(memory_format=torch.contiguous_format), cfg.backbone, dataset.channels, path,
+                      provenance if provenance is not None else make_provenance(cfg))
         history = next((c.history for c in callbacks if isinstance(c, KNNMonitor)), [])
         probe_history = next((c.history for c in callbacks if isinstance(c, OnlineLinearProbe)), [])
         (output_dir / "summary.json").write_text(json.dumps({
@@ -267,4 +272,5 @@ def pretrain_stage(config: RunConfig, show_progress: bool = True) -> Path:
     monitor = (load_dataset(config.data.model_copy(update={"subset": None}), "test")
                if cfg.knn_every_epochs or cfg.online_probe else None)
     dump_config(config, config.pretrain_dir / "config.yaml")
-    return pretrain(cfg, dataset, config.pretrain_dir, store, monitor, config.seed, show_progress)
+    return pretrain(cfg, dataset, config.pretrain_dir, store, monitor, config.seed, show_progress,
+                    provenance=make_provenance(config))
