@@ -215,3 +215,18 @@ def test_the_cli_says_what_to_install_and_exits_2(tmp_path: Path) -> None:
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "pip install wandb" in lines[0], done.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("mode", "logged_in", "offline"), [(None, False, True), (None, True, False),
+                                                            ("offline", True, True), ("disabled", False, False)])
+def test_wandb_is_offline_unless_logged_in_or_asked(tmp_path: Path, monkeypatch, mode, logged_in, offline) -> None:
+    pytest.importorskip("wandb")
+    import synthpos.loggers as loggers
+
+    if mode is None:
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+    else:
+        monkeypatch.setenv("WANDB_MODE", mode)
+    monkeypatch.setattr(loggers, "wandb_logged_in", lambda: logged_in)
+    (logger,) = loggers.build_loggers(["wandb"], tmp_path / "logs", "x")  # no run starts before the first log
+    assert logger._offline is offline and logger.save_dir == str(tmp_path / "logs")

@@ -83,8 +83,9 @@ def build_loggers(names: Sequence[str], logs_dir: Path, run_name: str, key: str 
         elif name == "wandb":
             from lightning.pytorch.loggers import WandbLogger
 
-            # Offline unless the user has logged in (or asked for a mode): nothing leaves the machine unasked.
-            offline = os.environ.get("WANDB_MODE", "offline" if not wandb_logged_in() else "online") != "online"
+            # Offline unless the user has logged in; a WANDB_MODE the user set (online, disabled) is theirs.
+            mode = os.environ.get("WANDB_MODE")
+            offline = mode == "offline" or (mode is None and not wandb_logged_in())
             loggers.append(WandbLogger(name=run_name, save_dir=str(logs_dir), project=WANDB_PROJECT, offline=offline))
         elif name == "mlflow":
             from lightning.pytorch.loggers import MLFlowLogger
