@@ -76,7 +76,8 @@ _SKIPPED = _LOCATIONS | {"published",  # decides nothing (test_published_numbers
                          "generate.kind", "generate.guidance_scale", "train_generator.check", "seeds", "data.name",
                          "pretrain.method", "pretrain.synthetic.mode"}
 _SPEED_ONLY = {"shard_size", "num_threads", "channels_last", "batch_size", "compile", "checkpoint_every", "checkpoint_every_minutes", "verify_store",
-               "checkpoint_every_epochs", "knn_every_epochs", "knn_subset"}
+               "checkpoint_every_epochs", "knn_every_epochs", "knn_subset",
+               "loggers"}  # loggers: where the curves are written, not what is trained
 # Settings the DDIM sampler of an unconditional CLSP generator does not read.
 _GENERATE_UNUSED = ("generate.unclip.",)
 

@@ -161,6 +161,8 @@ class TrainGeneratorConfig(_Strict):
     checkpoint_every_minutes: float | None = Field(5.0, gt=0, description="Also checkpoint after this much wall time "
                                                    "since the last one (null: steps only). SIGTERM always checkpoints.")
     hflip: bool = True
+    loggers: list[Literal["csv", "tensorboard", "wandb", "mlflow"]] = Field(
+        ["csv"], description="Loggers of the training loss (as pretrain.loggers), under <generator>/logs/.")
     class_conditional: bool = Field(False, description="Condition the UNet on class labels (CLSP's conditional variant).")
     label_dropout: float = Field(0.1, ge=0, lt=1, description="Class-conditional: drop the label with this probability "
                                  "(the null class), so one model also predicts unconditionally for classifier-free guidance.")
@@ -548,6 +550,9 @@ class PretrainConfig(_Sections):
                                                    "last one, mid-epoch too (null: epochs only). SIGTERM always checkpoints.")
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     channels_last: bool = True
+    loggers: list[Literal["csv", "tensorboard", "wandb", "mlflow"]] = Field(
+        ["csv"], description="Lightning loggers, each writing under <output>/logs/ (wandb offline unless logged in; "
+        "mlflow: logs/mlflow.db). The resolved config is logged as hyper-parameters.")
     compile: bool = Field(False, description="torch.compile the backbone and heads in place (synthpos.methods.compiled): "
                           "paid once on the first step, cached on disk by torch; pays off on long runs")
     knn_every_epochs: int = Field(0, ge=0, description="Online kNN monitor on the test split (0: off).")

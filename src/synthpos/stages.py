@@ -280,11 +280,12 @@ def _run_evaluate(config: RunConfig, show_progress: bool) -> dict:
 # only evaluation reads). Precision is left out here because its resolved value is recorded.
 _DATA_TRAIN_ONLY = ("data.test_root",)
 _TRAIN_GENERATOR_IGNORES = ("train_generator.num_threads", "train_generator.channels_last", "train_generator.precision",
-                            "train_generator.checkpoint_every", "train_generator.checkpoint_every_minutes")
+                            "train_generator.checkpoint_every", "train_generator.checkpoint_every_minutes",
+                            "train_generator.loggers")
 _PRETRAIN_IGNORES = ("pretrain.store", "pretrain.output_dir", "pretrain.num_threads", "pretrain.channels_last",
                      "pretrain.precision", "pretrain.knn_every_epochs", "pretrain.knn_subset",
                      "pretrain.checkpoint_every_epochs", "pretrain.checkpoint_every_minutes", "pretrain.verify_store",
-                     "pretrain.compile")
+                     "pretrain.compile", "pretrain.loggers")
 
 STAGES: tuple[Stage, ...] = (
     Stage(

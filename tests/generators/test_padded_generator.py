@@ -96,6 +96,7 @@ def test_the_check_hook_stops_training(tmp_path) -> None:
                     on_check=on_check, check_every_minutes=1e-9)
     assert seen == [1, 2]
     complete = json.loads((tmp_path / "gen" / "COMPLETE").read_text())
+    assert complete.pop("provenance")["synthpos_version"]  # recorded, see tests/test_provenance.py
     assert complete == {"step": 2, "stopped_by_check": "enough"}
 
 

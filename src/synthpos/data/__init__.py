@@ -1,4 +1,4 @@
-"""Data: in-memory indexed datasets and batched SimCLR augmentation."""
+"""Data: in-memory indexed datasets, batched SimCLR augmentation, the synthetic store and its Dataset."""
 
 from synthpos.data.augment import (
     BatchAugment,
@@ -9,12 +9,17 @@ from synthpos.data.augment import (
     to_model_input,
 )
 from synthpos.data.datasets import ImageDataset, find_data_root, load_dataset
+from synthpos.data.store_dataset import SyntheticPositivesDataset
+from synthpos.data.synthetic_store import SyntheticStore, dataset_fingerprint
 
 __all__ = [
     "BatchAugment",
     "ImageDataset",
+    "SyntheticPositivesDataset",
+    "SyntheticStore",
     "adjust_colour",
     "crop_and_flip",
+    "dataset_fingerprint",
     "find_data_root",
     "load_dataset",
     "rgb_to_grayscale",

@@ -30,6 +30,7 @@ import numpy as np
 from synthpos.data.datasets import ImageDataset, read_image
 from synthpos.data.synthetic_store import SyntheticStore, dataset_fingerprint
 from synthpos.errors import SynthposError
+from synthpos.provenance import provenance as make_provenance
 
 if TYPE_CHECKING:
     from synthpos.config import RunConfig
@@ -155,6 +156,7 @@ def import_store(
         candidates=int(candidates),
         shard_size=shard_size,
         generator={"kind": "imported", "layout": layout, "source": str(source.resolve()), "candidates": int(candidates)},
+        provenance=make_provenance(),
     )
     for shard in store.missing_shards():
         start, end = store.layout.shard_range(shard)

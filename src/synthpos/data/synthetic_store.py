@@ -114,8 +114,12 @@ class SyntheticStore:
         candidates: int,
         shard_size: int,
         generator: dict[str, Any],
+        provenance: dict[str, Any] | None = None,
     ) -> SyntheticStore:
         """Create a store, or reopen an existing one made with the same settings (to resume).
+
+        ``provenance`` (:mod:`synthpos.provenance`) is recorded in a new manifest and never compared:
+        a store made by another commit or version is resumed all the same, and keeps its own.
 
         Raises:
             SynthposError: ``path`` holds a store made for other data or other settings.
@@ -130,6 +134,7 @@ class SyntheticStore:
             "dtype": "uint8",
             "shard_size": shard_size,
             "generator": generator,
+            **({} if provenance is None else {"provenance": provenance}),
         }
         manifest_path = path / "manifest.json"
         if not manifest_path.is_file():

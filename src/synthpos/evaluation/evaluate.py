@@ -21,6 +21,7 @@ from synthpos.evaluation.features import cached_features, extract_features, imag
 from synthpos.evaluation.protocols import run_protocols
 from synthpos.errors import SynthposError
 from synthpos.models.backbones import load_backbone
+from synthpos.provenance import provenance
 
 
 def match_channels(dataset: ImageDataset, channels: int) -> ImageDataset:
@@ -108,6 +109,8 @@ def evaluate_stage(config: RunConfig, show_progress: bool = True) -> dict:
         "schema": METRICS_SCHEMA, "backbone": str(backbone_file),
         "backbone_sha256": hashlib.sha256(Path(backbone_file).read_bytes()).hexdigest(),
         "feature_size": size, "seed": config.seed, "results": results, "records": records,
+        # What made these numbers; the resolved config is here in full (run_dir included).
+        "provenance": provenance(config), "config": config.model_dump(mode="json"),
     }
     config.evaluate_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(config.evaluate_dir / "metrics.json") as tmp:

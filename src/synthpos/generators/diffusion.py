@@ -34,8 +34,10 @@ from synthpos.atomic import atomic_path
 from synthpos.config import RunConfig, TrainGeneratorConfig, UNetConfig
 from synthpos.errors import SynthposError
 from synthpos.generators.embedding_condition import ConditionData, ConditionProjection, load_condition_data
+from synthpos.loggers import MetricLoggers, check_loggers
 from synthpos.precision import autocast
 from synthpos.progress import progress_bar
+from synthpos.provenance import provenance as make_provenance
 from synthpos.signals import stop_requests
 
 BUILTIN_PREFIX = "builtin:"
@@ -265,6 +267,8 @@ def train_generator(
     on_check: Callable[[Path, int], str | None] | None = None,
     check_every_minutes: float | None = None,
     condition: ConditionData | None = None,
+    provenance: dict | None = None,
+    hyperparameters: dict | None = None,
 ) -> Path:
     """Train a DDPM on ``images`` and write it to ``output_dir/model``.
 
@@ -285,6 +289,10 @@ def train_generator(
             model's directory and the step); a returned reason stops training there.
         condition: the images' embeddings and how to write the condition folder, when
             ``config.condition`` is set (see :mod:`synthpos.generators.embedding_condition`).
+        provenance: recorded in ``COMPLETE`` (default: that of ``config``); never in
+            ``train_config.json``, which is compared to adopt a generator.
+        hyperparameters: what ``config.loggers`` log as hyper-parameters (default: ``config``); the
+            mean loss goes to them every ``checkpoint_every`` steps, as to ``loss.log``.
 
     Returns:
         The path of the saved DDPMPipeline directory.
@@ -293,6 +301,7 @@ def train_generator(
         SynthposError: non-square images; a class-conditional model without labels or
             with labels outside ``[0, num_classes)``.
     """
+    check_loggers(config.loggers, "train_generator.loggers")  # before anything is written
     n, h, w, c = images.shape
     if h != w:
         raise SynthposError(f"the generator needs square images, got {h}x{w}; set data.image_size")
@@ -338,6 +347,8 @@ def train_generator(
         print(f"resuming generator training from {state['path']} (step {step})", file=sys.stderr, flush=True)
     (output_dir / "train_config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2))
 
+    loggers = MetricLoggers(config.loggers, output_dir / "logs", output_dir.name,
+                            hyperparameters or {"train_generator": config.model_dump(mode="json")})
     data = torch.from_numpy(images)  # stays uint8 in memory; converted per batch
     targets = torch.from_numpy(labels) if config.class_conditional else None
     embeddings = None if condition is None else torch.from_numpy(condition.embeddings).float()
@@ -425,6 +436,7 @@ def train_generator(
                     checkpoint()
                     with open(output_dir / "loss.log", "a") as fh:
                         fh.write(f"{step}\t{np.mean(losses[-config.checkpoint_every:]):.5f}\n")
+                    loggers.log({"train/loss": float(np.mean(losses[-config.checkpoint_every:]))}, step)
                 elif stop or (every_s is not None and time.monotonic() - last_save >= every_s):
                     checkpoint()
                 if out_of_time:
@@ -441,10 +453,13 @@ def train_generator(
         except KeyboardInterrupt:
             if not stop:  # raised outside the loop's own check (e.g. in the first step's set-up)
                 checkpoint()
+            loggers.finish("failed")
             raise
+    loggers.finish()
     if not model_dir.exists():
         checkpoint()
-    (output_dir / "COMPLETE").write_text(json.dumps({"step": step, "stopped_by_check": stopped}))
+    (output_dir / "COMPLETE").write_text(json.dumps({"step": step, "stopped_by_check": stopped,
+                                                     "provenance": provenance or make_provenance(config)}))
     return model_dir
 
 
@@ -477,6 +492,7 @@ def train_generator_stage(config: RunConfig, show_progress: bool = True) -> Path
     """Stage 1 from a run config: the run's training split -> ``<run_dir>/generator``."""
     from synthpos.data import load_dataset
 
+    check_loggers(config.train_generator.loggers, "train_generator.loggers")
     dataset = load_dataset(config.data, "train")
     rule, on_check = config.train_generator.check, None
     if rule is not None:
@@ -498,8 +514,10 @@ def train_generator_stage(config: RunConfig, show_progress: bool = True) -> Path
             spec.encoder, dataset.images, spec.crop_size or dataset.images.shape[1], dataset.mean, dataset.std,
             spec.neighbours if spec.neighbour_prob > 0 else None, config.generator_dir / "embeddings",
         )
+    provenance = make_provenance(config)
     return train_generator(
         dataset.images, config.train_generator, config.generator_dir, config.generation_seed, show_progress=show_progress,
         labels=dataset.labels, num_classes=dataset.num_classes or None,
         on_check=on_check, check_every_minutes=None if rule is None else rule.every_minutes, condition=condition,
+        provenance=provenance, hyperparameters={**config.model_dump(mode="json"), "provenance": provenance},
     )

@@ -26,6 +26,7 @@ from synthpos.errors import SynthposError
 from synthpos.generators.clsp_generator import CLSPGenerator, generator_id
 from synthpos.generators.registry import build_generator
 from synthpos.progress import progress_bar
+from synthpos.provenance import provenance as make_provenance
 from synthpos.signals import sigterm_raises
 
 __all__ = ["CLSPGenerator", "default_device", "generate_stage", "generate_store", "generator_id", "generator_record"]
@@ -49,6 +50,7 @@ def generate_store(
     world_size: int | None = None,
     show_progress: bool = True,
     labels: np.ndarray | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> SyntheticStore:
     """Generate (or finish) a store of synthetic positives for ``images`` with ``settings.kind``.
 
@@ -57,6 +59,8 @@ def generate_store(
         generator_dir: the generator's weights (for ``clsp``: a DDPMPipeline directory or ``builtin:NAME``).
         rank, world_size: this process's share (default: $RANK / $WORLD_SIZE, else 0 / 1).
         labels: the anchors' class labels (N,), for class-conditional generators.
+        provenance: what a new store's manifest records as its maker (default: that of ``settings``;
+            the stage passes the run config's). Never compared: see :mod:`synthpos.provenance`.
 
     Returns:
         The store. Under torchrun every process waits for the others at the end, so it is complete
@@ -76,6 +80,7 @@ def generate_store(
         candidates=settings.candidates,
         shard_size=settings.shard_size,
         generator=generator.record(),
+        provenance=provenance if provenance is not None else make_provenance(settings),
     )
     # Which shards to (re)make: the missing and the damaged ones (hashed unless a stamp vouches for them).
     states = ensure_verified(store, settings.verify_store, raise_if_bad=False)
@@ -125,5 +130,5 @@ def generate_stage(config: RunConfig, show_progress: bool = True) -> SyntheticSt
     return generate_store(
         dataset.images[:count], dataset.name, dataset.split, config.generator_model,
         config.store_dir, config.generate, config.generation_seed, show_progress=show_progress,
-        labels=None if dataset.labels is None else dataset.labels[:count],
+        labels=None if dataset.labels is None else dataset.labels[:count], provenance=make_provenance(config),
     )

@@ -11,7 +11,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, Dataset
 
 from synthpos.config import PretrainConfig, RunConfig, SyntheticConfig, dump_config
@@ -20,6 +19,7 @@ from synthpos.data.batch import PretrainBatch
 from synthpos.data.synthetic_store import SyntheticStore
 from synthpos.distributed import convert_global_batchnorm
 from synthpos.errors import SynthposError
+from synthpos.loggers import build_loggers, check_loggers, finish_loggers, log_hyperparameters
 from synthpos.evaluation.monitor import KNNMonitor
 from synthpos.evaluation.online_probe import OnlineLinearProbe
 from synthpos.methods import SSLMethod, method_class
@@ -27,6 +27,7 @@ from synthpos.models.backbones import build_backbone, save_backbone
 from synthpos.modes.base import SyntheticMode
 from synthpos.registry import MODES
 from synthpos.precision import resolve_precision
+from synthpos.provenance import provenance as make_provenance
 from synthpos.resumable import AtomicCheckpointIO, ResumableBatchSampler, ResumableCheckpoint, usable_checkpoint
 from synthpos.signals import Terminated
 
@@ -151,8 +152,14 @@ def pretrain(
     seed: int = 0,
     show_progress: bool = True,
     strategy: str = "auto",
+    provenance: dict | None = None,
+    hyperparameters: dict | None = None,
 ) -> Path:
     """Pretrain on ``dataset`` and export the backbone to ``output_dir/backbone.pt``.
+
+    ``provenance`` goes into ``backbone.json`` (default: that of ``cfg``; the stage passes the run config's).
+    ``cfg.loggers`` write under ``output_dir/logs``, with ``hyperparameters`` (default: ``cfg``; the stage
+    passes the resolved run config and its provenance) as hyper-parameters.
 
     Checkpoints go to ``output_dir/checkpoints/last.ckpt`` (the one before kept as
     ``previous.ckpt``) every ``checkpoint_every_epochs`` epochs, every
@@ -163,6 +170,7 @@ def pretrain(
         Terminated: SIGTERM arrived; the checkpoint was written first.
     """
     accelerator, world = check_batch_size(cfg, len(dataset))
+    check_loggers(cfg.loggers)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     # Lightning sets its loggers to INFO when imported; its device and tip lines are noise here.
@@ -205,11 +213,13 @@ def pretrain(
     callbacks.append(checkpoints)  # last: after the callbacks that work at epoch ends
     if strategy == "auto" and world > 1:
         strategy = "ddp"
+    loggers = build_loggers(cfg.loggers, output_dir / "logs", output_dir.name)
+    log_hyperparameters(loggers, hyperparameters if hyperparameters is not None else {"pretrain": cfg.model_dump(mode="json")})
     trainer = L.Trainer(
         accelerator=accelerator, devices=devices, num_nodes=cfg.num_nodes, strategy=strategy,
         precision="bf16-mixed" if precision == "bf16" else "32-true",
         max_epochs=cfg.epochs, max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
-        sync_batchnorm=sync_batchnorm, default_root_dir=output_dir, logger=CSVLogger(output_dir, name="logs"),
+        sync_batchnorm=sync_batchnorm, default_root_dir=output_dir, logger=loggers or False,
         callbacks=callbacks, enable_progress_bar=show_progress, enable_model_summary=False,
         # At most once per epoch: with the fixed 10, a run of fewer steps logged no loss at all.
         log_every_n_steps=max(1, min(10, len(loader) // world)), num_sanity_val_steps=0,
@@ -228,10 +238,13 @@ def pretrain(
             warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
             trainer.fit(method, train_dataloaders=loader, ckpt_path=resume)
     except SIGTERMException as err:
+        finish_loggers(loggers, "failed")
         raise Terminated(f"pretraining stopped by SIGTERM; checkpoint {output_dir / 'checkpoints' / 'last.ckpt'}") from err
+    finish_loggers(loggers)
     path = output_dir / "backbone.pt"
     if trainer.is_global_zero:
-        save_backbone(method.backbone.to(memory_format=torch.contiguous_format), cfg.backbone, dataset.channels, path)
+        save_backbone(method.backbone.to(memory_format=torch.contiguous_format), cfg.backbone, dataset.channels, path,
+                      provenance if provenance is not None else make_provenance(cfg))
         history = next((c.history for c in callbacks if isinstance(c, KNNMonitor)), [])
         probe_history = next((c.history for c in callbacks if isinstance(c, OnlineLinearProbe)), [])
         (output_dir / "summary.json").write_text(json.dumps({
@@ -251,6 +264,7 @@ def _say(message: str) -> None:
 def pretrain_stage(config: RunConfig, show_progress: bool = True) -> Path:
     """Stage 3 from a run config."""
     cfg = config.pretrain
+    check_loggers(cfg.loggers)  # before the data is read or anything is written
     dataset = load_dataset(config.data, "train")
     store = None
     if MODES.get(cfg.synthetic.mode).needs_store:
@@ -260,4 +274,6 @@ def pretrain_stage(config: RunConfig, show_progress: bool = True) -> Path:
     monitor = (load_dataset(config.data.model_copy(update={"subset": None}), "test")
                if cfg.knn_every_epochs or cfg.online_probe else None)
     dump_config(config, config.pretrain_dir / "config.yaml")
-    return pretrain(cfg, dataset, config.pretrain_dir, store, monitor, config.seed, show_progress)
+    provenance = make_provenance(config)
+    return pretrain(cfg, dataset, config.pretrain_dir, store, monitor, config.seed, show_progress,
+                    provenance=provenance, hyperparameters={**config.model_dump(mode="json"), "provenance": provenance})

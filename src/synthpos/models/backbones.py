@@ -20,6 +20,7 @@ from torch import nn
 from synthpos.atomic import atomic_path
 from synthpos.config import BackboneConfig
 from synthpos.errors import SynthposError
+from synthpos.provenance import provenance as make_provenance
 
 
 def _torchvision_resnet(name: str, in_channels: int, cifar_stem: bool) -> nn.Module:
@@ -115,10 +116,16 @@ def build_backbone(config: BackboneConfig, in_channels: int) -> nn.Module:
     return ConvNet(in_channels, config.width)
 
 
-def save_backbone(backbone: nn.Module, config: BackboneConfig, in_channels: int, path: Path) -> None:
-    """Write ``path`` (a plain state_dict) and ``path.with_suffix('.json')`` (how to rebuild it)."""
+def save_backbone(backbone: nn.Module, config: BackboneConfig, in_channels: int, path: Path,
+                  provenance: dict | None = None) -> None:
+    """Write ``path`` (a plain state_dict) and ``path.with_suffix('.json')`` (how to rebuild it).
+
+    ``provenance``: what made it (:func:`synthpos.provenance.provenance` of the run's config);
+    default: that of ``config`` alone.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    spec = {"backbone": config.model_dump(), "in_channels": in_channels, "feature_dim": backbone.feature_dim}
+    spec = {"backbone": config.model_dump(), "in_channels": in_channels, "feature_dim": backbone.feature_dim,
+            "provenance": provenance if provenance is not None else make_provenance(config)}
     with atomic_path(path) as tmp:
         torch.save({k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}, tmp)
         # The description first: a backbone.pt that exists always has its .json.

@@ -55,6 +55,27 @@ def _stage_records(root: Path) -> dict[str, Any]:
     return found
 
 
+#: The outputs that carry a ``provenance`` object (synthpos.provenance), by file name.
+PROVENANCE_FILES = ("COMPLETE", "manifest.json", "backbone.json", "metrics.json")
+
+
+def read_provenance(root: Path) -> dict[str, dict]:
+    """``{relative path: provenance}`` of every output under ``root`` (three levels deep) that records one.
+
+    Outputs moved aside (``previous/``) and outputs written before provenance existed are left out.
+    """
+    found = {}
+    for pattern in ("*", "*/*", "*/*/*"):
+        for path in sorted(root.glob(pattern)):
+            rel = path.relative_to(root).as_posix()
+            if path.name not in PROVENANCE_FILES or rel.startswith("previous/") or "/features/" in rel:
+                continue
+            record = _json(path)
+            if isinstance(record, dict) and isinstance(record.get("provenance"), dict):
+                found[rel] = record["provenance"]
+    return found
+
+
 def _pretrain_entry(name: str, pretrain_dir: Path, metrics: dict | None) -> Entry:
     config = pretrain_dir / "config.yaml"
     return {
@@ -71,7 +92,7 @@ def collect_run(run_dir: Path) -> dict:
 
     Returns:
         ``{"dir", "kind": "pipeline" | "seeds" | "quickstart", "entries": [Entry], "seeds": seeds.json or None,
-        "records": {path: json}, "store": path or None, "positives": png or None, "inspect": json or None,
+        "records": {path: json}, "provenance": {path: provenance}, "store": path or None, "positives": png or None, "inspect": json or None,
         "timings": {...}, "fidelity": {...} or None}``
 
     Raises:
@@ -81,6 +102,7 @@ def collect_run(run_dir: Path) -> dict:
     if not run_dir.is_dir():
         raise SynthposError(f"{run_dir} is not a directory; pass the run_dir of a synthpos run or quick start")
     out: dict[str, Any] = {"dir": run_dir, "seeds": None, "records": _stage_records(run_dir), "timings": {},
+                           "provenance": read_provenance(run_dir),
                            "fidelity": None, "positives": None, "inspect": None, "store": None}
     quick = _json(run_dir / "results.json")
     seeds = _json(run_dir / "seeds.json")
