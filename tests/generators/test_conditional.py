@@ -348,7 +348,7 @@ def test_conditional_store_without_labels_raises(tmp_path, cond_generator_dir) -
 
 
 def test_guidance_on_an_unconditional_generator_raises(tmp_path, generator_dir, anchor_images) -> None:
-    with pytest.raises(SynthposError, match="guidance_scale=2.0 needs a class-conditional"):
+    with pytest.raises(SynthposError, match="guidance_scale=2.0 needs a conditional generator"):
         _generate(anchor_images, None, generator_dir, tmp_path / "store", SETTINGS)
 
 

@@ -281,7 +281,8 @@ def clsp_interpolation_sample(
     label_passes: list[tuple[torch.Tensor, torch.Tensor] | None] = [None]
     if num_classes(unet) is not None or embedding_conditioned(unet):
         if class_labels is None:
-            raise ValueError("this UNet is conditional: pass class_labels (labels, or projected embeddings)")
+            raise ValueError("this UNet is embedding-conditioned: pass the projected embeddings as class_labels"
+                             if embedding_conditioned(unet) else "this UNet is class-conditional: pass class_labels")
         if embedding_conditioned(unet):
             if null_condition is None:
                 raise ValueError("an embedding-conditioned UNet needs null_condition for guidance")
