@@ -25,7 +25,7 @@ from synthpos.generators.diffusion import resolve_generator_dir
 from synthpos.generators.generate import generator_record
 from synthpos.precision import resolve_precision
 import synthpos.stages as table
-from synthpos.stages import (BY_NAME, PREVIOUS, RECORD, STAGES, expected_record, flatten, plan, run_stage, stage_status,
+from synthpos.stages import (BY_NAME, needed, PREVIOUS, RECORD, STAGES, expected_record, flatten, plan, run_stage, stage_status,
                              write_record)
 
 ORDER = [s.name for s in STAGES]
@@ -209,6 +209,27 @@ def test_an_embedding_condition_redoes_the_generator_and_an_unset_one_changes_no
     assert _redone(conditioned) == ORDER[ORDER.index("train-generator"):]
 
 
+def test_round_zero_runs_only_for_a_generator_conditioned_on_this_runs_encoder(tmp_path):
+    """``train_generator.condition`` without an encoder: round 0 pretrains one, and its settings decide the generator
+    and everything after it; the synthetic mode does not decide round 0 (it trains without positives)."""
+    plain = _config(tmp_path / "plain")
+    assert needed(BY_NAME["encoder"], plain) is not None
+    config = _config(tmp_path, "train_generator.condition.dropout=0.1")
+    assert config.train_generator.condition.encoder is None and needed(BY_NAME["encoder"], config) is None
+    assert config.condition_encoder == config.run_dir / "encoder" / "backbone.pt"
+    assert _redone(config) == ORDER
+    given = tmp_path / "given.pt"
+    given.write_bytes(b"weights")
+    assert needed(BY_NAME["encoder"], _config(tmp_path, f"train_generator.condition.encoder={given}")) is not None
+    # Round 0's record holds the run's pretraining settings, less the synthetic ones.
+    record = expected_record(BY_NAME["encoder"], config)
+    moved = expected_record(BY_NAME["encoder"], _config(tmp_path, "train_generator.condition.dropout=0.1",
+                                                        "pretrain.synthetic.mode=clsp"))
+    assert record == moved
+    assert record != expected_record(BY_NAME["encoder"], _config(tmp_path, "train_generator.condition.dropout=0.1",
+                                                                 "pretrain.epochs=7"))
+
+
 def test_changed_settings_are_named_and_the_old_output_is_kept(tmp_path, monkeypatch):
     config = _config(tmp_path)
     _make_outputs(config)
@@ -244,12 +265,13 @@ def test_outputs_without_records_are_adopted_from_the_saved_config(tmp_path):
     config = _config(tmp_path)
     _make_outputs(config)
     for stage in STAGES:
-        stage.record_path(config).unlink()
+        if needed(stage, config) is None:  # round 0 (the encoder) is not part of this run
+            stage.record_path(config).unlink()
     # As an earlier synthpos left them: pretraining saved the whole config beside its backbone.
     (config.pretrain_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
     assert _redone(config) == []
     for _, status in plan(config):
-        assert status.why.startswith("adopted"), status
+        assert status.why.startswith("adopted") or status.state == "not needed", status
     other = _config(tmp_path, "pretrain.epochs=2")
     assert _redone(other) == ["pretrain", "evaluate"]
     assert (config.pretrain_dir / "backbone.pt").is_file()  # planning moves nothing
@@ -259,7 +281,7 @@ def test_a_store_without_record_is_adopted_only_if_its_manifest_matches(tmp_path
     config = _config(tmp_path)
     _make_outputs(config)
     BY_NAME["generate"].record_path(config).unlink()
-    assert [s.state for _, s in plan(config)][1] == "done"
+    assert dict(plan(config))["generate"].state == "done"
     assert _redone(_config(tmp_path, "generate.interpolation_weight=0.5"))[:1] == ["generate"]
 
 

@@ -127,7 +127,9 @@ class EmbeddingConditionConfig(_Strict):
     """Condition the DDPM on each image's own embedding from a frozen synthpos encoder (no labels):
     see :mod:`synthpos.generators.embedding_condition`."""
 
-    encoder: Path = Field(description="The frozen encoder: a backbone.pt written by `synthpos pretrain` on the same data.")
+    encoder: Path | None = Field(None, description="The frozen encoder: a backbone.pt written by `synthpos pretrain` on "
+                                 "the same data. null: round 0 of `synthpos run` pretrains it into <run_dir>/encoder with "
+                                 "the run's pretrain settings and no synthetic positives (a label-free method only).")
     crop_size: int | None = Field(None, ge=8, description="Side the encoder reads images at (default: the images' own).")
     dropout: float = Field(0.1, ge=0, lt=1, description="Replace the embedding by zeros with this probability, so "
                            "classifier-free guidance (generate.guidance_scale) works.")
@@ -764,9 +766,11 @@ class RunConfig(_Strict):
             if "generate" in stages and gen.guidance_scale != 1.0 and not tg.class_conditional and tg.condition is None:
                 raise ValueError(f"generate.guidance_scale={gen.guidance_scale} needs a conditional generator; set "
                                  "train_generator.class_conditional=true, train_generator.condition, or generate.guidance_scale=1")
-        if "train-generator" in stages and tg.condition is not None and not Path(tg.condition.encoder).is_file():
+        if ("train-generator" in stages and tg.condition is not None and tg.condition.encoder is not None
+                and not Path(tg.condition.encoder).is_file()):
             raise ValueError(f"train_generator.condition.encoder={tg.condition.encoder} does not exist; point it at a "
-                             "backbone.pt written by `synthpos pretrain` on this data")
+                             "backbone.pt written by `synthpos pretrain` on this data, or leave it unset to pretrain "
+                             "one in round 0 of `synthpos run`")
         side = self.data.image_side()  # (this check sat unreachable under the raise above)
         if ("train-generator" in stages and side is not None and tg.sample_size is not None
                 and (tg.sample_size < side or (tg.sample_size - side) % 2)):
@@ -823,6 +827,20 @@ class RunConfig(_Strict):
     @property
     def generator_dir(self) -> Path:
         return self.run_dir / "generator"
+
+    @property
+    def encoder_dir(self) -> Path:
+        """Round 0: where ``synthpos run`` pretrains the encoder of an embedding-conditioned generator."""
+        return self.run_dir / "encoder"
+
+    @property
+    def condition_encoder(self) -> Path | None:
+        """The encoder an embedding-conditioned generator is trained on: the configured file or round 0's; None
+        when the generator is not embedding-conditioned."""
+        condition = self.train_generator.condition
+        if condition is None:
+            return None
+        return condition.encoder or self.encoder_dir / "backbone.pt"
 
     @property
     def generator_model(self) -> Path:

@@ -135,11 +135,37 @@ def _train_generator_resolved(config: RunConfig) -> dict[str, Any]:
     # seeds of a `run --seeds` share one generator.
     out = {"precision": _device_precision(config.train_generator.precision, "cuda" if torch.cuda.is_available() else "cpu"),
            "generation_seed": config.generation_seed}
-    condition = config.train_generator.condition
-    if condition is not None and Path(condition.encoder).is_file():
+    encoder = config.condition_encoder
+    if config.train_generator.condition is not None and config.train_generator.condition.encoder is not None \
+            and encoder.is_file():
         # The encoder's bytes, not its path: an encoder pretrained again with other settings redoes the generator.
-        out["condition_encoder_sha256"] = _sha256(Path(condition.encoder))
+        # (Round 0's encoder is an input stage: its record stands in the generator's.)
+        out["condition_encoder_sha256"] = _sha256(encoder)
     return out
+
+
+def _encoder_feeds(config: RunConfig) -> str | None:
+    """None when the generator is embedding-conditioned on an encoder this run pretrains (round 0)."""
+    condition = config.train_generator.condition
+    if condition is None:
+        return "the generator is not embedding-conditioned (train_generator.condition)"
+    if condition.encoder is not None:
+        return f"train_generator.condition.encoder={condition.encoder} is given"
+    return None
+
+
+def _encoder_config(config: RunConfig) -> RunConfig:
+    """Round 0's settings: the run's pretraining without synthetic positives, into ``<run_dir>/encoder``."""
+    sub = config.model_copy(deep=True)
+    sub.pretrain.synthetic.mode = "none"
+    sub.pretrain.output_dir = config.encoder_dir
+    return sub
+
+
+def _run_encoder(config: RunConfig, show_progress: bool) -> Path:
+    from synthpos.methods.pretrain import pretrain_stage
+
+    return pretrain_stage(_encoder_config(config), show_progress=show_progress)
 
 
 _GENERATOR_RECORDS: dict[tuple, dict[str, Any]] = {}
@@ -289,10 +315,24 @@ _PRETRAIN_IGNORES = ("pretrain.store", "pretrain.output_dir", "pretrain.num_thre
 
 STAGES: tuple[Stage, ...] = (
     Stage(
+        # Round 0: the frozen encoder an embedding-conditioned generator is trained on, pretrained with the run's
+        # settings and no synthetic positives (its record is the train-generator's input).
+        name="encoder",
+        decides=("seed", "data", "pretrain"),
+        ignores=_DATA_TRAIN_ONLY + _PRETRAIN_IGNORES + ("pretrain.synthetic", "pretrain.output_dir"),
+        inputs=(),
+        output=lambda c: c.encoder_dir,
+        finished=lambda c: (c.encoder_dir / "backbone.pt").is_file(),
+        run=_run_encoder,
+        result=lambda c: c.encoder_dir / "backbone.pt",
+        feeds=_encoder_feeds,
+        resolved=_pretrain_resolved,
+    ),
+    Stage(
         name="train-generator",
         decides=("data", "train_generator"),  # and the generation seed (resolved)
         ignores=_DATA_TRAIN_ONLY + _TRAIN_GENERATOR_IGNORES,
-        inputs=(),
+        inputs=("encoder",),
         output=lambda c: c.generator_dir,
         finished=lambda c: (c.generator_dir / "COMPLETE").is_file(),
         run=_run_train_generator,
@@ -608,8 +648,20 @@ def check_inputs(stage: Stage, config: RunConfig, explicit: bool = False, upfron
     if not explicit and needed(stage, config) is not None:
         return  # not part of this run: its settings are not read
     config.check_limits((stage.name,))
-    if stage.name == "train-generator" and config.train_generator.condition is not None:
-        _readable_backbone(Path(config.train_generator.condition.encoder), "train_generator.condition.encoder")
+    if stage.name == "encoder":
+        from synthpos.registry import METHODS
+
+        if METHODS.get(config.pretrain.method).needs_labels:
+            raise SynthposError(f"round 0 pretrains the generator's encoder with pretrain.method={config.pretrain.method}, "
+                                "which uses labels; the condition must be label-free: use a self-supervised method or "
+                                "set train_generator.condition.encoder to a backbone.pt")
+    elif stage.name == "train-generator" and config.train_generator.condition is not None:
+        encoder = config.condition_encoder
+        if config.train_generator.condition.encoder is not None:
+            _readable_backbone(encoder, "train_generator.condition.encoder")
+        elif not upfront and not encoder.is_file():
+            raise SynthposError(f"the generator is conditioned on round 0's encoder, {encoder}, which is not there; "
+                                "`synthpos run --config FILE` pretrains it first, or set train_generator.condition.encoder")
     elif stage.name == "generate" and config.generate.generator is not None:
         from synthpos.generators.diffusion import resolve_generator_dir
 

@@ -511,7 +511,7 @@ def train_generator_stage(config: RunConfig, show_progress: bool = True) -> Path
     if spec is not None:
         # Labels never reach the condition: it is the encoder's view of the image alone.
         condition = load_condition_data(
-            spec.encoder, dataset.images, spec.crop_size or dataset.images.shape[1], dataset.mean, dataset.std,
+            config.condition_encoder, dataset.images, spec.crop_size or dataset.images.shape[1], dataset.mean, dataset.std,
             spec.neighbours if spec.neighbour_prob > 0 else None, config.generator_dir / "embeddings",
         )
     provenance = make_provenance(config)

@@ -60,9 +60,15 @@ class ConditionProjection(nn.Module):
 
 
 def encoder_digest(backbone_file: Path) -> str:
-    """SHA-256 (16 hex digits) of an encoder's weights and description: names the embeddings it makes."""
+    """SHA-256 (16 hex digits) of an encoder's weights and architecture: names the embeddings it makes.
+
+    The description's ``provenance`` (which commit and config wrote it) is left out: it is recorded, never
+    compared, so the same weights give the same digest whoever made them.
+    """
     digest = hashlib.sha256(Path(backbone_file).read_bytes())
-    digest.update(Path(backbone_file).with_suffix(".json").read_bytes())
+    spec = json.loads(Path(backbone_file).with_suffix(".json").read_text())
+    spec.pop("provenance", None)
+    digest.update(json.dumps(spec, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
 
@@ -209,5 +215,4 @@ class EmbeddingCondition:
     def digest(generator_dir: Path) -> bytes:
         """The bytes that decide a conditioned generator's output beyond its UNet (projection and encoder)."""
         folder = Path(generator_dir) / CONDITION_DIR
-        return b"".join(p.read_bytes() for p in (folder / _WEIGHTS, folder / "encoder" / "backbone.pt",
-                                                 folder / "encoder" / "backbone.json"))
+        return (folder / _WEIGHTS).read_bytes() + encoder_digest(folder / "encoder" / "backbone.pt").encode()
