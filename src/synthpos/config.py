@@ -28,10 +28,26 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
 
-# What is known about the named datasets without reading them: training images and side.
-TRAIN_IMAGES = {"fashion_mnist": 60000, "cifar10": 50000, "cifar100": 50000}
-CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
-NATIVE_SIDE = {"fashion_mnist": 28, "cifar10": 32, "cifar100": 32}
+def _mode_class(name: str) -> Any:
+    """The registered synthetic mode ``name`` (its class: what it declares)."""
+    from synthpos.registry import MODES
+
+    return MODES.get(name)
+
+
+def _generator_class(kind: str) -> Any:
+    """The registered generator ``kind`` (its class: what it declares, such as ``trains_on_data``)."""
+    from synthpos.registry import GENERATORS
+
+    return GENERATORS.get(kind)
+
+
+def dataset_fact(name: str, fact: str) -> Any:
+    """What the registered dataset ``name`` declares about itself without being read (``train_images``,
+    ``num_classes``, ``native_side``: see ``synthpos.data.datasets.DatasetSource``); None when it does not know."""
+    from synthpos.registry import DATASETS
+
+    return getattr(DATASETS.get(name), fact, None) if name in DATASETS else None
 
 
 class DataConfig(_Strict):
@@ -56,22 +72,22 @@ class DataConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_sizes(self) -> DataConfig:
-        known = TRAIN_IMAGES.get(self.name)
+        known = dataset_fact(self.name, "train_images")
         if known is not None and self.subset is not None and self.subset > known:
             raise ValueError(f"data.subset={self.subset} but the {self.name} training split has {known} images; "
                              "lower it or set data.subset=null")
-        if self.name == "image_folder" and self.root is None:
-            raise ValueError("data.name=image_folder needs data.root: a folder with one sub-folder of images per class")
+        if dataset_fact(self.name, "needs_root") and self.root is None:
+            raise ValueError(f"data.name={self.name} needs data.root: {dataset_fact(self.name, 'how_to_fix')}")
         return self
 
     def train_images(self) -> int | None:
         """Images in the training split as configured (subset or the dataset's size), when knowable."""
-        known = TRAIN_IMAGES.get(self.name)
+        known = dataset_fact(self.name, "train_images")
         return min(self.subset, known) if self.subset and known else (self.subset or known)
 
     def image_side(self) -> int | None:
         """The side of the images as loaded (data.image_size or the dataset's native size), when knowable."""
-        return self.image_size or NATIVE_SIDE.get(self.name)
+        return self.image_size or dataset_fact(self.name, "native_side")
 
 
 class UNetConfig(_Strict):
@@ -750,7 +766,8 @@ class RunConfig(_Strict):
             raise ValueError(f"generate.num_anchors={gen.num_anchors} but the training split has {images} images")
         # Files that must exist (checked here, not in the sections: a config names them before they are made).
         scorer = self.pretrain.synthetic.scorer
-        if "pretrain" in stages and self.pretrain.synthetic.mode == "quality" and scorer and not Path(scorer).is_file():
+        mode = _mode_class(self.pretrain.synthetic.mode)
+        if "pretrain" in stages and getattr(mode, "uses_scorer", False) and scorer and not Path(scorer).is_file():
             raise ValueError(f"pretrain.synthetic.scorer={scorer} does not exist; point it at a synthpos backbone.pt "
                              "or a TorchScript file")
         checkpoint = self.evaluate.checkpoint
@@ -759,7 +776,7 @@ class RunConfig(_Strict):
                              "synthpos (or leave it unset to evaluate this run's pretraining)")
         if "evaluate" in stages:
             self._check_knn_limits()
-        if gen.kind == "clsp" and gen.generator is None:  # the generator is trained in this run
+        if _generator_class(gen.kind).trains_on_data and gen.generator is None:  # the generator is trained in this run
             if "generate" in stages and gen.num_steps > tg.num_train_timesteps:
                 raise ValueError(f"generate.num_steps={gen.num_steps} is more than the train_generator.num_train_timesteps="
                                  f"{tg.num_train_timesteps} the generator is trained with")
@@ -788,10 +805,10 @@ class RunConfig(_Strict):
         """
         ev = self.evaluate
         for data in ev.datasets or [self.data]:
-            sizes = [n for n in (TRAIN_IMAGES.get(data.name), ev.max_train) if n is not None]
+            sizes = [n for n in (dataset_fact(data.name, "train_images"), ev.max_train) if n is not None]
             if not sizes:
                 continue  # a folder of unknown size: checked when its labels are read
-            n, classes = min(sizes), CLASSES.get(data.name)
+            n, classes = min(sizes), dataset_fact(data.name, "num_classes")
             grid = not isinstance(ev.knn_k, int) and len(ev.knn_k) > 1
             fit = int(n * (1 - ev.validation_fraction)) + classes if grid and classes else n
             if ev.largest_k > min(fit, n):

@@ -670,7 +670,9 @@ def check_inputs(stage: Stage, config: RunConfig, explicit: bool = False, upfron
             raise SynthposError(f"generate.generator={config.generate.generator}: {folder} does not exist; point it at "
                                 "a generator folder (`synthpos train-generator` writes one) or builtin:fashion_mnist")
     elif stage.name == "pretrain":
-        if (scorer := config.pretrain.synthetic.scorer) is not None and config.pretrain.synthetic.mode == "quality":
+        from synthpos.registry import MODES
+
+        if (scorer := config.pretrain.synthetic.scorer) is not None and MODES.get(config.pretrain.synthetic.mode).uses_scorer:
             from synthpos.models.scorer import load_scorer_network
 
             load_scorer_network(Path(scorer))

@@ -38,8 +38,29 @@ class DatasetContract:
     def config(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DataConfig:
         # Only the written copy may be found, never the machine's own data.
         monkeypatch.delenv("SYNTHPOS_DATA", raising=False)
-        monkeypatch.setattr("synthpos.data.datasets.SYSTEM_ROOTS", {})
+        monkeypatch.setattr(DATASETS.get(self.name), "system_root", None)
         return self.write(tmp_path / "data")
+
+    def test_its_declared_facts_match_what_it_loads(self, config: DataConfig) -> None:
+        """The facts a dataset declares (read by the config before any data is) agree with its data."""
+        source = DATASETS.get(self.name)
+        train = load_dataset(config, "train")
+        if source.native_side is not None and not source.resized_on_load:
+            assert train.images.shape[1] == train.images.shape[2] == source.native_side
+        if source.stats is not None:
+            assert (tuple(train.mean), tuple(train.std)) == tuple(map(tuple, source.stats))
+        if source.num_classes is not None:
+            assert len(train.classes) == source.num_classes
+        assert source.pretty and source.how_to_fix
+
+    def test_a_plugin_dataset_finds_its_data_like_a_built_in_one(self, tmp_path: Path, monkeypatch) -> None:
+        """find_root works from the class's own facts: $SYNTHPOS_DATA/<name>, then its system root."""
+        source = DATASETS.get(self.name)
+        monkeypatch.setattr(source, "has_data", classmethod(lambda cls, folder: (folder / "marker").is_file()))
+        (tmp_path / "env" / self.name).mkdir(parents=True)
+        (tmp_path / "env" / self.name / "marker").write_text("")
+        monkeypatch.setenv("SYNTHPOS_DATA", str(tmp_path / "env"))
+        assert source.find_root(None) == tmp_path / "env" / self.name
 
     def test_it_is_registered_under_its_name(self, config: DataConfig) -> None:
         source = DATASETS.get(self.name)

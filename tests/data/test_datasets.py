@@ -109,7 +109,7 @@ def test_subset_take_and_resize(tmp_path: Path) -> None:
 def test_missing_data_names_every_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     empty = tmp_path / "nothing-here"
     empty.mkdir()
-    monkeypatch.setattr("synthpos.data.datasets.SYSTEM_ROOTS", {"fashion_mnist": tmp_path / "no-system"})
+    monkeypatch.setattr("synthpos.data.datasets.FashionMNIST.system_root", tmp_path / "no-system")
     monkeypatch.delenv("SYNTHPOS_DATA", raising=False)
     with pytest.raises(SynthposError) as err:
         find_data_root("fashion_mnist", None)
@@ -135,7 +135,7 @@ def test_data_root_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     explicit, env = tmp_path / "explicit", tmp_path / "env"
     _fake_fashion_mnist(explicit)
     _fake_fashion_mnist(env / "fashion_mnist")
-    monkeypatch.setattr("synthpos.data.datasets.SYSTEM_ROOTS", {"fashion_mnist": tmp_path / "no-system"})
+    monkeypatch.setattr("synthpos.data.datasets.FashionMNIST.system_root", tmp_path / "no-system")
     monkeypatch.setenv("SYNTHPOS_DATA", str(env))
     assert find_data_root("fashion_mnist", explicit) == explicit
     assert find_data_root("fashion_mnist", None) == env / "fashion_mnist"  # the <name> sub-folder

@@ -36,23 +36,10 @@ register_dataset = DATASETS.register
 
 DATA_ENV = "SYNTHPOS_DATA"
 
-# Where a distribution package installs the data (Debian: dataset-fashion-mnist).
-SYSTEM_ROOTS: dict[str, Path] = {
-    "fashion_mnist": Path("/usr/share/datasets/fashion-mnist"),
-}
-
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]  # fmt: skip
-
-# Per-channel mean/std of the training split in [0, 1] (population std). Fixed
-# constants so that a subset or a resized copy normalises like the full set.
-_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "fashion_mnist": ((0.2860,), (0.3530,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-}
 
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -61,21 +48,6 @@ _IDX_FILES = {
 _CIFAR10_DIR = "cifar-10-batches-py"
 _CIFAR100_DIR = "cifar-100-python"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-
-_PRETTY = {"fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "image_folder": "Image folder"}
-
-_HOW_TO_FIX = {
-    "fashion_mnist": "install the Debian package dataset-fashion-mnist (apt-get install dataset-fashion-mnist) "
-    "or pass --set data.root=DIR with the four idx .gz files (train-images-idx3-ubyte.gz, "
-    "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz)",
-    "cifar10": f"pass --set data.root=DIR where DIR holds {_CIFAR10_DIR}/ (torchvision's python version: "
-    "data_batch_1..5, test_batch, batches.meta) or set $SYNTHPOS_DATA",
-    "cifar100": f"pass --set data.root=DIR where DIR holds {_CIFAR100_DIR}/ (torchvision's python version: "
-    "train, test, meta) or set $SYNTHPOS_DATA",
-    "image_folder": "pass --set data.root=DIR with one sub-folder of images per class "
-    "(or the images directly in DIR for unlabelled data)",
-}
-
 
 @dataclass(eq=False)  # field-wise == on arrays is ambiguous; identity is what makes sense
 class ImageDataset(torch.utils.data.Dataset):
@@ -162,22 +134,7 @@ class ImageDataset(torch.utils.data.Dataset):
 # --------------------------------------------------------------------------- roots
 
 
-def _has_data(name: str, folder: Path) -> bool:
-    """Whether ``folder`` holds the dataset in a layout that the reader accepts."""
-    if not folder.is_dir():
-        return False
-    if name == "fashion_mnist":
-        return all(_find_idx(folder, stem) is not None for pair in _IDX_FILES.values() for stem in pair)
-    if name == "cifar10":
-        return _cifar_dir(folder, _CIFAR10_DIR, "batches.meta") is not None
-    if name == "cifar100":
-        return _cifar_dir(folder, _CIFAR100_DIR, "meta") is not None
-    if name == "image_folder":
-        return True
-    raise SynthposError(f"unknown dataset '{name}'; use one of fashion_mnist, cifar10, cifar100, image_folder")
-
-
-def _candidates(name: str, root: Path | None) -> tuple[list[Path], list[str]]:
+def _candidates(source: type[DatasetSource], root: Path | None) -> tuple[list[Path], list[str]]:
     """Folders to try in order, and how to name each place in an error message."""
     paths: list[Path] = []
     described: list[str] = []
@@ -185,6 +142,7 @@ def _candidates(name: str, root: Path | None) -> tuple[list[Path], list[str]]:
         # A folder the user names is the only place looked at: silently reading the
         # system copy instead would hide a typo.
         return [Path(root).expanduser()], [f"data.root={root}"]
+    name = source.name
     described.append("data.root (unset)")
     env = os.environ.get(DATA_ENV)
     if env:
@@ -198,7 +156,7 @@ def _candidates(name: str, root: Path | None) -> tuple[list[Path], list[str]]:
             described.append(f"${DATA_ENV}={base} (and {base / name})")
     else:
         described.append(f"${DATA_ENV} (unset)")
-    system = SYSTEM_ROOTS.get(name)
+    system = source.system_root
     if system is not None:
         paths.append(system)
         described.append(str(system))
@@ -206,22 +164,12 @@ def _candidates(name: str, root: Path | None) -> tuple[list[Path], list[str]]:
 
 
 def find_data_root(name: str, root: Path | None) -> Path:
-    """The folder that holds dataset ``name``.
-
-    Looks only in ``root`` when it is given; otherwise in ``$SYNTHPOS_DATA`` and its
-    sub-folder ``<name>``, then in the system location
-    (``/usr/share/datasets/fashion-mnist`` for Fashion-MNIST).
+    """The folder that holds the registered dataset ``name`` (see :meth:`DatasetSource.find_root`).
 
     Raises:
-        SynthposError: no place holds the data; the message names every place tried.
+        SynthposError: the dataset is not registered, or no place holds its data.
     """
-    if name not in _PRETTY:
-        raise SynthposError(f"unknown dataset '{name}'; use one of fashion_mnist, cifar10, cifar100, image_folder")
-    paths, described = _candidates(name, root)
-    for path in paths:
-        if _has_data(name, path):
-            return path
-    raise SynthposError(f"{_PRETTY[name]} not found: looked in {', '.join(described)}; {_HOW_TO_FIX[name]}")
+    return DATASETS.get(name).find_root(root)
 
 
 # --------------------------------------------------------------------------- Fashion-MNIST (idx)
@@ -280,7 +228,7 @@ def _load_fashion_mnist(folder: Path, split: str) -> ImageDataset:
         raise SynthposError(f"{label_path}: expected {len(images)} labels to match {image_path.name}, got shape {labels.shape}")
     if labels.max(initial=0) >= len(FASHION_MNIST_CLASSES):
         raise SynthposError(f"{label_path}: label {labels.max()} is out of range 0-9; the file is not Fashion-MNIST labels")
-    mean, std = _STATS["fashion_mnist"]
+    mean, std = FashionMNIST.stats
     return ImageDataset(
         name="fashion_mnist",
         split=split,
@@ -346,7 +294,8 @@ def _read_cifar_batches(paths: list[Path], label_key: str) -> tuple[np.ndarray, 
     return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
 
 
-def _load_cifar(folder: Path, name: str, split: str) -> ImageDataset:
+def _load_cifar(folder: Path, source: type[DatasetSource], split: str) -> ImageDataset:
+    name = source.name
     if name == "cifar10":
         base = _cifar_dir(folder, _CIFAR10_DIR, "batches.meta")
         assert base is not None
@@ -360,7 +309,7 @@ def _load_cifar(folder: Path, name: str, split: str) -> ImageDataset:
         images, labels = _read_cifar_batches([base / split], "fine_labels")
     if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
         raise SynthposError(f"{base}: labels run outside 0..{len(classes) - 1} (the meta file names {len(classes)} classes); re-extract the archive")
-    mean, std = _STATS[name]
+    mean, std = source.stats
     return ImageDataset(name=name, split=split, images=images, labels=labels, classes=classes, mean=mean, std=std)
 
 
@@ -439,7 +388,7 @@ def _load_image_folder(folder: Path, split: str, size: int | None, train_root: P
         files = loose
         labels = None
     if not files:
-        raise SynthposError(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}); {_HOW_TO_FIX['image_folder']}")
+        raise SynthposError(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}); {ImageFolder.how_to_fix}")
     arrays = [_read_image(path, size) for path in files]
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
@@ -477,45 +426,118 @@ class DatasetSource:
     """A registered dataset (``data.name``): :meth:`load` reads one split into memory.
 
     Register one with ``@register_dataset("name")``; ``load_dataset`` then applies the
-    config's ``subset`` and ``image_size`` to whatever it returns.
+    config's ``subset`` and ``image_size`` to whatever it returns. What is known about a
+    dataset without reading it is declared here, on its class (as timm declares a model's
+    facts beside its entry point): the config checks limits with it, and :meth:`find_root`
+    finds the data with it, so a plugin dataset is found like a built-in one.
     """
 
     name: ClassVar[str]
+    #: how messages name it
+    pretty: ClassVar[str] = ""
+    #: training images, classes and the images' side, when fixed (None: known only by reading it)
+    train_images: ClassVar[int | None] = None
+    num_classes: ClassVar[int | None] = None
+    native_side: ClassVar[int | None] = None
+    #: per-channel mean and std of the training split in [0, 1] (population std): fixed constants,
+    #: so a subset or a resized copy normalises like the full set; None: computed from the images
+    stats: ClassVar[tuple[tuple[float, ...], tuple[float, ...]] | None] = None
+    #: where a distribution package installs the data (Debian: dataset-fashion-mnist)
+    system_root: ClassVar[Path | None] = None
+    #: the end of the "not found" message: how to get the data
+    how_to_fix: ClassVar[str] = "pass --set data.root=DIR with the data or set $SYNTHPOS_DATA"
     #: the source resizes each image itself while reading (image folders: files differ in size)
     resized_on_load: ClassVar[bool] = False
+    #: data.root must be given (no default place to look)
+    needs_root: ClassVar[bool] = False
 
     @classmethod
     def load(cls, config: DataConfig, split: str) -> ImageDataset:
         raise NotImplementedError
+
+    @classmethod
+    def has_data(cls, folder: Path) -> bool:
+        """Whether ``folder`` holds the dataset in a layout :meth:`load` reads (default: it is a folder)."""
+        return folder.is_dir()
+
+    @classmethod
+    def find_root(cls, root: Path | None) -> Path:
+        """The folder that holds the data.
+
+        Looks only in ``root`` when it is given; otherwise in ``$SYNTHPOS_DATA`` and its
+        sub-folder ``<name>``, then in :attr:`system_root`.
+
+        Raises:
+            SynthposError: no place holds the data; the message names every place tried.
+        """
+        paths, described = _candidates(cls, root)
+        for path in paths:
+            if path.is_dir() and cls.has_data(path):
+                return path
+        raise SynthposError(f"{cls.pretty or cls.name} not found: looked in {', '.join(described)}; {cls.how_to_fix}")
 
 
 @register_dataset("fashion_mnist")
 class FashionMNIST(DatasetSource):
     """Fashion-MNIST's four idx files (gzipped or not)."""
 
+    pretty = "Fashion-MNIST"
+    train_images, num_classes, native_side = 60000, 10, 28
+    stats = ((0.2860,), (0.3530,))
+    system_root = Path("/usr/share/datasets/fashion-mnist")
+    how_to_fix = ("install the Debian package dataset-fashion-mnist (apt-get install dataset-fashion-mnist) "
+                  "or pass --set data.root=DIR with the four idx .gz files (train-images-idx3-ubyte.gz, "
+                  "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz)")
+
+    @classmethod
+    def has_data(cls, folder: Path) -> bool:
+        return all(_find_idx(folder, stem) is not None for pair in _IDX_FILES.values() for stem in pair)
+
     @classmethod
     def load(cls, config: DataConfig, split: str) -> ImageDataset:
-        return _load_fashion_mnist(find_data_root(cls.name, config.root), split)
+        return _load_fashion_mnist(cls.find_root(config.root), split)
 
 
 @register_dataset("cifar10")
 class CIFAR10(DatasetSource):
     """CIFAR-10, torchvision's python version."""
 
+    pretty = "CIFAR-10"
+    train_images, num_classes, native_side = 50000, 10, 32
+    stats = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+    how_to_fix = (f"pass --set data.root=DIR where DIR holds {_CIFAR10_DIR}/ (torchvision's python version: "
+                  "data_batch_1..5, test_batch, batches.meta) or set $SYNTHPOS_DATA")
+    #: the batches' folder and the meta file that marks it
+    batches: ClassVar[tuple[str, str]] = (_CIFAR10_DIR, "batches.meta")
+
+    @classmethod
+    def has_data(cls, folder: Path) -> bool:
+        return _cifar_dir(folder, *cls.batches) is not None
+
     @classmethod
     def load(cls, config: DataConfig, split: str) -> ImageDataset:
-        return _load_cifar(find_data_root(cls.name, config.root), cls.name, split)
+        return _load_cifar(cls.find_root(config.root), cls, split)
 
 
 @register_dataset("cifar100")
 class CIFAR100(CIFAR10):
     """CIFAR-100, torchvision's python version."""
 
+    pretty = "CIFAR-100"
+    num_classes = 100
+    stats = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+    how_to_fix = (f"pass --set data.root=DIR where DIR holds {_CIFAR100_DIR}/ (torchvision's python version: "
+                  "train, test, meta) or set $SYNTHPOS_DATA")
+    batches = (_CIFAR100_DIR, "meta")
+
 
 @register_dataset("image_folder")
 class ImageFolder(DatasetSource):
     """One sub-folder of images per class (or the images directly, unlabelled); the test split in ``test_root``."""
 
+    pretty = "Image folder"
+    needs_root = True
+    how_to_fix = "pass --set data.root=DIR with one sub-folder of images per class (or the images directly in DIR for unlabelled data)"
     resized_on_load = True
 
     @classmethod
@@ -527,11 +549,11 @@ class ImageFolder(DatasetSource):
             if not Path(config.test_root).is_dir():
                 raise SynthposError(f"data.test_root {config.test_root} is not a folder; point it at the evaluation images")
             try:
-                train_root: Path | None = find_data_root(name, config.root)
+                train_root: Path | None = cls.find_root(config.root)
             except SynthposError:
                 train_root = None  # no training folder: the test split alone is still usable
             return _load_image_folder(Path(config.test_root), split, size, train_root)
-        return _load_image_folder(find_data_root(name, config.root), split, size, None)
+        return _load_image_folder(cls.find_root(config.root), split, size, None)
 
 
 def load_dataset(config: DataConfig, split: Literal["train", "test"]) -> ImageDataset:

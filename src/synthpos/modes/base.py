@@ -39,6 +39,8 @@ class SyntheticMode:
 
     name: ClassVar[str]
     needs_store: ClassVar[bool] = True
+    #: whether the mode reads a frozen scorer network (``pretrain.synthetic.scorer``)
+    uses_scorer: ClassVar[bool] = False
     for_every_method: ClassVar[bool] = False
     needs: ClassVar[str] = "support for it"
     settings: ClassVar[type[BaseModel] | None] = None

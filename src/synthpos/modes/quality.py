@@ -15,6 +15,7 @@ class Quality(Replace):
 
     for_every_method = False
     needs = "a loss per positive pair to weight"
+    uses_scorer = True  # the config checks pretrain.synthetic.scorer exists
 
     @classmethod
     def check(cls, method, config) -> None:
