@@ -186,3 +186,13 @@ def publish_once(path: Path, text: str) -> bool:
         return True
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def created_dirs(path: Path) -> list[Path]:
+    """``path`` and its missing parents, deepest first: what writing a file inside it would create
+    (and what to remove again to leave the tree as it was)."""
+    out = []
+    while not path.exists():
+        out.append(path)
+        path = path.parent
+    return out

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from synthpos.atomic import publish_once
+from synthpos.atomic import created_dirs, publish_once
 from synthpos.errors import SynthposError
 
 LOCK = ".synthpos.lock"
@@ -140,13 +140,6 @@ def _refuse(run_dir: Path, holder: dict[str, Any]) -> SynthposError:
                          f"it (kill {holder.get('pid')}), or use another run_dir")
 
 
-def _created_dirs(path: Path) -> list[Path]:
-    out = []
-    while not path.exists():
-        out.append(path)
-        path = path.parent
-    return out
-
 
 def _take(run_dir: Path) -> bool:
     """Take the lock (True), or find it already this launch's (False); refuse anyone else's."""
@@ -190,7 +183,7 @@ def run_lock(run_dir: Path | str) -> Iterator[None]:
         return
     owned, created = False, []
     if _is_lead():
-        created = _created_dirs(run_dir)
+        created = created_dirs(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
             owned = _take(run_dir)

@@ -28,7 +28,7 @@ from typing import Any
 
 from rich.console import Console
 
-from synthpos.atomic import NoSpaceError, atomic_path
+from synthpos.atomic import NoSpaceError, atomic_path, created_dirs
 from synthpos.config import RunConfig
 from synthpos.errors import SynthposError
 
@@ -603,14 +603,6 @@ def prepare_stage(stage: Stage, config: RunConfig, force: bool = False, explicit
     return status
 
 
-def _created_dirs(path: Path) -> list[Path]:
-    """``path`` and its missing parents, deepest first: what writing a file inside it would create."""
-    out = []
-    while not path.exists():
-        out.append(path)
-        path = path.parent
-    return out
-
 
 def _undo_start(stage: Stage, config: RunConfig, created: list[Path]) -> None:
     """Remove the starting record (and the folders made for it) of a stage that refused its input."""
@@ -728,7 +720,7 @@ def run_stage(name: str, config: RunConfig, show_progress: bool = True, force: b
 def _run_stage_locked(stage: Stage, config: RunConfig, show_progress: bool, force: bool,
                       explicit: bool) -> tuple[Any, bool]:
     name = stage.name
-    created = _created_dirs(stage.output(config))
+    created = created_dirs(stage.output(config))
     # Under torchrun every rank generates: rank 0 decides (moves a stale store aside, writes the
     # record) while the others wait, then they read what it wrote.
     from synthpos.distributed import launched_world_size, wait_for_launched_processes
