@@ -140,6 +140,19 @@ def compare(
 
 
 @app.command()
+def export(
+    source: Annotated[Path, typer.Argument(help="A run directory (pipeline, quick start or seeds) or a backbone.pt.")],
+    format: Annotated[str, typer.Option("--format", "-f", help="timm, torchvision (ResNet-18/50 only), torchscript or onnx.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="A new (or empty) folder; several encoders go to OUT/<encoder>.")],
+    encoder: Annotated[Optional[str], typer.Option(help="Only this encoder of a run with several (e.g. clsp_simclr).")] = None,
+) -> None:
+    """Export encoders for timm, torchvision, TorchScript or ONNX, each with a model card (README.md)."""
+    from synthpos.export import export as export_encoders
+    for folder in export_encoders(source, format, out, encoder):
+        _say(f"exported to {folder} (README.md is its model card)")
+
+
+@app.command()
 def run(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = False,
         seeds: Annotated[Optional[str], typer.Option(help="Run once per seed, e.g. 0,1,2 (sets `seeds:`).")] = None) -> None:
     """All four stages from one config, skipping those already done."""
