@@ -54,10 +54,8 @@ def _features(model, channels: int, side: int = 16) -> tuple[torch.Tensor, torch
         return x, model.eval()(x)
 
 
-RESNETS = [("resnet18", True, 1), ("resnet18", False, 3), ("resnet50", True, 3)]
-
-
-@pytest.mark.parametrize("name,cifar_stem,channels", RESNETS)
+# Each library sees both stems and both depths (ResNet-50's bottleneck keys), split to keep the tests short.
+@pytest.mark.parametrize("name,cifar_stem,channels", [("resnet18", False, 3), ("resnet50", True, 3)])
 def test_torchvision_strict_load(tmp_path, name, cifar_stem, channels):
     backbone = _write_encoder(tmp_path / "pretrain", BackboneConfig(name=name, cifar_stem=cifar_stem), channels)
     export(backbone, "torchvision", tmp_path / "out")
@@ -74,7 +72,7 @@ def test_torchvision_strict_load(tmp_path, name, cifar_stem, channels):
     assert torch.allclose(model.eval()(x), want, atol=1e-5)
 
 
-@pytest.mark.parametrize("name,cifar_stem,channels", RESNETS)
+@pytest.mark.parametrize("name,cifar_stem,channels", [("resnet18", True, 1), ("resnet50", False, 3)])
 def test_timm_strict_load(tmp_path, name, cifar_stem, channels):
     timm = pytest.importorskip("timm")
     backbone = _write_encoder(tmp_path / "pretrain", BackboneConfig(name=name, cifar_stem=cifar_stem), channels)
@@ -152,7 +150,6 @@ def test_cli_run_directory(tmp_path):
 @pytest.mark.parametrize("args,needle", [
     (["--encoder", "byol", "--format", "onnx"], "no encoder 'byol'"),
     (["--format", "timm"], "needs a ResNet-18/50"),
-    (["--format", "keras"], "unknown format"),
 ])
 def test_cli_bad_input(tmp_path, args, needle):
     run = _quickstart_run(tmp_path / "run")
@@ -161,9 +158,16 @@ def test_cli_bad_input(tmp_path, args, needle):
     assert {p for p in tmp_path.rglob("*")} == before
 
 
-def test_cli_refuses_missing_backbone_and_full_out(tmp_path):
-    assert_bad_input(synthpos(tmp_path, "export", str(tmp_path / "nothing.pt"), "--format", "onnx",
-                              "--out", str(tmp_path / "out")), "no backbone")
+def test_refuses_unknown_format_and_missing_backbone(tmp_path):
+    run = _quickstart_run(tmp_path / "run")
+    with pytest.raises(SynthposError, match="unknown format 'keras'"):
+        export(run, "keras", tmp_path / "out")
+    with pytest.raises(SynthposError, match="no backbone"):
+        export(tmp_path / "nothing.pt", "onnx", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_full_out(tmp_path):
     run = _quickstart_run(tmp_path / "run")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
