@@ -13,12 +13,12 @@ from torchvision.models import inception as tv_inception
 from synthpos.errors import SynthposError
 from synthpos.evaluation.fid import (
     FeatureNetwork,
-    _InceptionPool3,
     fid_inception,
     fid_kid,
     file_sha256,
     frechet_distance,
     gaussian_stats,
+    inception_network,
     kid,
     load_fid_inception,
 )
@@ -57,7 +57,19 @@ def test_fid_of_a_set_with_itself_is_zero_and_singular_covariances_stay_finite()
     assert abs(frechet_distance(*gaussian_stats(few), *gaussian_stats(few))) < 1e-3
 
 
-def test_fid_rejects_mismatched_sizes() -> None:
+def test_fid_matches_scipy_sqrtm_on_a_singular_pair() -> None:
+    from scipy import linalg
+
+    rng = np.random.default_rng(7)
+    (mu1, s1), (mu2, s2) = gaussian_stats(rng.normal(size=(6, 10))), gaussian_stats(rng.normal(1, 2, size=(8, 10)))
+    root = linalg.sqrtm(s1 @ s2)
+    ref = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(root).real
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(ref, rel=1e-6)
+
+
+def test_fid_rejects_mismatched_sizes_and_non_covariances() -> None:
+    with pytest.raises(SynthposError, match="negative eigenvalue"):
+        frechet_distance(np.zeros(2), np.diag([1.0, -1.0]), np.zeros(2), np.eye(2))
     with pytest.raises(SynthposError, match="different sizes"):
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
     with pytest.raises(SynthposError, match="at least 2"):
@@ -103,7 +115,7 @@ def test_kid_over_subsets_is_seeded_and_separates_distributions() -> None:
 # ----------------------------------------------------------------------------- the FID Inception
 
 
-def test_fid_inception_has_pytorch_fids_key_layout_and_loads_a_saved_file(tmp_path) -> None:
+def test_fid_inception_has_pytorch_fids_layout_and_embeds_like_torchvisions_forward(tmp_path) -> None:
     net = fid_inception()
     reference = tv_inception.inception_v3(weights=None, num_classes=1008, aux_logits=False, init_weights=False)
     assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
@@ -117,6 +129,18 @@ def test_fid_inception_has_pytorch_fids_key_layout_and_loads_a_saved_file(tmp_pa
         load_fid_inception(tmp_path / "other.pth")
     with pytest.raises(SynthposError, match="does not exist"):
         load_fid_inception(tmp_path / "missing.pth")
+    # the store's path: uint8 grey images, repeated to RGB, named plain FID, the file hashed
+    network = inception_network(path)
+    assert network.fid_name == "FID" and network.kid_name == "KID" and network.sha256 == file_sha256(path)
+    grey = np.random.default_rng(0).integers(0, 256, size=(2, 28, 28, 1), dtype=np.uint8)
+    # reference: torchvision's own forward (stem, max pools, blocks, average pool; fc removed) on
+    # pytorch-fid's input: bilinear resize to 299, then [0, 1] -> [-1, 1]
+    rgb = torch.from_numpy(np.repeat(grey, 3, -1)).permute(0, 3, 1, 2).float() / 255
+    loaded.fc = torch.nn.Identity()
+    with torch.no_grad():
+        expected = loaded(2 * F.interpolate(rgb, size=(299, 299), mode="bilinear", align_corners=False) - 1)
+    assert expected.shape == (2, 2048)
+    assert torch.allclose(network.embed(grey).float(), expected, atol=1e-4)
 
 
 @torch.no_grad()
@@ -137,17 +161,6 @@ def test_fid_blocks_pool_like_tensorflow() -> None:
         outs[-1] = plain.branch_pool(pool(x))
         assert torch.allclose(block(x), torch.cat(outs, 1), atol=1e-5), name
         assert not torch.allclose(block(x), plain(x), atol=1e-5), f"{name}: the pool must differ from torchvision's"
-
-
-@torch.no_grad()
-def test_pool3_features_follow_torchvisions_stem_and_pytorch_fids_scaling() -> None:
-    torch.manual_seed(1)
-    net = fid_inception()
-    x = torch.rand(1, 3, 299, 299)
-    features = _InceptionPool3(net)(x)  # resize to 299 (identity here), then 2x - 1
-    net.fc = torch.nn.Identity()  # torchvision's forward: stem, blocks, avgpool, dropout (eval: none), fc
-    assert features.shape == (1, 2048)
-    assert torch.allclose(features, net(2 * x - 1), atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- names and protocol

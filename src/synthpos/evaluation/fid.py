@@ -21,7 +21,6 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import linalg
 from torch import nn
 from torchvision.models import inception as tv_inception
 
@@ -56,37 +55,45 @@ def gaussian_stats(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.
     return x.mean(axis=0), np.cov(x, rowvar=False)
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6) -> float:
+def _psd_eigvals(matrix: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (clipped at 0) and eigenvectors of a symmetric PSD matrix.
+
+    Round-off leaves eigenvalues of a singular covariance slightly below 0; those are zeros.
+    A clearly negative one means the input was not a covariance.
+    """
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    scale = max(float(np.abs(values).max(initial=0.0)), 1e-300)
+    if values.min(initial=0.0) < -1e-6 * scale:
+        raise SynthposError(f"FID: {what} has a negative eigenvalue ({values.min():.3g}); is it a covariance matrix?")
+    return np.clip(values, 0, None), vectors
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2).
+
+    ``Tr((S1 S2)^(1/2))`` is the sum of the square roots of the eigenvalues of S1 S2, which are
+    those of the symmetric PSD ``S1^(1/2) S2 S1^(1/2)``: two symmetric eigen-decompositions,
+    real throughout (no imaginary round-off as with ``scipy.linalg.sqrtm`` of the non-symmetric
+    product), and finite for singular covariances (fewer samples than dimensions), with no
+    offset added to them. Cost at 2048 dimensions: about that of ``sqrtm``.
 
     Args:
         mu1, mu2: means. Shape: (D,).
         sigma1, sigma2: covariances. Shape: (D, D).
-        eps: added to both diagonals when the product is singular (fewer samples than
-            dimensions), where the square root would otherwise not be finite.
 
     Raises:
-        SynthposError: shapes differ, or the square root has a large imaginary part (the
-            covariances are not valid ones).
+        SynthposError: shapes differ, or a matrix is not a covariance (a clearly negative eigenvalue).
     """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
         raise SynthposError(f"FID of features of different sizes: means {mu1.shape} and {mu2.shape}, "
                             f"covariances {sigma1.shape} and {sigma2.shape}")
-    covmean = linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(len(sigma1)) * eps
-        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        # sqrtm of a product of two PSD matrices is real in exact arithmetic; round-off leaves
-        # tiny imaginary parts, which are dropped. A large one means the input was wrong.
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise SynthposError(f"FID: the square root of S1 S2 has an imaginary part of "
-                                f"{np.abs(covmean.imag).max():.3g}; are these covariance matrices?")
-        covmean = covmean.real
+    values, vectors = _psd_eigvals(sigma1, "the first covariance")
+    root1 = (vectors * np.sqrt(values)) @ vectors.T
+    product, _ = _psd_eigvals(root1 @ sigma2 @ root1, "S1^(1/2) S2 S1^(1/2)")
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.sqrt(product).sum())
 
 
 def kid(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor, subset_size: int = 1000,
