@@ -219,7 +219,9 @@ def inspect_store_stage(
     if fid and fid_weights is None and dataset.labels is None:
         raise SynthposError("--fid on unlabelled data needs --fid-weights pt_inception-2015-12-05-*.pth "
                             "(pytorch-fid's Inception): there is no judge network without labels")
-    network = inception_network(Path(fid_weights)) if fid and fid_weights is not None else None
+    network = None
+    if fid and fid_weights is not None:  # read (and hashed) before anything is written
+        network = inception_network(Path(fid_weights), device="cuda" if torch.cuda.is_available() else "cpu")
     # Hashed on first use, like pretraining's: diagnostics of zeroed shards would describe black images.
     store = SyntheticStore.open(store_dir, dataset.name, dataset.split, dataset.images, verify="auto")
     notes = []
