@@ -86,15 +86,22 @@ def inspect_store(
     out: Annotated[Optional[Path], typer.Option(help="Where inspect.json and grid.png go (default: <store>/inspect).")] = None,
     quiet: QuietOpt = False,
     verify: Annotated[bool, typer.Option("--verify", help="Only check the store: hash every shard against the manifest, report each one's state (exit 2 if one is missing or damaged).")] = False,
+    fid: Annotated[bool, typer.Option("--fid", help="Also FID and KID against the real train split (judge features unless --fid-weights).")] = False,
+    fid_weights: Annotated[Optional[Path], typer.Option(help="pytorch-fid's pt_inception-2015-12-05-*.pth: standard FID/KID in Inception features.")] = None,
+    fid_images: Annotated[int, typer.Option(help="--fid: candidates and real images compared (at most; seeded draws).")] = 10_000,
+    kid_subset_size: Annotated[int, typer.Option(help="--fid: KID subset size.")] = 1000,
+    kid_subsets: Annotated[int, typer.Option(help="--fid: KID subsets.")] = 100,
 ) -> None:
-    """Fidelity and diversity of a store's synthetic positives, and a grid of them (--verify: its integrity)."""
+    """Fidelity and diversity of a store's synthetic positives, and a grid of them (--verify: its integrity; --fid: FID/KID)."""
     cfg = _load(config, set)
     if verify:
         from synthpos.evaluation.store_diagnostics import verify_command
         verify_command(store or cfg.store_dir)
         return
     from synthpos.evaluation.store_diagnostics import inspect_store_stage, print_report
-    report = inspect_store_stage(cfg, store, encoder, max_anchors, out, show_progress=not quiet)
+    report = inspect_store_stage(cfg, store, encoder, max_anchors, out, show_progress=not quiet, fid=fid or fid_weights is not None,
+                                 fid_weights=fid_weights, fid_images=fid_images, kid_subset_size=kid_subset_size,
+                                 kid_subsets=kid_subsets)
     print_report(report)
     _say(f"diagnostics written to {Path(report['grid']).parent}")
 

@@ -18,6 +18,7 @@ import yaml
 from synthpos.config import DataConfig, FidelityConfig, load_config
 from synthpos.data import ImageDataset, load_dataset
 from synthpos.data.synthetic_store import SyntheticStore, dataset_fingerprint
+from synthpos.errors import SynthposError
 from synthpos.evaluation.fidelity import Classifier, predict, store_fidelity
 from synthpos.evaluation.store_diagnostics import (
     feature_distances,
@@ -202,6 +203,10 @@ def test_unlabelled_image_folder_skips_fidelity_but_not_diversity(tmp_path) -> N
     assert written == json.loads(json.dumps(report))
     assert (config.store_dir / "inspect" / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in (config.store_dir / "inspect").iterdir() if ".tmp" in p.name]
+    # no labels, no judge: FID needs the Inception weights, said before anything is written
+    with pytest.raises(SynthposError, match="--fid-weights"):
+        inspect_store_stage(config, show_progress=False, fid=True, out_dir=tmp_path / "fid")
+    assert not (tmp_path / "fid").exists()
 
 
 # ----------------------------------------------------------------------------- the cached classifier
@@ -338,3 +343,33 @@ def test_inspect_store_help_lists_its_options() -> None:
     assert result.exit_code == 0
     for option in ("--config", "--set", "--store", "--encoder", "--max-anchors", "--out"):
         assert option in result.output
+
+
+@needs_fmnist
+def test_inspect_store_fid_writes_named_numbers_and_their_protocol(fmnist_run, tmp_path, monkeypatch, capsys) -> None:
+    """--fid: judge features by default (never named plain FID); bad settings are one line, nothing written.
+
+    A run with --fid-weights is left to tests/evaluation/test_fid.py: the 2048-d covariances
+    alone take half a minute on a loaded 2-core CPU.
+    """
+    from synthpos.evaluation.fid import file_sha256
+
+    run = fmnist_run
+    base = ("inspect-store", "-q", "--config", "config.yaml", "--max-anchors", "20")
+    code, err = _main(monkeypatch, capsys, run, *base, "--fid", "--fid-images", "50", "--kid-subset-size", "30",
+                      "--kid-subsets", "4", "--out", str(tmp_path / "judge"))
+    assert code == 0, err
+    fk = json.loads((tmp_path / "judge" / "inspect.json").read_text())["fid_kid"]
+    assert fk["fid"]["name"] == "FID (judge features)" and fk["kid"]["name"] == "KID (judge features)"
+    assert fk["fid"]["value"] > 0 and np.isfinite(fk["kid"]["mean"]) and fk["kid"]["std"] >= 0
+    p = fk["protocol"]
+    assert (p["candidates_count"], p["real_count"], p["kid_subset_size"], p["kid_subsets"]) == (50, 50, 30, 4)
+    assert p["feature_network"].startswith("the dataset's judge") and not p["standard"]
+    assert p["feature_file_sha256"] == file_sha256(Path(p["feature_file"]))
+    assert p["real_split"].startswith("fashion_mnist/train (whole split, 60000") and "first 20 anchors" in p["candidates_from"]
+
+    _one_error_line(*_main(monkeypatch, capsys, run, *base, "--fid-weights", str(tmp_path / "no.pth"),
+                           "--out", str(tmp_path / "bad")), "no.pth")
+    _one_error_line(*_main(monkeypatch, capsys, run, *base, "--fid", "--kid-subsets", "0",
+                           "--out", str(tmp_path / "bad")), "--kid-subsets")
+    assert not (tmp_path / "bad").exists()

@@ -38,6 +38,7 @@ from synthpos.data.store_integrity import (
 )
 from synthpos.data.synthetic_store import SyntheticStore, dataset_fingerprint
 from synthpos.errors import SynthposError
+from synthpos.evaluation.fid import fid_kid, inception_network, judge_network, sample_candidates
 from synthpos.evaluation.fidelity import Classifier, predict, train_classifier
 from synthpos.evaluation.positives import FEATURE_METRIC, PIXEL_METRIC, PositivesStats, feature_distances, pixel_distances
 from synthpos.progress import progress_bar
@@ -185,20 +186,42 @@ def inspect_store_stage(
     max_anchors: int | None = None,
     out_dir: Path | None = None,
     show_progress: bool = True,
+    fid: bool = False,
+    fid_weights: Path | None = None,
+    fid_images: int = 10_000,
+    kid_subset_size: int = 1000,
+    kid_subsets: int = 100,
 ) -> dict[str, Any]:
     """``synthpos inspect-store``: writes ``inspect.json`` and ``grid.png`` to ``out_dir`` (default ``<store>/inspect``).
 
+    Args:
+        fid: also FID and KID of the store's candidates against the real train split
+            (:mod:`synthpos.evaluation.fid`), under ``"fid_kid"``; in pytorch-fid's Inception
+            features with ``fid_weights``, otherwise in the judge's (named "FID (judge features)").
+        fid_images: at most this many candidates (drawn from the inspected anchors' K each) and
+            this many real training images (drawn from the whole split), both seeded.
+
     Raises:
         SynthposError: the store is missing, incomplete or made for other data; the encoder
-            cannot be read or does not fit the images.
+            cannot be read or does not fit the images; FID was asked for without a feature
+            network (unlabelled data and no ``fid_weights``) or with bad settings.
     """
     from synthpos.models.backbones import load_backbone
     from synthpos.figures.grid import positives_grid
 
     if max_anchors is not None and max_anchors < 1:
         raise SynthposError(f"--max-anchors must be at least 1, got {max_anchors}")
+    if fid and (fid_images < 2 or kid_subset_size < 2 or kid_subsets < 1):
+        raise SynthposError(f"--fid-images ({fid_images}) and --kid-subset-size ({kid_subset_size}) must be at least 2, "
+                            f"--kid-subsets ({kid_subsets}) at least 1")
     store_dir = Path(store_dir or config.store_dir)
     dataset = load_dataset(config.data, "train")
+    if fid and fid_weights is None and dataset.labels is None:
+        raise SynthposError("--fid on unlabelled data needs --fid-weights pt_inception-2015-12-05-*.pth "
+                            "(pytorch-fid's Inception): there is no judge network without labels")
+    network = None
+    if fid and fid_weights is not None:  # read (and hashed) before anything is written
+        network = inception_network(Path(fid_weights), device="cuda" if torch.cuda.is_available() else "cpu")
     # Hashed on first use, like pretraining's: diagnostics of zeroed shards would describe black images.
     store = SyntheticStore.open(store_dir, dataset.name, dataset.split, dataset.images, verify="auto")
     notes = []
@@ -226,6 +249,17 @@ def inspect_store_stage(
         report["fidelity"]["classifier"] = classifier_info
     if report["diversity"]["features"] is not None:
         report["diversity"]["features"]["encoder"] = encoder_name
+    if fid:
+        if network is None:
+            network = judge_network(classifier, dataset.mean, dataset.std, Path(classifier_info["path"]))
+        fake = sample_candidates(store, report["anchors"], fid_images, config.seed)
+        picks = np.sort(np.random.default_rng(config.seed).choice(len(full_train), min(fid_images, len(full_train)),
+                                                                  replace=False))
+        report["fid_kid"] = fid_kid(full_train.images[picks], fake, network, kid_subset_size, kid_subsets, config.seed)
+        report["fid_kid"]["protocol"].update(real_split=f"{full_train.name}/{full_train.split} (whole split, "
+                                                        f"{len(full_train)} images)",
+                                             candidates_from=f"all K={store.candidates} candidates of the first "
+                                                             f"{report['anchors']} anchors")
     if store.candidates < 2:
         notes.append("distances between candidates need K >= 2; this store has one candidate per anchor")
     report["notes"] = notes
@@ -282,6 +316,11 @@ def print_report(report: dict[str, Any]) -> None:
                       f"{show(memo['nearest_training_image_is_anchor'], True)} the nearest is the anchor; "
                       f"{show(memo['nearer_to_another_training_image_than_its_anchor_is'], True)} are nearer to that "
                       f"image than their anchor is (a copy of another image)")
+    if (fk := report.get("fid_kid")) is not None:
+        p = fk["protocol"]
+        console.print(f"{fk['fid']['name']}: {fk['fid']['value']:.4f}   {fk['kid']['name']}: {fk['kid']['mean']:.6f} "
+                      f"± {fk['kid']['std']:.6f}  ({p['candidates_count']} candidates vs {p['real_count']} real images, "
+                      f"KID over {p['kid_subsets']} subsets of {p['kid_subset_size']})")
     for note in report["notes"]:
         console.print(f"note: {note}")
 
