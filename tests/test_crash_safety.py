@@ -243,6 +243,42 @@ def test_sigterm_checkpoints_pretraining_and_exits_143(tmp_path):
     assert not [p for p in checkpoints.iterdir() if ".tmp" in p.name]
 
 
+@pytest.mark.parametrize("command", ["train-generator", "generate"])
+def test_sigterm_of_generation_stages_is_one_line_and_resumes_to_the_same_bytes(tmp_path, command):
+    """SIGTERM after the first checkpoint (a seeded point): exit 143 with one line, then the same command finishes
+    where an uninterrupted run does (the fault matrix's SIGTERM cells for the generator stages)."""
+    rng = np.random.default_rng(SEED + 3)
+    settings = GENERATOR if command == "train-generator" else GENERATE
+    killed = tmp_path / "killed"
+    first = ((lambda: (killed / "generator" / "checkpoint.pt").is_file()) if command == "train-generator"
+             else (lambda: any((killed / "store").glob("shard-*.npy"))))
+    proc = _start(tmp_path, command, killed, settings)
+    deadline = time.monotonic() + 300
+    while not first():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.02)
+    time.sleep(float(rng.uniform(0, 0.5)))
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:  # it finished before the signal landed: nothing to resume, still a clean end
+        assert "Traceback" not in err
+    else:
+        assert proc.returncode == 143, err[-3000:]
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert lines[-1].startswith("terminated (SIGTERM)"), err[-2000:]
+        assert "Traceback" not in err
+    print(f"fault seed {SEED}: {command} got SIGTERM (exit {proc.returncode})")
+    run_stage(command, _config(killed, settings), show_progress=False, explicit=True)
+    reference = tmp_path / "reference"
+    run_stage(command, _config(reference, settings), show_progress=False, explicit=True)
+    if command == "train-generator":
+        weights = "model/unet/diffusion_pytorch_model.safetensors"
+        assert (killed / "generator" / weights).read_bytes() == (reference / "generator" / weights).read_bytes()
+    else:
+        assert _same_files(killed / "store", reference / "store", "shard-*.npy") == 16
+
+
 def test_a_resume_from_the_middle_of_an_epoch_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     """Deterministic companion of the random kill: stopped right after step 6 of 4-step epochs (epoch 1, batch 2)."""
     import synthpos.resumable as resumable
