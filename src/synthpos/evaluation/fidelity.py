@@ -71,6 +71,26 @@ def train_classifier(train: ImageDataset, cfg: FidelityConfig, seed: int = 0, sh
     return model.eval()
 
 
+def trained_on(images: np.ndarray, labels: np.ndarray, like: ImageDataset, test: ImageDataset, steps: int = 400,
+               batch_size: int = 128, seed: int = 0) -> float:
+    """Test top-1 of the judge's ConvNet trained only on ``images`` (uint8 (N, H, W, C)) with ``labels``.
+
+    The second fidelity measure (classification accuracy score, as in Ravuri & Vinyals 2019): a
+    classifier trained on candidates with their anchors' labels, scored once on the real test split.
+    Put beside the same call on the same number of real images, it says how much of the
+    class the candidates carry, with no judge trained on real data in the loop. ``like`` gives the
+    normalisation and class count (the real train split). A fixed number of steps (not epochs), so
+    the candidates and the real images get the same training whatever their number.
+    """
+    n = len(images)
+    data = ImageDataset(name=like.name, split="candidates", images=np.ascontiguousarray(images),
+                        labels=np.asarray(labels, dtype=np.int64), classes=like.classes, mean=like.mean, std=like.std)
+    per_epoch = max(1, n // batch_size)
+    cfg = FidelityConfig(train_images=n, epochs=max(1, round(steps / per_epoch)), batch_size=min(batch_size, n))
+    model = train_classifier(data, cfg, seed=seed, show_progress=False)
+    return float((predict(model, test.images, test.mean, test.std) == test.labels).mean())
+
+
 @torch.no_grad()
 def predict(model: Classifier, images: np.ndarray, mean, std, batch_size: int = 1000) -> np.ndarray:
     """Class predictions for uint8 images (N, H, W, C)."""
