@@ -28,6 +28,7 @@ from synthpos.distributed import default_device
 from synthpos.errors import SynthposError
 from synthpos.evaluation.encoders import Encoder, load_encoder, resolve_backbone
 from synthpos.evaluation.features import cached_features, images_digest
+from synthpos.evaluation.protocols import run_protocols
 
 __all__ = ["external_checkpoint", "own_backbone", "load_external", "check_evaluate_input", "baseline_name",
            "external_features", "evaluate_external"]
@@ -131,8 +132,6 @@ def evaluate_external(
     Returns:
         ``(name, reader, {summary keys..., "records": [...]})``; every record carries ``"encoder": name``.
     """
-    from synthpos.evaluation.evaluate import score_features
-
     path = Path(config.evaluate.checkpoint)
     train = datasets["train"]
     encoder = load_external(config, path, size, train.mean, train.std)
@@ -153,7 +152,6 @@ def evaluate_external(
 
             mirror = cached_features(cache_dir, key + "-mirror", compute_mirror) if cache_dir else compute_mirror()
     features = f"{name} final output ({encoder.reader} reader), eval mode, frozen, no augmentation"
-    scores = score_features(feats["train"], train.labels, feats["test"], datasets["test"].labels, train.num_classes,
-                            cfg, seed, mirror, data.name, features=features)
-    scores["records"] = [{**r, "encoder": name} for r in scores["records"]]
-    return name, encoder.reader, scores
+    summary, records = run_protocols(feats["train"], train.labels, feats["test"], datasets["test"].labels,
+                                     train.num_classes, cfg, seed, mirror, data.name, features=features)
+    return name, encoder.reader, {**summary, "records": [{**r, "encoder": name} for r in records]}
