@@ -657,7 +657,7 @@ class FinetuneConfig(_Strict):
     optimizers: list[Literal["sgd", "adamw"]] = Field(["sgd"], description="Optimisers tried on the validation "
                                                       "carve (sgd: Nesterov momentum 0.9).")
     epochs: list[int] = Field([30], description="Epoch counts tried on the validation carve (cosine schedule).")
-    lr_grid: list[float] = Field([0.01, 0.05], description="Learning rates tried on the validation carve.")
+    lr_grid: list[float] = Field([0.03, 0.1, 0.3], description="Learning rates tried on the validation carve.")
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(64, ge=1)
 

@@ -128,6 +128,8 @@ def collect_run(run_dir: Path) -> dict:
             if not (folder / "backbone.pt").is_file():
                 entry["backbone"] = None
             out["entries"].append(entry)
+        # A baseline evaluated on the quick start's data (`synthpos evaluate` with evaluate.checkpoint in its run_dir).
+        out["entries"] += _baseline_entries(_json(run_dir / "evaluate" / "metrics.json"))
         out["timings"] = {**quick.get("timings", {}), "wall_s": quick.get("wall_s")}
         out["fidelity"] = {**quick.get("fidelity", {}), "classifier_test_top1": quick.get("classifier_test_top1")}
         if (run_dir / "positives.png").is_file():
