@@ -1,4 +1,4 @@
-"""Stage 4 with a baseline encoder (evaluate.checkpoint: TorchScript, torchvision/timm state_dicts) and the
+"""Stage 4 with a baseline encoder (evaluate.checkpoint: TorchScript, torchvision/timm state_dicts, a CLIP folder) and the
 fine-tuning protocol (evaluate.finetune).
 
 A scratch dataset registered for this module holds tiny grey images whose class is a bright block in one
@@ -309,3 +309,49 @@ def test_the_report_shows_baseline_and_finetune_rows(tmp_path: Path) -> None:
     assert "fine-tune top-1, 50% labels" in html
     metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
     assert f"{100 * metrics['results']['toy_quadrants']['finetune_top1@0.5']:.2f}" in html
+
+
+def test_a_clip_folder_is_evaluated_as_a_baseline_with_its_own_normalisation(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    from synthpos.evaluation.encoders import CLIP
+
+    config = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                           num_attention_heads=4, image_size=16, patch_size=8, projection_dim=12)
+    torch.manual_seed(0)
+    model = transformers.CLIPVisionModelWithProjection(config).eval()
+    model.save_pretrained(tmp_path / "clip")
+    run = tmp_path / "run"  # no pretraining: the baseline alone
+    metrics = evaluate_stage(_config(run, f"evaluate.checkpoint={tmp_path / 'clip'}"))
+    assert metrics["results"] == {} and metrics["backbone"] is None
+    (name, base), = metrics["baselines"].items()
+    assert name == "clip:clip" and base["reader"] == "clip"
+    data = _splits(_config(run))
+    with torch.no_grad():
+        feats = {s: model(pixel_values=to_model_input(torch.from_numpy(d.images).permute(0, 3, 1, 2).repeat(1, 3, 1, 1),
+                                                      16, *CLIP)).image_embeds for s, d in data.items()}
+    knn = next(r for r in base["records"] if r["protocol"] == "knn")
+    assert knn["value"] == pytest.approx(_knn_of(feats["train"], feats["test"], data, knn["hyper_parameters"]["k"]))
+
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").is_file(), reason="Fashion-MNIST not installed")
+def test_finetuning_beats_the_frozen_linear_probe_on_the_same_ten_percent_of_fashion_mnist() -> None:
+    """Even from a random ConvNet: 50 labelled images per class are enough to train the features themselves."""
+    from synthpos.config import DataConfig
+    from synthpos.data import load_dataset
+    from synthpos.evaluation.features import extract_features
+    from synthpos.evaluation.linear_probe import linear_probe
+
+    train = load_dataset(DataConfig(name="fashion_mnist"), "train").take(1000)
+    test = load_dataset(DataConfig(name="fashion_mnist"), "test").take(1000)
+    idx = balanced_subset(train.labels, 0.1, seed=0)
+    torch.manual_seed(0)
+    backbone = build_backbone(BackboneConfig(name="convnet", width=8), 1).eval()
+    tuned = finetune(backbone, train.images[idx], train.labels[idx], test.images, test.labels, 10, 28, train.mean,
+                     train.std, lr=0.1, epochs=30, batch_size=32, seed=0, device="cpu")
+    feats = {n: extract_features(backbone, d.images, 28, train.mean, train.std) for n, d in (("tr", train), ("te", test))}
+    probe = linear_probe(feats["tr"][idx], torch.from_numpy(train.labels[idx]), feats["te"], torch.from_numpy(test.labels),
+                         10, epochs=100, lr=1.0, seed=0)
+    assert tuned["top1"] > probe["top1"] + 0.05, (tuned["top1"], probe["top1"])
