@@ -1,5 +1,5 @@
-"""Stage 4 with a baseline encoder (evaluate.checkpoint: TorchScript, torchvision/timm state_dicts, a CLIP folder) and the
-fine-tuning protocol (evaluate.finetune).
+"""Stage 4 with a baseline encoder (evaluate.checkpoint: TorchScript, torchvision/timm state_dicts, a CLIP
+folder) and the fine-tuning protocol (evaluate.finetune).
 
 A scratch dataset registered for this module holds tiny grey images whose class is a bright block in one
 quadrant (12 px, 4 classes, 48 train and 24 test images). Each number is checked against an independent
