@@ -69,11 +69,12 @@ _LOCATIONS = {"run_dir", "generate.store", "pretrain.store", "pretrain.output_di
               "generate.generator", "evaluate.datasets"}
 # Not mutated: where outputs go (they change the plan's shape, not a record); the generator
 # kind needs other weights; guidance needs a class-conditional generator (an error for this one).
-# train_generator.check is a whole section (null here): its keys are those of a section set in a recipe.
+# train_generator.check and evaluate.finetune are whole sections (null here): their keys are those of a section
+# set in a recipe (evaluate.finetune is under evaluate's prefix: it decides evaluate).
 # seeds: how `run` fans out, not a setting of one run. data.name, pretrain.method and the mode are
 # registry names (no literal to draw another from); the contract tests cover every one of them.
 _SKIPPED = _LOCATIONS | {"published",  # decides nothing (test_published_numbers_decide_nothing)
-                         "generate.kind", "generate.guidance_scale", "train_generator.check", "seeds", "data.name",
+                         "generate.kind", "generate.guidance_scale", "train_generator.check", "evaluate.finetune", "seeds", "data.name",
                          "pretrain.method", "pretrain.synthetic.mode"}
 _SPEED_ONLY = {"shard_size", "num_threads", "channels_last", "batch_size", "compile", "checkpoint_every", "checkpoint_every_minutes", "verify_store",
                "checkpoint_every_epochs", "knn_every_epochs", "knn_subset",
@@ -288,8 +289,16 @@ def test_a_store_without_record_is_adopted_only_if_its_manifest_matches(tmp_path
 def test_pretrain_feeds_nothing_when_evaluate_reads_another_backbone(tmp_path):
     other = tmp_path / "elsewhere.pt"
     other.write_bytes(b"x")
+    other.with_suffix(".json").write_text("{}")  # a synthpos backbone: weights beside their description
     states = dict((n, s.state) for n, s in plan(_config(tmp_path, f"evaluate.checkpoint={other}")))
     assert states["pretrain"] == "not needed" and states["evaluate"] == "new"
+
+
+def test_pretrain_still_feeds_when_evaluate_reads_a_baseline_encoder_beside_the_runs_own(tmp_path):
+    baseline = tmp_path / "torchscript_or_state_dict.pt"  # no .json beside it: an external encoder
+    baseline.write_bytes(b"x")
+    states = dict((n, s.state) for n, s in plan(_config(tmp_path, f"evaluate.checkpoint={baseline}")))
+    assert states["pretrain"] == "new" and states["evaluate"] == "new"
 
 
 def test_an_unfinished_generator_without_record_is_resumed_not_moved(tmp_path):

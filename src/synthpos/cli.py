@@ -73,6 +73,8 @@ def evaluate(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = Fal
     from synthpos.stages import run_stage
     metrics, _ = run_stage("evaluate", cfg, show_progress=not quiet, explicit=True)
     typer.echo(json.dumps(metrics["results"], indent=2))
+    for name, base in metrics.get("baselines", {}).items():  # evaluate.checkpoint: an external encoder
+        _say(f"baseline {name}: {json.dumps(base['results'])}")
     _say(f"metrics written to {cfg.evaluate_dir / 'metrics.json'}")
 
 

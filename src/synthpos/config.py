@@ -648,10 +648,38 @@ class PaperProbeConfig(_Strict):
     _check_milestones = field_validator("milestones")(classmethod(lambda cls, v: _epoch_fractions(v, "evaluate.linear_paper")))
 
 
+class FinetuneConfig(_Strict):
+    """The fine-tuning protocol (evaluation/finetune.py): the whole backbone and a linear head trained on
+    class-balanced label subsets (GenView's semi-supervised 1% and 10%); optimiser, epochs and learning rate chosen
+    on the validation carve, the test split scored once."""
+
+    fractions: list[float] = Field([0.01, 0.1], description="Shares of each class's training labels fine-tuned on.")
+    optimizers: list[Literal["sgd", "adamw"]] = Field(["sgd"], description="Optimisers tried on the validation "
+                                                      "carve (sgd: Nesterov momentum 0.9).")
+    epochs: list[int] = Field([30], description="Epoch counts tried on the validation carve (cosine schedule).")
+    lr_grid: list[float] = Field([0.03, 0.1, 0.3], description="Learning rates tried on the validation carve.")
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _check_grid(self) -> FinetuneConfig:
+        if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
+            raise ValueError(f"evaluate.finetune.fractions must be shares in (0, 1]; got {self.fractions}")
+        if not self.optimizers or not self.epochs or min(self.epochs) < 1 or not self.lr_grid or min(self.lr_grid) <= 0:
+            raise ValueError("evaluate.finetune needs at least one optimizer, epochs >= 1 and lr_grid values > 0")
+        return self
+
+
 class EvaluateConfig(_Strict):
     """Stage 4: kNN and linear probe on frozen features."""
 
-    checkpoint: Path | None = Field(None, description="Backbone state_dict (default: <pretrain>/backbone.pt).")
+    checkpoint: Path | None = Field(None, description="Backbone state_dict (default: <pretrain>/backbone.pt), or an "
+                                    "external encoder evaluated as a baseline beside the run's own: a TorchScript "
+                                    "file, a torchvision/timm state_dict (with evaluate.arch) or a CLIP folder.")
+    arch: str | None = Field(None, description="Architecture of a state_dict in evaluate.checkpoint: "
+                             "torchvision:<name> or timm:<name> (e.g. timm:resnet18).")
+    finetune: FinetuneConfig | None = Field(None, description="Fine-tuning protocol on label subsets (off: null; "
+                                            "it trains the backbone once per grid setting and fraction).")
     datasets: list[DataConfig] | None = Field(None, description="Datasets to evaluate on (default: the run's data).")
     knn_k: int | list[int] = Field([5, 10, 20, 50, 100, 200], description="k of the weighted kNN, or a grid of k "
                                    "(CLSP's official kNN grid) from which the validation split picks one.")
@@ -771,7 +799,7 @@ class RunConfig(_Strict):
             raise ValueError(f"pretrain.synthetic.scorer={scorer} does not exist; point it at a synthpos backbone.pt "
                              "or a TorchScript file")
         checkpoint = self.evaluate.checkpoint
-        if "evaluate" in stages and checkpoint is not None and not Path(checkpoint).is_file():
+        if "evaluate" in stages and checkpoint is not None and not Path(checkpoint).exists():  # CLIP: a folder
             raise ValueError(f"evaluate.checkpoint={checkpoint} does not exist; point it at a backbone.pt written by "
                              "synthpos (or leave it unset to evaluate this run's pretraining)")
         if "evaluate" in stages:

@@ -219,6 +219,14 @@ def _evaluate_resolved(config: RunConfig) -> dict[str, Any]:
     return out
 
 
+def _evaluates_own_pretraining(config: RunConfig) -> bool:
+    """Pretraining feeds evaluation unless ``evaluate.checkpoint`` is a synthpos backbone (a baseline encoder does not
+    replace the run's own)."""
+    from synthpos.evaluation.external import external_checkpoint
+
+    return config.evaluate.checkpoint is None or external_checkpoint(config) is not None
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -367,7 +375,7 @@ STAGES: tuple[Stage, ...] = (
         finished=lambda c: (c.pretrain_dir / "backbone.pt").is_file(),
         run=_run_pretrain,
         result=lambda c: c.pretrain_dir / "backbone.pt",
-        feeds=lambda c: None if c.evaluate.checkpoint is None else f"evaluate.checkpoint={c.evaluate.checkpoint} is evaluated",
+        feeds=lambda c: None if _evaluates_own_pretraining(c) else f"evaluate.checkpoint={c.evaluate.checkpoint} is evaluated",
         resolved=_pretrain_resolved,
     ),
     Stage(
@@ -670,10 +678,12 @@ def check_inputs(stage: Stage, config: RunConfig, explicit: bool = False, upfron
             load_scorer_network(Path(scorer))
         if not upfront:  # in a run, generate makes or repairs the store first
             _check_store_input(config)
-    elif stage.name == "evaluate" and (config.evaluate.checkpoint is not None or explicit):
-        # A backbone from elsewhere, or the run's own when `synthpos evaluate` is asked for alone
-        # (in `run`, pretraining has just written it).
-        _readable_backbone(config.backbone_path, "evaluate.checkpoint" if config.evaluate.checkpoint else "backbone")
+    elif stage.name == "evaluate":
+        # A backbone or baseline encoder from elsewhere, or the run's own when `synthpos evaluate` is asked for
+        # alone (in `run`, pretraining has just written it).
+        from synthpos.evaluation.external import check_evaluate_input
+
+        check_evaluate_input(config, explicit, _readable_backbone)
 
 
 def _check_store_input(config: RunConfig) -> None:

@@ -8,7 +8,8 @@ layer-wise CKA, the outputs of its blocks. Accepted, with no network access:
 - a TorchScript file (``torch.jit.save``) mapping images normalised with the data's mean
   and std at the evaluation size, (B, C, s, s), to features (B, ...): final features only;
 - a torchvision or timm ``state_dict`` file with ``arch`` naming the architecture
-  (e.g. ``resnet50``): the classifier is dropped, ImageNet normalisation at ``size``;
+  (``torchvision:resnet50``, ``timm:resnet18``, or a bare name: torchvision's first, then
+  timm's): the classifier is dropped, ImageNet normalisation at ``size``;
 - a folder that ``transformers`` loads as a CLIP vision model (``config.json`` of a
   ``CLIPModel`` or ``CLIPVisionModel[WithProjection]``): the image embedding (or the pooled
   output), CLIP's normalisation at the model's image size; its encoder layers for CKA.
@@ -75,6 +76,7 @@ class Encoder:
     layers: list[tuple[str, nn.Module]] = field(default_factory=list)
     output: Callable[[object], torch.Tensor] = lambda out: out  # the model's output -> final features (B, D)
     layer_output: Callable[[object], torch.Tensor] = lambda out: out
+    reader: str = "synthpos"  # which reader accepted it: synthpos, torchscript, state_dict or clip
 
     @torch.no_grad()
     def batches(self, images: np.ndarray, batch_size: int = 256, with_layers: bool = False):
@@ -135,12 +137,13 @@ def _in_channels(model: nn.Module) -> int:
     return conv.in_channels if conv is not None else 3
 
 
-def load_encoder(path: Path, size: int, mean, std, arch: str | None = None) -> Encoder:
+def load_encoder(path: Path, size: int, mean, std, arch: str | None = None, arch_key: str = "--arch") -> Encoder:
     """The encoder stored at ``path`` (see the module docstring).
 
     Args:
         size, mean, std: the data's evaluation input (synthpos backbones and TorchScript files).
         arch: torchvision or timm architecture of a plain state_dict file.
+        arch_key: how the user names ``arch`` (``--arch``, ``evaluate.arch``), for the messages.
 
     Raises:
         SynthposError: nothing loadable there, or a state_dict without ``arch`` or not fitting it.
@@ -161,8 +164,11 @@ def load_encoder(path: Path, size: int, mean, std, arch: str | None = None) -> E
                             "with one), a CLIP folder (config.json), nor a TorchScript or state_dict file")
     try:
         model = torch.jit.load(str(path), map_location="cpu")
-        c = 3 if len(mean) == 3 else 1
-        return Encoder(str(path), model, lambda x: to_model_input(_channels(x, c), size, mean, std))
+        # The channels its first convolution takes (an RGB model given grey data, or the reverse), else the data's.
+        conv = next((p for p in model.parameters() if p.dim() == 4), None)
+        c = conv.shape[1] if conv is not None and conv.shape[1] in (1, 3) else (3 if len(mean) == 3 else 1)
+        m, s = _stats(mean, c), _stats(std, c)
+        return Encoder(str(path), model, lambda x: to_model_input(_channels(x, c), size, m, s), reader="torchscript")
     except (RuntimeError, ValueError):
         pass  # not TorchScript: a state_dict
     try:
@@ -172,36 +178,55 @@ def load_encoder(path: Path, size: int, mean, std, arch: str | None = None) -> E
     if not isinstance(state, dict):
         raise SynthposError(f"{path} holds a {type(state).__name__}, not a state_dict")
     if arch is None:
-        raise SynthposError(f"{path} is a state_dict: name its architecture with --arch (a torchvision or timm model, "
-                            "e.g. --arch resnet50)")
-    model = _architecture(arch)
+        raise SynthposError(f"{path} is a state_dict: name its architecture with {arch_key} (a torchvision or timm "
+                            f"model, e.g. {arch_key} torchvision:resnet50 or timm:resnet18)")
+    model = _architecture(arch, arch_key)
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a parameter of another shape (strict=False forgives only names)
+        detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), "shapes differ")
+        raise SynthposError(f"{path} does not fit {arch}: {detail[:200]}; check {arch_key}") from None
     head = ("fc.", "head.", "classifier.")
     unexpected = [k for k in unexpected if not k.startswith(head)]
     if missing or unexpected:
         raise SynthposError(f"{path} does not fit {arch}: missing {missing[:3]}, unexpected {unexpected[:3]}; "
-                            "check --arch")
+                            f"check {arch_key}")
     mean_i, std_i = IMAGENET
     return Encoder(f"{arch}:{path}", model, lambda x: to_model_input(_channels(x, 3), size, mean_i, std_i),
-                   block_modules(model))
+                   block_modules(model), reader="state_dict")
 
 
-def _architecture(arch: str) -> nn.Module:
+def _timm_model(name: str, arch_key: str) -> nn.Module:
+    try:
+        import timm
+    except ImportError as err:
+        raise SynthposError(f"{arch_key} {name}: timm is not installed (pip install timm for timm architectures)") from err
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=0)
+    except RuntimeError as err:
+        raise SynthposError(f"{arch_key} {name} is not a timm model (timm.list_models() names them)") from err
+
+
+def _architecture(arch: str, arch_key: str = "--arch") -> nn.Module:
+    """The model ``arch`` names, without its classifier: ``timm:<name>``, ``torchvision:<name>`` or a bare name."""
     import torchvision
 
+    library, _, name = arch.rpartition(":")
+    if library == "timm":
+        return _timm_model(name, arch_key)
+    if library not in ("", "torchvision"):
+        raise SynthposError(f"{arch_key} {arch}: the library must be timm or torchvision (e.g. timm:resnet18)")
     try:
-        model = torchvision.models.get_model(arch, weights=None)
+        model = torchvision.models.get_model(name, weights=None)
     except ValueError:
+        if library == "torchvision":
+            raise SynthposError(f"{arch_key} {arch} is not a torchvision model "
+                                "(torchvision.models.list_models() names them)") from None
         try:
-            import timm
-        except ImportError as err:
-            raise SynthposError(f"--arch {arch} is not a torchvision model, and timm is not installed "
-                                "(pip install timm for timm architectures)") from err
-        try:
-            return timm.create_model(arch, pretrained=False, num_classes=0)
-        except RuntimeError as err:
-            raise SynthposError(f"--arch {arch} is neither a torchvision nor a timm model") from err
+            return _timm_model(name, arch_key)
+        except SynthposError:
+            raise SynthposError(f"{arch_key} {arch} is neither a torchvision nor a timm model") from None
     for attr in ("fc", "head", "classifier"):  # drop the classifier: features, as every encoder here gives
         if isinstance(getattr(model, attr, None), nn.Module):
             setattr(model, attr, nn.Identity())
@@ -246,4 +271,4 @@ def _clip_encoder(path: Path) -> Encoder:
     model = _CLIPImage(vision)
     layers = [(f"encoder.{i}", layer) for i, layer in enumerate(vision.vision_model.encoder.layers)]
     return Encoder(f"clip:{path}", model, lambda x: to_model_input(_channels(x, 3), size, mean, std), layers,
-                   output=output, layer_output=lambda out: out[0] if isinstance(out, tuple) else out)
+                   output=output, layer_output=lambda out: out[0] if isinstance(out, tuple) else out, reader="clip")

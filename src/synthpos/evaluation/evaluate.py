@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,21 +58,37 @@ def score_features(
     return {**summary, "records": records}
 
 
-def evaluate_backbone(
-    backbone: nn.Module, data: DataConfig, cfg: EvaluateConfig, size: int, cache_dir: Path | None = None,
-    backbone_file: Path | None = None, seed: int = 0,
-) -> dict[str, float]:
-    """Features of ``data``'s train and test splits (cached), then kNN and the linear probe."""
-    in_channels = next(m for m in backbone.modules() if isinstance(m, nn.Conv2d)).in_channels
+def labelled_splits(data: DataConfig, cfg: EvaluateConfig) -> dict[str, ImageDataset]:
+    """``data``'s whole train (cut to ``max_train``) and test splits, as every encoder of stage 4 sees them."""
     splits = {}
-    mirror = None
     for split in ("train", "test"):
         dataset = load_dataset(data.model_copy(update={"subset": None}), split)
         if dataset.labels is None:
             raise SynthposError(f"{data.name} {split} has no labels; evaluation needs a labelled dataset (class subfolders)")
         if split == "train" and cfg.max_train:
             dataset = dataset.take(min(cfg.max_train, len(dataset)))
-        dataset = match_channels(dataset, in_channels)
+        splits[split] = dataset
+    return splits
+
+
+def evaluate_backbone(
+    backbone: nn.Module, data: DataConfig, cfg: EvaluateConfig, size: int, cache_dir: Path | None = None,
+    backbone_file: Path | None = None, seed: int = 0, datasets: dict[str, ImageDataset] | None = None,
+) -> dict[str, float]:
+    """Features of ``data``'s train and test splits (cached), then kNN and the linear probe.
+
+    With ``cfg.finetune`` set, the fine-tuning protocol too (:mod:`synthpos.evaluation.finetune`: it trains
+    copies of ``backbone``, which itself is left as it was).
+
+    Args:
+        datasets: the splits already loaded (:func:`labelled_splits`); loaded here when None.
+    """
+    in_channels = next(m for m in backbone.modules() if isinstance(m, nn.Conv2d)).in_channels
+    datasets = datasets or labelled_splits(data, cfg)
+    splits, matched = {}, {}
+    mirror = None
+    for split in ("train", "test"):
+        dataset = matched[split] = match_channels(datasets[split], in_channels)
 
         def compute(ds=dataset):
             return extract_features(backbone, ds.images, size, ds.mean, ds.std, cfg.batch_size)
@@ -89,29 +106,60 @@ def evaluate_backbone(
             mirror = (cached_features(cache_dir, key + "-mirror", compute_mirror, backbone_file=backbone_file)
                       if cache_dir else compute_mirror())
     (train, ytr, num_classes), (test, yte, _) = splits["train"], splits["test"]
-    return score_features(train, ytr, test, yte, num_classes, cfg, seed, mirror, data.name)
+    scores = score_features(train, ytr, test, yte, num_classes, cfg, seed, mirror, data.name)
+    if cfg.finetune is not None:
+        from synthpos.evaluation.finetune import finetune_protocols
+
+        summary, records = finetune_protocols(backbone, matched["train"], matched["test"], size, cfg, seed, data.name)
+        scores = {**{k: v for k, v in scores.items() if k != "records"}, **summary,
+                  "records": scores["records"] + records}
+    return scores
 
 
 def evaluate_stage(config: RunConfig, show_progress: bool = True) -> dict:
-    """Stage 4 from a run config: writes ``<run_dir>/evaluate/metrics.json``."""
+    """Stage 4 from a run config: writes ``<run_dir>/evaluate/metrics.json``.
+
+    The run's own backbone gives ``results`` and ``records``; an external encoder in ``evaluate.checkpoint``
+    (:mod:`synthpos.evaluation.external`) gives ``baselines[<name>]`` under the same protocols. Without an own
+    backbone (``synthpos evaluate`` of a baseline alone) ``results`` and ``records`` are empty.
+    """
+    from synthpos.evaluation.external import evaluate_external, external_checkpoint, own_backbone
+
     cfg = config.evaluate
-    backbone_file = config.backbone_path
-    backbone = load_backbone(backbone_file)
+    external = external_checkpoint(config)
+    backbone_file = own_backbone(config)
+    has_own = external is None or backbone_file.is_file()
+    backbone = load_backbone(backbone_file) if has_own else None
     size = cfg.feature_size or config.pretrain.augment.crop_size
-    results, records = {}, []
+    results, records, baselines = {}, [], {}
     for data in cfg.datasets or [config.data]:
         name = data.name if data.name not in results else f"{data.name}:{data.root}"
-        scores = evaluate_backbone(backbone, data, cfg, size, config.evaluate_dir / "features", backbone_file, config.seed)
-        for record in scores.pop("records"):
-            records.append({**record, "dataset": name, "transfer": data != config.data})
-        results[name] = scores
+        datasets = labelled_splits(data, cfg)
+        transfer = data != config.data
+        if backbone is not None:
+            scores = evaluate_backbone(backbone, data, cfg, size, config.evaluate_dir / "features", backbone_file,
+                                       config.seed, datasets=datasets)
+            for record in scores.pop("records"):
+                records.append({**record, "dataset": name, "transfer": transfer})
+            results[name] = scores
+        if external is not None:
+            base, reader, scores = evaluate_external(config, data, datasets, cfg, size,
+                                                     config.evaluate_dir / "features", config.seed)
+            entry = baselines.setdefault(base, {"checkpoint": str(external), "arch": cfg.arch, "reader": reader,
+                                                "feature_size": size, "results": {}, "records": []})
+            entry["records"] += [{**r, "dataset": name, "transfer": transfer} for r in scores.pop("records")]
+            entry["results"][name] = scores
+    if external is not None and backbone is None:
+        print(f"note: no backbone at {backbone_file}; evaluated the baseline {external} alone", file=sys.stderr)
     metrics = {
-        "schema": METRICS_SCHEMA, "backbone": str(backbone_file),
-        "backbone_sha256": hashlib.sha256(Path(backbone_file).read_bytes()).hexdigest(),
+        "schema": METRICS_SCHEMA, "backbone": str(backbone_file) if backbone is not None else None,
+        "backbone_sha256": hashlib.sha256(Path(backbone_file).read_bytes()).hexdigest() if backbone is not None else None,
         "feature_size": size, "seed": config.seed, "results": results, "records": records,
         # What made these numbers; the resolved config is here in full (run_dir included).
         "provenance": provenance(config), "config": config.model_dump(mode="json"),
     }
+    if baselines:
+        metrics["baselines"] = baselines
     config.evaluate_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(config.evaluate_dir / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2))

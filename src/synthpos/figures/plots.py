@@ -76,7 +76,7 @@ def label_efficiency_plot(points: dict[str, list[tuple[float, float, float | Non
         ax.errorbar(x, y, yerr=err if any(err) else None, marker="o", capsize=3, label=run)
     ax.set_xscale("log")
     ax.set_xlabel("labels used (% of the training split, class-balanced)", fontsize=8)
-    ax.set_ylabel("linear-fast test top-1 (%)", fontsize=8)
+    ax.set_ylabel("test top-1 (%): linear-fast, or fine-tune", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

@@ -2,7 +2,8 @@
 
 A run directory is one of: a pipeline run (``pretrain/``, ``evaluate/metrics.json``,
 ``store/``), a multi-seed run (``seeds.json`` and ``seed-<s>/``), or a quick start
-(``results.json`` and one pretraining folder per encoder).
+(``results.json`` and one pretraining folder per encoder). Baseline encoders evaluated beside a
+run (metrics.json's ``baselines``) are entries of their own, named ``baseline <name>``, without a backbone.
 """
 
 from __future__ import annotations
@@ -87,6 +88,14 @@ def _pretrain_entry(name: str, pretrain_dir: Path, metrics: dict | None) -> Entr
     }
 
 
+def _baseline_entries(metrics: dict | None, suffix: str = "") -> list[Entry]:
+    """One row per baseline encoder evaluated beside the run (metrics.json's ``baselines``): numbers only."""
+    return [{"name": f"baseline {name}{suffix}", "pretrain_dir": None, "backbone": None, "config_text": None,
+             "curves": {}, "summary": None, "results": base.get("results", {}), "records": base.get("records", []),
+             "baseline": True}
+            for name, base in ((metrics or {}).get("baselines") or {}).items()]
+
+
 def collect_run(run_dir: Path) -> dict:
     """Everything the report can show about one run directory.
 
@@ -119,6 +128,8 @@ def collect_run(run_dir: Path) -> dict:
             if not (folder / "backbone.pt").is_file():
                 entry["backbone"] = None
             out["entries"].append(entry)
+        # A baseline evaluated on the quick start's data (`synthpos evaluate` with evaluate.checkpoint in its run_dir).
+        out["entries"] += _baseline_entries(_json(run_dir / "evaluate" / "metrics.json"))
         out["timings"] = {**quick.get("timings", {}), "wall_s": quick.get("wall_s")}
         out["fidelity"] = {**quick.get("fidelity", {}), "classifier_test_top1": quick.get("classifier_test_top1")}
         if (run_dir / "positives.png").is_file():
@@ -131,12 +142,13 @@ def collect_run(run_dir: Path) -> dict:
             sub_dir = Path(sub) if Path(sub).is_absolute() else run_dir / f"seed-{s}"
             if not sub_dir.is_dir():
                 sub_dir = run_dir / f"seed-{s}"
-            out["entries"].append(_pretrain_entry(f"{run_dir.name} seed {s}", sub_dir / "pretrain",
-                                                  _json(sub_dir / "evaluate" / "metrics.json")))
+            metrics = _json(sub_dir / "evaluate" / "metrics.json")
+            out["entries"].append(_pretrain_entry(f"{run_dir.name} seed {s}", sub_dir / "pretrain", metrics))
+            out["entries"] += _baseline_entries(metrics, f" seed {s}")
     elif (run_dir / "evaluate" / "metrics.json").is_file() or (run_dir / "pretrain").is_dir():
         out["kind"] = "pipeline"
-        out["entries"] = [_pretrain_entry(run_dir.name, run_dir / "pretrain",
-                                          _json(run_dir / "evaluate" / "metrics.json"))]
+        metrics = _json(run_dir / "evaluate" / "metrics.json")
+        out["entries"] = [_pretrain_entry(run_dir.name, run_dir / "pretrain", metrics)] + _baseline_entries(metrics)
     else:
         raise SynthposError(f"{run_dir} holds no synthpos run (no results.json, seeds.json, evaluate/metrics.json "
                             "or pretrain/); pass a run_dir that synthpos run or quickstart wrote")

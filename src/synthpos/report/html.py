@@ -25,7 +25,20 @@ PROTOCOLS = {
     "knn": ("kNN top-1", "weighted kNN, cosine, T={t}; k chosen on validation"),
     "linear-fast": ("linear top-1 (fast)", "standardised cached features; lr, wd chosen on validation"),
     "linear-paper": ("linear top-1 (paper)", "CLSP official: flip, SGD lr {lr}, {epochs} ep, last epoch"),
+    "finetune": ("fine-tune top-1", "backbone + linear head trained; optimiser, epochs, lr chosen on validation"),
 }
+
+
+def _column_key(record: dict) -> str:
+    """The summary key of a record's number (metrics.json's ``results``)."""
+    protocol, fraction = record["protocol"], record["label_fraction"]
+    if protocol == "knn":
+        return "knn_top1"
+    if protocol == "linear-paper":
+        return "linear_paper_top1"
+    if protocol == "finetune":
+        return f"finetune_top1@{fraction:g}"
+    return "linear_top1" if fraction == 1 else f"linear_top1@{fraction:g}"
 
 
 def _data_uri(path: Path) -> str:
@@ -69,9 +82,7 @@ def _columns(entries: list[dict]) -> list[dict]:
     temps = {r["hyper_parameters"].get("temperature") for e in entries for r in e["records"] if r["protocol"] == "knn"}
     for e in entries:
         for r in e["records"]:
-            key = "knn_top1" if r["protocol"] == "knn" else (
-                "linear_paper_top1" if r["protocol"] == "linear-paper" else
-                "linear_top1" if r["label_fraction"] == 1 else f"linear_top1@{r['label_fraction']:g}")
+            key = _column_key(r)
             if (key, r["protocol"]) not in keys:
                 keys.append((key, r["protocol"]))
     if not keys:  # metrics without records (older runs): the summary keys, unlabelled
@@ -79,7 +90,9 @@ def _columns(entries: list[dict]) -> list[dict]:
     cols = []
     for key, protocol in keys:
         label, text = PROTOCOLS.get(protocol, (key, protocol))
-        if "@" in key:
+        if key.startswith("finetune_top1@"):
+            label, text = f"fine-tune top-1, {100 * float(key.split('@')[1]):g}% labels", text + "; class-balanced subset"
+        elif "@" in key:
             label, text = f"linear top-1, {100 * float(key.split('@')[1]):g}% labels", "linear-fast, class-balanced subset"
         paper = next((r["hyper_parameters"] for e in entries for r in e["records"] if r["protocol"] == "linear-paper"), {})
         cols.append({"key": key, "label": label, "protocol": text.format(
@@ -150,6 +163,9 @@ def _label_points(runs: list[dict]) -> dict[str, list[tuple[float, float, float 
                    if k == "linear_top1" or k.startswith("linear_top1@")]
             if len(pts) > 1:
                 points[e["name"]] = pts
+            tuned = [(float(k.split("@")[1]), 100 * v, None) for k, v in res.items() if k.startswith("finetune_top1@")]
+            if tuned:
+                points[f"{e['name']} (fine-tune)"] = tuned
     return points
 
 
