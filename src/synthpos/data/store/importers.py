@@ -16,7 +16,9 @@ Three on-disk layouts, each as the official code writes it:
 The store is fingerprinted against the local training split (:func:`dataset_fingerprint`),
 so using it with other data later is a one-line error, and an array or tree that does not
 fit the local data (count, image size, a missing variant) is refused before anything is
-written. Tree images are resized to the dataset's image size.
+written. Tree images are resized to the dataset's image size; into a store of encoded shards
+(``generate.store_format``), a tree's files already in the store's codec and at the dataset's
+size are copied as they are, never decoded.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from synthpos.data.datasets import ImageDataset, read_image
+from synthpos.data.store.encoded_shards import encode_image
 from synthpos.data.store.manifest import dataset_fingerprint
 from synthpos.data.store.store import SyntheticStore
 from synthpos.errors import SynthposError
@@ -98,6 +101,20 @@ def variant_paths(files: list[Path], data_root: Path, source: Path, layout: Layo
     return out
 
 
+def _codec_and_side(path: Path) -> tuple[str | None, int | None]:
+    """An image file's codec (``png``, ``jpeg``, ``webp``; None for others) and side (None unless square),
+    from its header alone: nothing is decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as picture:
+            codec = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}.get(picture.format or "")
+            width, height = picture.size
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None, None  # read_image says what is wrong with it when the import decodes it
+    return codec, width if width == height else None
+
+
 def import_store(
     source: Path,
     layout: Layout,
@@ -108,6 +125,8 @@ def import_store(
     variants: int = 10,
     shard_size: int = 500,
     progress: Callable[[int], None] | None = None,
+    store_format: str = "raw",
+    quality: int = 95,
 ) -> SyntheticStore:
     """Write the published synthetic set at ``source`` as a synthpos store for ``dataset``.
 
@@ -120,6 +139,8 @@ def import_store(
         variants: generativessl: K, the variants 0..K-1 of each image (GenerativeSSL: 10).
         shard_size: anchors per shard.
         progress: called with the number of anchors done after each shard.
+        store_format, quality: the shard format (``generate.store_format``; ``auto`` takes a tree's own codec
+            above 64 px). A tree's files already in the store's codec and size are kept byte for byte, undecoded.
 
     Raises:
         SynthposError: the set does not fit the local dataset, or the store exists with other settings.
@@ -148,6 +169,10 @@ def import_store(
 
         def shard_of(start: int, end: int) -> np.ndarray:
             return np.stack([np.stack([read_image(p, size) for p in paths[i]]) for i in range(start, end)])
+
+        def encoded_of(start: int, end: int, codec: str) -> list[bytes]:
+            return [p.read_bytes() if _codec_and_side(p) == (codec, size) else
+                    encode_image(read_image(p, size), codec, quality) for i in range(start, end) for p in paths[i]]
     else:
         raise SynthposError(f"--layout {layout!r} is unknown; use one of {', '.join(LAYOUTS)}")
 
@@ -158,10 +183,17 @@ def import_store(
         shard_size=shard_size,
         generator={"kind": "imported", "layout": layout, "source": str(source.resolve()), "candidates": int(candidates)},
         provenance=make_provenance(),
+        store_format=store_format,
+        quality=quality,
+        prefer=_codec_and_side(paths[0][0])[0] if layout != "clsp" else None,
     )
+    codec = getattr(store.shard_format, "codec", None)
     for shard in store.missing_shards():
         start, end = store.layout.shard_range(shard)
-        store.write_shard(shard, shard_of(start, end))
+        if codec is not None and layout != "clsp":
+            store.write_encoded_shard(shard, encoded_of(start, end, codec))
+        else:
+            store.write_shard(shard, shard_of(start, end))
         if progress is not None:
             progress(end - start)
     return store
@@ -185,4 +217,5 @@ def import_store_stage(config: RunConfig, source: Path, layout: str, store: Path
         files = image_folder_files(data_root)[: len(dataset)]
     with progress_bar("import", total=len(dataset), enabled=show_progress) as bar:
         return import_store(Path(source), layout, dataset, store or config.store_dir, files, data_root, variants,
-                            config.generate.shard_size, progress=bar.update)
+                            config.generate.shard_size, progress=bar.update,
+                            store_format=config.generate.store_format, quality=config.generate.store_quality)

@@ -20,6 +20,9 @@ from synthpos.data.store.layout import MANIFEST
 from synthpos.errors import SynthposError
 
 FORMAT_VERSION = 1
+#: The format version of a store of encoded shards: an older synthpos refuses it in one line, where it would
+#: otherwise look for ``.npy`` shards and call the store incomplete.
+ENCODED_FORMAT_VERSION = 2
 _SAMPLES = 64
 # What a manifest must hold, and of which JSON type, to be read at all (anything else is damage).
 _MANIFEST_FIELDS: dict[str, type] = {
@@ -27,7 +30,7 @@ _MANIFEST_FIELDS: dict[str, type] = {
 }
 _FINGERPRINT_FIELDS = {"name": str, "split": str, "count": int, "image_shape": list, "sample_hashes": dict}
 #: The settings a store is made with: reopening it with any other is an error, not a resume.
-SETTINGS = ("dataset", "num_anchors", "candidates", "image_shape", "shard_size", "generator")
+SETTINGS = ("dataset", "num_anchors", "candidates", "image_shape", "shard_size", "generator", "shard_format")
 
 
 def _image_hash(image: np.ndarray) -> str:
@@ -62,7 +65,7 @@ def new_manifest(fingerprint: dict[str, Any], candidates: int, shard_size: int, 
                  provenance: dict[str, Any] | None, shard_format: dict[str, Any] | None = None) -> dict[str, Any]:
     """The manifest of a new store (no shards recorded yet); ``shard_format`` None: a raw store."""
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if shard_format is None else ENCODED_FORMAT_VERSION,
         "dataset": fingerprint,
         "num_anchors": fingerprint["count"],
         "candidates": candidates,
@@ -85,7 +88,7 @@ def publish_manifest(path: Path, manifest: dict[str, Any]) -> None:
 def check_same_settings(path: Path, existing: dict[str, Any], wanted: dict[str, Any]) -> None:
     """Raise unless the store at ``path`` (manifest ``existing``) was made with ``wanted``'s settings."""
     for key in SETTINGS:
-        if existing.get(key) != wanted[key]:
+        if existing.get(key) != wanted.get(key):
             raise SynthposError(
                 f"store {path} was made with a different {key}; to keep it, restore the settings it was made "
                 f"with, or pass another generate.store (or delete {path}) to make a new one"
@@ -111,9 +114,10 @@ def read_manifest(path: Path) -> dict[str, Any]:
         raise SynthposError(f"{manifest_path} is damaged (not valid JSON); {fix}") from err
     if not isinstance(manifest, dict):
         raise SynthposError(f"{manifest_path} is damaged (not a JSON object); {fix}")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    version = FORMAT_VERSION if "shard_format" not in manifest else ENCODED_FORMAT_VERSION
+    if manifest.get("format_version") != version:
         raise SynthposError(
-            f"store {path} has format version {manifest.get('format_version')}, this synthpos reads {FORMAT_VERSION}; "
+            f"store {path} has format version {manifest.get('format_version')}, this synthpos reads {version}; "
             "generate the store again"
         )
     for fields, within in ((_MANIFEST_FIELDS, manifest), (_FINGERPRINT_FIELDS, manifest.get("dataset"))):

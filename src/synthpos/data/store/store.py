@@ -13,22 +13,23 @@ never loaded whole.
 
 from __future__ import annotations
 
-import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from synthpos.atomic import atomic_path
-from synthpos.data.store.formats import format_of
+from synthpos.data.store.encoded_shards import EncodedShards
+from synthpos.data.store.formats import choose_format, format_of
 from synthpos.data.store.integrity import (
     VerifyPolicy, check_store, ensure_verified, is_leader, require_complete_shards, unrecorded_note,
 )
-from synthpos.data.store.layout import StoreLayout, record_name, shard_stem
+from synthpos.data.store.layout import MANIFEST, StoreLayout, record_name, shard_stem
 from synthpos.data.store.manifest import check_dataset, check_same_settings, new_manifest, publish_manifest, read_manifest
-from synthpos.data.store.records import HashingWriter, collect_records, fold_records, write_json_atomically
-from synthpos.data.store.shard_format import ShardDamaged, ShardFormat, ShardReader
+from synthpos.data.store.records import collect_records, fold_records, write_json_atomically
+from synthpos.data.store.shard_format import ShardFormat, ShardReader
+from synthpos.data.store.shards import open_shard, write_shard_file
 from synthpos.errors import SynthposError
 
 
@@ -66,17 +67,24 @@ class SyntheticStore:
         shard_size: int,
         generator: dict[str, Any],
         provenance: dict[str, Any] | None = None,
+        store_format: str = "raw",
+        quality: int = 95,
+        prefer: str | None = None,
     ) -> SyntheticStore:
         """Create a store, or reopen an existing one made with the same settings (to resume).
 
         ``provenance`` (:mod:`synthpos.provenance`) is recorded in a new manifest and never compared:
         a store made by another commit or version is resumed all the same, and keeps its own.
+        ``store_format``, ``quality``, ``prefer``: the shard format (``generate.store_format``, see
+        :func:`~synthpos.data.store.formats.choose_format`; ``auto`` keeps an existing store's).
 
         Raises:
             SynthposError: ``path`` holds a store made for other data or other settings.
         """
         path = Path(path)
-        manifest = new_manifest(fingerprint, candidates, shard_size, generator, provenance)
+        existing = read_manifest(path) if (path / MANIFEST).is_file() else None
+        chosen = choose_format(store_format, fingerprint["image_shape"], quality, existing, prefer)
+        manifest = new_manifest(fingerprint, candidates, shard_size, generator, provenance, chosen.manifest_entry())
         publish_manifest(path, manifest)
         # Also when this process just wrote it: another one (a torchrun rank) may have won.
         existing = read_manifest(path)
@@ -167,7 +175,7 @@ class SyntheticStore:
         return True
 
     def write_shard(self, shard: int, candidates: np.ndarray) -> None:
-        """Write one shard atomically: a temporary file, flushed, then renamed.
+        """Write one shard atomically (a temporary file, flushed, then renamed), in the store's format.
 
         Args:
             candidates: uint8. Shape: (n, K, H, W, C), n = the shard's anchor count.
@@ -175,26 +183,25 @@ class SyntheticStore:
         expected = self.layout.shard_shape(shard)
         if candidates.dtype != np.uint8 or candidates.shape != expected:
             raise ValueError(f"shard {shard} must be uint8 {expected}, got {candidates.dtype} {candidates.shape}")
-        final = self.shard_path(shard)
-        with atomic_path(final) as tmp:
-            with open(tmp, "wb") as fh:
-                writer = HashingWriter(fh)  # hashes the bytes as they are written: no second read
-                self.shard_format.write(writer, candidates)
-                fh.flush()
-                os.fsync(fh.fileno())
-            # The record first, then the shard under its name: a present shard always has its record.
-            self.add_record(shard, writer.record())
+        write_shard_file(self.shard_path(shard), self.record_path(shard),
+                         lambda out: self.shard_format.write(out, candidates))
+
+    def write_encoded_shard(self, shard: int, blobs: Sequence[bytes]) -> None:
+        """Write one shard of image files already in the store's codec, kept byte for byte (imports).
+
+        Args:
+            blobs: the files' bytes, anchor-major: n * K of them, n = the shard's anchor count.
+        """
+        if not isinstance(self.shard_format, EncodedShards):
+            raise ValueError(f"store {self.path} holds {self.shard_format.name} shards, not encoded images")
+        shape = self.layout.shard_shape(shard)
+        write_shard_file(self.shard_path(shard), self.record_path(shard),
+                         lambda out: self.shard_format.write_encoded(out, blobs, shape))
 
     def _shard(self, shard: int) -> ShardReader:
         if shard not in self._maps:
-            path = self.shard_path(shard)
-            fix = "run `synthpos generate` with the config that made the store to remake it"
-            if not path.is_file():
-                raise SynthposError(f"store {self.path} is missing {path.name}; {fix}")
-            try:
-                self._maps[shard] = self.shard_format.open(path, self.layout.shard_shape(shard))
-            except ShardDamaged as err:
-                raise SynthposError(f"store {self.path}: {path.name} is damaged ({err}); {fix}") from err
+            self._maps[shard] = open_shard(self.path, self.shard_path(shard), self.shard_format,
+                                           self.layout.shard_shape(shard))
         return self._maps[shard]
 
     # ------------------------------------------------------------------ reads
