@@ -8,9 +8,10 @@ was made. A new store is raw when its images are at most :data:`AUTO_RAW_MAX_SID
 side: a 64-px RGB candidate is 12 KiB raw, CIFAR-10 with K = 10 is 1.5 GB, and a
 memory-mapped read is a slice where a decode costs a Pillow call per candidate. Above that
 the raw bytes grow with the square of the side (150 KiB a 224-px candidate; GenerativeSSL's
-10 variants of ImageNet are 1.9 TB raw) and a new store is JPEG at quality 95, 4:4:4, several
-times smaller, with an error far below what the views' colour jitter and blur add (and the
-codec the published sets already use); or the codec of the files an import brings in.
+10 variants of ImageNet are 1.9 TB raw) and a new store is JPEG at quality 95, 4:4:4: the
+codec the published sets already use, with an error well below what the views' colour jitter
+and blur add (its size on photographs is not measured here); or the codec of the files an
+import brings in. PNG (or WebP at quality 100) where the candidates must stay exact.
 """
 
 from __future__ import annotations

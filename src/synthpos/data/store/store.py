@@ -1,14 +1,10 @@
 """The synthetic store: K generated candidates for each anchor image, on disk.
 
-The files are :mod:`~synthpos.data.store.layout`'s; what made the store is its manifest
-(:mod:`~synthpos.data.store.manifest`); each shard is one file in the store's shard format
-(:mod:`~synthpos.data.store.shard_format`, raw ``.npy`` by default).
-
-A shard is written to a temporary name and renamed when complete, so a crash never
-leaves a half-written shard under a real name; re-running generation fills only the
-missing and damaged shards. Opening a store checks every shard's size, and for a dataset
-other than the one it was made from is an error. Raw reads are memory-mapped: the store is
-never loaded whole.
+Files as :mod:`.layout` names them; what made the store in its :mod:`.manifest`; each shard one
+file in the store's format (:mod:`.shard_format`: raw ``.npy``, memory-mapped, by default),
+written whole or not at all (:mod:`.shards`), so re-running generation fills only the missing
+and damaged shards. Opening a store checks every shard's size, and for a dataset other than
+the one it was made from is an error. The store is never loaded whole.
 """
 
 from __future__ import annotations
@@ -30,7 +26,6 @@ from synthpos.data.store.manifest import check_dataset, check_same_settings, new
 from synthpos.data.store.records import collect_records, fold_records, write_json_atomically
 from synthpos.data.store.shard_format import ShardFormat, ShardReader
 from synthpos.data.store.shards import open_shard, write_shard_file
-from synthpos.errors import SynthposError
 
 
 class SyntheticStore:
