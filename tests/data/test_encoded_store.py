@@ -168,3 +168,17 @@ def test_import_keeps_a_trees_own_files_undecoded(tmp_path: Path) -> None:
         want = np.asarray(Image.open(io.BytesIO(kept[(n, k)])).convert("RGB"))
         np.testing.assert_array_equal(store[n][k], want)  # the file's own pixels: never re-encoded
     assert store[2][1].shape == (72, 72, 3)
+
+
+def test_an_encoded_store_pickles_and_feeds_the_torch_dataset(tmp_path: Path) -> None:
+    import pickle
+
+    from synthpos.data import SyntheticPositivesDataset
+
+    store, candidates = _store(tmp_path / "s", "png", n=6)
+    store[0]  # a pack opened here is not pickled: a DataLoader worker opens its own
+    copy = pickle.loads(pickle.dumps(store))
+    np.testing.assert_array_equal(copy[5], candidates[5])
+    anchors = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)  # _store's images
+    item = SyntheticPositivesDataset(copy, anchors)[4]
+    np.testing.assert_allclose(item["candidates"].numpy(), candidates[4].transpose(0, 3, 1, 2) / 255, atol=1e-6)
