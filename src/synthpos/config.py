@@ -294,6 +294,11 @@ class GenerateConfig(_Strict):
     unclip: UnCLIPConfig = UnCLIPConfig()
     num_anchors: int | None = Field(None, ge=1, description="Generate for the first N training images only.")
     shard_size: int = Field(500, ge=1, description="Anchors per shard.")
+    store_format: Literal["auto", "raw", "png", "jpeg", "webp"] = Field(
+        "auto", description="How shards keep candidates: 'raw' uint8 .npy (memory-mapped), or one pack of encoded "
+        "images per shard ('png' lossless, 'jpeg'/'webp' lossy at store_quality). 'auto': an existing store's "
+        "format; for a new one raw up to 64 px a side, JPEG above (an import: its files' own codec).")
+    store_quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality of encoded shards.")
     batch_size: int = Field(128, ge=1, description="Images (anchor x candidate) per UNet call.")
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     channels_last: bool = True

@@ -354,7 +354,9 @@ STAGES: tuple[Stage, ...] = (
         name="generate",
         # shard_size is the layout, not the bytes: a complete store of another layout is as good.
         # The seed is the generation seed, in the generator's record (resolved).
-        decides=("data", "generate.kind", "generate.generator", "generate.candidates", "generate.num_anchors"),
+        # The shard format decides the bytes (JPEG and WebP also the pixels): store_format, store_quality.
+        decides=("data", "generate.kind", "generate.generator", "generate.candidates", "generate.num_anchors",
+                 "generate.store_format", "generate.store_quality"),
         ignores=_DATA_TRAIN_ONLY,
         inputs=("train-generator",),
         output=lambda c: c.store_dir,

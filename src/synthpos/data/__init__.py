@@ -9,8 +9,8 @@ from synthpos.data.augment import (
     to_model_input,
 )
 from synthpos.data.datasets import ImageDataset, find_data_root, load_dataset
-from synthpos.data.store_dataset import SyntheticPositivesDataset
-from synthpos.data.synthetic_store import SyntheticStore, dataset_fingerprint
+from synthpos.data.store.dataset import SyntheticPositivesDataset
+from synthpos.data.store import SyntheticStore, dataset_fingerprint
 
 __all__ = [
     "BatchAugment",

@@ -81,6 +81,8 @@ def generate_store(
         shard_size=settings.shard_size,
         generator=generator.record(),
         provenance=provenance if provenance is not None else make_provenance(settings),
+        store_format=settings.store_format,
+        quality=settings.store_quality,
     )
     # Which shards to (re)make: the missing and the damaged ones (hashed unless a stamp vouches for them).
     states = ensure_verified(store, settings.verify_store, raise_if_bad=False)
