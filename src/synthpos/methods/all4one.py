@@ -99,7 +99,7 @@ class All4One(MomentumMethod):
     modes = ("mochi",)
 
     def build_heads(self) -> None:
-        c = self.config
+        c = self.shared
         out = c.projector_out_dim
         if out % TRANSFORMER_HEADS:
             raise SynthposError(f"all4one: projector_out_dim={out} must be a multiple of "
@@ -121,7 +121,7 @@ class All4One(MomentumMethod):
     def setup_losses(self) -> None:
         gather = world_size() > 1
         # Without a queue MoCoLoss is solo-learn's nnclr_loss_func: row i against all columns, target i.
-        self.criterion = MoCoLoss(self.config.temperature, gather_distributed=gather)
+        self.criterion = MoCoLoss(self.shared.temperature, gather_distributed=gather)
         self.centroid_criterion = MoCoLoss(CENTROID_TEMPERATURE, gather_distributed=gather)
 
     def embed(self, x: torch.Tensor) -> Outputs:

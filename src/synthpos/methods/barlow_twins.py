@@ -30,7 +30,7 @@ class BarlowTwins(SSLMethod):
     settings = BarlowTwinsSettings
 
     def build_heads(self) -> None:
-        c = self.config
+        c = self.shared
         self.projector = mlp(self.backbone.feature_dim, c.projector_hidden_dim, c.projector_out_dim, num_layers=3,
                              batch_norm=True)
 

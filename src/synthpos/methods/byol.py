@@ -33,7 +33,7 @@ class BYOL(MomentumMethod):
     modes = ("quality",)
 
     def build_heads(self) -> None:
-        c = self.config
+        c = self.shared
         self.projector = mlp(self.backbone.feature_dim, c.projector_hidden_dim, c.projector_out_dim, batch_norm=True)
         self.predictor = mlp(c.projector_out_dim, c.predictor_hidden_dim, c.projector_out_dim, batch_norm=True)
 

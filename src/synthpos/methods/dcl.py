@@ -18,7 +18,7 @@ class DCL(SimCLR):
 
     def setup_losses(self) -> None:
         super().setup_losses()
-        self.criterion = DCLLoss(self.config.temperature, gather_distributed=world_size() > 1)
+        self.criterion = DCLLoss(self.shared.temperature, gather_distributed=world_size() > 1)
 
     def pair_loss(self, outputs, views, batch, weights):
         loss, _ = super().pair_loss(outputs, views, batch, weights)  # SimCLR's, with the decoupled criterion
@@ -41,4 +41,4 @@ class DCLW(DCL):
 
     def setup_losses(self) -> None:
         SimCLR.setup_losses(self)
-        self.criterion = DCLWLoss(self.config.temperature, self.options.sigma, gather_distributed=world_size() > 1)
+        self.criterion = DCLWLoss(self.shared.temperature, self.options.sigma, gather_distributed=world_size() > 1)

@@ -25,13 +25,13 @@ class MoCoV2Plus(MomentumMethod):
     modes = ("quality", "mochi")
 
     def build_heads(self) -> None:
-        c = self.config
+        c = self.shared
         self.projector = mlp(self.backbone.feature_dim, c.projector_hidden_dim, c.projector_out_dim)
         self.queues = nn.ModuleList([MemoryQueue(c.queue_size, c.projector_out_dim) for _ in range(2)])
         self._keys: tuple[torch.Tensor, ...] = ()
 
     def setup_losses(self) -> None:
-        self.criterion = MoCoLoss(self.config.temperature)
+        self.criterion = MoCoLoss(self.shared.temperature)
 
     def embed(self, x: torch.Tensor) -> Outputs:
         return {"z": self.projector(self.backbone(x))}

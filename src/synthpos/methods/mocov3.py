@@ -55,14 +55,14 @@ class MoCoV3(MomentumMethod):
     settings = MoCoV3Settings
 
     def build_heads(self) -> None:
-        c, o = self.config, self.options
+        c, o = self.shared, self.options
         self.projector = mlp(self.backbone.feature_dim, c.projector_hidden_dim, c.projector_out_dim,
                              num_layers=o.projector_layers, batch_norm=True, last_batch_norm=True, last_affine=False)
         self.predictor = mlp(c.projector_out_dim, c.predictor_hidden_dim, c.projector_out_dim, batch_norm=True,
                              last_batch_norm=o.predictor_last_batch_norm, last_affine=False)
 
     def setup_losses(self) -> None:
-        self.criterion = MoCoLoss(self.config.temperature, gather_distributed=world_size() > 1)
+        self.criterion = MoCoLoss(self.shared.temperature, gather_distributed=world_size() > 1)
 
     def embed(self, x: torch.Tensor) -> Outputs:
         z = self.projector(self.backbone(x))
@@ -71,7 +71,7 @@ class MoCoV3(MomentumMethod):
     def pair_loss(self, outputs, views, batch, weights):
         k1, k2 = self.momentum_keys(views)
         q1, q2 = outputs[0]["p"], outputs[1]["p"]
-        scale = 2 * self.config.temperature
+        scale = 2 * self.shared.temperature
         # The mode may add negatives per query (MoCHi's mixes of the hardest other keys, of all ranks).
         extra1, extra2 = self.mode.batch_hard_negatives(q1, [k2]), self.mode.batch_hard_negatives(q2, [k1])
         loss = scale * (self.criterion(q1, k2, weights=weights, extra_negatives=extra1)

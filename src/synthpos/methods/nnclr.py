@@ -45,7 +45,7 @@ class NNCLR(SSLMethod):
     modes = ("quality",)
 
     def build_heads(self) -> None:
-        c = self.config
+        c = self.shared
         self.projector = mlp(self.backbone.feature_dim, c.projector_hidden_dim, c.projector_out_dim, num_layers=3,
                              batch_norm=True, last_batch_norm=True)
         self.predictor = mlp(c.projector_out_dim, c.predictor_hidden_dim, c.projector_out_dim, batch_norm=True)
@@ -55,7 +55,7 @@ class NNCLR(SSLMethod):
     def setup_losses(self) -> None:
         # MoCoLoss without a queue is exactly this contrast: row i (here a neighbour) against
         # column j (a prediction), target i, negatives the other images' predictions.
-        self.criterion = MoCoLoss(self.config.temperature, gather_distributed=world_size() > 1)
+        self.criterion = MoCoLoss(self.shared.temperature, gather_distributed=world_size() > 1)
 
     def embed(self, x: torch.Tensor) -> Outputs:
         z = self.projector(self.backbone(x))

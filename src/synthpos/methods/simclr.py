@@ -24,11 +24,11 @@ class SimCLR(SSLMethod):
     modes = ("multipos", "quality", "mochi")
 
     def build_heads(self) -> None:
-        c = self.config
+        c = self.shared
         self.projector = mlp(self.backbone.feature_dim, c.projector_hidden_dim, c.projector_out_dim)
 
     def setup_losses(self) -> None:
-        gather, t = world_size() > 1, self.config.temperature
+        gather, t = world_size() > 1, self.shared.temperature
         self.criterion = NTXentLoss(t, gather_distributed=gather)
         self.multipos_criterion = MultiPositiveInfoNCELoss(t, gather_distributed=gather)
 

@@ -43,7 +43,7 @@ class SimSiam(SSLMethod):
     settings = SimSiamSettings
 
     def build_heads(self) -> None:
-        c = self.config
+        c = self.shared
         self.projector = mlp(self.backbone.feature_dim, c.projector_hidden_dim, c.projector_out_dim, num_layers=3,
                              batch_norm=True, last_batch_norm=True, last_affine=False)
         self.predictor = mlp(c.projector_out_dim, c.predictor_hidden_dim, c.projector_out_dim, batch_norm=True)

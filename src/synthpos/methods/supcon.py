@@ -21,7 +21,7 @@ class SupCon(SimCLR):
     modes = ("multipos",)  # its loss is not a sum over positive pairs: nothing to weight
 
     def setup_losses(self) -> None:
-        self.criterion = SupConLoss(self.config.temperature, gather_distributed=world_size() > 1)
+        self.criterion = SupConLoss(self.shared.temperature, gather_distributed=world_size() > 1)
 
     def pair_loss(self, outputs, views, batch, weights):
         loss = self.multipos_loss(outputs, batch)
