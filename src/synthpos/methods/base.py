@@ -10,12 +10,12 @@ A method is one class registered by name, which declares and defines only what i
 
     @register_method("simclr")
     class SimCLR(SSLMethod):
-        modes = ("multipos", "quality")      # beyond the modes that work with every method
+        contrasts = frozenset({PAIRS, NEGATIVES, POSITIVES})  # what its objective declares: the modes follow
         settings = None                      # or a pydantic model: the section pretrain.simclr
 
         def build_heads(self) -> None: ...   # reads self.shared (SharedSettings), self.options
         def embed(self, x): ...
-        def pair_loss(self, outputs, views, batch, weights): ...
+        def objective(self, outputs, views, batch): ...   # what the loss contrasts (modes.contrast)
 
 A method is built from plain arguments: the shared hyper-parameters (:class:`SharedSettings`), its
 own settings, its mode, the optimiser's settings. The ``pretrain`` config section is read into
@@ -35,6 +35,7 @@ from torch import nn
 from synthpos.config import OptimizerConfig, PretrainConfig, SyntheticConfig
 from synthpos.data.augment import BatchAugment
 from synthpos.data.batch import PretrainBatch
+from synthpos.modes.contrast import MultiPositive, Objective, Term
 from synthpos.registry import METHODS, MODES
 
 if TYPE_CHECKING:
@@ -90,6 +91,17 @@ def method_arguments(config: PretrainConfig, augment: BatchAugment, method: type
     }
 
 
+class _ModesByContrast:
+    """``SSLMethod.modes``: the modes beyond those for every method that take this method, found from what
+    the method declares (``contrasts``) and what each mode requires (``requires``), so that no method
+    lists a mode by name. A method may still set ``modes`` to a tuple of names (a plugin mode that
+    requires nothing the method declares)."""
+
+    def __get__(self, method: SSLMethod | None, owner: type[SSLMethod]) -> tuple[str, ...]:
+        return tuple(name for name, mode in MODES.items()
+                     if not mode.for_every_method and mode.requires is not None and mode.requires in owner.contrasts)
+
+
 class SSLMethod(nn.Module):
     """Backbone + augmentation + the run's synthetic mode; subclasses define heads and loss.
 
@@ -100,8 +112,10 @@ class SSLMethod(nn.Module):
 
     Declares (class attributes):
         name: set by ``@register_method("name")``.
+        contrasts: what its :meth:`objective` declares (:data:`~synthpos.modes.contrast.PAIRS`,
+            ``NEGATIVES``, ``POSITIVES``); a mode that requires one of them takes the method.
         modes: the synthetic modes the method supports beyond those that work with every
-            method (clsp, replace, none).
+            method (clsp, replace, none): by default found from ``contrasts``.
         settings: pydantic model of the method's own section ``pretrain.<name>``, or None.
         synthetic_key: key of :meth:`embed`'s output that the CLSP term pulls together.
         needs_labels: whether the method uses class labels (supervised).
@@ -125,7 +139,8 @@ class SSLMethod(nn.Module):
     """
 
     name: ClassVar[str]
-    modes: ClassVar[tuple[str, ...]] = ()
+    contrasts: ClassVar[frozenset[str]] = frozenset()
+    modes: ClassVar[tuple[str, ...]] = _ModesByContrast()  # type: ignore[assignment]
     settings: ClassVar[type[BaseModel] | None] = None
     synthetic_key: ClassVar[str] = "z"
     needs_labels: ClassVar[bool] = False
@@ -195,22 +210,41 @@ class SSLMethod(nn.Module):
         """Online outputs (e.g. ``{"z": projection, "p": prediction}``) of a batch of views. Shape: (B, ...)."""
         raise NotImplementedError
 
-    def pair_loss(
-        self, outputs: list[Outputs], views: list[torch.Tensor], batch: PretrainBatch, weights: torch.Tensor | None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The method's loss for views 1 and 2 of each image, and the values to log.
+    def objective(self, outputs: list[Outputs], views: list[torch.Tensor], batch: PretrainBatch) -> Objective:
+        """What the method's loss for views 1 and 2 of each image contrasts (:mod:`synthpos.modes.contrast`):
+        its terms, which of them take per-pair weights, which queries meet which negatives. The run's
+        mode computes it, transformed as the mode does (weights, extra negatives); the method never
+        asks for the mode.
 
         Args:
             outputs: :meth:`embed` of view 1 and view 2.
             views: the two augmented views (momentum methods encode them again).
             batch: the training batch (``labels`` for supervised methods).
-            weights: quality mode's per-pair weights (B,), or None.
         """
-        raise NotImplementedError
+        if type(self).pair_loss is SSLMethod.pair_loss:
+            raise NotImplementedError(f"{type(self).__name__} defines no objective")
+        # A method written before objective(): its pair_loss, which took the weights, is one weighted term.
+        logs: dict[str, torch.Tensor] = {}
 
-    def multipos_loss(self, outputs: list[Outputs], batch: PretrainBatch) -> torch.Tensor:
-        """multipos mode: the loss over all views (2 real + P synthetic per image)."""
-        raise NotImplementedError(f"{type(self).__name__} has no multi-positive loss")
+        def value(weights: torch.Tensor | None, extra: torch.Tensor | None) -> torch.Tensor:
+            loss, more = self.pair_loss(outputs, views, batch, weights)
+            logs.update(more)
+            return loss
+
+        return Objective([Term(value, weighted=True)], self.name, logs=lambda values: logs)
+
+    def positives(self) -> MultiPositive | None:
+        """The method's contrast with any number of positives per row (every view of an image, or of a
+        class), when it has one; the multipos mode feeds it all views. Default none."""
+        return None
+
+    def pair_loss(
+        self, outputs: list[Outputs], views: list[torch.Tensor], batch: PretrainBatch, weights: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The method's loss for views 1 and 2 with per-pair ``weights`` (B,) or None, and the values to log:
+        :meth:`objective` computed. Kept for modes and methods written before it (a method may still
+        define this instead of :meth:`objective`)."""
+        return self.objective(outputs, views, batch).loss(weights)
 
     # --- shared machinery ------------------------------------------------------------------
 

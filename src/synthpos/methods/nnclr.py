@@ -9,6 +9,7 @@ from synthpos.losses import MoCoLoss
 from synthpos.methods.base import Outputs, SSLMethod, register_method
 from synthpos.models.heads import mlp
 from synthpos.models.memory import NearestNeighbourSupport
+from synthpos.modes.contrast import PAIRS, Objective, Term
 
 
 @register_method("nnclr")
@@ -42,7 +43,7 @@ class NNCLR(SSLMethod):
 
     synthetic_key = "p"
 
-    modes = ("quality",)
+    contrasts = frozenset({PAIRS})  # no NEGATIVES: see above
 
     def build_heads(self) -> None:
         c = self.shared
@@ -61,12 +62,14 @@ class NNCLR(SSLMethod):
         z = self.projector(self.backbone(x))
         return {"z": z, "p": self.predictor(z)}
 
-    def pair_loss(self, outputs, views, batch, weights):
+    def objective(self, outputs, views, batch) -> Objective:
         (z1, p1), (z2, p2) = ((o["z"], o["p"]) for o in outputs)
         nn1, nn2 = self.support.nearest(z1), self.support.nearest(z2)
-        loss = (self.criterion(nn1, p2, weights=weights) + self.criterion(nn2, p1, weights=weights)) / 2
         self._projections = z1.detach()
-        return loss, {"nnclr": loss}
+        # No queries for extra negatives: each row is a support-set neighbour without gradient.
+        return Objective([Term(lambda w, e: self.criterion(nn1, p2, weights=w), weighted=True),
+                          Term(lambda w, e: self.criterion(nn2, p1, weights=w), weighted=True)],
+                         "nnclr", combine=lambda v: (v[0] + v[1]) / 2)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # After the optimiser step: this step's neighbours came from the support set as it was.
