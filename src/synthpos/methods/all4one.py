@@ -18,6 +18,7 @@ from synthpos.methods.base import Outputs, register_method
 from synthpos.methods.momentum import MomentumMethod
 from synthpos.models.heads import mlp
 from synthpos.models.memory import NearestNeighbourSupport
+from synthpos.modes.contrast import NEGATIVES, Objective, Term
 
 #: neighbours of each image the transformer summarises (solo-learn's 5)
 NEIGHBOURS = 5
@@ -96,10 +97,10 @@ class All4One(MomentumMethod):
 
     synthetic_key = "p"
 
-    modes = ("mochi",)
+    contrasts = frozenset({NEGATIVES})
 
     def build_heads(self) -> None:
-        c = self.config
+        c = self.shared
         out = c.projector_out_dim
         if out % TRANSFORMER_HEADS:
             raise SynthposError(f"all4one: projector_out_dim={out} must be a multiple of "
@@ -121,7 +122,7 @@ class All4One(MomentumMethod):
     def setup_losses(self) -> None:
         gather = world_size() > 1
         # Without a queue MoCoLoss is solo-learn's nnclr_loss_func: row i against all columns, target i.
-        self.criterion = MoCoLoss(self.config.temperature, gather_distributed=gather)
+        self.criterion = MoCoLoss(self.shared.temperature, gather_distributed=gather)
         self.centroid_criterion = MoCoLoss(CENTROID_TEMPERATURE, gather_distributed=gather)
 
     def embed(self, x: torch.Tensor) -> Outputs:
@@ -142,9 +143,7 @@ class All4One(MomentumMethod):
         """The transformer's first output token for each sequence. Shape: (N, NEIGHBOURS, D) -> (N, D)."""
         return self.transformer(sequence + self.tokens.to(sequence.dtype))[:, 0]
 
-    def pair_loss(self, outputs, views, batch, weights):
-        if weights is not None:
-            raise SynthposError("all4one has no per-pair loss to weight; use pretrain.synthetic.mode clsp or replace")
+    def objective(self, outputs, views, batch) -> Objective:
         m1, m2 = (F.normalize(m, dim=1) for m in self.momentum_keys(views))
         nn1, nn2 = self.neighbours(m1), self.neighbours(m2)
         (z1, p1, s1), (z2, p2, s2) = ((o["z"], o["p"], o["shift"]) for o in outputs)
@@ -154,17 +153,22 @@ class All4One(MomentumMethod):
         # The shift: the view's own second prediction enters as the first token, the farthest neighbour leaves.
         shifted1 = self.summarise(torch.cat([s1.unsqueeze(1), nn1[:, :-1]], dim=1))
         shifted2 = self.summarise(torch.cat([s2.unsqueeze(1), nn2[:, :-1]], dim=1))
-        # The mode may add negatives to the centroid contrast (MoCHi's mixes of the hardest other shifted
-        # embeddings); not to the neighbour term, whose rows are support-set vectors without gradient.
-        extra1, extra2 = self.mode.batch_hard_negatives(rich1, [shifted2]), self.mode.batch_hard_negatives(rich2, [shifted1])
-        centroid = (self.centroid_criterion(rich1, shifted2, extra_negatives=extra1)
-                    + self.centroid_criterion(rich2, shifted1, extra_negatives=extra2)) / 2
-        # Over the global batch (solo-learn: each rank's own), so that DDP trains as one process would.
-        feature = feature_contrast(*(gather(t) for t in (m1, m2, z1, z2)))
-
-        loss = 0.5 * centroid + 0.5 * neighbour + 0.5 * feature
         self._keys = m1.detach()
-        return loss, {"all4one": loss, "neighbour": neighbour, "centroid": centroid, "feature": feature}
+        parts = {"neighbour": neighbour}
+
+        def combine(values: list[torch.Tensor]) -> torch.Tensor:
+            centroid = (values[0] + values[1]) / 2
+            # Over the global batch (solo-learn: each rank's own), so that DDP trains as one process would.
+            feature = feature_contrast(*(gather(t) for t in (m1, m2, z1, z2)))
+            parts.update(centroid=centroid, feature=feature)
+            return 0.5 * centroid + 0.5 * neighbour + 0.5 * feature
+
+        # The terms a mode may add negatives to: the centroid contrast, rich against the other view's shifted
+        # embeddings of the other images; not the neighbour term, whose rows are support-set vectors without gradient.
+        return Objective([
+            Term(lambda w, e: self.centroid_criterion(rich1, shifted2, extra_negatives=e), queries=rich1, in_batch=[shifted2]),
+            Term(lambda w, e: self.centroid_criterion(rich2, shifted1, extra_negatives=e), queries=rich2, in_batch=[shifted1]),
+        ], "all4one", combine=combine, logs=lambda values: dict(parts))
 
     def after_momentum_step(self) -> None:
         if self._keys.numel():

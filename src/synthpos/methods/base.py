@@ -10,46 +10,112 @@ A method is one class registered by name, which declares and defines only what i
 
     @register_method("simclr")
     class SimCLR(SSLMethod):
-        modes = ("multipos", "quality")      # beyond the modes that work with every method
+        contrasts = frozenset({PAIRS, NEGATIVES, POSITIVES})  # what its objective declares: the modes follow
         settings = None                      # or a pydantic model: the section pretrain.simclr
 
-        def build_heads(self) -> None: ...   # reads self.config (PretrainConfig), self.options
+        def build_heads(self) -> None: ...   # reads self.shared (SharedSettings), self.options
         def embed(self, x): ...
-        def pair_loss(self, outputs, views, batch, weights): ...
+        def objective(self, outputs, views, batch): ...   # what the loss contrasts (modes.contrast)
 
-The base builds every method the same way, ``cls(backbone, augment, config, scorer)``.
+A method is built from plain arguments: the shared hyper-parameters (:class:`SharedSettings`), its
+own settings, its mode, the optimiser's settings. The ``pretrain`` config section is read into
+those in one place, :func:`method_arguments`; ``cls(backbone, augment, config, scorer)`` (what the
+stage and older code call) goes through it.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-import lightning as L
 from pydantic import BaseModel
 from torch import nn
 
-from synthpos.config import PretrainConfig
+from synthpos.config import OptimizerConfig, PretrainConfig, SyntheticConfig
 from synthpos.data.augment import BatchAugment
 from synthpos.data.batch import PretrainBatch
-from synthpos.methods.optim import LARS, parameter_groups, split_static_lr, warmup_cosine
+from synthpos.modes.contrast import MultiPositive, Objective, Term
 from synthpos.registry import METHODS, MODES
+
+if TYPE_CHECKING:
+    from synthpos.modes.base import SyntheticMode
 
 Outputs = dict[str, torch.Tensor]
 
 register_method = METHODS.register
 
 
-class SSLMethod(L.LightningModule):
-    """Backbone + augmentation + the run's synthetic mode + optimiser; subclasses define heads and loss.
+@dataclass(frozen=True)
+class SharedSettings:
+    """Hyper-parameters that several methods share (``pretrain.<field>``); each method reads those it has.
+
+    Attributes:
+        projector_hidden_dim, projector_out_dim: the projector's widths.
+        predictor_hidden_dim: BYOL, SimSiam, MoCo v3, NNCLR, All4One's predictor width.
+        temperature: the contrastive methods' softmax temperature.
+        queue_size: MoCo v2+'s negatives per view; NNCLR's and All4One's support set.
+        momentum_base, momentum_final: the momentum encoder's cosine schedule (MoCo, BYOL, All4One).
+    """
+
+    projector_hidden_dim: int
+    projector_out_dim: int
+    predictor_hidden_dim: int
+    temperature: float
+    queue_size: int
+    momentum_base: float
+    momentum_final: float
+
+    @classmethod
+    def from_config(cls, config: PretrainConfig) -> SharedSettings:
+        return cls(config.projector_hidden_dim, config.projector_out_dim, config.predictor_hidden_dim,
+                   config.temperature, config.queue_size, config.momentum.base, config.momentum.final)
+
+
+def method_arguments(config: PretrainConfig, augment: BatchAugment, method: type | None = None) -> dict[str, Any]:
+    """The plain arguments of ``method`` (default: the class ``config.method`` names), read from the
+    ``pretrain`` section: the one place a method's inputs are read from the config."""
+    method = method or METHODS.get(config.method)
+    synthetic = config.synthetic
+    return {
+        "shared": SharedSettings.from_config(config),
+        "options": config.section(method.name) if method.settings is not None else None,
+        "mode": MODES.get(synthetic.mode)(synthetic),
+        # pretrain.synthetic.augment: views made from stored candidates get their own pipeline (the data's
+        # normalisation); None: the same one as real views.
+        "synthetic_augment": None if synthetic.augment is None else BatchAugment.from_settings(
+            synthetic.augment, augment.mean, augment.std),
+        "optimizer": config.optimizer,
+        "channels_last": config.channels_last,
+        "per_view_batchnorm": config.per_view_batchnorm,
+    }
+
+
+class _ModesByContrast:
+    """``SSLMethod.modes``: the modes beyond those for every method that take this method, found from what
+    the method declares (``contrasts``) and what each mode requires (``requires``), so that no method
+    lists a mode by name. A method may still set ``modes`` to a tuple of names (a plugin mode that
+    requires nothing the method declares)."""
+
+    def __get__(self, method: SSLMethod | None, owner: type[SSLMethod]) -> tuple[str, ...]:
+        return tuple(name for name, mode in MODES.items()
+                     if not mode.for_every_method and mode.requires is not None and mode.requires in owner.contrasts)
+
+
+class SSLMethod(nn.Module):
+    """Backbone + augmentation + the run's synthetic mode; subclasses define heads and loss.
 
     A training batch is a :class:`~synthpos.data.batch.PretrainBatch`; views are made here,
-    on the training device, from the sources the mode names.
+    on the training device, from the sources the mode names. A plain ``nn.Module`` (no
+    Lightning import, so the config can read every method cheaply);
+    :func:`synthpos.methods.training.lightning_class` makes it trainable by Lightning's Trainer.
 
     Declares (class attributes):
         name: set by ``@register_method("name")``.
+        contrasts: what its :meth:`objective` declares (:data:`~synthpos.modes.contrast.PAIRS`,
+            ``NEGATIVES``, ``POSITIVES``); a mode that requires one of them takes the method.
         modes: the synthetic modes the method supports beyond those that work with every
-            method (clsp, replace, none).
+            method (clsp, replace, none): by default found from ``contrasts``.
         settings: pydantic model of the method's own section ``pretrain.<name>``, or None.
         synthetic_key: key of :meth:`embed`'s output that the CLSP term pulls together.
         needs_labels: whether the method uses class labels (supervised).
@@ -57,14 +123,24 @@ class SSLMethod(L.LightningModule):
     Args:
         backbone: encoder with a ``feature_dim`` attribute; (B, C, H, W) -> (B, D).
         augment: the view augmentation (applied to whole uint8 batches).
-        config: the validated ``pretrain`` section (shared head sizes, temperature, queue,
-            momentum, optimiser, synthetic mode); default: ``PretrainConfig(method=name, **overrides)``.
+        config: a validated ``pretrain`` section to read the arguments below from
+            (:func:`method_arguments`), kept as :attr:`config` for the record; or None.
         scorer: quality mode's frozen pair scorer (:class:`synthpos.models.scorer.QualityScorer`).
-        **overrides: ``PretrainConfig`` fields, when ``config`` is not given (tests, notebooks).
+        shared: the shared hyper-parameters; when given, the arguments below are the method's
+            inputs and ``config`` must be None.
+        options: the method's own settings (an instance of :attr:`settings`; default its defaults).
+        mode: the synthetic mode (default ``none``).
+        synthetic_augment: the augmentation of views made from stored candidates (default: ``augment``).
+        optimizer: the optimiser's settings (read by the training steps; default its defaults).
+        channels_last: run the backbone in channels-last memory format.
+        per_view_batchnorm: forward each view alone.
+        **overrides: ``PretrainConfig`` fields, when neither ``config`` nor ``shared`` is given (tests,
+            notebooks): read as ``PretrainConfig(method=name, **overrides)``.
     """
 
     name: ClassVar[str]
-    modes: ClassVar[tuple[str, ...]] = ()
+    contrasts: ClassVar[frozenset[str]] = frozenset()
+    modes: ClassVar[tuple[str, ...]] = _ModesByContrast()  # type: ignore[assignment]
     settings: ClassVar[type[BaseModel] | None] = None
     synthetic_key: ClassVar[str] = "z"
     needs_labels: ClassVar[bool] = False
@@ -73,29 +149,41 @@ class SSLMethod(L.LightningModule):
 
     def __init__(
         self, backbone: nn.Module, augment: BatchAugment, config: PretrainConfig | None = None,
-        scorer: nn.Module | None = None, **overrides: Any,
+        scorer: nn.Module | None = None, *, shared: SharedSettings | None = None, options: BaseModel | None = None,
+        mode: SyntheticMode | None = None, synthetic_augment: nn.Module | None = None,
+        optimizer: OptimizerConfig | None = None, channels_last: bool = True, per_view_batchnorm: bool = False,
+        **overrides: Any,
     ) -> None:
         super().__init__()
         if config is not None and not isinstance(config, PretrainConfig):
             raise TypeError(f"{type(self).__name__}: config must be a PretrainConfig, got {type(config).__name__} "
                             "(pass settings such as optimizer=... as keywords)")
-        if config is None:
-            if overrides.get("synthetic") is None:
-                overrides.pop("synthetic", None)  # None: no synthetic data, the default
-            config = PretrainConfig(method=self.name, **overrides)
+        if shared is None:
+            if config is None:
+                if overrides.get("synthetic") is None:
+                    overrides.pop("synthetic", None)  # None: no synthetic data, the default
+                plain = {"optimizer": optimizer, "channels_last": channels_last, "per_view_batchnorm": per_view_batchnorm}
+                config = PretrainConfig(method=self.name, **{k: v for k, v in plain.items() if v is not None}, **overrides)
+            elif overrides:
+                raise TypeError(f"{type(self).__name__}: pass a config or its fields ({', '.join(overrides)}), not both")
+            args = method_arguments(config, augment, type(self))
+            shared, options, mode, synthetic_augment = args["shared"], args["options"], args["mode"], args["synthetic_augment"]
+            optimizer, channels_last, per_view_batchnorm = args["optimizer"], args["channels_last"], args["per_view_batchnorm"]
+        elif config is not None or overrides:
+            raise TypeError(f"{type(self).__name__}: pass plain arguments (shared=...) or a config, not both")
+        #: the ``pretrain`` section this method was read from, for the record (None when built from plain
+        #: arguments); the methods themselves read only the arguments below
         self.config = config
-        self.options = config.section(self.name) if self.settings is not None else None
+        self.shared = shared
+        self.options = options if options is not None or self.settings is None else self.settings()
         self.backbone = backbone
         self.augment = augment
-        # pretrain.synthetic.augment: views made from stored candidates get their own pipeline (the data's
-        # normalisation); None: the same one as real views. No parameters, so the state_dict is unchanged.
-        self.synthetic_augment = None if config.synthetic.augment is None else BatchAugment.from_settings(
-            config.synthetic.augment, augment.mean, augment.std)
-        self.optimizer_config = config.optimizer
-        self.channels_last = config.channels_last
-        self.per_view_batchnorm = config.per_view_batchnorm
-        self.synthetic = config.synthetic
-        self.mode = MODES.get(config.synthetic.mode)(config.synthetic)
+        # No parameters, so the state_dict is the same with or without it.
+        self.synthetic_augment = synthetic_augment
+        self.optimizer_config = optimizer if optimizer is not None else OptimizerConfig()
+        self.channels_last = channels_last
+        self.per_view_batchnorm = per_view_batchnorm
+        self.mode = mode if mode is not None else MODES.get(SyntheticConfig().mode)(SyntheticConfig())
         # Not a submodule: the frozen scorer is neither trained nor checkpointed.
         self.__dict__["scorer"] = scorer
         if self.channels_last:
@@ -109,7 +197,7 @@ class SSLMethod(L.LightningModule):
     # --- what a method defines -------------------------------------------------------------
 
     def build_heads(self) -> None:
-        """Create the method's heads (and memories) from ``self.config`` / ``self.options``."""
+        """Create the method's heads (and memories) from ``self.shared`` / ``self.options``."""
 
     def setup_losses(self) -> None:
         """Create the loss modules (called again in :meth:`setup`, once the world size is known)."""
@@ -122,22 +210,41 @@ class SSLMethod(L.LightningModule):
         """Online outputs (e.g. ``{"z": projection, "p": prediction}``) of a batch of views. Shape: (B, ...)."""
         raise NotImplementedError
 
-    def pair_loss(
-        self, outputs: list[Outputs], views: list[torch.Tensor], batch: PretrainBatch, weights: torch.Tensor | None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The method's loss for views 1 and 2 of each image, and the values to log.
+    def objective(self, outputs: list[Outputs], views: list[torch.Tensor], batch: PretrainBatch) -> Objective:
+        """What the method's loss for views 1 and 2 of each image contrasts (:mod:`synthpos.modes.contrast`):
+        its terms, which of them take per-pair weights, which queries meet which negatives. The run's
+        mode computes it, transformed as the mode does (weights, extra negatives); the method never
+        asks for the mode.
 
         Args:
             outputs: :meth:`embed` of view 1 and view 2.
             views: the two augmented views (momentum methods encode them again).
             batch: the training batch (``labels`` for supervised methods).
-            weights: quality mode's per-pair weights (B,), or None.
         """
-        raise NotImplementedError
+        if type(self).pair_loss is SSLMethod.pair_loss:
+            raise NotImplementedError(f"{type(self).__name__} defines no objective")
+        # A method written before objective(): its pair_loss, which took the weights, is one weighted term.
+        logs: dict[str, torch.Tensor] = {}
 
-    def multipos_loss(self, outputs: list[Outputs], batch: PretrainBatch) -> torch.Tensor:
-        """multipos mode: the loss over all views (2 real + P synthetic per image)."""
-        raise NotImplementedError(f"{type(self).__name__} has no multi-positive loss")
+        def value(weights: torch.Tensor | None, extra: torch.Tensor | None) -> torch.Tensor:
+            loss, more = self.pair_loss(outputs, views, batch, weights)
+            logs.update(more)
+            return loss
+
+        return Objective([Term(value, weighted=True)], self.name, logs=lambda values: logs)
+
+    def positives(self) -> MultiPositive | None:
+        """The method's contrast with any number of positives per row (every view of an image, or of a
+        class), when it has one; the multipos mode feeds it all views. Default none."""
+        return None
+
+    def pair_loss(
+        self, outputs: list[Outputs], views: list[torch.Tensor], batch: PretrainBatch, weights: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The method's loss for views 1 and 2 with per-pair ``weights`` (B,) or None, and the values to log:
+        :meth:`objective` computed. Kept for modes and methods written before it (a method may still
+        define this instead of :meth:`objective`)."""
+        return self.objective(outputs, views, batch).loss(weights)
 
     # --- shared machinery ------------------------------------------------------------------
 
@@ -187,35 +294,20 @@ class SSLMethod(L.LightningModule):
         views = self.mode.views(self, batch)
         return self.mode.loss(self, views, self.embed_views(views), batch)
 
-    def training_step(self, batch: PretrainBatch, batch_idx: int) -> torch.Tensor:
-        loss, logs = self.compute_loss(batch)
-        self.log_dict({f"train/{k}": v.detach() for k, v in logs.items()}, prog_bar=True, sync_dist=False)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=False)
-        return loss
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
 
     @property
     def total_steps(self) -> int:
-        """Optimiser steps of the whole run (for momentum schedules)."""
+        """Optimiser steps of the whole run (for momentum schedules); needs ``self.trainer``."""
         return max(1, int(self.trainer.estimated_stepping_batches))
 
-    def configure_optimizers(self):
-        cfg = self.optimizer_config
-        groups = split_static_lr(parameter_groups(self, cfg.weight_decay, cfg.exclude_bias_and_norm),
-                                 self.static_lr_parameters())
-        if cfg.name == "lars":
-            opt = LARS(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, eta=cfg.eta,
-                       trust=cfg.lars_trust, clip=cfg.lars_clip)
-        else:
-            opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        total = self.total_steps
-        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        warmup = int(cfg.warmup_epochs * per_epoch)
-        def scheduled(step: int) -> float:
-            return warmup_cosine(step, total, warmup, cfg.lr, cfg.warmup_start_lr, cfg.min_lr) / cfg.lr
-
-        lambdas = [(lambda step: 1.0) if g.get("static_lr") else scheduled for g in opt.param_groups]
-        schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+    @property
+    def global_step(self) -> int:
+        """Optimiser steps taken so far: the trainer's (Lightning's, or any object with ``global_step``
+        set as ``self.trainer``); 0 when there is none."""
+        try:
+            trainer = self.trainer
+        except (AttributeError, RuntimeError):  # a plain module without one; Lightning's when not attached
+            return 0
+        return 0 if trainer is None else int(trainer.global_step)

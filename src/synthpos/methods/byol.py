@@ -8,6 +8,7 @@ from synthpos.losses import NegativeCosineSimilarity
 from synthpos.methods.base import Outputs, register_method
 from synthpos.methods.momentum import MomentumMethod
 from synthpos.models.heads import mlp
+from synthpos.modes.contrast import PAIRS, Objective, Term
 
 
 @register_method("byol")
@@ -30,10 +31,10 @@ class BYOL(MomentumMethod):
 
     synthetic_key = "p"
 
-    modes = ("quality",)
+    contrasts = frozenset({PAIRS})
 
     def build_heads(self) -> None:
-        c = self.config
+        c = self.shared
         self.projector = mlp(self.backbone.feature_dim, c.projector_hidden_dim, c.projector_out_dim, batch_norm=True)
         self.predictor = mlp(c.projector_out_dim, c.predictor_hidden_dim, c.projector_out_dim, batch_norm=True)
 
@@ -50,8 +51,8 @@ class BYOL(MomentumMethod):
         scale = 1.0 if weights is None else weights.detach().mean()
         return 2 * scale + 2 * self.criterion(p, k, weights=weights)
 
-    def pair_loss(self, outputs, views, batch, weights):
+    def objective(self, outputs, views, batch) -> Objective:
         k1, k2 = self.momentum_keys(views)
         p1, p2 = outputs[0]["p"], outputs[1]["p"]
-        loss = self.regression(p1, k2, weights) + self.regression(p2, k1, weights)
-        return loss, {"byol": loss}
+        return Objective([Term(lambda w, e: self.regression(p1, k2, w), weighted=True),
+                          Term(lambda w, e: self.regression(p2, k1, w), weighted=True)], "byol")

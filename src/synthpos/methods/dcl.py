@@ -8,21 +8,26 @@ from synthpos.distributed import world_size
 from synthpos.losses import DCLLoss, DCLWLoss
 from synthpos.methods.base import register_method
 from synthpos.methods.simclr import SimCLR
+from synthpos.modes.contrast import NEGATIVES, PAIRS, MultiPositive, Objective
 
 
 @register_method("dcl")
 class DCL(SimCLR):
     """Decoupled contrastive learning: SimCLR's architecture with :class:`~synthpos.losses.DCLLoss`."""
 
-    modes = ("quality", "mochi")  # no multi-positive form of the decoupled loss
+    contrasts = frozenset({PAIRS, NEGATIVES})  # no multi-positive form of the decoupled loss
 
     def setup_losses(self) -> None:
         super().setup_losses()
-        self.criterion = DCLLoss(self.config.temperature, gather_distributed=world_size() > 1)
+        self.criterion = DCLLoss(self.shared.temperature, gather_distributed=world_size() > 1)
 
-    def pair_loss(self, outputs, views, batch, weights):
-        loss, _ = super().pair_loss(outputs, views, batch, weights)  # SimCLR's, with the decoupled criterion
-        return loss, {"dcl": loss}
+    def objective(self, outputs, views, batch) -> Objective:
+        objective = super().objective(outputs, views, batch)  # SimCLR's, with the decoupled criterion
+        objective.name = "dcl"
+        return objective
+
+    def positives(self) -> MultiPositive | None:
+        return None  # no multi-positive form of the decoupled loss
 
 
 class DCLWSettings(BaseModel):
@@ -41,4 +46,4 @@ class DCLW(DCL):
 
     def setup_losses(self) -> None:
         SimCLR.setup_losses(self)
-        self.criterion = DCLWLoss(self.config.temperature, self.options.sigma, gather_distributed=world_size() > 1)
+        self.criterion = DCLWLoss(self.shared.temperature, self.options.sigma, gather_distributed=world_size() > 1)

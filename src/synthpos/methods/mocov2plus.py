@@ -10,6 +10,7 @@ from synthpos.methods.base import Outputs, register_method
 from synthpos.methods.momentum import MomentumMethod
 from synthpos.models.heads import mlp
 from synthpos.models.memory import MemoryQueue
+from synthpos.modes.contrast import NEGATIVES, PAIRS, Objective, Term
 
 
 @register_method("mocov2plus")
@@ -22,30 +23,32 @@ class MoCoV2Plus(MomentumMethod):
     Projector: Linear(hidden) - ReLU - Linear(out).
     """
 
-    modes = ("quality", "mochi")
+    contrasts = frozenset({PAIRS, NEGATIVES})
 
     def build_heads(self) -> None:
-        c = self.config
+        c = self.shared
         self.projector = mlp(self.backbone.feature_dim, c.projector_hidden_dim, c.projector_out_dim)
         self.queues = nn.ModuleList([MemoryQueue(c.queue_size, c.projector_out_dim) for _ in range(2)])
         self._keys: tuple[torch.Tensor, ...] = ()
 
     def setup_losses(self) -> None:
-        self.criterion = MoCoLoss(self.config.temperature)
+        self.criterion = MoCoLoss(self.shared.temperature)
 
     def embed(self, x: torch.Tensor) -> Outputs:
         return {"z": self.projector(self.backbone(x))}
 
-    def pair_loss(self, outputs, views, batch, weights):
+    def objective(self, outputs, views, batch) -> Objective:
         k1, k2 = self.momentum_keys(views)
         q1, q2 = outputs[0]["z"], outputs[1]["z"]
         queue1, queue2 = (q.queue for q in self.queues)  # copies: enqueue after the step must not change them
-        # The mode may add negatives per query (MoCHi's mixes of the hardest ones in the queue).
-        extra1, extra2 = self.mode.hard_negatives(q1, queue2), self.mode.hard_negatives(q2, queue1)
-        loss = (self.criterion(q1, k2, queue2, weights=weights, extra_negatives=extra1)
-                + self.criterion(q2, k1, queue1, weights=weights, extra_negatives=extra2)) / 2
         self._keys = (k1, k2)
-        return loss, {"moco": loss}
+        # Each query meets the other view's queue.
+        return Objective([
+            Term(lambda w, e: self.criterion(q1, k2, queue2, weights=w, extra_negatives=e), weighted=True,
+                 queries=q1, negatives=queue2),
+            Term(lambda w, e: self.criterion(q2, k1, queue1, weights=w, extra_negatives=e), weighted=True,
+                 queries=q2, negatives=queue1),
+        ], "moco", combine=lambda v: (v[0] + v[1]) / 2)
 
     def after_momentum_step(self) -> None:
         for queue, keys in zip(self.queues, self._keys):

@@ -9,6 +9,7 @@ from synthpos.losses import MoCoLoss
 from synthpos.methods.base import Outputs, register_method
 from synthpos.methods.momentum import MomentumMethod
 from synthpos.models.heads import mlp
+from synthpos.modes.contrast import NEGATIVES, PAIRS, Objective, Term
 
 
 class MoCoV3Settings(BaseModel):
@@ -51,29 +52,29 @@ class MoCoV3(MomentumMethod):
 
     synthetic_key = "p"
 
-    modes = ("quality", "mochi")
+    contrasts = frozenset({PAIRS, NEGATIVES})
     settings = MoCoV3Settings
 
     def build_heads(self) -> None:
-        c, o = self.config, self.options
+        c, o = self.shared, self.options
         self.projector = mlp(self.backbone.feature_dim, c.projector_hidden_dim, c.projector_out_dim,
                              num_layers=o.projector_layers, batch_norm=True, last_batch_norm=True, last_affine=False)
         self.predictor = mlp(c.projector_out_dim, c.predictor_hidden_dim, c.projector_out_dim, batch_norm=True,
                              last_batch_norm=o.predictor_last_batch_norm, last_affine=False)
 
     def setup_losses(self) -> None:
-        self.criterion = MoCoLoss(self.config.temperature, gather_distributed=world_size() > 1)
+        self.criterion = MoCoLoss(self.shared.temperature, gather_distributed=world_size() > 1)
 
     def embed(self, x: torch.Tensor) -> Outputs:
         z = self.projector(self.backbone(x))
         return {"z": z, "p": self.predictor(z)}
 
-    def pair_loss(self, outputs, views, batch, weights):
+    def objective(self, outputs, views, batch) -> Objective:
         k1, k2 = self.momentum_keys(views)
         q1, q2 = outputs[0]["p"], outputs[1]["p"]
-        scale = 2 * self.config.temperature
-        # The mode may add negatives per query (MoCHi's mixes of the hardest other keys, of all ranks).
-        extra1, extra2 = self.mode.batch_hard_negatives(q1, [k2]), self.mode.batch_hard_negatives(q2, [k1])
-        loss = scale * (self.criterion(q1, k2, weights=weights, extra_negatives=extra1)
-                        + self.criterion(q2, k1, weights=weights, extra_negatives=extra2))
-        return loss, {"mocov3": loss}
+        scale = 2 * self.shared.temperature
+        # Each query meets the momentum keys of the other view of the other images, of all ranks.
+        return Objective([
+            Term(lambda w, e: self.criterion(q1, k2, weights=w, extra_negatives=e), weighted=True, queries=q1, in_batch=[k2]),
+            Term(lambda w, e: self.criterion(q2, k1, weights=w, extra_negatives=e), weighted=True, queries=q2, in_batch=[k1]),
+        ], "mocov3", combine=lambda v: scale * (v[0] + v[1]))

@@ -77,8 +77,8 @@ class MomentumMethod(SSLMethod):
 
     def momentum(self) -> float:
         """``tau`` of this step."""
-        m = self.config.momentum
-        return cosine_momentum(self.global_step, self.total_steps, m.base, m.final)
+        s = self.shared
+        return cosine_momentum(self.global_step, self.total_steps, s.momentum_base, s.momentum_final)
 
     def after_momentum_step(self) -> None:
         """Runs after each EMA update; default nothing."""

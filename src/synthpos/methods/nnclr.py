@@ -9,6 +9,7 @@ from synthpos.losses import MoCoLoss
 from synthpos.methods.base import Outputs, SSLMethod, register_method
 from synthpos.models.heads import mlp
 from synthpos.models.memory import NearestNeighbourSupport
+from synthpos.modes.contrast import PAIRS, Objective, Term
 
 
 @register_method("nnclr")
@@ -42,10 +43,10 @@ class NNCLR(SSLMethod):
 
     synthetic_key = "p"
 
-    modes = ("quality",)
+    contrasts = frozenset({PAIRS})  # no NEGATIVES: see above
 
     def build_heads(self) -> None:
-        c = self.config
+        c = self.shared
         self.projector = mlp(self.backbone.feature_dim, c.projector_hidden_dim, c.projector_out_dim, num_layers=3,
                              batch_norm=True, last_batch_norm=True)
         self.predictor = mlp(c.projector_out_dim, c.predictor_hidden_dim, c.projector_out_dim, batch_norm=True)
@@ -55,18 +56,20 @@ class NNCLR(SSLMethod):
     def setup_losses(self) -> None:
         # MoCoLoss without a queue is exactly this contrast: row i (here a neighbour) against
         # column j (a prediction), target i, negatives the other images' predictions.
-        self.criterion = MoCoLoss(self.config.temperature, gather_distributed=world_size() > 1)
+        self.criterion = MoCoLoss(self.shared.temperature, gather_distributed=world_size() > 1)
 
     def embed(self, x: torch.Tensor) -> Outputs:
         z = self.projector(self.backbone(x))
         return {"z": z, "p": self.predictor(z)}
 
-    def pair_loss(self, outputs, views, batch, weights):
+    def objective(self, outputs, views, batch) -> Objective:
         (z1, p1), (z2, p2) = ((o["z"], o["p"]) for o in outputs)
         nn1, nn2 = self.support.nearest(z1), self.support.nearest(z2)
-        loss = (self.criterion(nn1, p2, weights=weights) + self.criterion(nn2, p1, weights=weights)) / 2
         self._projections = z1.detach()
-        return loss, {"nnclr": loss}
+        # No queries for extra negatives: each row is a support-set neighbour without gradient.
+        return Objective([Term(lambda w, e: self.criterion(nn1, p2, weights=w), weighted=True),
+                          Term(lambda w, e: self.criterion(nn2, p1, weights=w), weighted=True)],
+                         "nnclr", combine=lambda v: (v[0] + v[1]) / 2)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # After the optimiser step: this step's neighbours came from the support set as it was.

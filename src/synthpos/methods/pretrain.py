@@ -1,14 +1,20 @@
-"""Stage 3: pretraining with Lightning, with or without synthetic positives."""
+"""Stage 3: pretraining with Lightning, with or without synthetic positives.
+
+Lightning, and the callbacks and checkpointing built on it, are imported when training starts,
+not with this module: the method registry reads every module of this package when a config is
+read, and reading a config stays light.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 import warnings
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -20,16 +26,25 @@ from synthpos.data.synthetic_store import SyntheticStore
 from synthpos.distributed import convert_global_batchnorm
 from synthpos.errors import SynthposError
 from synthpos.loggers import build_loggers, check_loggers, finish_loggers, log_hyperparameters
-from synthpos.evaluation.monitor import KNNMonitor
-from synthpos.evaluation.online_probe import OnlineLinearProbe
 from synthpos.methods import SSLMethod, method_class
+from synthpos.methods.training import lightning_class
 from synthpos.models.backbones import build_backbone, save_backbone
 from synthpos.modes.base import SyntheticMode
 from synthpos.registry import MODES
 from synthpos.precision import resolve_precision
 from synthpos.provenance import provenance as make_provenance
-from synthpos.resumable import AtomicCheckpointIO, ResumableBatchSampler, ResumableCheckpoint, usable_checkpoint
 from synthpos.signals import Terminated
+
+#: Lightning callbacks this module uses, imported on first use (module attributes all the same: tests replace them)
+_CALLBACKS = {"KNNMonitor": "synthpos.evaluation.monitor", "OnlineLinearProbe": "synthpos.evaluation.online_probe"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _CALLBACKS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_CALLBACKS[name]), name)
+    globals()[name] = value
+    return value
 
 
 class PretrainBatches(Dataset):
@@ -109,7 +124,8 @@ def check_method(cfg: PretrainConfig, dataset: ImageDataset) -> type[SSLMethod]:
 
 
 def build_method(cfg: PretrainConfig, dataset: ImageDataset, seed: int = 0) -> SSLMethod:
-    """The configured method, with its backbone, augmentation and (quality mode) fitted scorer.
+    """The configured method, with its backbone, augmentation and (quality mode) fitted scorer,
+    as a ``LightningModule`` (:func:`~synthpos.methods.training.lightning_class`).
 
     Raises:
         SynthposError: a supervised method on unlabelled data; a scorer that cannot be used.
@@ -118,7 +134,7 @@ def build_method(cfg: PretrainConfig, dataset: ImageDataset, seed: int = 0) -> S
     augment = build_augment(cfg, dataset)
     scorer = MODES.get(cfg.synthetic.mode).frozen_model(cfg, dataset, seed)
     backbone = build_backbone(cfg.backbone, dataset.channels)
-    return cls(backbone, augment, cfg, scorer)
+    return lightning_class(cls)(backbone, augment, cfg, scorer)
 
 
 def check_batch_size(cfg: PretrainConfig, num_images: int) -> tuple[str, int]:
@@ -169,6 +185,12 @@ def pretrain(
     Raises:
         Terminated: SIGTERM arrived; the checkpoint was written first.
     """
+    import lightning as L
+
+    from synthpos.resumable import AtomicCheckpointIO, ResumableBatchSampler, ResumableCheckpoint, usable_checkpoint
+
+    this = sys.modules[__name__]
+    KNNMonitor, OnlineLinearProbe = this.KNNMonitor, this.OnlineLinearProbe  # noqa: N806 (classes)
     accelerator, world = check_batch_size(cfg, len(dataset))
     check_loggers(cfg.loggers)
     if cfg.num_threads:
@@ -256,8 +278,6 @@ def pretrain(
 
 
 def _say(message: str) -> None:
-    import sys
-
     print(message, file=sys.stderr, flush=True)
 
 

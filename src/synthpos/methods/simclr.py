@@ -8,6 +8,7 @@ from synthpos.distributed import world_size
 from synthpos.losses import MultiPositiveInfoNCELoss, NTXentLoss
 from synthpos.methods.base import Outputs, SSLMethod, register_method
 from synthpos.models.heads import mlp
+from synthpos.modes.contrast import NEGATIVES, PAIRS, POSITIVES, MultiPositive, Objective, Term
 
 
 @register_method("simclr")
@@ -21,28 +22,26 @@ class SimCLR(SSLMethod):
     Projector: Linear(hidden) - ReLU - Linear(out) (CLSP's).
     """
 
-    modes = ("multipos", "quality", "mochi")
+    contrasts = frozenset({PAIRS, NEGATIVES, POSITIVES})
 
     def build_heads(self) -> None:
-        c = self.config
+        c = self.shared
         self.projector = mlp(self.backbone.feature_dim, c.projector_hidden_dim, c.projector_out_dim)
 
     def setup_losses(self) -> None:
-        gather, t = world_size() > 1, self.config.temperature
+        gather, t = world_size() > 1, self.shared.temperature
         self.criterion = NTXentLoss(t, gather_distributed=gather)
         self.multipos_criterion = MultiPositiveInfoNCELoss(t, gather_distributed=gather)
 
     def embed(self, x: torch.Tensor) -> Outputs:
         return {"z": self.projector(self.backbone(x))}
 
-    def pair_loss(self, outputs, views, batch, weights):
+    def objective(self, outputs, views, batch) -> Objective:
         z1, z2 = outputs[0]["z"], outputs[1]["z"]
-        # The mode may add negatives per anchor (MoCHi): the anchors are both views, each one's
-        # negatives both views of every other image, as in the loss.
-        extra = self.mode.batch_hard_negatives(torch.cat([z1, z2]), [z1, z2])
-        loss = self.criterion(z1, z2, weights=weights, extra_negatives=extra)
-        return loss, {"ntxent": loss}
+        # The anchors are both views; each one's negatives both views of every other image, as in the loss.
+        term = Term(lambda w, extra: self.criterion(z1, z2, weights=w, extra_negatives=extra), weighted=True,
+                    queries=torch.cat([z1, z2]), in_batch=[z1, z2])
+        return Objective([term], "ntxent")
 
-    def multipos_loss(self, outputs: list[Outputs], batch) -> torch.Tensor:
-        z = torch.cat([o["z"] for o in outputs])
-        return self.multipos_criterion(z, batch.indices.repeat(len(outputs)))
+    def positives(self) -> MultiPositive | None:
+        return MultiPositive("z", self.multipos_criterion)

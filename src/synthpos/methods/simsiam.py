@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from synthpos.losses import NegativeCosineSimilarity
 from synthpos.methods.base import Outputs, SSLMethod, register_method
 from synthpos.models.heads import mlp
+from synthpos.modes.contrast import PAIRS, Objective, Term
 
 
 class SimSiamSettings(BaseModel):
@@ -39,11 +40,11 @@ class SimSiam(SSLMethod):
 
     synthetic_key = "p"
 
-    modes = ("quality",)
+    contrasts = frozenset({PAIRS})
     settings = SimSiamSettings
 
     def build_heads(self) -> None:
-        c = self.config
+        c = self.shared
         self.projector = mlp(self.backbone.feature_dim, c.projector_hidden_dim, c.projector_out_dim, num_layers=3,
                              batch_norm=True, last_batch_norm=True, last_affine=False)
         self.predictor = mlp(c.projector_out_dim, c.predictor_hidden_dim, c.projector_out_dim, batch_norm=True)
@@ -58,7 +59,8 @@ class SimSiam(SSLMethod):
         z = self.projector(self.backbone(x))
         return {"z": z, "p": self.predictor(z)}
 
-    def pair_loss(self, outputs, views, batch, weights):
+    def objective(self, outputs, views, batch) -> Objective:
         (z1, p1), (z2, p2) = ((o["z"], o["p"]) for o in outputs)
-        loss = (self.criterion(p1, z2.detach(), weights=weights) + self.criterion(p2, z1.detach(), weights=weights)) / 2
-        return loss, {"simsiam": loss}
+        return Objective([Term(lambda w, e: self.criterion(p1, z2.detach(), weights=w), weighted=True),
+                          Term(lambda w, e: self.criterion(p2, z1.detach(), weights=w), weighted=True)],
+                         "simsiam", combine=lambda v: (v[0] + v[1]) / 2)

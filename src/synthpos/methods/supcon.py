@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import torch
-
 from synthpos.distributed import world_size
 from synthpos.losses import SupConLoss
-from synthpos.methods.base import Outputs, register_method
+from synthpos.methods.base import register_method
 from synthpos.methods.simclr import SimCLR
+from synthpos.modes.contrast import POSITIVES, MultiPositive, Objective, Term
 
 
 @register_method("supcon")
@@ -18,15 +17,14 @@ class SupCon(SimCLR):
     """
 
     needs_labels = True
-    modes = ("multipos",)  # its loss is not a sum over positive pairs: nothing to weight
+    contrasts = frozenset({POSITIVES})  # its loss is not a sum over positive pairs: nothing to weight
 
     def setup_losses(self) -> None:
-        self.criterion = SupConLoss(self.config.temperature, gather_distributed=world_size() > 1)
+        self.criterion = SupConLoss(self.shared.temperature, gather_distributed=world_size() > 1)
 
-    def pair_loss(self, outputs, views, batch, weights):
-        loss = self.multipos_loss(outputs, batch)
-        return loss, {"supcon": loss}
+    def objective(self, outputs, views, batch) -> Objective:
+        form = self.positives()
+        return Objective([Term(lambda w, e: form.loss([o["z"] for o in outputs], batch.indices, batch.labels))], "supcon")
 
-    def multipos_loss(self, outputs: list[Outputs], batch) -> torch.Tensor:
-        z = torch.cat([o["z"] for o in outputs])
-        return self.criterion(z, batch.labels.repeat(len(outputs)))
+    def positives(self) -> MultiPositive | None:
+        return MultiPositive("z", self.criterion, by_label=True)

@@ -8,6 +8,7 @@ from synthpos.distributed import world_size
 from synthpos.losses import VICRegLoss
 from synthpos.methods.base import Outputs, SSLMethod, register_method
 from synthpos.models.heads import mlp
+from synthpos.modes.contrast import Objective, Term
 
 
 class VICRegSettings(BaseModel):
@@ -30,7 +31,7 @@ class VICReg(SSLMethod):
     settings = VICRegSettings
 
     def build_heads(self) -> None:
-        c = self.config
+        c = self.shared
         self.projector = mlp(self.backbone.feature_dim, c.projector_hidden_dim, c.projector_out_dim, num_layers=3,
                              batch_norm=True)
 
@@ -41,6 +42,6 @@ class VICReg(SSLMethod):
     def embed(self, x: torch.Tensor) -> Outputs:
         return {"z": self.projector(self.backbone(x))}
 
-    def pair_loss(self, outputs, views, batch, weights):
-        loss = self.criterion(outputs[0]["z"], outputs[1]["z"])
-        return loss, {"vicreg": loss}
+    def objective(self, outputs, views, batch) -> Objective:
+        z1, z2 = outputs[0]["z"], outputs[1]["z"]
+        return Objective([Term(lambda w, e: self.criterion(z1, z2))], "vicreg")

@@ -16,6 +16,7 @@ from synthpos.registry import METHODS, MODES
 
 if TYPE_CHECKING:  # methods import modes, not the other way round
     from synthpos.methods.base import Outputs, SSLMethod
+    from synthpos.modes.contrast import Term
 
 register_mode = MODES.register
 
@@ -28,13 +29,17 @@ class SyntheticMode:
         needs_store: whether the mode reads generated candidates from a store; a mode that
             needs none (``none``, ``mochi``) makes ``run`` skip generator training and generation.
         for_every_method: the mode works with any method (it needs only ``embed`` and
-            ``pair_loss``); otherwise a method lists it in its ``modes``.
+            ``objective``); otherwise it ``requires`` what a method declares in its ``contrasts``.
+        requires: that declaration (the method's ``modes`` then lists this mode).
         needs: what a method must have for the mode, for the one-line config error.
         settings: a pydantic model of the mode's own settings, read from
             ``pretrain.synthetic.<name>``; None when it only reads the shared fields.
 
     The defaults make the plain two-view step: views from ``images`` (and ``second`` when
-    set), the method's :meth:`~synthpos.methods.base.SSLMethod.pair_loss`, nothing else.
+    set), the method's :meth:`~synthpos.methods.base.SSLMethod.objective` as it is, nothing else.
+    A mode changes the method's loss only through what the method declares there (per-pair
+    weights, negatives per query, a contrast with positives by id) or by adding a term of its own;
+    a method never asks for its mode.
     """
 
     name: ClassVar[str]
@@ -43,9 +48,11 @@ class SyntheticMode:
     uses_scorer: ClassVar[bool] = False
     for_every_method: ClassVar[bool] = False
     needs: ClassVar[str] = "support for it"
+    #: what a method must declare in its ``contrasts`` for this mode (``synthpos.modes.contrast``:
+    #: ``PAIRS``, ``NEGATIVES``, ``POSITIVES``); None: the method names the mode in its ``modes``
+    requires: ClassVar[str | None] = None
     settings: ClassVar[type[BaseModel] | None] = None
-    #: :meth:`hard_negatives` returns negatives (methods, and :meth:`batch_hard_negatives`, gather what it
-    #: needs only then)
+    #: :meth:`hard_negatives` returns negatives (:meth:`batch_hard_negatives` gathers what it needs only then)
     adds_negatives: ClassVar[bool] = False
 
     def __init__(self, config: SyntheticConfig) -> None:
@@ -100,16 +107,31 @@ class SyntheticMode:
         self, method: SSLMethod, views: list[torch.Tensor], outputs: list[Outputs], batch: PretrainBatch
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The step's loss and the values to log (``loss`` among them)."""
-        loss, logs = method.pair_loss(outputs[:2], views[:2], batch, None)
+        loss, logs = self.method_loss(method, views, outputs, batch)
         return loss, {**logs, "loss": loss}
+
+    def method_loss(
+        self, method: SSLMethod, views: list[torch.Tensor], outputs: list[Outputs], batch: PretrainBatch
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The method's loss for views 1 and 2 as this mode transforms it (default: as the method declares it)."""
+        return method.objective(outputs[:2], views[:2], batch).loss()
+
+    def extra_negatives(self, term: Term) -> torch.Tensor | None:
+        """Extra negatives for the queries of a method's ``term``: :meth:`hard_negatives` of a set every
+        query meets (a queue), :meth:`batch_hard_negatives` of an in-batch contrast. Shape: (N, S, D) or None."""
+        if term.negatives is not None:
+            return self.hard_negatives(term.queries, term.negatives)
+        if term.in_batch is not None:
+            return self.batch_hard_negatives(term.queries, term.in_batch)
+        return None
 
     def hard_negatives(
         self, query: torch.Tensor, negatives: torch.Tensor, exclude: torch.Tensor | None = None
     ) -> torch.Tensor | None:
         """Extra negatives per query for a method's contrast, or None (default).
 
-        A method that contrasts queries with a set of negatives passes them here and adds
-        what comes back (MoCHi). ``exclude[i]`` holds the rows of ``negatives`` that are never
+        For a method's term whose queries meet a set of negatives (:meth:`extra_negatives`; MoCHi
+        adds mixes of the hardest). ``exclude[i]`` holds the rows of ``negatives`` that are never
         query i's negatives (its own positive, or itself, where the set holds them: in-batch
         keys); None when every row is a negative of every query (a queue).
         Shape: (N, D), (Q, D), (N,) or (N, E) -> (N, S, D).

@@ -33,7 +33,7 @@ class CLSP(SyntheticMode):
         return [*super().sources(batch), batch.synthetic]
 
     def loss(self, method, views, outputs, batch):
-        loss, logs = method.pair_loss(outputs[:2], views[:2], batch, None)
+        loss, logs = self.method_loss(method, views, outputs, batch)
         key = method.synthetic_key
         synthetic = self.term(outputs[0][key], outputs[2][key])
         total = loss + self.config.weight * synthetic

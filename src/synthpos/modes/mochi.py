@@ -14,7 +14,10 @@ vectors); the query's gradient comes from its logits against them, as from any n
 Nothing is generated before training, so the mode needs no store and ``run`` trains no
 generator for it.
 
-What the hardest negatives are, per method (each lists ``mochi`` in its ``modes``):
+What the hardest negatives are follows from what each method declares in its objective (the
+terms' ``queries`` and their ``negatives`` or ``in_batch``; :mod:`synthpos.modes.contrast`);
+the mode adds its mixes to every such term (:meth:`MoCHi.method_loss`). It ``requires``
+``NEGATIVES``, so it takes every method that declares them in its ``contrasts``. Per method:
 
 - MoCo v2+: the query ``q1`` against the other view's queue (and ``q2`` against the first's):
   the N queue entries most similar to the query (:meth:`~synthpos.modes.base.SyntheticMode.hard_negatives`).
@@ -42,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from synthpos.modes.contrast import NEGATIVES
 from synthpos.modes.base import SyntheticMode, register_mode
 
 
@@ -122,8 +126,12 @@ class MoCHi(SyntheticMode):
 
     needs_store = False
     needs = "a contrast of each query with a set of negatives (a queue or the rest of the batch)"
+    requires = NEGATIVES
     settings = MoCHiSettings
     adds_negatives = True
+
+    def method_loss(self, method, views, outputs, batch):
+        return method.objective(outputs[:2], views[:2], batch).loss(negatives=self.extra_negatives)
 
     def hard_negatives(self, query, negatives, exclude=None):
         o = self.options

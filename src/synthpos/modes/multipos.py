@@ -8,6 +8,7 @@ import torch
 from synthpos.data.batch import PretrainBatch, stored_candidates
 from synthpos.data.synthetic_store import SyntheticStore
 from synthpos.errors import SynthposError
+from synthpos.modes.contrast import POSITIVES
 from synthpos.modes.base import SyntheticMode, register_mode
 
 
@@ -15,11 +16,12 @@ from synthpos.modes.base import SyntheticMode, register_mode
 class MultiPositive(SyntheticMode):
     """Data: ``synthetic`` (B, P, C, H, W), P distinct candidates of each anchor, drawn anew each time.
 
-    Loss: the method's :meth:`~synthpos.methods.base.SSLMethod.multipos_loss` over all 2 + P
-    views, every view of an image a positive of every other.
+    Loss: the method's contrast with positives by id (:meth:`~synthpos.methods.base.SSLMethod.positives`)
+    over all 2 + P views, every view of an image (of a class, for SupCon) a positive of every other.
     """
 
     needs = "a multi-positive InfoNCE"
+    requires = POSITIVES
 
     def check_store(self, store: SyntheticStore) -> None:
         positives = self.config.positives
@@ -37,5 +39,9 @@ class MultiPositive(SyntheticMode):
         return [*super().sources(batch), *batch.synthetic.unbind(1)]
 
     def loss(self, method, views, outputs, batch):
-        loss = method.multipos_loss(outputs, batch)
+        form = method.positives()
+        if form is None:  # a method written before positives(), with its own multi-positive loss
+            loss = method.multipos_loss(outputs, batch)
+        else:
+            loss = form.loss([o[form.key] for o in outputs], batch.indices, batch.labels)
         return loss, {"loss": loss}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from synthpos.data.augment import to_model_input
+from synthpos.modes.contrast import PAIRS
 from synthpos.modes.base import register_mode
 from synthpos.modes.replace import Replace
 
@@ -10,11 +11,12 @@ from synthpos.modes.replace import Replace
 @register_mode("quality")
 class Quality(Replace):
     """``replace``'s data; each pair's loss weighted by ``N * softmax(gamma * q)``, q the pair's
-    foreground minus background similarity under the frozen ``scorer`` (methods whose loss
-    is a sum over positive pairs pass the weights on)."""
+    foreground minus background similarity under the frozen ``scorer``: every term of the method's
+    objective must be a mean over positive pairs (``Term.weighted``)."""
 
     for_every_method = False
     needs = "a loss per positive pair to weight"
+    requires = PAIRS
     uses_scorer = True  # the config checks pretrain.synthetic.scorer exists
 
     @classmethod
@@ -32,7 +34,6 @@ class Quality(Replace):
         return build_scorer(s.scorer, dataset.images, lambda x: to_model_input(x, size, dataset.mean, dataset.std),
                             s.gamma, s.scorer_fit_images, seed)
 
-    def loss(self, method, views, outputs, batch):
+    def method_loss(self, method, views, outputs, batch):
         weights = method.scorer.pair_weights(views[0], views[1])
-        loss, logs = method.pair_loss(outputs[:2], views[:2], batch, weights)
-        return loss, {**logs, "loss": loss}
+        return method.objective(outputs[:2], views[:2], batch).loss(weights)
