@@ -266,6 +266,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "results": results,
         "summary": summary,
     }
+    if args.out is None:
+        args.out = Path("runs/smoke/data_path.json" if args.smoke else "benchmarks/results/data_path.json")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
