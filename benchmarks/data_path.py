@@ -233,6 +233,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.smoke:
         args.images, args.batch_size, args.workers, args.epochs = 8, 4, [1], 2
     photos = photo_folder(args.photos)
+    machine = machine_info("torchvision", "PIL")  # its load average is the one at the start
     with tempfile.TemporaryDirectory(dir=args.tree) as tmp:
         sizes = (args.images, args.images * args.scale)
         trees = {n: Path(tmp) / f"tree{n}" for n in sizes}
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "workers": args.workers, "image_size": args.image_size, "torch_threads": args.threads,
                      "augment": {k: list(v) if isinstance(v, tuple) else v for k, v in AUGMENT.items()},
                      "photos": [p for p in PHOTOS if (photos / p).is_file()], "smoke": args.smoke},
-        "machine": {**machine_info("torchvision", "PIL"), "load_average_at_end": list(os.getloadavg())},
+        "machine": {**machine, "load_average_at_end": list(os.getloadavg())},
         "results": results,
         "summary": summary,
     }
