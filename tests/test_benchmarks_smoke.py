@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -181,3 +182,20 @@ def test_frontier_grid_follows_the_generators_conditioning(tmp_path):
                      sort_keys=True)
     assert bench.point_key("g", 0.1, 1.0, args) == old
     assert bench.point_key("g", 0.1, 1.0, args, 2.0, 0.0) != old != bench.point_key("g", 0.1, 1.0, args, 1.0, 0.2)
+
+
+def test_data_path_smoke(tmp_path):
+    """Both pipelines (streamed synthpos, torchvision ImageFolder + transforms.v2) on stand-in photographs."""
+    from PIL import Image
+
+    bench = load("data_path")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for name in bench.PHOTOS[:4]:  # scikit-image's wheel is not needed for a smoke run
+        Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(photos / name)
+    report = bench.main(["--smoke", "--photos", str(photos), "--out", str(tmp_path / "data_path.json")])
+    assert json.loads((tmp_path / "data_path.json").read_text())["summary"] == report["summary"]
+    assert {(r["pipeline"], r["images"]) for r in report["results"]} == {(p, n) for p in bench.PIPELINES for n in (8, 32)}
+    assert all(r["images_per_s"] > 0 and r["peak_pss_sum_mib"] > 0 for r in report["results"])
+    assert report["summary"]["speedup_over_torchvision"]["1"] > 0

@@ -148,6 +148,8 @@ def _candidates(key: str, value):
         others = [[first / 2 if isinstance(first, float) else first * 2, *value[1:]], [0, *value[1:]],
                   *([[first + 1, *value[1:]]] if isinstance(first, int) else []), value[:-1]]
         return [o for o in others if o != value]  # halving a leading 0.0 changes nothing
+    if isinstance(value, str) and bool in typing.get_args(annotation):
+        return [True, False]  # a word or a switch (data.stream: auto | true | false)
     if isinstance(value, str):
         return [value + "x"]  # free text (a prompt)
     if value is None:

@@ -69,6 +69,13 @@ class DataConfig(_Strict):
 
     image_size: int | None = Field(None, ge=8, description="Resize images to this size when loading (default: native).")
     subset: int | None = Field(None, ge=1, description="Use only the first N training images.")
+    stream: Literal["auto"] | bool = Field(
+        "auto", description="Decode images from their files or tar shards as batches need them (true), or read the "
+        "split into memory once (false). auto: stream when the decoded split at data.image_size is above 200 MB. "
+        "Sources without files (CIFAR, Fashion-MNIST) are always in memory.")
+    num_workers: int | None = Field(
+        None, ge=0, description="DataLoader worker processes that fetch (and, streamed, decode) pretraining batches. "
+        "Default: 0 in memory, up to 4 when streamed. The batches are the same whatever the count.")
 
     @model_validator(mode="after")
     def _check_sizes(self) -> DataConfig:

@@ -137,3 +137,15 @@ class TestImageFolder(DatasetContract):
 def test_every_dataset_has_a_contract() -> None:
     covered = {c.name for c in DatasetContract.__subclasses__()}
     assert set(DATASETS) <= covered, f"write a DatasetContract subclass for {sorted(set(DATASETS) - covered)}"
+
+
+class TestWebDataset(DatasetContract):
+    name = "webdataset"
+
+    def write(self, root):
+        from test_stream import jpeg_bytes, write_shards
+
+        image = lambda v: jpeg_bytes(np.full((10, 12, 3), v, np.uint8))  # noqa: E731
+        write_shards(root / "train", [(image(250), 0), (image(200), 0), (image(10), 1)], per_shard=2)
+        write_shards(root / "test", [(image(12), 1)], per_shard=2)
+        return DataConfig(name=self.name, root=root / "train", test_root=root / "test")

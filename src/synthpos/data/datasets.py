@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from synthpos.config import DataConfig
+from synthpos.data.encoded import EncodedImages, EncodedSplit
 from synthpos.errors import SynthposError
 from synthpos.registry import DATASETS
 
@@ -59,7 +60,8 @@ class ImageDataset(torch.utils.data.Dataset):
 
     name: str
     split: str
-    images: np.ndarray  # uint8 (N, H, W, C), C = 1 or 3, C-contiguous
+    # uint8 (N, H, W, C), C = 1 or 3, C-contiguous; or a streamed split's LazyImages (synthpos.data.stream)
+    images: np.ndarray
     labels: np.ndarray | None  # int64 (N,) or None (unlabelled)
     classes: list[str]
     mean: tuple[float, ...]  # per-channel mean in [0, 1]
@@ -358,7 +360,8 @@ def image_folder_files(folder: Path) -> list[Path]:
     return _image_files(folder, recursive=False)
 
 
-def _load_image_folder(folder: Path, split: str, size: int | None, train_root: Path | None) -> ImageDataset:
+def _list_image_folder(folder: Path, train_root: Path | None) -> tuple[list[Path], np.ndarray | None, list[str]]:
+    """The files of an image folder, their labels (None: unlabelled) and the class names."""
     class_dirs = _class_dirs(folder)
     loose = _image_files(folder, recursive=False)
     if class_dirs and loose:
@@ -389,6 +392,11 @@ def _load_image_folder(folder: Path, split: str, size: int | None, train_root: P
         labels = None
     if not files:
         raise SynthposError(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}); {ImageFolder.how_to_fix}")
+    return files, labels, classes
+
+
+def _load_image_folder(folder: Path, split: str, size: int | None, train_root: Path | None) -> ImageDataset:
+    files, labels, classes = _list_image_folder(folder, train_root)
     arrays = [_read_image(path, size) for path in files]
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
@@ -454,6 +462,12 @@ class DatasetSource:
     @classmethod
     def load(cls, config: DataConfig, split: str) -> ImageDataset:
         raise NotImplementedError
+
+    @classmethod
+    def encoded(cls, config: DataConfig, split: str) -> EncodedSplit | None:
+        """Where the split's encoded images are, without decoding them (streaming reads from it);
+        None: the source is read into memory only (the default)."""
+        return None
 
     @classmethod
     def has_data(cls, folder: Path) -> bool:
@@ -541,8 +555,8 @@ class ImageFolder(DatasetSource):
     resized_on_load = True
 
     @classmethod
-    def load(cls, config: DataConfig, split: str) -> ImageDataset:
-        name, size = cls.name, config.image_size
+    def _folders(cls, config: DataConfig, split: str) -> tuple[Path, Path | None]:
+        """The split's folder, and the training folder whose classes a test split numbers by."""
         if split == "test":
             if config.test_root is None:
                 raise SynthposError("the image_folder test split needs data.test_root; pass --set data.test_root=DIR with the evaluation images")
@@ -552,8 +566,18 @@ class ImageFolder(DatasetSource):
                 train_root: Path | None = cls.find_root(config.root)
             except SynthposError:
                 train_root = None  # no training folder: the test split alone is still usable
-            return _load_image_folder(Path(config.test_root), split, size, train_root)
-        return _load_image_folder(cls.find_root(config.root), split, size, None)
+            return Path(config.test_root), train_root
+        return cls.find_root(config.root), None
+
+    @classmethod
+    def load(cls, config: DataConfig, split: str) -> ImageDataset:
+        folder, train_root = cls._folders(config, split)
+        return _load_image_folder(folder, split, config.image_size, train_root)
+
+    @classmethod
+    def encoded(cls, config: DataConfig, split: str) -> EncodedSplit:
+        files, labels, classes = _list_image_folder(*cls._folders(config, split))
+        return EncodedSplit(EncodedImages.from_files(files), labels, classes)
 
 
 def load_dataset(config: DataConfig, split: Literal["train", "test"]) -> ImageDataset:

@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from synthpos.config import PretrainConfig, RunConfig, SyntheticConfig, dump_config
-from synthpos.data import BatchAugment, ImageDataset, load_dataset
+from synthpos.data import BatchAugment, ImageDataset
 from synthpos.data.batch import PretrainBatch
+from synthpos.data.stream import EpochLoader, bounded_sample, loader_workers, open_dataset
 from synthpos.data.synthetic_store import SyntheticStore
 from synthpos.distributed import convert_global_batchnorm
 from synthpos.errors import SynthposError
@@ -170,12 +171,15 @@ def pretrain(
     strategy: str = "auto",
     provenance: dict | None = None,
     hyperparameters: dict | None = None,
+    num_workers: int | None = None,
 ) -> Path:
     """Pretrain on ``dataset`` and export the backbone to ``output_dir/backbone.pt``.
 
     ``provenance`` goes into ``backbone.json`` (default: that of ``cfg``; the stage passes the run config's).
     ``cfg.loggers`` write under ``output_dir/logs``, with ``hyperparameters`` (default: ``cfg``; the stage
     passes the resolved run config and its provenance) as hyper-parameters.
+    ``num_workers`` DataLoader processes fetch the batches (default: see
+    :func:`~synthpos.data.stream.loader_workers`); the batches are the same whatever the count.
 
     Checkpoints go to ``output_dir/checkpoints/last.ckpt`` (the one before kept as
     ``previous.ckpt``) every ``checkpoint_every_epochs`` epochs, every
@@ -214,20 +218,21 @@ def pretrain(
         sync_batchnorm = False
     devices = cfg.devices
     sampler = ResumableBatchSampler(len(dataset), cfg.batch_size // world, seed)
-    loader = DataLoader(
+    workers = loader_workers(num_workers, dataset)
+    loader = EpochLoader(
         PretrainBatches(dataset, store, seed, cfg.synthetic),
         # The loader draws its per-epoch base seed from the global generator, as a shuffled
         # DataLoader does; a resumed run restores that generator at its first batch.
-        batch_sampler=sampler, collate_fn=_first, num_workers=0,
+        batch_sampler=sampler, collate_fn=_first, num_workers=workers, persistent_workers=workers > 0,
     )
     callbacks: list[L.Callback] = []
     if cfg.knn_every_epochs and monitor_data is not None and dataset.labels is not None:
-        bank = dataset.take(min(len(dataset), 10 * cfg.knn_subset))
-        test = monitor_data.take(min(len(monitor_data), cfg.knn_subset))
+        bank = bounded_sample(dataset, 10 * cfg.knn_subset, seed)
+        test = bounded_sample(monitor_data, cfg.knn_subset, seed)
         callbacks.append(KNNMonitor(bank.images, bank.labels, test.images, test.labels, dataset.num_classes,
                                     cfg.augment.crop_size, dataset.mean, dataset.std, cfg.knn_every_epochs))
     if cfg.online_probe and monitor_data is not None and dataset.labels is not None:
-        test = monitor_data.take(min(len(monitor_data), cfg.knn_subset))
+        test = bounded_sample(monitor_data, cfg.knn_subset, seed)
         callbacks.append(OnlineLinearProbe(dataset.num_classes, test.images, test.labels, cfg.augment.crop_size,
                                            dataset.mean, dataset.std, cfg.online_probe_lr))
     checkpoints = ResumableCheckpoint(output_dir / "checkpoints", sampler, cfg.checkpoint_every_epochs,
@@ -285,15 +290,16 @@ def pretrain_stage(config: RunConfig, show_progress: bool = True) -> Path:
     """Stage 3 from a run config."""
     cfg = config.pretrain
     check_loggers(cfg.loggers)  # before the data is read or anything is written
-    dataset = load_dataset(config.data, "train")
+    dataset = open_dataset(config.data, "train")
     store = None
     if MODES.get(cfg.synthetic.mode).needs_store:
         store = SyntheticStore.open(config.store_dir, dataset.name, dataset.split, dataset.images, verify=cfg.verify_store)
     check_batch_size(cfg, len(dataset))  # before anything is written
     check_method(cfg, dataset)
-    monitor = (load_dataset(config.data.model_copy(update={"subset": None}), "test")
+    monitor = (open_dataset(config.data.model_copy(update={"subset": None}), "test")
                if cfg.knn_every_epochs or cfg.online_probe else None)
     dump_config(config, config.pretrain_dir / "config.yaml")
     provenance = make_provenance(config)
     return pretrain(cfg, dataset, config.pretrain_dir, store, monitor, config.seed, show_progress,
-                    provenance=provenance, hyperparameters={**config.model_dump(mode="json"), "provenance": provenance})
+                    provenance=provenance, hyperparameters={**config.model_dump(mode="json"), "provenance": provenance},
+                    num_workers=config.data.num_workers)
