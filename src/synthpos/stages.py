@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,8 @@ class Stage:
         resolved: values the config leaves open (resolved precision, the generator's record).
         notes: lines worth a user's look that change nothing (a store's stray shard files).
         space: (about how many bytes the unfinished output still needs, what it is), for a full disk's message.
+        stops_anywhere: SIGTERM stops the stage where it is (its outputs are atomic files, nothing to save
+            first); stages that checkpoint on SIGTERM catch it themselves.
     """
 
     name: str
@@ -85,6 +88,7 @@ class Stage:
     resolved: Callable[[RunConfig], dict[str, Any]] = field(default=lambda config: {})
     notes: Callable[[RunConfig], list[str]] = field(default=lambda config: [])
     space: Callable[[RunConfig], tuple[int | None, str | None]] = field(default=lambda config: (None, None))
+    stops_anywhere: bool = False
 
     def settings(self, config: RunConfig) -> dict[str, Any]:
         """The output-deciding settings' values, flattened."""
@@ -380,6 +384,7 @@ STAGES: tuple[Stage, ...] = (
         run=_run_evaluate,
         result=lambda c: json.loads((c.evaluate_dir / "metrics.json").read_text()),
         resolved=_evaluate_resolved,
+        stops_anywhere=True,
     ),
     # The report stage (issue 12) is the next row: decides=("report",...), inputs=("evaluate",).
 )
@@ -710,10 +715,11 @@ def run_stage(name: str, config: RunConfig, show_progress: bool = True, force: b
     stage that is done, the same read from its output; None for a stage not in this run.
     """
     from synthpos.run_lock import run_lock
+    from synthpos.signals import sigterm_raises
 
     stage = BY_NAME[name]
     check_inputs(stage, config, explicit)
-    with run_lock(config.run_dir):
+    with run_lock(config.run_dir), (sigterm_raises() if stage.stops_anywhere else nullcontext()):
         return _run_stage_locked(stage, config, show_progress, force, explicit)
 
 
