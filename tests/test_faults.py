@@ -772,3 +772,55 @@ def test_a_full_disk_in_import_store_is_one_line_and_the_same_command_resumes(ma
     assert code == 0, err
     assert {name: (store / name).stat().st_mtime_ns for name in kept} == kept, "finished shards kept"
     _same_shards(store, made_store)
+
+
+@needs_fmnist
+@pytest.mark.parametrize("damage", ["truncated", "zeroed"])
+def test_a_damaged_backbone_is_remade_by_the_command_evaluate_advises(done_run, tmp_path, monkeypatch, capsys,
+                                                                      damage) -> None:
+    """Evaluate x damaged input: one line naming the file and `pretrain`; pretrain then remakes it (its record says
+    done, but a backbone cut short is not a finished output), and evaluate ends with the same metrics.json."""
+    shutil.copytree(done_run / "run", tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    backbone = tmp_path / "run" / "pretrain" / "backbone.pt"
+    whole = backbone.read_bytes()
+    backbone.write_bytes(whole[:2000] if damage == "truncated" else bytes(len(whole)))
+    shutil.rmtree(tmp_path / "run" / "evaluate")
+    full = sets(GENERATE, PRETRAIN, EVALUATE_GRID)
+    before = tree(tmp_path)
+    code, _, err = cli(capsys, "evaluate", "-q", *full)
+    one_line(code, err, "run/pretrain/backbone.pt", "pretrain again")
+    assert tree(tmp_path) == before
+    code, _, err = cli(capsys, "pretrain", "-q", *full)  # the advised command
+    assert code == 0 and "skip pretrain" not in err, err
+    assert backbone.read_bytes() == whole, "remade bit for bit"
+    torch.set_num_threads(1)  # as the reference metrics were made
+    assert cli(capsys, "evaluate", "-q", *full)[0] == 0
+    assert (tmp_path / "run" / "evaluate" / "metrics.json").read_bytes() == \
+        (done_run / "run" / "evaluate" / "metrics.json").read_bytes()
+
+
+@needs_fmnist
+def test_a_damaged_source_of_import_store_is_one_line_with_nothing_written(clsp_import, tmp_path, monkeypatch,
+                                                                            capsys) -> None:
+    """Import-store x damaged input: a released .npy cut short (a broken download)."""
+    data = (clsp_import[0] / "clsp.npy").read_bytes()
+    (tmp_path / "clsp.npy").write_bytes(data[: len(data) // 2])
+    monkeypatch.chdir(tmp_path)
+    before = tree(tmp_path)
+    code, _, err = cli(capsys, *IMPORT, *sets(GENERATE))
+    one_line(code, err, "clsp.npy is not a .npy array")
+    assert tree(tmp_path) == before, "no run directory, store or lock left"
+
+
+@needs_fmnist
+def test_a_report_of_a_run_with_damaged_metrics_leaves_them_out(done_run, tmp_path, monkeypatch, capsys) -> None:
+    """Report x damaged input: a metrics.json cut short is left out of the page (no traceback); the rest is shown."""
+    shutil.copytree(done_run / "run", tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    metrics = tmp_path / "run" / "evaluate" / "metrics.json"
+    metrics.write_text(metrics.read_text()[:300])
+    code, _, err = cli(capsys, "report", "run")
+    assert code == 0 and "Traceback" not in err, err
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert page.rstrip().endswith("</html>") and "CPU" in page

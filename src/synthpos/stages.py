@@ -294,6 +294,14 @@ def _open_store(config: RunConfig):
     return SyntheticStore.open(config.store_dir)
 
 
+def _whole_backbone(path: Path) -> bool:
+    """``path`` is there and whole: torch's zip ends in a central directory that a file cut short or zeroed
+    lacks (read without loading), so the pretrain evaluate advises for a damaged backbone remakes it."""
+    import zipfile
+
+    return path.is_file() and zipfile.is_zipfile(path)
+
+
 def _run_pretrain(config: RunConfig, show_progress: bool) -> Path:
     from synthpos.methods.pretrain import pretrain_stage
 
@@ -326,7 +334,7 @@ STAGES: tuple[Stage, ...] = (
         ignores=_DATA_TRAIN_ONLY + _PRETRAIN_IGNORES + ("pretrain.synthetic", "pretrain.output_dir"),
         inputs=(),
         output=lambda c: c.encoder_dir,
-        finished=lambda c: (c.encoder_dir / "backbone.pt").is_file(),
+        finished=lambda c: _whole_backbone(c.encoder_dir / "backbone.pt"),
         run=_run_encoder,
         result=lambda c: c.encoder_dir / "backbone.pt",
         feeds=_encoder_feeds,
@@ -368,7 +376,7 @@ STAGES: tuple[Stage, ...] = (
         ignores=_DATA_TRAIN_ONLY + _PRETRAIN_IGNORES,
         inputs=("generate",),
         output=lambda c: c.pretrain_dir,
-        finished=lambda c: (c.pretrain_dir / "backbone.pt").is_file(),
+        finished=lambda c: _whole_backbone(c.pretrain_dir / "backbone.pt"),
         run=_run_pretrain,
         result=lambda c: c.pretrain_dir / "backbone.pt",
         feeds=lambda c: None if c.evaluate.checkpoint is None else f"evaluate.checkpoint={c.evaluate.checkpoint} is evaluated",
