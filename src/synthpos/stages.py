@@ -721,18 +721,25 @@ def run_stage(name: str, config: RunConfig, show_progress: bool = True, force: b
 
     The result is what the stage function returns (a path, a store, the metrics) or, for a
     stage that is done, the same read from its output; None for a stage not in this run.
+
+    SIGTERM outside the stage's own handling (while records are written, a backbone saved after
+    training) is noted and raised as :class:`~synthpos.signals.Terminated` at the next safe point:
+    before the stage's work starts, or once its record is written.
     """
     from synthpos.run_lock import run_lock
-    from synthpos.signals import sigterm_raises
+    from synthpos.signals import sigterm_raises, stop_requests
 
     stage = BY_NAME[name]
     check_inputs(stage, config, explicit)
-    with run_lock(config.run_dir), (sigterm_raises() if stage.stops_anywhere else nullcontext()):
-        return _run_stage_locked(stage, config, show_progress, force, explicit)
+    with run_lock(config.run_dir), stop_requests() as stop, \
+            (sigterm_raises() if stage.stops_anywhere else nullcontext()):
+        result = _run_stage_locked(stage, config, show_progress, force, explicit, stop)
+        stop.raise_if_requested(f"stage {name} finished first")
+        return result
 
 
 def _run_stage_locked(stage: Stage, config: RunConfig, show_progress: bool, force: bool,
-                      explicit: bool) -> tuple[Any, bool]:
+                      explicit: bool, stop) -> tuple[Any, bool]:
     name = stage.name
     created = created_dirs(stage.output(config))
     # Under torchrun every rank generates: rank 0 decides (moves a stale store aside, writes the
@@ -749,6 +756,7 @@ def _run_stage_locked(stage: Stage, config: RunConfig, show_progress: bool, forc
         return None, False
     if status.state == "done" and not force:
         return stage.result(config), False
+    stop.raise_if_requested(f"before stage {name} started")
     try:
         result = stage.run(config, show_progress)
     except NoSpaceError as err:
