@@ -104,6 +104,13 @@ def test_store_verify_smoke(tmp_path):
     assert all(s["verify_s"] > 0 for s in report["stores"].values())
 
 
+def test_fault_sweep_smoke(tmp_path):
+    bench, report = smoke("fault_sweep", tmp_path, "--work", str(tmp_path / "work"))
+    stage = report["stages"]["import-store"]
+    assert report["all_passed"] and stage["points"] == stage["passed"] == 1
+    assert stage["trials"][0]["identical"] and stage["compared"]
+
+
 def test_methods_fashion_mnist_smoke(tmp_path):
     bench, report = smoke("methods_fashion_mnist", tmp_path, "--work", str(tmp_path / "work"))
     runs = report["runs"].values()

@@ -5,6 +5,7 @@ launch, a full disk, a bad path. Each ends in one line and exit 2, or in a corre
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 import sys
@@ -377,17 +378,20 @@ def test_a_full_disk_in_each_stage_is_one_line_and_resumable(made_store, tmp_pat
 
 
 @needs_fmnist
-@pytest.mark.parametrize("stage", ["train-generator", "generate", "pretrain", "evaluate"])
+@pytest.mark.parametrize("stage", ["train-generator", "generate", "pretrain", "evaluate", "report", "import-store"])
 def test_a_second_launch_of_each_stage_is_refused_with_nothing_changed(done_run, tmp_path, monkeypatch, capsys, stage) -> None:
     """The fault matrix's second-launch cells: another process holds the run (a stage still running)."""
     import signal
 
     shutil.copytree(done_run / "run", tmp_path / "run")
     monkeypatch.chdir(tmp_path)
+    _clsp_array(done_run, tmp_path / "clsp.npy")
+    args = {"report": ["report", "run"], "import-store": [*IMPORT, *sets(GENERATE)]}.get(
+        stage, [stage, "-q", *sets(GENERATE, TRAIN_GENERATOR, PRETRAIN, EVALUATE_GRID)])
     holder = _hold(tmp_path / "run", tmp_path)
     try:
         before = tree(tmp_path)
-        code, _, err = cli(capsys, stage, "-q", *sets(GENERATE, TRAIN_GENERATOR, PRETRAIN, EVALUATE_GRID))
+        code, _, err = cli(capsys, *args)
         one_line(code, err, f"in use by pid {holder.pid}")
         assert tree(tmp_path) == before
     finally:
@@ -444,12 +448,18 @@ def done_run(made_store, tmp_path_factory) -> Path:
     with MonkeyPatch.context() as mp:
         mp.chdir(root)
         for command in ("pretrain", "evaluate"):
+            if command == "evaluate":  # its atomic publishes, for the seeded stops of the fault matrix
+                publishes = _count_publishes(mp)
+                threads = torch.get_num_threads()
+                torch.set_num_threads(1)  # as a forked child must (_stop_at_publish): the same bytes
             argv, sys.argv = sys.argv, ["synthpos", command, "-q", *sets(GENERATE, PRETRAIN, EVALUATE_GRID)]
             try:
                 main()
             finally:
                 sys.argv = argv
+        torch.set_num_threads(threads)
     assert (root / "run" / "evaluate" / "metrics.json").is_file()
+    (root / "evaluate-publishes.txt").write_text("\n".join(publishes))
     return root
 
 
@@ -497,3 +507,320 @@ def test_knn_grid_values_above_the_carved_set_are_dropped_with_a_notice(done_run
     knn = next(r for r in metrics["records"] if r["probe"] == "knn")
     assert list(knn["selection"]["validation_top1"]) == ["3"], knn["selection"]  # 15 > the 12 left after the carve
     assert knn["hyper_parameters"]["k"] == 3
+
+
+# ----------------------------------------------------------------------------- item 6: the fault matrix's remaining cells
+# The matrix itself (every stage x fault, and which test exercises it) is tests/test_fault_matrix.py.
+
+def _count_publishes(monkeypatch) -> list[str]:
+    """Patch os.replace to note each target (in this process); returns the list it fills."""
+    import os
+
+    real, targets = os.replace, []
+
+    def replace(src, dst, *args, **kwargs):
+        targets.append(str(dst))
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    return targets
+
+
+@dataclasses.dataclass
+class Stopped:
+    returncode: int  # the exit code, or minus the signal that ended it
+    stderr: str
+
+
+def _stop_at_publish(cwd: Path, n: int, signal_name: str, when: str, args: list[str]) -> Stopped:
+    """``synthpos ARGS`` in a forked child (a real process, without a second interpreter's imports) that sends
+    itself ``signal_name`` at its n-th atomic publish (an os.replace: a record, a features cache, a shard,
+    metrics.json, report.html), just before or just after it: a seeded point in the stage's own sequence of
+    writes, the same on every machine, where a wall-clock kill would land anywhere or nowhere."""
+    import os
+    import signal
+    import tempfile
+
+    log = Path(tempfile.mkstemp(prefix="synthpos-stopped-")[1])
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            sys.stdout = sys.stderr = open(log, "w", buffering=1)
+            os.chdir(cwd)
+            # OpenMP's thread pool does not survive a fork; one thread, as the references are computed with.
+            torch.set_num_threads(1)
+            real, calls, signum = os.replace, [0], getattr(signal, signal_name)
+
+            def replace(src, dst, *rest, **kwargs):
+                calls[0] += 1
+                if calls[0] == n and when == "before":
+                    os.kill(os.getpid(), signum)
+                real(src, dst, *rest, **kwargs)
+                if calls[0] == n and when == "after":
+                    os.kill(os.getpid(), signum)
+
+            os.replace = replace
+            sys.argv = ["synthpos", *args]
+            from synthpos.cli import main
+
+            main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    text = log.read_text()
+    log.unlink()
+    return Stopped(code, text)
+
+
+def _stopped_as_promised(proc: Stopped, signal_name: str, run: Path) -> None:
+    """SIGKILL: the process died there. SIGTERM: one line, exit 143, no traceback, the lock removed."""
+    import signal
+
+    if signal_name == "SIGKILL":
+        assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr[-3000:])
+        return
+    assert proc.returncode == 143, (proc.returncode, proc.stderr[-3000:])
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("terminated (SIGTERM)") and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert not (run / ".synthpos.lock").exists(), "SIGTERM removes the lock on its way out"
+
+
+def _seeded_point(stage: str, signal_name: str, publishes: int) -> tuple[int, str]:
+    import random
+
+    rng = random.Random(f"{SEED}-{stage}-{signal_name}")
+    return rng.randrange(1, publishes + 1), rng.choice(["before", "after"])
+
+
+@needs_fmnist
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+def test_evaluate_stopped_at_a_seeded_write_resumes_to_the_same_metrics(done_run, tmp_path, monkeypatch, capsys,
+                                                                        signal_name) -> None:
+    """Evaluate x SIGKILL / SIGTERM: what the stopped process left is never taken as current (metrics.json is
+    absent or whole), and the same command ends with the uninterrupted run's metrics.json, byte for byte."""
+    shutil.copytree(done_run / "run", tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    evaluate_dir = tmp_path / "run" / "evaluate"
+    reference = (done_run / "run" / "evaluate" / "metrics.json").read_bytes()
+    shutil.rmtree(evaluate_dir)
+    publishes = (done_run / "evaluate-publishes.txt").read_text().splitlines()  # the uninterrupted run's
+    n, when = _seeded_point("evaluate", signal_name, len(publishes))
+    args = ["evaluate", "-q", *sets(GENERATE, PRETRAIN, EVALUATE_GRID)]
+    proc = _stop_at_publish(tmp_path, n, signal_name, when, args)
+    print(f"fault seed {SEED}: evaluate got {signal_name} {when} publish {n} of {len(publishes)} "
+          f"({Path(publishes[n - 1]).name})")
+    _stopped_as_promised(proc, signal_name, tmp_path / "run")
+    metrics = evaluate_dir / "metrics.json"
+    assert not metrics.exists() or metrics.read_bytes() == reference, "a half-written metrics.json"
+
+    torch.set_num_threads(1)  # as the reference was made
+    code, _, err = cli(capsys, *args)
+    assert code == 0, err
+    assert metrics.read_bytes() == reference
+
+
+def _clsp_array(made: Path, path: Path) -> None:
+    """The made store's candidates as CLSP releases them: one uint8 (N, K, H, W, C) .npy (import-store's input)."""
+    import numpy as np
+
+    shards = sorted((made / "run" / "store").glob("shard-*.npy"))
+    np.save(path, np.concatenate([np.load(shard) for shard in shards]))
+
+
+IMPORT = ["import-store", "--source", "clsp.npy", "--layout", "clsp", "-q"]
+
+
+@pytest.fixture(scope="module")
+def clsp_import(made_store, tmp_path_factory) -> tuple[Path, int]:
+    """(a folder with clsp.npy, the made store's candidates; how many atomic publishes importing it takes)."""
+    from _pytest.monkeypatch import MonkeyPatch
+
+    from synthpos.cli import main
+
+    root = tmp_path_factory.mktemp("import")
+    _clsp_array(made_store, root / "clsp.npy")
+    with MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        publishes = _count_publishes(mp)
+        argv, sys.argv = sys.argv, ["synthpos", *IMPORT, *sets(GENERATE)]
+        try:
+            main()
+        finally:
+            sys.argv = argv
+    _same_shards(root / "run" / "store", made_store)
+    shutil.rmtree(root / "run")
+    return root, len(publishes)
+
+
+def _same_shards(store: Path, made: Path) -> None:
+    """An imported store of the made store's candidates holds the very shard files generate wrote."""
+    from synthpos.data import store_integrity
+    from synthpos.data.synthetic_store import SyntheticStore
+
+    assert [s.state for s in store_integrity.ensure_verified(SyntheticStore.open(store), "always")] == ["ok"] * 4
+    for shard in sorted((made / "run" / "store").glob("shard-*.npy")):
+        assert (store / shard.name).read_bytes() == shard.read_bytes(), shard.name
+
+
+@needs_fmnist
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+def test_import_store_stopped_at_a_seeded_write_resumes_to_the_same_shards(made_store, clsp_import, tmp_path, monkeypatch,
+                                                                           capsys, signal_name) -> None:
+    source, publishes = clsp_import
+    shutil.copy(source / "clsp.npy", tmp_path / "clsp.npy")
+    monkeypatch.chdir(tmp_path)
+    args = [*IMPORT, *sets(GENERATE)]
+    n, when = _seeded_point("import-store", signal_name, publishes)
+    proc = _stop_at_publish(tmp_path, n, signal_name, when, args)
+    print(f"fault seed {SEED}: import-store got {signal_name} {when} publish {n} of {publishes}")
+    _stopped_as_promised(proc, signal_name, tmp_path / "run")
+    code, _, err = cli(capsys, *args)
+    assert code == 0, err
+    _same_shards(tmp_path / "run" / "store", made_store)
+
+
+@needs_fmnist
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+def test_report_stopped_at_its_write_leaves_no_half_page(done_run, tmp_path, monkeypatch, capsys, signal_name) -> None:
+    """Report x SIGKILL / SIGTERM: report.html is there whole or not at all, and the same command writes it."""
+    shutil.copytree(done_run / "run", tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    n, when = _seeded_point("report", signal_name, 1)  # its one publish: report.html
+    proc = _stop_at_publish(tmp_path, n, signal_name, when, ["report", "run"])
+    _stopped_as_promised(proc, signal_name, tmp_path / "run")
+    page = tmp_path / "run" / "report.html"
+    assert page.is_file() == (when == "after"), when
+    assert not page.exists() or page.read_text().rstrip().endswith("</html>")
+    assert not list((tmp_path / "run").glob("report.html.tmp-*")) or signal_name == "SIGKILL"
+    page.unlink(missing_ok=True)
+    code, _, err = cli(capsys, "report", "run")
+    assert code == 0, err
+    assert page.read_text().rstrip().endswith("</html>")
+
+
+@needs_fmnist
+@pytest.mark.parametrize("where", ["figure", "page"])
+def test_a_full_disk_in_report_is_one_line_and_nothing_half_written(done_run, tmp_path, monkeypatch, capsys, where) -> None:
+    import matplotlib.figure
+
+    shutil.copytree(done_run / "run", tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    before = tree(tmp_path)
+    if where == "figure":  # a plot into the temporary folder (the system's, often a small disk)
+        def savefig(self, fname, *args, **kwargs):
+            raise _no_space(str(fname))
+
+        monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    else:  # the page itself, into the run
+        real = Path.write_text
+
+        def write_text(self, data, *args, **kwargs):
+            if self.name.startswith("report.html"):
+                real(self, data[:100], *args, **kwargs)
+                raise _no_space()
+            return real(self, data, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "write_text", write_text)
+    code, _, err = cli(capsys, "report", "run")
+    one_line(code, err, "no space left on device", ".png" if where == "figure" else "run/report.html",
+             "run the same command again")
+    assert tree(tmp_path) == before, "nothing half-written, the lock removed"
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    assert cli(capsys, "report", "run")[0] == 0
+
+
+@needs_fmnist
+def test_a_full_disk_in_import_store_is_one_line_and_the_same_command_resumes(made_store, clsp_import, tmp_path,
+                                                                              monkeypatch, capsys) -> None:
+    import random
+
+    from synthpos.data import store_integrity
+
+    shutil.copy(clsp_import[0] / "clsp.npy", tmp_path / "clsp.npy")
+    monkeypatch.chdir(tmp_path)
+    shard_bytes = (made_store / "run" / "store" / "shard-00000.npy").stat().st_size
+    room = random.Random(SEED).randrange(shard_bytes, 3 * shard_bytes)  # room for 1 to 3 shards
+    written = [0]
+    original = store_integrity.HashingWriter.write
+
+    def write(self, data: bytes) -> int:
+        written[0] += len(data)
+        if written[0] > room:
+            raise _no_space()
+        return original(self, data)
+
+    monkeypatch.setattr(store_integrity.HashingWriter, "write", write)
+    code, _, err = cli(capsys, *IMPORT, *sets(GENERATE))
+    one_line(code, err, "no space left on device", "run/store/shard-0000", "run the same command again")
+    store = tmp_path / "run" / "store"
+    kept = {p.name: p.stat().st_mtime_ns for p in store.glob("shard-*.npy")}
+    assert len(kept) == room // shard_bytes and not list(store.glob("*.tmp-*"))
+    assert not (tmp_path / "run" / ".synthpos.lock").exists()
+    monkeypatch.setattr(store_integrity.HashingWriter, "write", original)  # space freed
+    code, _, err = cli(capsys, *IMPORT, *sets(GENERATE))
+    assert code == 0, err
+    assert {name: (store / name).stat().st_mtime_ns for name in kept} == kept, "finished shards kept"
+    _same_shards(store, made_store)
+
+
+@needs_fmnist
+@pytest.mark.parametrize("damage", ["truncated", "zeroed"])
+def test_a_damaged_backbone_is_remade_by_the_command_evaluate_advises(done_run, tmp_path, monkeypatch, capsys,
+                                                                      damage) -> None:
+    """Evaluate x damaged input: one line naming the file and `pretrain`; pretrain then remakes it (its record says
+    done, but a backbone cut short is not a finished output), and evaluate ends with the same metrics.json."""
+    shutil.copytree(done_run / "run", tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    backbone = tmp_path / "run" / "pretrain" / "backbone.pt"
+    whole = backbone.read_bytes()
+    backbone.write_bytes(whole[:2000] if damage == "truncated" else bytes(len(whole)))
+    shutil.rmtree(tmp_path / "run" / "evaluate")
+    full = sets(GENERATE, PRETRAIN, EVALUATE_GRID)
+    before = tree(tmp_path)
+    code, _, err = cli(capsys, "evaluate", "-q", *full)
+    one_line(code, err, "run/pretrain/backbone.pt", "pretrain again")
+    assert tree(tmp_path) == before
+    code, _, err = cli(capsys, "pretrain", "-q", *full)  # the advised command
+    assert code == 0 and "skip pretrain" not in err, err
+    assert backbone.read_bytes() == whole, "remade bit for bit"
+    torch.set_num_threads(1)  # as the reference metrics were made
+    assert cli(capsys, "evaluate", "-q", *full)[0] == 0
+    assert (tmp_path / "run" / "evaluate" / "metrics.json").read_bytes() == \
+        (done_run / "run" / "evaluate" / "metrics.json").read_bytes()
+
+
+@needs_fmnist
+def test_a_damaged_source_of_import_store_is_one_line_with_nothing_written(clsp_import, tmp_path, monkeypatch,
+                                                                            capsys) -> None:
+    """Import-store x damaged input: a released .npy cut short (a broken download)."""
+    data = (clsp_import[0] / "clsp.npy").read_bytes()
+    (tmp_path / "clsp.npy").write_bytes(data[: len(data) // 2])
+    monkeypatch.chdir(tmp_path)
+    before = tree(tmp_path)
+    code, _, err = cli(capsys, *IMPORT, *sets(GENERATE))
+    one_line(code, err, "clsp.npy is not a .npy array")
+    assert tree(tmp_path) == before, "no run directory, store or lock left"
+
+
+@needs_fmnist
+def test_a_report_of_a_run_with_damaged_metrics_leaves_them_out(done_run, tmp_path, monkeypatch, capsys) -> None:
+    """Report x damaged input: a metrics.json cut short is left out of the page (no traceback); the rest is shown."""
+    shutil.copytree(done_run / "run", tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    metrics = tmp_path / "run" / "evaluate" / "metrics.json"
+    metrics.write_text(metrics.read_text()[:300])
+    code, _, err = cli(capsys, "report", "run")
+    assert code == 0 and "Traceback" not in err, err
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert page.rstrip().endswith("</html>") and "CPU" in page

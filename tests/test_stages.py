@@ -49,7 +49,7 @@ def _make_outputs(config: RunConfig) -> None:
         store.write_shard(shard, np.zeros((4, 2, 28, 28, 1), dtype=np.uint8))
     write_record(BY_NAME["generate"], config, expected_record(BY_NAME["generate"], config), True)
     config.pretrain_dir.mkdir(parents=True)
-    (config.pretrain_dir / "backbone.pt").write_bytes(b"weights")
+    torch.save({"stand-in": torch.zeros(1)}, config.pretrain_dir / "backbone.pt")  # whole (a zip), as pretrain's
     write_record(BY_NAME["pretrain"], config, expected_record(BY_NAME["pretrain"], config), True)
     config.evaluate_dir.mkdir(parents=True)
     (config.evaluate_dir / "metrics.json").write_text(json.dumps({"results": {}}))
@@ -243,7 +243,10 @@ def test_changed_settings_are_named_and_the_old_output_is_kept(tmp_path, monkeyp
         def stage(cfg, show_progress=True):
             ran.append(name)
             out = BY_NAME[name].output(cfg)
-            (out / ("backbone.pt" if name == "pretrain" else "metrics.json")).write_text("{}")
+            if name == "pretrain":
+                torch.save({}, out / "backbone.pt")
+            else:
+                (out / "metrics.json").write_text("{}")
             return None
         return stage
 
@@ -257,7 +260,7 @@ def test_changed_settings_are_named_and_the_old_output_is_kept(tmp_path, monkeyp
     line = next(m for m in messages if "redo pretrain" in m)
     assert "pretrain.epochs 1000 -> 3" in line and str(tmp_path / PREVIOUS / "pretrain") in line
     kept = tmp_path / PREVIOUS / "pretrain" / "pretrain"
-    assert (kept / "backbone.pt").read_bytes() == b"weights"
+    assert "stand-in" in torch.load(kept / "backbone.pt")
     assert json.loads((kept / RECORD).read_text())["settings"]["pretrain.epochs"] == 1000
     assert json.loads((config.pretrain_dir / RECORD).read_text())["settings"]["pretrain.epochs"] == 3
     assert (tmp_path / PREVIOUS / "evaluate" / "evaluate" / "metrics.json").is_file()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -122,7 +124,8 @@ def import_store(
     """Turn a paper's published synthetic set into a store for the run's training split."""
     cfg = _load(config, set)
     from synthpos.data.import_store import import_store_stage
-    result = import_store_stage(cfg, source, layout, store, variants, show_progress=not quiet)
+    with _writing_into(store or cfg.store_dir, cfg.run_dir):  # the run's store: one writer, as for generate
+        result = import_store_stage(cfg, source, layout, store, variants, show_progress=not quiet)
     _say(f"store written to {result.path} ({len(result)} anchors x {result.candidates} candidates)")
 
 
@@ -214,7 +217,22 @@ def report(
 ) -> None:
     """One self-contained HTML page of runs: configs, positives, store, curves, results, CKA, timings."""
     from synthpos.report.html import write_report
-    _say(f"report: {write_report(run_dirs, out)}")
+    # report.html goes into the run (a folder that is not there is write_report's one-line error, not a lock's).
+    with _writing_into(out or run_dirs[0] / "report.html", run_dirs[0], make=False):
+        _say(f"report: {write_report(run_dirs, out)}")
+
+
+@contextmanager
+def _writing_into(target: Path, run_dir: Path, make: bool = True) -> Iterator[None]:
+    """For a command outside the stage table that writes ``target``: the run directory's lock when ``target`` is
+    inside it (a second launch is refused), and SIGTERM stops it where it is (it writes atomic files only).
+    ``make``: lock also where the run directory does not exist yet (the lock makes it, and removes it again)."""
+    from synthpos.run_lock import run_lock
+    from synthpos.signals import sigterm_raises
+
+    inside = Path(os.path.abspath(target)).is_relative_to(Path(os.path.abspath(run_dir)))
+    with run_lock(run_dir) if inside and (make or Path(run_dir).is_dir()) else nullcontext(), sigterm_raises():
+        yield
 
 
 @app.command()

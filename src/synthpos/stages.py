@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,8 @@ class Stage:
         resolved: values the config leaves open (resolved precision, the generator's record).
         notes: lines worth a user's look that change nothing (a store's stray shard files).
         space: (about how many bytes the unfinished output still needs, what it is), for a full disk's message.
+        stops_anywhere: SIGTERM stops the stage where it is (its outputs are atomic files, nothing to save
+            first); stages that checkpoint on SIGTERM catch it themselves.
     """
 
     name: str
@@ -85,6 +88,7 @@ class Stage:
     resolved: Callable[[RunConfig], dict[str, Any]] = field(default=lambda config: {})
     notes: Callable[[RunConfig], list[str]] = field(default=lambda config: [])
     space: Callable[[RunConfig], tuple[int | None, str | None]] = field(default=lambda config: (None, None))
+    stops_anywhere: bool = False
 
     def settings(self, config: RunConfig) -> dict[str, Any]:
         """The output-deciding settings' values, flattened."""
@@ -298,6 +302,14 @@ def _open_store(config: RunConfig):
     return SyntheticStore.open(config.store_dir)
 
 
+def _whole_backbone(path: Path) -> bool:
+    """``path`` is there and whole: torch's zip ends in a central directory that a file cut short or zeroed
+    lacks (read without loading), so the pretrain evaluate advises for a damaged backbone remakes it."""
+    import zipfile
+
+    return path.is_file() and zipfile.is_zipfile(path)
+
+
 def _run_pretrain(config: RunConfig, show_progress: bool) -> Path:
     from synthpos.methods.pretrain import pretrain_stage
 
@@ -330,7 +342,7 @@ STAGES: tuple[Stage, ...] = (
         ignores=_DATA_TRAIN_ONLY + _PRETRAIN_IGNORES + ("pretrain.synthetic", "pretrain.output_dir"),
         inputs=(),
         output=lambda c: c.encoder_dir,
-        finished=lambda c: (c.encoder_dir / "backbone.pt").is_file(),
+        finished=lambda c: _whole_backbone(c.encoder_dir / "backbone.pt"),
         run=_run_encoder,
         result=lambda c: c.encoder_dir / "backbone.pt",
         feeds=_encoder_feeds,
@@ -374,7 +386,7 @@ STAGES: tuple[Stage, ...] = (
         ignores=_DATA_TRAIN_ONLY + _PRETRAIN_IGNORES,
         inputs=("generate",),
         output=lambda c: c.pretrain_dir,
-        finished=lambda c: (c.pretrain_dir / "backbone.pt").is_file(),
+        finished=lambda c: _whole_backbone(c.pretrain_dir / "backbone.pt"),
         run=_run_pretrain,
         result=lambda c: c.pretrain_dir / "backbone.pt",
         feeds=lambda c: None if _evaluates_own_pretraining(c) else f"evaluate.checkpoint={c.evaluate.checkpoint} is evaluated",
@@ -390,6 +402,7 @@ STAGES: tuple[Stage, ...] = (
         run=_run_evaluate,
         result=lambda c: json.loads((c.evaluate_dir / "metrics.json").read_text()),
         resolved=_evaluate_resolved,
+        stops_anywhere=True,
     ),
     # The report stage (issue 12) is the next row: decides=("report",...), inputs=("evaluate",).
 )
@@ -720,17 +733,25 @@ def run_stage(name: str, config: RunConfig, show_progress: bool = True, force: b
 
     The result is what the stage function returns (a path, a store, the metrics) or, for a
     stage that is done, the same read from its output; None for a stage not in this run.
+
+    SIGTERM outside the stage's own handling (while records are written, a backbone saved after
+    training) is noted and raised as :class:`~synthpos.signals.Terminated` at the next safe point:
+    before the stage's work starts, or once its record is written.
     """
     from synthpos.run_lock import run_lock
+    from synthpos.signals import sigterm_raises, stop_requests
 
     stage = BY_NAME[name]
     check_inputs(stage, config, explicit)
-    with run_lock(config.run_dir):
-        return _run_stage_locked(stage, config, show_progress, force, explicit)
+    with run_lock(config.run_dir), stop_requests() as stop, \
+            (sigterm_raises() if stage.stops_anywhere else nullcontext()):
+        result = _run_stage_locked(stage, config, show_progress, force, explicit, stop)
+        stop.raise_if_requested(f"stage {name} finished first")
+        return result
 
 
 def _run_stage_locked(stage: Stage, config: RunConfig, show_progress: bool, force: bool,
-                      explicit: bool) -> tuple[Any, bool]:
+                      explicit: bool, stop) -> tuple[Any, bool]:
     name = stage.name
     created = created_dirs(stage.output(config))
     # Under torchrun every rank generates: rank 0 decides (moves a stale store aside, writes the
@@ -747,6 +768,7 @@ def _run_stage_locked(stage: Stage, config: RunConfig, show_progress: bool, forc
         return None, False
     if status.state == "done" and not force:
         return stage.result(config), False
+    stop.raise_if_requested(f"before stage {name} started")
     try:
         result = stage.run(config, show_progress)
     except NoSpaceError as err:
