@@ -10,7 +10,7 @@ from synthpos.methods.base import Outputs, SSLMethod, register_method
 from synthpos.models.heads import mlp
 
 
-@register_method("simclr")
+@register_method("simclr", default=True)  # a recipe that names no method
 class SimCLR(SSLMethod):
     """SimCLR: NT-Xent between the projections of two views; negatives are the other images' views.
 
