@@ -340,7 +340,7 @@ class EmbeddingConditionConfig(_Strict):
                                  "the run's pretrain settings and no synthetic positives (a label-free method only).")
     crop_size: int | None = Field(None, ge=8, description="Side the encoder reads images at (default: the images' own).")
     dropout: float = Field(0.1, ge=0, lt=1, description="Replace the embedding by zeros with this probability, so "
-                           "classifier-free guidance (generate.guidance_scale) works.")
+                           "classifier-free guidance (generate.clsp.guidance_scale) works.")
     neighbour_prob: float = Field(0.0, ge=0, le=1, description="Train toward one of the anchor's nearest training images "
                                   "in embedding space with this probability (IC-GAN's neighbourhood targets).")
     neighbours: int = Field(5, ge=1, description="How many nearest neighbours are targets.")
