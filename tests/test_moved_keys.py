@@ -85,3 +85,28 @@ def test_stage_records_are_those_made_before_the_move() -> None:
         for name, want in pinned.items():
             record = expected_record(BY_NAME[name], config)
             assert {"settings": record["settings"], "resolved": record["resolved"]} == want, (prefix, name)
+
+
+def test_the_defaults_are_declared_where_the_components_register() -> None:
+    from synthpos.registry import DATASETS, METHODS, MODES
+
+    config = load_config(None)
+    chosen = (config.data.name, config.pretrain.method, config.pretrain.synthetic.mode, config.generate.kind)
+    assert chosen == (DATASETS.default, METHODS.default, MODES.default, GENERATORS.default)
+    assert all(name in registry for name, registry in zip(chosen, (DATASETS, METHODS, MODES, GENERATORS)))
+    with pytest.raises(ValueError, match="both declare themselves the default"):
+        GENERATORS.register("second_default", default=True)(type("SecondDefault", (), {}))
+    assert "second_default" not in GENERATORS
+
+
+def test_config_py_names_no_component() -> None:
+    """No registered name in a comparison or as a table's key in config.py (descriptions may mention them)."""
+    import re
+
+    from synthpos.registry import DATASETS, METHODS, MODES
+
+    source = Path(config_module.__file__).read_text()
+    for registry in (DATASETS, METHODS, MODES, GENERATORS):
+        for name in registry:
+            pattern = rf'(==|!=|\bin)\s*\(?"{re.escape(name)}"|"{re.escape(name)}"\s*:|\(\s*"{re.escape(name)}"\s*,'
+            assert not re.search(pattern, source), (registry.kind, name)

@@ -73,7 +73,7 @@ _LOCATIONS = {"run_dir", "generate.store", "pretrain.store", "pretrain.output_di
 # seeds: how `run` fans out, not a setting of one run. data.name, pretrain.method and the mode are
 # registry names (no literal to draw another from); the contract tests cover every one of them.
 _SKIPPED = _LOCATIONS | {"published",  # decides nothing (test_published_numbers_decide_nothing)
-                         "generate.kind", "generate.guidance_scale", "train_generator.check", "seeds", "data.name",
+                         "generate.kind", "generate.clsp.guidance_scale", "train_generator.check", "seeds", "data.name",
                          "pretrain.method", "pretrain.synthetic.mode"}
 _SPEED_ONLY = {"shard_size", "num_threads", "channels_last", "batch_size", "compile", "checkpoint_every", "checkpoint_every_minutes", "verify_store",
                "checkpoint_every_epochs", "knn_every_epochs", "knn_subset",

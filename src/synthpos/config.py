@@ -73,17 +73,17 @@ def deprecated_key(old: str, new: str) -> None:
 class _Sections(_Strict):
     """A config section that also holds the settings sections its registered components declare.
 
-    A component class (a method, a synthetic mode) with ``settings`` set to a pydantic model
-    owns the key ``<this section>.<its name>``; the schema of that key is the component's,
-    found in the registry when the config is read, so config.py never lists them.
-    ``sections`` holds them by name; a dump writes each under its own key again.
+    A component class (a dataset, a generator, a method, a synthetic mode) with ``settings`` set to a
+    pydantic model owns the key ``<this section>.<its name>``; the schema of that key is the
+    component's, found in the registry when the config is read, so config.py never lists them.
+    ``sections`` holds them by name; a dump writes each under its own key again. A key that moved
+    into a component's section is declared by the component (``moved = {old: new}`` on its class)
+    and still works, with one deprecation line.
     """
 
     _registry: ClassVar[str]
     _chosen: ClassVar[str]  # the field that names the component in use
     _prefix: ClassVar[str]  # where this section sits in a run config, for messages
-    #: keys that moved: old spelling -> (section, key); each still works, with one deprecation line
-    MOVED: ClassVar[dict[str, tuple[str, str]]] = {}
     #: optional keys a dump writes only when set: stage records (and saved configs) of runs made before
     #: the key existed stay current while it is left unset
     WRITTEN_WHEN_SET: ClassVar[tuple[str, ...]] = ()
@@ -100,7 +100,7 @@ class _Sections(_Strict):
         reg = getattr(registries, cls._registry)
         data = dict(data)
         try:
-            moved = {**reg.moved_keys(), **cls.MOVED}  # the components' own tables (``moved`` on each class)
+            moved = reg.moved_keys()  # keys that moved into a component's section: each component's own table
         except ValueError as err:
             raise SynthposError(str(err)) from None
         for old, (section, key) in moved.items():
@@ -168,7 +168,7 @@ class _Sections(_Strict):
         from synthpos import registry as registries
 
         reg = getattr(registries, type(self)._registry)
-        moved = {**reg.moved_keys(), **type(self).MOVED}
+        moved = reg.moved_keys()
         plain: dict[str, Any] = {}
         whole: dict[str, Any] = {}
         keys: dict[str, dict[str, Any]] = {}
@@ -209,7 +209,7 @@ class _Sections(_Strict):
         reg = getattr(registries, type(self)._registry)
         if item in reg and getattr(reg.get(item), "settings", None) is not None:
             return self.section(item)
-        moved = {**reg.moved_keys(), **type(self).MOVED}
+        moved = reg.moved_keys()
         if item in moved:
             section, key = moved[item]
             deprecated_key(f"{type(self)._prefix}.{item}", f"{type(self)._prefix}.{section}.{key}")
@@ -625,8 +625,6 @@ class PretrainConfig(_Sections):
         "says these very files were verified (first use, copied in, changed); 'always' in any case.")
     per_view_batchnorm: bool = Field(False, description="Forward each view alone, so BatchNorm statistics are those of "
                                      "one view (the official MoCo code); false: all views in one batch (faster).")
-
-    MOVED: ClassVar[dict[str, tuple[str, str]]] = {"dclw_sigma": ("dclw", "sigma")}
 
     @field_validator("method")
     @classmethod
