@@ -117,6 +117,12 @@ def _field(key: str):
     model: type[BaseModel] = RunConfig
     annotation = None
     for part in key.split("."):
+        if part not in model.model_fields:  # a component's own section (generate.clsp): its settings model
+            import synthpos.registry as registries
+
+            model = getattr(registries, model._registry).get(part).settings
+            annotation = model
+            continue
         annotation = model.model_fields[part].annotation
         inner = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):

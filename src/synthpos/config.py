@@ -956,6 +956,56 @@ def _describe(err: ValidationError, source: str) -> str:
     return f"{source}: '{where}': {first['msg']} (got {got[:200]})"
 
 
+#: where the sections that hold components' settings sit in a run config (their moved keys are spelled anew there)
+_SECTION_PATHS: tuple[tuple[tuple[str, ...], type[_Sections]], ...] = (
+    (("data",), DataConfig), (("generate",), GenerateConfig), (("pretrain",), PretrainConfig),
+    (("pretrain", "synthetic"), SyntheticConfig))
+
+
+def _moved_keys(registry: str) -> dict[str, tuple[str, str]]:
+    """The registry's moved keys (old -> (component, key)); two components claiming one key is a config error."""
+    from synthpos import registry as registries
+
+    try:
+        return getattr(registries, registry).moved_keys()
+    except ValueError as err:
+        raise SynthposError(str(err)) from None
+
+
+def _moved_path(keys: list[str]) -> list[str]:
+    """A dotted key's parts with a moved key spelled anew (``generate.num_steps`` -> ``generate.clsp.num_steps``),
+    with its deprecation line; other keys unchanged."""
+    for path, section in _SECTION_PATHS:
+        n = len(path)
+        if tuple(keys[:n]) == path and len(keys) > n:
+            moved = _moved_keys(section._registry)
+            if keys[n] in moved:
+                owner, key = moved[keys[n]]
+                deprecated_key(".".join(keys[: n + 1]), ".".join([*path, owner, key]))
+                return [*path, owner, key, *keys[n + 1:]]
+    return keys
+
+
+def _spell_moved_keys(tree: dict[str, Any]) -> dict[str, Any]:
+    """One recipe file's tree with its moved keys spelled anew (the new spelling wins where a file has both), so
+    files merged later and ``--set`` override them whichever spelling each uses."""
+    for path, section in _SECTION_PATHS:
+        node = tree
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        moved = _moved_keys(section._registry)
+        for old in [k for k in node if k in moved]:
+            owner, key = moved[old]
+            deprecated_key(".".join([*path, old]), ".".join([*path, owner, key]))
+            value = node.pop(old)
+            target = node.get(owner)
+            node[owner] = target = dict(target) if isinstance(target, dict) else {}
+            target.setdefault(key, value)
+    return tree
+
+
 def load_config(path: Path | str | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a run config from YAML (or the defaults), apply ``--set`` overrides and validate.
 
@@ -972,9 +1022,9 @@ def load_config(path: Path | str | None = None, overrides: list[str] | None = No
         source = str(path)
         if not path.is_file():
             raise SynthposError(f"config file {path} does not exist; pass --config with a YAML recipe such as configs/fashion_mnist/clsp_simclr.yaml")
-        tree = read_recipe(path)  # with its extends: merged in order (synthpos.compose)
+        tree = read_recipe(path, normalize=_spell_moved_keys)  # with its extends: merged in order (synthpos.compose)
     for key, value in parse_overrides(overrides or []):
-        _set_dotted(tree, key, value)
+        _set_dotted(tree, ".".join(_moved_path(key.split("."))), value)
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as err:
