@@ -236,6 +236,7 @@ VALID_FIELDS = [(k, a, m) for k, a, m in FIELDS if _valid_values(a, m) is not No
                               "train_generator.unet.norm_num_groups", "pretrain.synthetic.mode", "data.name",
                               "evaluate.max_train", "train_generator.num_train_timesteps", "pretrain.num_nodes",
                               "generate.clsp.strength",  # strength: at least 1 / num_steps
+                              "evaluate.validation_fraction",  # the kNN grid needs knn_k images left after the carve
                               "pretrain.synthetic.augment.crop_size")]  # pretrain.augment.crop_size's
 
 
