@@ -139,9 +139,10 @@ def measure(generator_dir: str, w: float, strength: float, train, classifier, ar
     from synthpos.evaluation.positives import PositivesStats
     from synthpos.generators.registry import build_generator
 
-    settings = GenerateConfig(kind="clsp", candidates=args.candidates, sampler=args.sampler, num_steps=args.steps,
-                              interpolation_weight=w, strength=strength, clip_x0=args.clip_x0, batch_size=256,
-                              guidance_scale=guidance, condition_noise=condition_noise)
+    settings = GenerateConfig(kind="clsp", candidates=args.candidates, batch_size=256,
+                              clsp={"sampler": args.sampler, "num_steps": args.steps, "interpolation_weight": w,
+                                    "strength": strength, "clip_x0": args.clip_x0, "guidance_scale": guidance,
+                                    "condition_noise": condition_noise})
     generator = build_generator("clsp", Path(generator_dir), settings, args.seed, torch.device("cpu"))
     anchors, labels = train.images[: args.anchors], train.labels[: args.anchors]
     start = time.perf_counter()

@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     from synthpos.config import DataConfig, FidelityConfig, GenerateConfig
     from synthpos.data import load_dataset
     from synthpos.evaluation.fidelity import predict, train_classifier
-    from synthpos.generators.clsp_generator import CLSPGenerator
+    from synthpos.generators.registry import build_generator
 
     started = time.perf_counter()
     machine = machine_info("diffusers")
@@ -189,8 +189,10 @@ def main(argv: list[str] | None = None) -> int:
 
     generators = {}
     for v in args.variants:
-        settings = GenerateConfig(candidates=k, batch_size=args.batch_size, **v.settings)
-        generators[v.name] = CLSPGenerator(args.generator, settings, args.seed, device)
+        shared = {key: value for key, value in v.settings.items() if key in GenerateConfig.model_fields}
+        own = {key: value for key, value in v.settings.items() if key not in shared}  # generate.clsp.*
+        settings = GenerateConfig(kind="clsp", candidates=k, batch_size=args.batch_size, **shared, clsp=own)
+        generators[v.name] = build_generator("clsp", args.generator, settings, args.seed, device)
         if not args.smoke:
             generators[v.name].generate(anchors[:1], 0)  # warm-up, untimed
     record = {v.name: generators[v.name].record() for v in args.variants}

@@ -142,7 +142,10 @@ def test_wrong_type_via_set_is_named() -> None:
 
 
 def test_out_of_range_value_is_named() -> None:
-    with pytest.raises(SynthposError, match=r"generate\.interpolation_weight"):
+    with pytest.raises(SynthposError, match=r"'generate\.clsp\.interpolation_weight'"):
+        load_config(None, ["generate.clsp.interpolation_weight=1.5"])
+    # The key's old spelling: the error names the key where it lives now (the deprecation line names both).
+    with pytest.raises(SynthposError, match=r"generate\.clsp\.interpolation_weight"):
         load_config(None, ["generate.interpolation_weight=1.5"])
 
 

@@ -28,6 +28,7 @@ from pydantic import BaseModel
 
 from synthpos import cli
 from synthpos.config import RunConfig, load_config
+from synthpos.registry import GENERATORS
 
 def _leaves(model: type[BaseModel], prefix: str = "") -> list[tuple[str, typing.Any, list]]:
     out = []
@@ -45,6 +46,8 @@ def _leaves(model: type[BaseModel], prefix: str = "") -> list[tuple[str, typing.
 # its components' own settings sections (written under their own keys, e.g. pretrain.barlow_twins), not a key.
 # evaluate.knn_k is a k or a grid of them (int | list[int]): its checks are tested in tests/evaluation/test_protocols.py.
 FIELDS = [f for f in _leaves(RunConfig) if f[0] not in ("generate.kind", "evaluate.knn_k") and not f[0].endswith(".sections")]
+# Each generator's own settings (generate.clsp.*, generate.unclip.*), declared on its class.
+FIELDS += [f for name, cls in GENERATORS.items() if cls.settings is not None for f in _leaves(cls.settings, f"generate.{name}.")]
 
 # Optional sections with a required key: a draw inside one sets that key too (an existing file), so the draw is
 # judged on its own value, not on the section's missing key.
@@ -145,8 +148,8 @@ def _cross_field() -> st.SearchStrategy:
         lambda p: ([f"generate.candidates={k}", f"pretrain.synthetic.positives={p}", "pretrain.synthetic.mode=multipos"],
                    "pretrain.synthetic.positives")))
     steps = st.integers(2, 100).flatmap(lambda t: st.integers(t + 1, 3 * t).map(
-        lambda s: ([f"train_generator.num_train_timesteps={t}", f"generate.num_steps={s}", "pretrain.synthetic.mode=clsp"],
-                   "generate.num_steps")))
+        lambda s: ([f"train_generator.num_train_timesteps={t}", f"generate.clsp.num_steps={s}", "pretrain.synthetic.mode=clsp"],
+                   "generate.clsp.num_steps")))
     milestones = st.floats(1.01, 5).map(lambda m: ([f"evaluate.linear.milestones=[0.5, {m}]"], "evaluate.linear.milestones"))
     subset = st.integers(60001, 10**6).map(lambda n: ([f"data.subset={n}"], "data.subset"))
     missing = st.sampled_from([
@@ -227,12 +230,13 @@ def test_an_ordering_or_limit_between_fields_is_one_line_naming_it(workdir, case
 
 VALID_FIELDS = [(k, a, m) for k, a, m in FIELDS if _valid_values(a, m) is not None
                 # limited by other fields (checked by the cross-field cases): keep them at their defaults
-                and k not in ("pretrain.batch_size", "data.subset", "evaluate.knn_k", "generate.num_steps",
+                and k not in ("pretrain.batch_size", "data.subset", "evaluate.knn_k", "generate.clsp.num_steps",
                               "train_generator.sample_size", "train_generator.beta_start", "train_generator.beta_end",
-                              "generate.guidance_scale", "generate.num_anchors", "pretrain.synthetic.positives",
+                              "generate.clsp.guidance_scale", "generate.num_anchors", "pretrain.synthetic.positives",
                               "train_generator.unet.norm_num_groups", "pretrain.synthetic.mode", "data.name",
                               "evaluate.max_train", "train_generator.num_train_timesteps", "pretrain.num_nodes",
-                              "generate.strength",  # strength: at least 1 / num_steps
+                              "generate.clsp.strength",  # strength: at least 1 / num_steps
+                              "evaluate.validation_fraction",  # the kNN grid needs knn_k images left after the carve
                               "pretrain.synthetic.augment.crop_size")]  # pretrain.augment.crop_size's
 
 

@@ -74,7 +74,7 @@ _LOCATIONS = {"run_dir", "generate.store", "pretrain.store", "pretrain.output_di
 # seeds: how `run` fans out, not a setting of one run. data.name, pretrain.method and the mode are
 # registry names (no literal to draw another from); the contract tests cover every one of them.
 _SKIPPED = _LOCATIONS | {"published",  # decides nothing (test_published_numbers_decide_nothing)
-                         "generate.kind", "generate.guidance_scale", "train_generator.check", "evaluate.finetune", "seeds", "data.name",
+                         "generate.kind", "generate.clsp.guidance_scale", "train_generator.check", "evaluate.finetune", "seeds", "data.name",
                          "pretrain.method", "pretrain.synthetic.mode"}
 _SPEED_ONLY = {"shard_size", "num_threads", "channels_last", "batch_size", "compile", "checkpoint_every", "checkpoint_every_minutes", "verify_store",
                "checkpoint_every_epochs", "knn_every_epochs", "knn_subset",
@@ -118,6 +118,12 @@ def _field(key: str):
     model: type[BaseModel] = RunConfig
     annotation = None
     for part in key.split("."):
+        if part not in model.model_fields:  # a component's own section (generate.clsp): its settings model
+            import synthpos.registry as registries
+
+            model = getattr(registries, model._registry).get(part).settings
+            annotation = model
+            continue
         annotation = model.model_fields[part].annotation
         inner = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):

@@ -21,6 +21,7 @@ installed package from anywhere.
 from __future__ import annotations
 
 from importlib import resources
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,12 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return tree
 
 
-def read_recipe(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+def read_recipe(path: Path, _chain: tuple[Path, ...] = (),
+                normalize: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
     """The recipe at ``path`` with every ``extends`` resolved and merged (not validated).
+
+    ``normalize`` rewrites each file's tree before it is merged (the config spells moved keys anew
+    there, so a later file or ``--set`` overrides an earlier one whichever spelling each uses).
 
     Raises:
         SynthposError: the file or a parent is missing or not YAML, ``extends`` is not a
@@ -76,6 +81,8 @@ def read_recipe(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         loop = " -> ".join(str(p) for p in (*_chain, path.resolve()))
         raise SynthposError(f"recipes extend each other in a loop ({loop}); remove one of these extends")
     tree = _read_yaml(path)
+    if normalize is not None:
+        tree = normalize(tree)
     parents = tree.pop("extends", None)
     if parents is None:
         return tree
@@ -89,5 +96,5 @@ def read_recipe(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         if not parent.is_file():
             raise SynthposError(f"{path} extends {name}, which does not exist ({parent}); fix the path "
                                 "(it is relative to the recipe that names it)")
-        merged = deep_merge(merged, read_recipe(parent, (*_chain, path.resolve())))
+        merged = deep_merge(merged, read_recipe(parent, (*_chain, path.resolve()), normalize))
     return deep_merge(merged, tree)

@@ -50,17 +50,209 @@ def dataset_fact(name: str, fact: str) -> Any:
     return getattr(DATASETS.get(name), fact, None) if name in DATASETS else None
 
 
-class DataConfig(_Strict):
-    """Which dataset, where it lives, and how much of it to use."""
+def _known(registry: str, name: str) -> str:
+    """``name`` if the registry holds it; else a one-line error listing the names it holds."""
+    from synthpos import registry as registries
 
-    name: str = Field("fashion_mnist", description="A registered dataset (synthpos.registry.DATASETS): fashion_mnist, "
-                      "cifar10, cifar100, image_folder, or one a plugin registers.")
+    reg = getattr(registries, registry)
+    if name not in reg:
+        raise ValueError(reg.unknown(name))
+    return name
+
+
+_REPORTED: set[str] = set()
+
+
+def deprecated_key(old: str, new: str) -> None:
+    """One line on stderr (once per key and process): ``old`` still works but has moved to ``new``."""
+    if old not in _REPORTED:
+        _REPORTED.add(old)
+        sys.stderr.write(f"synthpos: '{old}' is deprecated; write '{new}' instead (docs/architecture.md: moved keys)\n")
+
+
+class _Sections(_Strict):
+    """A config section that also holds the settings sections its registered components declare.
+
+    A component class (a dataset, a generator, a method, a synthetic mode) with ``settings`` set to a
+    pydantic model owns the key ``<this section>.<its name>``; the schema of that key is the
+    component's, found in the registry when the config is read, so config.py never lists them.
+    ``sections`` holds them by name; a dump writes each under its own key again. A key that moved
+    into a component's section is declared by the component (``moved = {old: new}`` on its class)
+    and still works, with one deprecation line.
+    """
+
+    _registry: ClassVar[str]
+    _chosen: ClassVar[str]  # the field that names the component in use
+    _prefix: ClassVar[str]  # where this section sits in a run config, for messages
+    #: optional keys a dump writes only when set: stage records (and saved configs) of runs made before
+    #: the key existed stay current while it is left unset
+    WRITTEN_WHEN_SET: ClassVar[tuple[str, ...]] = ()
+    sections: dict[str, Any] = Field(default_factory=dict, description="Settings sections of "
+                                                           "registered components, written under their names.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_sections(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        from synthpos import registry as registries
+
+        reg = getattr(registries, cls._registry)
+        data = dict(data)
+        try:
+            moved = reg.moved_keys()  # keys that moved into a component's section: each component's own table
+        except ValueError as err:
+            raise SynthposError(str(err)) from None
+        for old, (section, key) in moved.items():
+            if old in data:
+                deprecated_key(f"{cls._prefix}.{old}", f"{cls._prefix}.{section}.{key}")
+                value = data.pop(old)
+                target = dict(data.get(section) or {})
+                target.setdefault(key, value)  # the new spelling wins where both are written
+                data[section] = target
+        sections = dict(data.pop("sections", None) or {})
+        for name, component in reg.items():
+            if getattr(component, "settings", None) is not None and name in data:
+                sections[name] = data.pop(name)
+        data["sections"] = sections
+        return data
+
+    @model_validator(mode="after")
+    def _validate_sections(self) -> _Sections:
+        from synthpos import registry as registries
+
+        reg = getattr(registries, self._registry)
+        chosen = getattr(self, self._chosen)
+        raw = dict(self.sections)
+        if chosen in reg and getattr(reg.get(chosen), "settings", None) is not None:
+            raw.setdefault(chosen, {})  # the component in use records its settings, defaults included
+        validated: dict[str, BaseModel] = {}
+        for name, value in raw.items():
+            settings = reg.get(name).settings
+            if isinstance(value, settings):
+                validated[name] = value
+                continue
+            try:
+                validated[name] = settings.model_validate(value if value is not None else {})
+            except ValidationError as err:
+                first = err.errors()[0]
+                where = ".".join([self._prefix, name, *(str(p) for p in first["loc"])])
+                if first["type"] == "extra_forbidden":
+                    raise ValueError(f"unknown key '{where}'; check its spelling") from None
+                raise ValueError(f"'{where}': {first['msg']} (got {first.get('input')!r})") from None
+        self.__dict__["sections"] = validated  # not setattr: validate_assignment would run this validator again
+        return self
+
+    @model_serializer(mode="wrap")
+    def _write_sections(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        data.update(data.pop("sections", None) or {})
+        for key in self.WRITTEN_WHEN_SET:
+            if data.get(key, 0) is None:
+                del data[key]
+        return data
+
+    def section(self, name: str) -> BaseModel:
+        """The settings section of component ``name`` (its defaults where the config sets none)."""
+        from synthpos import registry as registries
+
+        if name in self.sections:
+            return self.sections[name]
+        return getattr(registries, self._registry).get(name).settings()
+
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Any:
+        """pydantic's copy; an ``update`` may also name a component's section (replaced whole, validated) or a
+        key that moved into one (set in that section, which is validated again)."""
+        if not update:
+            return super().model_copy(update=update, deep=deep)
+        from synthpos import registry as registries
+
+        reg = getattr(registries, type(self)._registry)
+        moved = reg.moved_keys()
+        plain: dict[str, Any] = {}
+        whole: dict[str, Any] = {}
+        keys: dict[str, dict[str, Any]] = {}
+        for key, value in update.items():
+            if key in moved:
+                deprecated_key(f"{type(self)._prefix}.{key}", f"{type(self)._prefix}.{moved[key][0]}.{moved[key][1]}")
+                keys.setdefault(moved[key][0], {})[moved[key][1]] = value
+            elif key in reg and getattr(reg.get(key), "settings", None) is not None:
+                whole[key] = value
+            else:
+                plain[key] = value
+        copy = super().model_copy(update=plain, deep=deep)
+        sections = dict(copy.sections)
+        for name, value in whole.items():
+            settings = reg.get(name).settings
+            sections[name] = value if isinstance(value, settings) else settings.model_validate(value)
+        for name, values in keys.items():
+            current = sections[name] if name in sections else copy.section(name)
+            sections[name] = type(current).model_validate({**current.model_dump(), **values})
+        copy.__dict__["sections"] = sections
+        return copy
+
+    @property
+    def own(self) -> BaseModel | None:
+        """The settings section of the component in use (None when it declares no settings)."""
+        from synthpos import registry as registries
+
+        component = getattr(registries, self._registry).get(getattr(self, self._chosen))
+        return None if getattr(component, "settings", None) is None else self.section(component.name)
+
+    def __getattr__(self, item: str) -> Any:
+        # ``config.generate.clsp.num_steps`` reads a component's section like a field; a key that moved
+        # there (``config.generate.num_steps``) still reads, with the same deprecation line as in a recipe.
+        if item.startswith("_"):
+            return super().__getattr__(item)
+        from synthpos import registry as registries
+
+        reg = getattr(registries, type(self)._registry)
+        if item in reg and getattr(reg.get(item), "settings", None) is not None:
+            return self.section(item)
+        moved = reg.moved_keys()
+        if item in moved:
+            section, key = moved[item]
+            deprecated_key(f"{type(self)._prefix}.{item}", f"{type(self)._prefix}.{section}.{key}")
+            return getattr(self.section(section), key)
+        return super().__getattr__(item)
+
+
+def _registered_default(registry: str) -> Any:
+    """A default factory: the name the registry's components declare as default (``default=True``
+    where they register), read when a config is validated, not when this module is imported."""
+
+    def default() -> str:
+        from synthpos import registry as registries
+
+        return getattr(registries, registry).default
+
+    return default
+
+
+class DataConfig(_Sections):
+    """Which dataset, where it lives, and how much of it to use.
+
+    ``root``, ``test_root``, ``image_size`` and ``subset`` are every dataset's (each source finds its
+    folder from ``root``; :func:`synthpos.data.load_dataset` applies ``subset`` and ``image_size`` to
+    any source), so they stay here: a recipe switching ``data.name`` keeps them, and the stage
+    records of earlier runs keep their keys. A dataset with settings of its own declares them on
+    its class and owns ``data.<name>``.
+    """
+
+    _registry: ClassVar[str] = "DATASETS"
+    _chosen: ClassVar[str] = "name"
+    _prefix: ClassVar[str] = "data"
+
+    name: str = Field(default_factory=_registered_default("DATASETS"), description="A registered dataset "
+                      "(synthpos.registry.DATASETS; default: the one registered as default): fashion_mnist, cifar10, "
+                      "cifar100, image_folder, or one a plugin registers.")
     root: Path | None = Field(
         None,
-        description="Folder with the data. Default: $SYNTHPOS_DATA, then the system location "
+        description="Folder with the data. Default: $SYNTHPOS_DATA, then the system location the dataset declares "
         "(/usr/share/datasets/fashion-mnist for Fashion-MNIST).",
     )
-    test_root: Path | None = Field(None, description="image_folder only: the evaluation split's folder.")
+    test_root: Path | None = Field(None, description="The evaluation split's folder, for a dataset whose splits are "
+                                   "separate folders (image_folder).")
 
     @field_validator("name")
     @classmethod
@@ -155,7 +347,7 @@ class EmbeddingConditionConfig(_Strict):
                                  "the run's pretrain settings and no synthetic positives (a label-free method only).")
     crop_size: int | None = Field(None, ge=8, description="Side the encoder reads images at (default: the images' own).")
     dropout: float = Field(0.1, ge=0, lt=1, description="Replace the embedding by zeros with this probability, so "
-                           "classifier-free guidance (generate.guidance_scale) works.")
+                           "classifier-free guidance (generate.clsp.guidance_scale) works.")
     neighbour_prob: float = Field(0.0, ge=0, le=1, description="Train toward one of the anchor's nearest training images "
                                   "in embedding space with this probability (IC-GAN's neighbourhood targets).")
     neighbours: int = Field(5, ge=1, description="How many nearest neighbours are targets.")
@@ -221,49 +413,22 @@ class TrainGeneratorConfig(_Strict):
         return data
 
 
-class AdaptiveNoiseConfig(_Strict):
-    """GenView's adaptive noise level: a foreground ratio per image, binned to a noise level."""
+class GenerateConfig(_Sections):
+    """Stage 2: synthetic positives into a store.
 
-    enabled: bool = Field(False, description="Off: every image uses unclip.noise_level (Ayromlou et al.).")
-    bins: list[float] = Field([0.2, 0.4, 0.6, 0.8], description="Foreground-ratio bin edges (ascending).")
-    levels: list[int] = Field([0, 100, 200, 300, 400], description="Noise level of each bin (one more than bins).")
-    fit_images: int = Field(1000, ge=2, description="Images sampled from the dataset to fit the principal component.")
-    foreground_share: float = Field(0.6, gt=0, lt=1, description="Share of the fitting images' patches counted as "
-                                    "foreground: sets the threshold (GenView's code: about 0.35, where the cumulative histogram "
-                                    "reaches 0.65).")
+    The fields here are the store's and every generator's (where it goes, K, the layout, the seed,
+    batching and precision); ``kind`` names a registered generator, whose own settings (its sampler)
+    it declares on its class and owns under ``generate.<kind>`` (``generate.clsp.num_steps``,
+    ``generate.unclip.guidance_scale``). Keys that moved there from this section still work, with
+    one deprecation line: each generator lists its own (``moved`` on its class).
+    """
 
-    @model_validator(mode="after")
-    def _check_bins(self) -> AdaptiveNoiseConfig:
-        if len(self.levels) != len(self.bins) + 1:
-            raise ValueError(f"levels needs one entry more than bins ({len(self.bins) + 1}); got {len(self.levels)}")
-        if any(b <= a for a, b in zip(self.bins, self.bins[1:])):
-            raise ValueError("bins must be strictly ascending")
-        if any(level < 0 for level in self.levels):
-            raise ValueError(f"levels must be >= 0 (noise levels of the image embedding); got {self.levels}")
-        return self
+    _registry: ClassVar[str] = "GENERATORS"
+    _chosen: ClassVar[str] = "kind"
+    _prefix: ClassVar[str] = "generate"
 
-
-class UnCLIPConfig(_Strict):
-    """Stable unCLIP image variations (Ayromlou et al.; GenView with adaptive noise)."""
-
-    num_steps: int = Field(10, ge=1, description="DDIM steps.")
-    eta: float = Field(0.0, ge=0.0)
-    guidance_scale: float = Field(10.0, ge=0.0, description="Classifier-free guidance against a zero image embedding "
-                                  "and the empty prompt (1 = off; 10 = the pipeline's default, which Ayromlou et al. ran; GenView: 10 too).")
-    noise_level: int = Field(0, ge=0, description="Noise added to the image embedding when adaptive noise is off.")
-    trailing_zero_snr: bool = Field(True, description="DDIM with trailing timesteps and betas rescaled to zero terminal SNR "
-                                    "(Ayromlou et al.'s code); off: the model's own DDIM schedule (GenView).")
-    prompt: str = Field("", description="Text prompt of every variation (Ayromlou et al.: empty; GenView: its fixed "
-                        "\"Your custom text prompt here\", generate_image_variations_noiselevels.py:77).")
-    image_size: int | None = Field(None, ge=8, multiple_of=8, description="Generate at this size (default: the model's, "
-                                   "768 for stable-diffusion-2-1-unclip-small); results are resized to the dataset's size.")
-    adaptive_noise: AdaptiveNoiseConfig = AdaptiveNoiseConfig()
-
-
-class GenerateConfig(_Strict):
-    """Stage 2: synthetic positives into a store (CLSP's DDIM with bottleneck interpolation by default)."""
-
-    kind: str = Field("clsp", description="A registered generator (synthpos.registry.GENERATORS): 'clsp' (a DDPM, "
+    kind: str = Field(default_factory=_registered_default("GENERATORS"), description="A registered generator "
+                      "(synthpos.registry.GENERATORS; default: the one registered as default): 'clsp' (a DDPM, "
                       "optionally class-conditional or embedding-conditioned, with bottleneck interpolation), 'unclip' "
                       "(Stable unCLIP image variations), 'anchors' (K copies of the anchor itself: the real-view control "
                       "of a synthetic run), or one a plugin registers.")
@@ -280,25 +445,7 @@ class GenerateConfig(_Strict):
     seed: int | None = Field(None, description="Seed of generation (and of the generator's training). Default: the "
                              "run's seed; runs with several seeds keep the first, so they share one store.")
     candidates: int = Field(8, ge=1, description="K: candidates per anchor.")
-    num_steps: int = Field(100, ge=1, description="DDIM steps.")
-    eta: float = Field(0.1, ge=0.0)
-    interpolation_weight: float = Field(
-        0.1, ge=0.0, le=1.0, description="w in w*h + (1-w)*h_anchor (1 = plain DDIM, 0 = the anchor's bottleneck)."
-    )
-    clip_x0: bool = Field(False, description="Clip the predicted x0 to [-1, 1] at every step (paper: off).")
-    strength: float = Field(1.0, gt=0.0, le=1.0, description="diffusers' img2img strength: 1 starts from pure noise (the "
-                            "paper); 0.3 starts from the anchor noised 30% of the way and takes 30% of num_steps.")
-    sampler: Literal["ddim", "dpmsolver++"] = Field("ddim", description="ddim: the paper's sampler; dpmsolver++: "
-                                                    "DPM-Solver++ with the same interpolation, in far fewer steps.")
-    share_anchor_noise: bool = Field(False, description="One noised copy of the anchor per step for all its K candidates "
-                                     "(saves encoder passes; the paper draws fresh noise per candidate).")
-    guidance_scale: float = Field(1.0, ge=0.0, description="Class-conditional generators: classifier-free guidance scale "
-                                  "(1 = the conditional prediction alone).")
-    condition_noise: float = Field(0.0, ge=0.0, description="Embedding-conditioned generators: Gaussian noise of this "
-                                   "standard deviation on each candidate's L2-normalised embedding (then normalised "
-                                   "again); 0 conditions every candidate on its anchor's own embedding.")
-    compile: bool = Field(False, description="torch.compile the UNet (pays off on long runs on GPUs).")
-    unclip: UnCLIPConfig = UnCLIPConfig()
+    compile: bool = Field(False, description="torch.compile the generator's network (pays off on long runs on GPUs).")
     num_anchors: int | None = Field(None, ge=1, description="Generate for the first N training images only.")
     shard_size: int = Field(500, ge=1, description="Anchors per shard.")
     store_format: Literal["auto", "raw", "png", "jpeg", "webp"] = Field(
@@ -306,21 +453,13 @@ class GenerateConfig(_Strict):
         "images per shard ('png' lossless, 'jpeg'/'webp' lossy at store_quality). 'auto': an existing store's "
         "format; for a new one raw up to 64 px a side, JPEG above (an import: its files' own codec).")
     store_quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality of encoded shards.")
-    batch_size: int = Field(128, ge=1, description="Images (anchor x candidate) per UNet call.")
+    batch_size: int = Field(128, ge=1, description="Images (anchor x candidate) per network call.")
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     channels_last: bool = True
     num_threads: int | None = Field(None, ge=1)
     verify_store: Literal["auto", "always"] = Field(
         "auto", description="Hash every shard of an existing store before resuming: 'auto' unless the store's stamp "
         "(verified.json) says these very files were verified; 'always' in any case (finds bytes flipped in place).")
-
-
-    @model_validator(mode="after")
-    def _check_strength(self) -> GenerateConfig:
-        if int(self.num_steps * self.strength) < 1:
-            raise ValueError(f"strength={self.strength} leaves no step of num_steps={self.num_steps}; "
-                             f"raise strength to at least {1 / self.num_steps:.3g} or num_steps")
-        return self
 
 
 class BackboneConfig(_Strict):
@@ -364,113 +503,6 @@ class AugmentConfig(_Strict):
         return value
 
 
-def _known(registry: str, name: str) -> str:
-    """``name`` if the registry holds it; else a one-line error listing the names it holds."""
-    from synthpos import registry as registries
-
-    reg = getattr(registries, registry)
-    if name not in reg:
-        raise ValueError(reg.unknown(name))
-    return name
-
-
-_REPORTED: set[str] = set()
-
-
-def deprecated_key(old: str, new: str) -> None:
-    """One line on stderr (once per key and process): ``old`` still works but has moved to ``new``."""
-    if old not in _REPORTED:
-        _REPORTED.add(old)
-        sys.stderr.write(f"synthpos: '{old}' is deprecated; write '{new}' instead (docs/architecture.md: moved keys)\n")
-
-
-class _Sections(_Strict):
-    """A config section that also holds the settings sections its registered components declare.
-
-    A component class (a method, a synthetic mode) with ``settings`` set to a pydantic model
-    owns the key ``<this section>.<its name>``; the schema of that key is the component's,
-    found in the registry when the config is read, so config.py never lists them.
-    ``sections`` holds them by name; a dump writes each under its own key again.
-    """
-
-    _registry: ClassVar[str]
-    _chosen: ClassVar[str]  # the field that names the component in use
-    _prefix: ClassVar[str]  # where this section sits in a run config, for messages
-    #: keys that moved: old spelling -> (section, key); each still works, with one deprecation line
-    MOVED: ClassVar[dict[str, tuple[str, str]]] = {}
-    #: optional keys a dump writes only when set: stage records (and saved configs) of runs made before
-    #: the key existed stay current while it is left unset
-    WRITTEN_WHEN_SET: ClassVar[tuple[str, ...]] = ()
-    sections: dict[str, Any] = Field(default_factory=dict, description="Settings sections of "
-                                                           "registered components, written under their names.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _collect_sections(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        from synthpos import registry as registries
-
-        reg = getattr(registries, cls._registry)
-        data = dict(data)
-        for old, (section, key) in cls.MOVED.items():
-            if old in data:
-                deprecated_key(f"{cls._prefix}.{old}", f"{cls._prefix}.{section}.{key}")
-                value = data.pop(old)
-                target = dict(data.get(section) or {})
-                target.setdefault(key, value)  # the new spelling wins where both are written
-                data[section] = target
-        sections = dict(data.pop("sections", None) or {})
-        for name, component in reg.items():
-            if getattr(component, "settings", None) is not None and name in data:
-                sections[name] = data.pop(name)
-        data["sections"] = sections
-        return data
-
-    @model_validator(mode="after")
-    def _validate_sections(self) -> _Sections:
-        from synthpos import registry as registries
-
-        reg = getattr(registries, self._registry)
-        chosen = getattr(self, self._chosen)
-        raw = dict(self.sections)
-        if chosen in reg and getattr(reg.get(chosen), "settings", None) is not None:
-            raw.setdefault(chosen, {})  # the component in use records its settings, defaults included
-        validated: dict[str, BaseModel] = {}
-        for name, value in raw.items():
-            settings = reg.get(name).settings
-            if isinstance(value, settings):
-                validated[name] = value
-                continue
-            try:
-                validated[name] = settings.model_validate(value if value is not None else {})
-            except ValidationError as err:
-                first = err.errors()[0]
-                where = ".".join([self._prefix, name, *(str(p) for p in first["loc"])])
-                if first["type"] == "extra_forbidden":
-                    raise ValueError(f"unknown key '{where}'; check its spelling") from None
-                raise ValueError(f"'{where}': {first['msg']} (got {first.get('input')!r})") from None
-        self.__dict__["sections"] = validated  # not setattr: validate_assignment would run this validator again
-        return self
-
-    @model_serializer(mode="wrap")
-    def _write_sections(self, handler: Any) -> dict[str, Any]:
-        data = handler(self)
-        data.update(data.pop("sections", None) or {})
-        for key in self.WRITTEN_WHEN_SET:
-            if data.get(key, 0) is None:
-                del data[key]
-        return data
-
-    def section(self, name: str) -> BaseModel:
-        """The settings section of component ``name`` (its defaults where the config sets none)."""
-        from synthpos import registry as registries
-
-        if name in self.sections:
-            return self.sections[name]
-        return getattr(registries, self._registry).get(name).settings()
-
-
 class SyntheticConfig(_Sections):
     """How synthetic data enter pretraining: ``mode`` names a registered mode (synthpos.modes).
 
@@ -490,8 +522,9 @@ class SyntheticConfig(_Sections):
     _chosen: ClassVar[str] = "mode"
     _prefix: ClassVar[str] = "pretrain.synthetic"
 
-    mode: str = Field("none", description="A registered synthetic mode: none, clsp, replace, multipos, quality, mochi, "
-                      "or one a plugin registers.")
+    mode: str = Field(default_factory=_registered_default("MODES"), description="A registered synthetic mode "
+                      "(default: the one registered as default): none, clsp, replace, multipos, quality, mochi, or one a "
+                      "plugin registers.")
     weight: float = Field(1.0, ge=0, description="clsp: lambda of the synthetic term.")
     replace_prob: float = Field(0.5, ge=0, le=1, description="replace/quality: probability that view 2 comes from a candidate.")
     replace_view: Literal["second", "each", "random"] = Field(
@@ -558,8 +591,9 @@ class PretrainConfig(_Sections):
     _chosen: ClassVar[str] = "method"
     _prefix: ClassVar[str] = "pretrain"
 
-    method: str = Field("simclr", description="A registered method: simclr, mocov2plus, mocov3, byol, simsiam, "
-                        "barlow_twins, vicreg, nnclr, dcl, dclw, all4one, supcon, or one a plugin registers.")
+    method: str = Field(default_factory=_registered_default("METHODS"), description="A registered method (default: "
+                        "the one registered as default): simclr, mocov2plus, mocov3, byol, simsiam, barlow_twins, vicreg, "
+                        "nnclr, dcl, dclw, all4one, supcon, or one a plugin registers.")
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)  # built on use: it reads the registry
     store: Path | None = Field(None, description="Synthetic store (default: <run_dir>/store).")
     output_dir: Path | None = Field(None, description="Default: <run_dir>/pretrain (or pretrain_<name>).")
@@ -603,8 +637,6 @@ class PretrainConfig(_Sections):
         "says these very files were verified (first use, copied in, changed); 'always' in any case.")
     per_view_batchnorm: bool = Field(False, description="Forward each view alone, so BatchNorm statistics are those of "
                                      "one view (the official MoCo code); false: all views in one batch (faster).")
-
-    MOVED: ClassVar[dict[str, tuple[str, str]]] = {"dclw_sigma": ("dclw", "sigma")}
 
     @field_validator("method")
     @classmethod
@@ -766,7 +798,7 @@ class RunConfig(_Strict):
                                                       "generates its own store with its seed.")
     data: DataConfig = Field(default_factory=DataConfig)
     train_generator: TrainGeneratorConfig = TrainGeneratorConfig()
-    generate: GenerateConfig = GenerateConfig()
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)  # built on use: it reads the registry
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     evaluate: EvaluateConfig = EvaluateConfig()
     fidelity: FidelityConfig = FidelityConfig()
@@ -816,13 +848,10 @@ class RunConfig(_Strict):
                              "synthpos (or leave it unset to evaluate this run's pretraining)")
         if "evaluate" in stages:
             self._check_knn_limits()
-        if _generator_class(gen.kind).trains_on_data and gen.generator is None:  # the generator is trained in this run
-            if "generate" in stages and gen.num_steps > tg.num_train_timesteps:
-                raise ValueError(f"generate.num_steps={gen.num_steps} is more than the train_generator.num_train_timesteps="
-                                 f"{tg.num_train_timesteps} the generator is trained with")
-            if "generate" in stages and gen.guidance_scale != 1.0 and not tg.class_conditional and tg.condition is None:
-                raise ValueError(f"generate.guidance_scale={gen.guidance_scale} needs a conditional generator; set "
-                                 "train_generator.class_conditional=true, train_generator.condition, or generate.guidance_scale=1")
+        generator = _generator_class(gen.kind)
+        if "generate" in stages and generator.trains_on_data and gen.generator is None:
+            # The generator is trained in this run: it says which of its settings the training settings limit.
+            generator.check_training(gen.own, tg)
         if ("train-generator" in stages and tg.condition is not None and tg.condition.encoder is not None
                 and not Path(tg.condition.encoder).is_file()):
             raise ValueError(f"train_generator.condition.encoder={tg.condition.encoder} does not exist; point it at a "
@@ -871,9 +900,8 @@ class RunConfig(_Strict):
             if pre.batch_size // world < 2:
                 raise ValueError(f"pretrain.batch_size={pre.batch_size} leaves fewer than 2 images per device on {world} "
                                  "devices; the losses need negatives or batch statistics")
-        if pre.synthetic.mode == "multipos" and pre.synthetic.positives > gen.candidates:
-            raise ValueError(f"pretrain.synthetic.positives={pre.synthetic.positives} but generate.candidates="
-                             f"{gen.candidates} per anchor are made; lower positives or generate more candidates")
+        # The mode says what it needs of the store's candidates per anchor (multipos: its positives).
+        _mode_class(pre.synthetic.mode).check_candidates(pre.synthetic, gen.candidates)
 
     # Paths a stage writes or reads, derived from run_dir unless set.
     @property
@@ -968,6 +996,56 @@ def _describe(err: ValidationError, source: str) -> str:
     return f"{source}: '{where}': {first['msg']} (got {got[:200]})"
 
 
+#: where the sections that hold components' settings sit in a run config (their moved keys are spelled anew there)
+_SECTION_PATHS: tuple[tuple[tuple[str, ...], type[_Sections]], ...] = (
+    (("data",), DataConfig), (("generate",), GenerateConfig), (("pretrain",), PretrainConfig),
+    (("pretrain", "synthetic"), SyntheticConfig))
+
+
+def _moved_keys(registry: str) -> dict[str, tuple[str, str]]:
+    """The registry's moved keys (old -> (component, key)); two components claiming one key is a config error."""
+    from synthpos import registry as registries
+
+    try:
+        return getattr(registries, registry).moved_keys()
+    except ValueError as err:
+        raise SynthposError(str(err)) from None
+
+
+def _moved_path(keys: list[str]) -> list[str]:
+    """A dotted key's parts with a moved key spelled anew (``generate.num_steps`` -> ``generate.clsp.num_steps``),
+    with its deprecation line; other keys unchanged."""
+    for path, section in _SECTION_PATHS:
+        n = len(path)
+        if tuple(keys[:n]) == path and len(keys) > n:
+            moved = _moved_keys(section._registry)
+            if keys[n] in moved:
+                owner, key = moved[keys[n]]
+                deprecated_key(".".join(keys[: n + 1]), ".".join([*path, owner, key]))
+                return [*path, owner, key, *keys[n + 1:]]
+    return keys
+
+
+def _spell_moved_keys(tree: dict[str, Any]) -> dict[str, Any]:
+    """One recipe file's tree with its moved keys spelled anew (the new spelling wins where a file has both), so
+    files merged later and ``--set`` override them whichever spelling each uses."""
+    for path, section in _SECTION_PATHS:
+        node = tree
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        moved = _moved_keys(section._registry)
+        for old in [k for k in node if k in moved]:
+            owner, key = moved[old]
+            deprecated_key(".".join([*path, old]), ".".join([*path, owner, key]))
+            value = node.pop(old)
+            target = node.get(owner)
+            node[owner] = target = dict(target) if isinstance(target, dict) else {}
+            target.setdefault(key, value)
+    return tree
+
+
 def load_config(path: Path | str | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a run config from YAML (or the defaults), apply ``--set`` overrides and validate.
 
@@ -984,9 +1062,9 @@ def load_config(path: Path | str | None = None, overrides: list[str] | None = No
         source = str(path)
         if not path.is_file():
             raise SynthposError(f"config file {path} does not exist; pass --config with a YAML recipe such as configs/fashion_mnist/clsp_simclr.yaml")
-        tree = read_recipe(path)  # with its extends: merged in order (synthpos.compose)
+        tree = read_recipe(path, normalize=_spell_moved_keys)  # with its extends: merged in order (synthpos.compose)
     for key, value in parse_overrides(overrides or []):
-        _set_dotted(tree, key, value)
+        _set_dotted(tree, ".".join(_moved_path(key.split("."))), value)
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as err:

@@ -66,9 +66,10 @@ def run_quickstart(run_dir: Path, train_generator: bool = False, overrides: list
                       "project: see docs/generator.md; --train-generator trains one from scratch)")
 
     # 2. synthetic positives
-    g = config.generate
+    g, sampling = config.generate, config.generate.clsp  # the quick start's generator is CLSP's DDPM
     console.print(f"[bold]2/5[/bold] generating {g.candidates} synthetic positives for each of {len(train)} images "
-                  f"({g.num_steps} {g.sampler} steps, w={g.interpolation_weight}, strength={g.strength})")
+                  f"({sampling.num_steps} {sampling.sampler} steps, w={sampling.interpolation_weight}, "
+                  f"strength={sampling.strength})")
     console.print(f"    {_sampling_reason(g)}")
     store = _timed_stage(timings, "generate_s", "generate", config, show_progress)
     positives_grid(train, store, config.run_dir / "positives.png", rows=10)
@@ -116,8 +117,9 @@ def run_quickstart(run_dir: Path, train_generator: bool = False, overrides: list
         "fidelity": fidelity,
         "diversity": inspected["diversity"],
         "memorisation": inspected["memorisation"],
-        "sampling": {k: getattr(config.generate, k) for k in
-                     ("sampler", "num_steps", "interpolation_weight", "strength", "clip_x0", "candidates")},
+        "sampling": {**{k: getattr(config.generate.clsp, k) for k in
+                        ("sampler", "num_steps", "interpolation_weight", "strength", "clip_x0")},
+                     "candidates": config.generate.candidates},
         "classifier_test_top1": real_acc,
         "pretrain_images": len(train),
         "timings": timings,
@@ -168,17 +170,19 @@ def _measured_weights(generator) -> bool:
 
 
 def _sampling_reason(g) -> str:
-    if g.strength == 1.0:
+    """Why the quick start samples at its strength; ``g``: the ``generate`` section."""
+    s = g.clsp
+    if s.strength == 1.0:
         return "strength 1.0: the paper's sampling, from pure noise"
     if str(g.generator) == RECIPE_POINT["generator"] and all(
-            math.isclose(getattr(g, key), RECIPE_POINT[key]) for key in ("interpolation_weight", "strength")) \
+            math.isclose(getattr(s, key), RECIPE_POINT[key]) for key in ("interpolation_weight", "strength")) \
             and _measured_weights(g.generator):
         return (f"strength 0.7, chosen from the frontier (docs/generator.md; 1,000 positives of the first 500 anchors, "
                 f"benchmarks/results/frontier_1000.json): it keeps the anchor's class in {RECIPE_POINT['fidelity']}% of "
                 f"them, against {RECIPE_POINT['paper_fidelity']}% from pure noise (the paper's strength 1.0), and is the "
                 "most faithful point with the paper's w that stays above both diversity floors; "
-                "--set generate.strength=1.0 for the paper's")
-    return f"strength {g.strength:g}: each positive starts from its anchor noised {100 * g.strength:.0f}% of the way"
+                "--set generate.clsp.strength=1.0 for the paper's")
+    return f"strength {s.strength:g}: each positive starts from its anchor noised {100 * s.strength:.0f}% of the way"
 
 
 def _pixel_scores(config: RunConfig) -> dict[str, float]:

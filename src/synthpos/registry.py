@@ -45,17 +45,27 @@ class Registry(Generic[T]):
         self.kind, self.key = kind, key
         self._package = package
         self._entries: dict[str, T] = {}
+        self._default: str | None = None
         self._loaded = False
         #: built-in modules that could not be imported for want of a third-party package -> why
         self.not_loaded: dict[str, str] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
-        """Class decorator: make the component available as ``<key>: name``; sets ``cls.name``."""
+    def register(self, name: str, default: bool = False) -> Callable[[T], T]:
+        """Class decorator: make the component available as ``<key>: name``; sets ``cls.name``.
+
+        ``default=True`` makes it the one a config that names none gets (one per registry, declared
+        where the component is, so the config schema writes no component's name).
+        """
 
         def add(component: T) -> T:
             known = self._entries.get(name)
             if known is not None and known is not component and _qualname(known) != _qualname(component):
                 raise ValueError(f"a {self.kind} named {name!r} is already registered ({_qualname(known)})")
+            if default and self._default not in (None, name):
+                raise ValueError(f"{self.key}: {name!r} and {self._default!r} both declare themselves the default "
+                                 f"{self.kind}; drop default=True from one")
+            if default:
+                self._default = name
             self._entries[name] = component
             if isinstance(component, type):
                 component.name = name  # type: ignore[attr-defined]
@@ -66,6 +76,39 @@ class Registry(Generic[T]):
     def unregister(self, name: str) -> None:
         """Remove ``name`` (tests that register scratch components clean up with this)."""
         self._entries.pop(name, None)
+        if self._default == name:
+            self._default = None
+
+    @property
+    def default(self) -> str:
+        """The name registered with ``default=True``: what a config gets that names none.
+
+        Raises:
+            SynthposError: no component declares itself the default.
+        """
+        self.load_builtins()
+        if self._default is None:
+            raise SynthposError(f"no {self.kind} is registered as the default; set {self.key} in the config")
+        return self._default
+
+    def moved_keys(self) -> dict[str, tuple[str, str]]:
+        """Keys that moved into a component's section: old flat key -> (component, key in its section).
+
+        Each component declares its own (``moved = {"num_steps": "num_steps"}`` on the class: the
+        flat ``<section>.num_steps`` is now ``<section>.<name>.num_steps``), so no table of them
+        is kept elsewhere.
+
+        Raises:
+            ValueError: two components claim the same old key.
+        """
+        out: dict[str, tuple[str, str]] = {}
+        for name, component in self.items():
+            for old, new in (getattr(component, "moved", None) or {}).items():
+                if old in out and out[old][0] != name:
+                    raise ValueError(f"{self.key.rsplit('.', 1)[0]}.{old} is claimed as a moved key by both "
+                                     f"{out[old][0]} and {name}; drop it from one of their `moved` tables")
+                out[old] = (name, new)
+        return out
 
     def load_builtins(self) -> None:
         if self._loaded:

@@ -15,8 +15,9 @@ from diffusers import DDIMScheduler
 
 from synthpos.config import BackboneConfig, EmbeddingConditionConfig, GenerateConfig, TrainGeneratorConfig, UNetConfig
 from synthpos.errors import SynthposError
+from synthpos.generators.registry import build_generator
 from synthpos.generators.clsp import derive_seed, embedding_conditioned
-from synthpos.generators.clsp_generator import CLSPGenerator, generator_id
+from synthpos.generators.clsp_generator import generator_id
 from synthpos.generators.diffusion import load_generator, train_generator
 from synthpos.generators.embedding_condition import (
     CONDITION_DIR,
@@ -76,7 +77,7 @@ def test_training_writes_a_folder_that_samples_alone(tmp_path: Path) -> None:
     assert emb.shape == (4, 32) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     # The folder is self-contained: delete the original encoder and sample.
     (tmp_path / "encoder" / "backbone.pt").unlink()
-    gen = CLSPGenerator(model_dir, _settings(guidance_scale=2.0), seed=0, device="cpu")
+    gen = build_generator("clsp", model_dir, _settings(guidance_scale=2.0), seed=0, device="cpu")
     out = gen.generate(images[:3], first_index=5)
     assert out.shape == (3, 2, 8, 8, 1) and out.dtype == np.uint8
     # Per-candidate seeding: the same anchor at the same index gives the same bytes in another batch.
@@ -113,7 +114,7 @@ def _check_guided_sampling(model_dir: Path, images: np.ndarray) -> None:
     cond = condition.project(torch.from_numpy(condition.embed(anchors_u8)))
     null = condition.null()
     scale, w, steps = 2.5, 0.5, 4
-    gen = CLSPGenerator(model_dir, _settings(guidance_scale=scale, interpolation_weight=w, sampler="ddim", eta=0.0,
+    gen = build_generator("clsp", model_dir, _settings(guidance_scale=scale, interpolation_weight=w, sampler="ddim", eta=0.0,
                                              num_steps=steps, candidates=1), seed=0, device="cpu")
     gen.condition = condition  # the scaled projection
     got = gen.generate(anchors_u8, first_index=0)
@@ -153,7 +154,7 @@ def test_labels_never_reach_the_generator(tmp_path: Path) -> None:
     a = _train(tmp_path, images, encoder, name="a", neighbour_prob=0.5, neighbours=3)
     b = _train(tmp_path, images, encoder, name="b", neighbour_prob=0.5, neighbours=3)
     assert generator_id(a) == generator_id(b)
-    gen = CLSPGenerator(a, _settings(), seed=0, device="cpu")
+    gen = build_generator("clsp", a, _settings(), seed=0, device="cpu")
     labels = np.arange(4) % 3
     assert np.array_equal(gen.generate(images[:4], 0, labels), gen.generate(images[:4], 0, labels[::-1].copy()))
     assert np.array_equal(gen.generate(images[:4], 0, None), gen.generate(images[:4], 0, labels))
@@ -163,7 +164,7 @@ def test_a_condition_folder_missing_its_encoder_is_one_clear_error(tmp_path: Pat
     model_dir = _train(tmp_path, _images(), _encoder(tmp_path))
     (model_dir / CONDITION_DIR / "encoder" / "backbone.pt").unlink()
     with pytest.raises(SynthposError, match="condition/encoder/backbone.pt is missing"):
-        CLSPGenerator(model_dir, _settings(), seed=0, device="cpu")
+        build_generator("clsp", model_dir, _settings(), seed=0, device="cpu")
 
 
 def test_class_labels_and_an_embedding_condition_exclude_each_other(tmp_path: Path) -> None:
@@ -174,8 +175,8 @@ def test_class_labels_and_an_embedding_condition_exclude_each_other(tmp_path: Pa
 def test_condition_noise_gives_each_candidate_its_own_condition_and_stays_deterministic(tmp_path: Path) -> None:
     images = _images()
     model_dir = _train(tmp_path, images, _encoder(tmp_path))
-    plain = CLSPGenerator(model_dir, _settings(), seed=0, device="cpu")
-    noisy = CLSPGenerator(model_dir, _settings(condition_noise=0.5), seed=0, device="cpu")
+    plain = build_generator("clsp", model_dir, _settings(), seed=0, device="cpu")
+    noisy = build_generator("clsp", model_dir, _settings(condition_noise=0.5), seed=0, device="cpu")
     with torch.no_grad():
         for p in (*plain.condition.projection.parameters(), *noisy.condition.projection.parameters()):
             p.mul_(5.0)  # an untrained projection is too weak to show the condition
@@ -191,7 +192,7 @@ def test_condition_noise_gives_each_candidate_its_own_condition_and_stays_determ
     assert not np.array_equal(out, plain.generate(images[:2], first_index=7))
     assert noisy.record()["condition_noise"] == 0.5 and noisy.record() != plain.record()
     # With shared anchor noise, per-candidate conditions replay the anchor's shared draws row by row.
-    shared = CLSPGenerator(model_dir, _settings(condition_noise=0.5, share_anchor_noise=True), seed=0, device="cpu")
+    shared = build_generator("clsp", model_dir, _settings(condition_noise=0.5, share_anchor_noise=True), seed=0, device="cpu")
     shared.condition = noisy.condition
     assert np.array_equal(shared.generate(images[:2], 7)[1:], shared.generate(images[1:2], 8))
 
@@ -201,4 +202,4 @@ def test_condition_noise_needs_an_embedding_conditioned_generator(tmp_path: Path
 
     save_pipeline(tiny_unet, build_noise_scheduler(TrainGeneratorConfig(num_train_timesteps=50)), tmp_path / "plain")
     with pytest.raises(SynthposError, match="condition_noise"):
-        CLSPGenerator(tmp_path / "plain", _settings(condition_noise=0.1), seed=0, device="cpu")
+        build_generator("clsp", tmp_path / "plain", _settings(condition_noise=0.1), seed=0, device="cpu")

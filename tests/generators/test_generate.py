@@ -12,9 +12,10 @@ import torch
 from synthpos.config import GenerateConfig
 from synthpos.data.synthetic_store import SyntheticStore
 from synthpos.errors import SynthposError
+from synthpos.generators.registry import build_generator
 from synthpos.generators.clsp import clsp_interpolation_sample, ddim_scheduler
 from synthpos.generators.diffusion import images_to_model_range, load_generator, model_range_to_images, save_pipeline
-from synthpos.generators.generate import CLSPGenerator, generate_store
+from synthpos.generators.generate import generate_store
 
 SETTINGS = GenerateConfig(candidates=2, num_steps=3, shard_size=4, batch_size=3, precision="fp32", channels_last=False)
 NUM_SHARDS = 3  # 10 anchors, 4 per shard
@@ -188,7 +189,7 @@ def test_batch_size_does_not_change_the_bytes(generate, tmp_path, reference_stor
 
 
 def test_generate_a_shard_directly(reference_store, anchor_images, generator_dir) -> None:
-    generator = CLSPGenerator(generator_dir, SETTINGS, 0, "cpu")
+    generator = build_generator("clsp", generator_dir, SETTINGS, 0, "cpu")
     out = generator.generate(anchor_images[4:8], 4)
     assert out.shape == (4, 2, 8, 8, 1) and out.dtype == np.uint8
     # The store's shard 1 holds anchors 4..7: the same candidates.

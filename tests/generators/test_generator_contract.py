@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from synthpos.config import GenerateConfig, UnCLIPConfig, load_config
+from synthpos.config import GenerateConfig, load_config
 from synthpos.errors import SynthposError
 from synthpos.generators.registry import CandidateGenerator, build_generator, generator_class
 from synthpos.registry import GENERATORS
@@ -120,11 +120,13 @@ class TestUnCLIP(GeneratorContract):
         pytest.importorskip("transformers")
         from test_unclip import build_tiny_unclip  # the tiny pipeline of tests/generators/test_unclip.py
 
+        from synthpos.generators.unclip import UnCLIPSettings
+
         path = tmp_path_factory.getbasetemp() / "contract_unclip"
         if not path.is_dir():
             build_tiny_unclip(path)
         settings = GenerateConfig(kind="unclip", candidates=2, batch_size=3, precision="fp32",
-                                  unclip=UnCLIPConfig(num_steps=2, guidance_scale=3.0))
+                                  unclip=UnCLIPSettings(num_steps=2, guidance_scale=3.0))
         return path, settings.model_copy(update=update)
 
 

@@ -11,8 +11,8 @@ import torch
 
 from synthpos.config import GenerateConfig, GeneratorCheckConfig, TrainGeneratorConfig, UNetConfig
 from synthpos.errors import SynthposError
+from synthpos.generators.registry import build_generator
 from synthpos.evaluation.generator_check import should_stop
-from synthpos.generators.clsp_generator import CLSPGenerator
 from synthpos.generators.diffusion import (
     PADDING_FILE,
     crop_from_model,
@@ -56,12 +56,12 @@ def test_a_padded_generator_makes_candidates_at_the_data_size(tmp_path) -> None:
     images = np.random.default_rng(0).integers(0, 256, size=(12, 6, 6, 1), dtype=np.uint8)
     model = train_generator(images, _config(sample_size=8), tmp_path / "gen", show_progress=False)
     assert json.loads((model / PADDING_FILE).read_text()) == {"image_size": 6, "sample_size": 8}
-    generator = CLSPGenerator(model, GenerateConfig(candidates=2, num_steps=3, batch_size=8), seed=0, device="cpu")
+    generator = build_generator("clsp", model, GenerateConfig(candidates=2, num_steps=3, batch_size=8), seed=0, device="cpu")
     generator.check_images(images)
     out = generator.generate(images[:3], 0)
     assert out.shape == (3, 2, 6, 6, 1) and out.dtype == np.uint8
     # The same anchors and seeds give the same candidates in another batch size.
-    again = CLSPGenerator(model, GenerateConfig(candidates=2, num_steps=3, batch_size=2), seed=0, device="cpu")
+    again = build_generator("clsp", model, GenerateConfig(candidates=2, num_steps=3, batch_size=2), seed=0, device="cpu")
     np.testing.assert_array_equal(again.generate(images[:3], 0), out)
     with pytest.raises(SynthposError, match="6x6x1"):
         generator.check_images(np.zeros((2, 8, 8, 1), dtype=np.uint8))

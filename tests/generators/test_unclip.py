@@ -24,10 +24,13 @@ from transformers import (  # noqa: E402
     CLIPVisionModelWithProjection,
 )
 
-from synthpos.config import AdaptiveNoiseConfig, GenerateConfig, UnCLIPConfig  # noqa: E402
+from synthpos.config import GenerateConfig  # noqa: E402
 from synthpos.errors import SynthposError  # noqa: E402
 from synthpos.generators.clsp import derive_seed  # noqa: E402
+from synthpos.generators.adaptive_noise import AdaptiveNoiseSettings as AdaptiveNoiseConfig  # noqa: E402
+from synthpos.generators.registry import build_generator  # noqa: E402
 from synthpos.generators.unclip import FIT_FILE, UnCLIPGenerator, check_unclip_layout, variations_to_images  # noqa: E402
+from synthpos.generators.unclip import UnCLIPSettings as UnCLIPConfig  # noqa: E402
 
 EMBED = 16  # CLIP width = projection = normaliser size
 UNCLIP = UnCLIPConfig(num_steps=4, guidance_scale=3.0)
@@ -94,7 +97,7 @@ def grey_anchors() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def generator(unclip_dir) -> UnCLIPGenerator:
-    return UnCLIPGenerator(unclip_dir, SETTINGS, seed=0, device="cpu")
+    return build_generator("unclip", unclip_dir, SETTINGS, seed=0, device="cpu")
 
 
 def _settings(**unclip) -> GenerateConfig:
@@ -135,7 +138,7 @@ def test_layout_errors_name_what_is_missing_and_the_expected_layout(tmp_path, un
     shutil.rmtree(broken / "unet")
     (broken / "vae" / "config.json").unlink()
     with pytest.raises(SynthposError) as err:
-        UnCLIPGenerator(broken, SETTINGS, seed=0, device="cpu")
+        build_generator("unclip", broken, SETTINGS, seed=0, device="cpu")
     message = str(err.value)
     assert "unet/" in message and "vae/config.json" in message and "image_noising_scheduler" in message
     assert "huggingface-cli download stabilityai/stable-diffusion-2-1-unclip-small" in message and "\n" not in message
@@ -187,14 +190,14 @@ def test_missing_weights_are_one_clear_error(tmp_path, unclip_dir) -> None:
     for weights in [*(broken / "unet").glob("*.safetensors"), *(broken / "text_encoder").glob("*.safetensors")]:
         weights.unlink()
     with pytest.raises(SynthposError, match=r"no weights in text_encoder/, unet/.*download the model again"):
-        UnCLIPGenerator(broken, SETTINGS, seed=0, device="cpu")
+        build_generator("unclip", broken, SETTINGS, seed=0, device="cpu")
 
 
 def test_half_precision_download_loads_as_the_fp16_variant(tmp_path, unclip_dir, grey_anchors) -> None:
     half = build_tiny_unclip(tmp_path / "half", variant="fp16")
     assert list((half / "unet").glob("*.safetensors"))[0].name == "diffusion_pytorch_model.fp16.safetensors"
     assert check_unclip_layout(unclip_dir) is None and check_unclip_layout(half) == "fp16"
-    out = UnCLIPGenerator(half, SETTINGS, seed=0, device="cpu").generate(grey_anchors[:1], 0)
+    out = build_generator("unclip", half, SETTINGS, seed=0, device="cpu").generate(grey_anchors[:1], 0)
     assert out.shape == (1, 2, 8, 8, 1)
 
 
@@ -202,7 +205,7 @@ def test_a_corrupt_weights_file_is_a_clear_error(tmp_path, unclip_dir, grey_anch
     broken = tmp_path / "corrupt"
     shutil.copytree(unclip_dir, broken)
     (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not a safetensors file")
-    generator = UnCLIPGenerator(broken, SETTINGS, seed=0, device="cpu")  # cheap: nothing loads yet
+    generator = build_generator("unclip", broken, SETTINGS, seed=0, device="cpu")  # cheap: nothing loads yet
     with pytest.raises(SynthposError, match="could not load the unCLIP pipeline"):
         generator.generate(grey_anchors[:1], 0)
     # Through stage 2 it fails before the store is created, so fixing the weights is enough to go on.
@@ -228,7 +231,7 @@ def test_candidates_have_the_dataset_shape_and_depend_on_anchor_and_candidate(ge
 def test_a_candidate_does_not_depend_on_batch_size_or_shard(unclip_dir, generator, grey_anchors) -> None:
     reference = generator.generate(grey_anchors, first_index=0)
     for batch_size in (1, 10):
-        other = UnCLIPGenerator(unclip_dir, SETTINGS.model_copy(update={"batch_size": batch_size}), seed=0, device="cpu")
+        other = build_generator("unclip", unclip_dir, SETTINGS.model_copy(update={"batch_size": batch_size}), seed=0, device="cpu")
         _close(other.generate(grey_anchors, first_index=0), reference)
     # Shards: anchors 2..4 made on their own, at their dataset index.
     _close(generator.generate(grey_anchors[2:], first_index=2), reference[2:])
@@ -244,7 +247,7 @@ def test_candidates_are_the_pipelines_own_variations_of_the_anchor(generator, gr
 def test_the_prompt_reaches_the_pipeline(unclip_dir, generator, grey_anchors) -> None:
     # GenView passes a fixed text prompt (generate_image_variations_noiselevels.py:77); Ayromlou et al. none.
     one = _settings(prompt="a photo").model_copy(update={"candidates": 1})
-    prompted = UnCLIPGenerator(unclip_dir, one, seed=0, device="cpu")
+    prompted = build_generator("unclip", unclip_dir, one, seed=0, device="cpu")
     out = prompted.generate(grey_anchors[:1], first_index=0)
     _close(out[0], direct_variations(prompted.pipeline, grey_anchors[0], 0, 1, noise_level=0, prompt="a photo"))
     # The prompt matters (so the equality above could not hold by accident).
@@ -254,7 +257,7 @@ def test_the_prompt_reaches_the_pipeline(unclip_dir, generator, grey_anchors) ->
 
 def test_rgb_anchors_and_the_configured_schedule(unclip_dir) -> None:
     rgb = np.random.default_rng(0).integers(0, 256, size=(2, 12, 10, 3), dtype=np.uint8)
-    generator = UnCLIPGenerator(unclip_dir, _settings(image_size=24), seed=1, device="cpu")
+    generator = build_generator("unclip", unclip_dir, _settings(image_size=24), seed=1, device="cpu")
     out = generator.generate(rgb, 0)
     assert out.shape == (2, 2, 12, 10, 3)
     assert not (out[..., 0] == out[..., 1]).all()  # colour, not grey
@@ -262,12 +265,12 @@ def test_rgb_anchors_and_the_configured_schedule(unclip_dir) -> None:
     assert isinstance(scheduler, DDIMScheduler)
     assert scheduler.config.timestep_spacing == "trailing" and scheduler.config.rescale_betas_zero_snr
     assert scheduler.alphas_cumprod[-1] < 1e-6  # zero terminal SNR
-    plain = UnCLIPGenerator(unclip_dir, _settings(trailing_zero_snr=False), seed=1, device="cpu").pipeline.scheduler
+    plain = build_generator("unclip", unclip_dir, _settings(trailing_zero_snr=False), seed=1, device="cpu").pipeline.scheduler
     assert plain.config.timestep_spacing == "leading" and not plain.config.rescale_betas_zero_snr
 
 
 def test_bf16_runs_and_is_recorded(unclip_dir, grey_anchors) -> None:
-    generator = UnCLIPGenerator(unclip_dir, SETTINGS.model_copy(update={"precision": "bf16"}), seed=0, device="cpu")
+    generator = build_generator("unclip", unclip_dir, SETTINGS.model_copy(update={"precision": "bf16"}), seed=0, device="cpu")
     out = generator.generate(grey_anchors[:1], 0)
     assert out.shape == (1, 2, 8, 8, 1)
     assert generator.pipeline.unet.dtype == torch.bfloat16 and generator.record()["precision"] == "bf16"
@@ -300,7 +303,7 @@ def _patch_tokens(unclip_dir: Path, anchors: np.ndarray) -> np.ndarray:
 @pytest.mark.slow
 def test_adaptive_noise_levels_reach_the_pipeline(tmp_path, unclip_dir, grey_anchors, monkeypatch) -> None:
     adaptive = AdaptiveNoiseConfig(enabled=True, fit_images=4)
-    first = UnCLIPGenerator(unclip_dir, _settings(adaptive_noise=adaptive), seed=0, device="cpu")
+    first = build_generator("unclip", unclip_dir, _settings(adaptive_noise=adaptive), seed=0, device="cpu")
     first.prepare(grey_anchors, None, tmp_path)
     fit = json.loads((tmp_path / FIT_FILE).read_text())
     assert fit["made_with"]["fit_images"] == 4 and len(fit["component"]) == EMBED
@@ -312,7 +315,7 @@ def test_adaptive_noise_levels_reach_the_pipeline(tmp_path, unclip_dir, grey_anc
     # Bins at the median ratio split the anchors over two levels (same fit settings: the saved fit is reused).
     cut = float(np.median(ratios))
     settings = _settings(adaptive_noise=adaptive.model_copy(update={"bins": [cut], "levels": [50, 300]}))
-    generator = UnCLIPGenerator(unclip_dir, settings, seed=0, device="cpu")
+    generator = build_generator("unclip", unclip_dir, settings, seed=0, device="cpu")
     generator.prepare(grey_anchors, None, tmp_path)
     expected = np.where(ratios >= cut, 300, 50)
     assert set(expected) == {50, 300}
@@ -339,20 +342,20 @@ def test_adaptive_noise_levels_reach_the_pipeline(tmp_path, unclip_dir, grey_anc
 
 def test_a_saved_fit_is_reused_and_a_different_one_refused(tmp_path, unclip_dir, grey_anchors) -> None:
     adaptive = AdaptiveNoiseConfig(enabled=True, fit_images=3)
-    generator = UnCLIPGenerator(unclip_dir, _settings(adaptive_noise=adaptive), seed=0, device="cpu")
+    generator = build_generator("unclip", unclip_dir, _settings(adaptive_noise=adaptive), seed=0, device="cpu")
     record = generator.record()  # `synthpos run` compares records before anything is prepared
     assert record["noise"] == {"adaptive": {"bins": [0.2, 0.4, 0.6, 0.8], "levels": [0, 100, 200, 300, 400],
                                             "fit_images": 3, "foreground_share": 0.6}}
     generator.prepare(grey_anchors, None, tmp_path)
     saved = (tmp_path / FIT_FILE).read_bytes()
     assert generator.record() == record
-    again = UnCLIPGenerator(unclip_dir, _settings(adaptive_noise=adaptive), seed=0, device="cpu")
+    again = build_generator("unclip", unclip_dir, _settings(adaptive_noise=adaptive), seed=0, device="cpu")
     (tmp_path / "manifest.json").write_text("{}")  # the store exists: a resumed run
     again.prepare(grey_anchors, None, tmp_path)
     assert (tmp_path / FIT_FILE).read_bytes() == saved and again.record() == record
     assert again._pipe is None  # reusing the fit of an existing store loads nothing
     for changed, seed in ((adaptive.model_copy(update={"foreground_share": 0.3}), 0), (adaptive, 1)):
-        other = UnCLIPGenerator(unclip_dir, _settings(adaptive_noise=changed), seed=seed, device="cpu")
+        other = build_generator("unclip", unclip_dir, _settings(adaptive_noise=changed), seed=seed, device="cpu")
         with pytest.raises(SynthposError, match="fitted with other data"):
             other.prepare(grey_anchors, None, tmp_path)
     with pytest.raises(SynthposError, match="fitted with other data"):
@@ -374,8 +377,8 @@ def test_record_says_what_made_the_candidates(tmp_path, unclip_dir, generator) -
         "noise": {"noise_level": 0}, "seed": 0, "precision": "fp32",
     }
     json.dumps(record)
-    assert UnCLIPGenerator(unclip_dir, _settings(num_steps=5), seed=0, device="cpu").record()["num_steps"] == 5
-    assert UnCLIPGenerator(unclip_dir, SETTINGS, seed=3, device="cpu").record()["seed"] == 3
+    assert build_generator("unclip", unclip_dir, _settings(num_steps=5), seed=0, device="cpu").record()["num_steps"] == 5
+    assert build_generator("unclip", unclip_dir, SETTINGS, seed=3, device="cpu").record()["seed"] == 3
     # Other weights (one byte in the UNet) are another generator.
     other = tmp_path / "other"
     shutil.copytree(unclip_dir, other)
@@ -383,7 +386,7 @@ def test_record_says_what_made_the_candidates(tmp_path, unclip_dir, generator) -
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
-    assert UnCLIPGenerator(other, SETTINGS, seed=0, device="cpu").record()["weights_sha256"] != record["weights_sha256"]
+    assert build_generator("unclip", other, SETTINGS, seed=0, device="cpu").record()["weights_sha256"] != record["weights_sha256"]
 
 
 def test_bad_images_and_noise_levels_are_refused(unclip_dir, generator) -> None:
@@ -392,10 +395,10 @@ def test_bad_images_and_noise_levels_are_refused(unclip_dir, generator) -> None:
     with pytest.raises(SynthposError, match="uint8 grey or RGB"):
         generator.check_images(np.zeros((2, 8, 8, 4), dtype=np.uint8))
     with pytest.raises(SynthposError, match="below 1000"):
-        UnCLIPGenerator(unclip_dir, _settings(noise_level=1000), seed=0, device="cpu")
+        build_generator("unclip", unclip_dir, _settings(noise_level=1000), seed=0, device="cpu")
     with pytest.raises(SynthposError, match="below 1000"):
         adaptive = AdaptiveNoiseConfig(enabled=True, bins=[0.5], levels=[0, 1200])
-        UnCLIPGenerator(unclip_dir, _settings(adaptive_noise=adaptive), seed=0, device="cpu")
+        build_generator("unclip", unclip_dir, _settings(adaptive_noise=adaptive), seed=0, device="cpu")
 
 
 def test_variations_to_images_matches_pil() -> None:
@@ -437,7 +440,7 @@ def test_generate_store_fills_a_store_that_pretraining_reads(tmp_path, unclip_di
     store = SyntheticStore.open(path, "toy", "train", grey_anchors)
     assert store.complete and len(store) == 5 and store.candidates == 2 and store[4].shape == (2, 8, 8, 1)
     assert (path / FIT_FILE).is_file()
-    generator = UnCLIPGenerator(unclip_dir, settings, seed=0, device="cpu")
+    generator = build_generator("unclip", unclip_dir, settings, seed=0, device="cpu")
     generator.prepare(grey_anchors, None, path)  # reuses the store's fit
     assert store.manifest["generator"] == generator.record()
     # The candidates are the generator's, shard by shard (same batches: same bytes).

@@ -67,10 +67,10 @@ _CLSP_COMMON = [
     _o("train_generator.num_train_timesteps", 1000, "CLSP configs/diffusion_cifar10.yaml:3"),
     _o("train_generator.grad_clip", 1.0, "CLSP configs/diffusion_cifar10.yaml:18"),
     _o("generate.candidates", 8, "CLSP configs/moco_clsp_cifar10.yaml:28"),
-    _o("generate.num_steps", 100, "CLSP README.md:83"),
-    _o("generate.eta", 0.1, "CLSP README.md:83"),
-    _o("generate.interpolation_weight", 0.1, "CLSP README.md:82"),
-    _o("generate.clip_x0", False, "CLSP ddpm.py:237,275 (only the final sample is clipped)"),
+    _o("generate.clsp.num_steps", 100, "CLSP README.md:83"),
+    _o("generate.clsp.eta", 0.1, "CLSP README.md:83"),
+    _o("generate.clsp.interpolation_weight", 0.1, "CLSP README.md:82"),
+    _o("generate.clsp.clip_x0", False, "CLSP ddpm.py:237,275 (only the final sample is clipped)"),
 ]
 
 _CLSP_MOCO = [
@@ -148,10 +148,10 @@ RECIPES["configs/cifar10/generator_conditional.yaml"] = [
     _o("train_generator.learning_rate", 2.5e-4, "CLSP configs/conditional_diffusion_cifar10.yaml:12"),
     _o("train_generator.beta_start", 1e-4, "CLSP configs/conditional_diffusion_cifar10.yaml:13"),
     _o("train_generator.beta_end", 0.028, "CLSP configs/conditional_diffusion_cifar10.yaml:14"),
-    _o("generate.guidance_scale", 2.8, "CLSP ddpm.py:213-215, configs/conditional_diffusion_cifar10.yaml:15 (w 1.8)"),
-    _o("generate.num_steps", 100, "CLSP README.md:129"),
-    _o("generate.eta", 0.1, "CLSP README.md:129"),
-    _o("generate.interpolation_weight", 1.0, "CLSP generate_synthetic_dataset_conditional.py:105 (plain DDIM, no anchor)"),
+    _o("generate.clsp.guidance_scale", 2.8, "CLSP ddpm.py:213-215, configs/conditional_diffusion_cifar10.yaml:15 (w 1.8)"),
+    _o("generate.clsp.num_steps", 100, "CLSP README.md:129"),
+    _o("generate.clsp.eta", 0.1, "CLSP README.md:129"),
+    _o("generate.clsp.interpolation_weight", 1.0, "CLSP generate_synthetic_dataset_conditional.py:105 (plain DDIM, no anchor)"),
 ]
 
 # ------------------------------------------------------------------------------- GenerativeSSL

@@ -22,17 +22,21 @@ import pickle
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel
 
-from synthpos.config import DataConfig
 from synthpos.data.encoded import EncodedImages, EncodedSplit
 from synthpos.errors import SynthposError
 from synthpos.registry import DATASETS
 
+if TYPE_CHECKING:
+    from synthpos.config import DataConfig
+
+#: class decorator ``@register_dataset("name")`` (``default=True``: the dataset of a recipe that names none)
 register_dataset = DATASETS.register
 
 DATA_ENV = "SYNTHPOS_DATA"
@@ -149,8 +153,8 @@ def _candidates(source: type[DatasetSource], root: Path | None) -> tuple[list[Pa
     env = os.environ.get(DATA_ENV)
     if env:
         base = Path(env).expanduser()
-        if name == "image_folder":
-            # $SYNTHPOS_DATA itself holds other datasets; only its named sub-folder can be an image folder.
+        if source.env_subfolder_only:
+            # $SYNTHPOS_DATA itself holds other datasets; only its named sub-folder can be this one (an image folder).
             paths.append(base / name)
             described.append(f"${DATA_ENV}/{name}={base / name}")
         else:
@@ -296,19 +300,13 @@ def _read_cifar_batches(paths: list[Path], label_key: str) -> tuple[np.ndarray, 
     return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
 
 
-def _load_cifar(folder: Path, source: type[DatasetSource], split: str) -> ImageDataset:
+def _load_cifar(folder: Path, source: type[CIFAR10], split: str) -> ImageDataset:
     name = source.name
-    if name == "cifar10":
-        base = _cifar_dir(folder, _CIFAR10_DIR, "batches.meta")
-        assert base is not None
-        files = [base / f"data_batch_{i}" for i in range(1, 6)] if split == "train" else [base / "test_batch"]
-        classes = _decode(_get(_unpickle(base / "batches.meta"), "label_names", base / "batches.meta"))
-        images, labels = _read_cifar_batches(files, "labels")
-    else:
-        base = _cifar_dir(folder, _CIFAR100_DIR, "meta")
-        assert base is not None
-        classes = _decode(_get(_unpickle(base / "meta"), "fine_label_names", base / "meta"))
-        images, labels = _read_cifar_batches([base / split], "fine_labels")
+    subdir, meta = source.batches
+    base = _cifar_dir(folder, subdir, meta)
+    assert base is not None  # find_root checked
+    classes = _decode(_get(_unpickle(base / meta), source.class_names_key, base / meta))
+    images, labels = _read_cifar_batches([base / f for f in source.split_files[split]], source.labels_key)
     if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
         raise SynthposError(f"{base}: labels run outside 0..{len(classes) - 1} (the meta file names {len(classes)} classes); re-extract the archive")
     mean, std = source.stats
@@ -458,16 +456,33 @@ class DatasetSource:
     resized_on_load: ClassVar[bool] = False
     #: data.root must be given (no default place to look)
     needs_root: ClassVar[bool] = False
+    #: $SYNTHPOS_DATA holds other datasets beside this one: only its sub-folder ``<name>`` is looked in
+    env_subfolder_only: ClassVar[bool] = False
+    #: the dataset's own settings (``data.<name>``); None: it has none
+    settings: ClassVar[type[BaseModel] | None] = None
+    #: keys of the ``data`` section that moved into this dataset's own: old key -> key in ``data.<name>``
+    moved: ClassVar[dict[str, str]] = {}
 
     @classmethod
-    def load(cls, config: DataConfig, split: str) -> ImageDataset:
+    def load(cls, split: str, root: Path | None, settings: BaseModel | None = None, *,
+             test_root: Path | None = None, image_size: int | None = None) -> ImageDataset:
+        """One split in memory, from plain arguments: the folder (``data.root``; None: look in the default
+        places, :meth:`find_root`), the dataset's own settings (``data.<name>``), the evaluation split's folder
+        where the dataset keeps it apart (``data.test_root``), and the side a ``resized_on_load`` source reads
+        its images at (``data.image_size``; others are resized by :func:`load_dataset`)."""
         raise NotImplementedError
 
     @classmethod
-    def encoded(cls, config: DataConfig, split: str) -> EncodedSplit | None:
-        """Where the split's encoded images are, without decoding them (streaming reads from it);
-        None: the source is read into memory only (the default)."""
+    def encoded(cls, split: str, root: Path | None, *, test_root: Path | None = None) -> EncodedSplit | None:
+        """Where the split's encoded images are, without decoding them (streaming reads from it), from the
+        same plain arguments as :meth:`load`; None: the source is read into memory only (the default)."""
         return None
+
+    @classmethod
+    def from_config(cls, config: DataConfig, split: str) -> ImageDataset:
+        """:meth:`load` with the ``data`` section's values (its own settings from ``data.<name>``)."""
+        own = config.section(cls.name) if cls.settings is not None else None
+        return cls.load(split, config.root, own, test_root=config.test_root, image_size=config.image_size)
 
     @classmethod
     def has_data(cls, folder: Path) -> bool:
@@ -491,7 +506,7 @@ class DatasetSource:
         raise SynthposError(f"{cls.pretty or cls.name} not found: looked in {', '.join(described)}; {cls.how_to_fix}")
 
 
-@register_dataset("fashion_mnist")
+@register_dataset("fashion_mnist", default=True)  # the data every machine here has (Debian's package)
 class FashionMNIST(DatasetSource):
     """Fashion-MNIST's four idx files (gzipped or not)."""
 
@@ -508,8 +523,8 @@ class FashionMNIST(DatasetSource):
         return all(_find_idx(folder, stem) is not None for pair in _IDX_FILES.values() for stem in pair)
 
     @classmethod
-    def load(cls, config: DataConfig, split: str) -> ImageDataset:
-        return _load_fashion_mnist(cls.find_root(config.root), split)
+    def load(cls, split, root, settings=None, *, test_root=None, image_size=None) -> ImageDataset:
+        return _load_fashion_mnist(cls.find_root(root), split)
 
 
 @register_dataset("cifar10")
@@ -523,14 +538,18 @@ class CIFAR10(DatasetSource):
                   "data_batch_1..5, test_batch, batches.meta) or set $SYNTHPOS_DATA")
     #: the batches' folder and the meta file that marks it
     batches: ClassVar[tuple[str, str]] = (_CIFAR10_DIR, "batches.meta")
+    #: the batch files of each split, the meta file's key of the class names, a batch's key of the labels
+    split_files: ClassVar[dict[str, list[str]]] = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+    class_names_key: ClassVar[str] = "label_names"
+    labels_key: ClassVar[str] = "labels"
 
     @classmethod
     def has_data(cls, folder: Path) -> bool:
         return _cifar_dir(folder, *cls.batches) is not None
 
     @classmethod
-    def load(cls, config: DataConfig, split: str) -> ImageDataset:
-        return _load_cifar(cls.find_root(config.root), cls, split)
+    def load(cls, split, root, settings=None, *, test_root=None, image_size=None) -> ImageDataset:
+        return _load_cifar(cls.find_root(root), cls, split)
 
 
 @register_dataset("cifar100")
@@ -543,6 +562,8 @@ class CIFAR100(CIFAR10):
     how_to_fix = (f"pass --set data.root=DIR where DIR holds {_CIFAR100_DIR}/ (torchvision's python version: "
                   "train, test, meta) or set $SYNTHPOS_DATA")
     batches = (_CIFAR100_DIR, "meta")
+    split_files = {"train": ["train"], "test": ["test"]}
+    class_names_key, labels_key = "fine_label_names", "fine_labels"
 
 
 @register_dataset("image_folder")
@@ -551,32 +572,33 @@ class ImageFolder(DatasetSource):
 
     pretty = "Image folder"
     needs_root = True
+    env_subfolder_only = True
     how_to_fix = "pass --set data.root=DIR with one sub-folder of images per class (or the images directly in DIR for unlabelled data)"
     resized_on_load = True
 
     @classmethod
-    def _folders(cls, config: DataConfig, split: str) -> tuple[Path, Path | None]:
+    def _folders(cls, split: str, root: Path | None, test_root: Path | None) -> tuple[Path, Path | None]:
         """The split's folder, and the training folder whose classes a test split numbers by."""
         if split == "test":
-            if config.test_root is None:
-                raise SynthposError("the image_folder test split needs data.test_root; pass --set data.test_root=DIR with the evaluation images")
-            if not Path(config.test_root).is_dir():
-                raise SynthposError(f"data.test_root {config.test_root} is not a folder; point it at the evaluation images")
+            if test_root is None:
+                raise SynthposError(f"the {cls.name} test split needs data.test_root; pass --set data.test_root=DIR with the evaluation images")
+            if not Path(test_root).is_dir():
+                raise SynthposError(f"data.test_root {test_root} is not a folder; point it at the evaluation images")
             try:
-                train_root: Path | None = cls.find_root(config.root)
+                train_root: Path | None = cls.find_root(root)
             except SynthposError:
                 train_root = None  # no training folder: the test split alone is still usable
-            return Path(config.test_root), train_root
-        return cls.find_root(config.root), None
+            return Path(test_root), train_root
+        return cls.find_root(root), None
 
     @classmethod
-    def load(cls, config: DataConfig, split: str) -> ImageDataset:
-        folder, train_root = cls._folders(config, split)
-        return _load_image_folder(folder, split, config.image_size, train_root)
+    def load(cls, split, root, settings=None, *, test_root=None, image_size=None) -> ImageDataset:
+        folder, train_root = cls._folders(split, root, test_root)
+        return _load_image_folder(folder, split, image_size, train_root)
 
     @classmethod
-    def encoded(cls, config: DataConfig, split: str) -> EncodedSplit:
-        files, labels, classes = _list_image_folder(*cls._folders(config, split))
+    def encoded(cls, split, root, *, test_root=None) -> EncodedSplit:
+        files, labels, classes = _list_image_folder(*cls._folders(split, root, test_root))
         return EncodedSplit(EncodedImages.from_files(files), labels, classes)
 
 
@@ -595,7 +617,7 @@ def load_dataset(config: DataConfig, split: Literal["train", "test"]) -> ImageDa
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     name = config.name
     source = DATASETS.get(name)
-    dataset = source.load(config, split)
+    dataset = source.from_config(config, split)
     size = None if source.resized_on_load else config.image_size
 
     if split == "train" and config.subset is not None:

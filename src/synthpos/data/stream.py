@@ -189,7 +189,7 @@ def open_dataset(config: DataConfig, split: Literal["train", "test"]) -> ImageDa
     source = DATASETS.get(config.name)
     if config.stream is False:
         return load_dataset(config, split)
-    listing = source.encoded(config, split)
+    listing = source.encoded(split, config.root, test_root=config.test_root)
     if listing is None:
         if config.stream is True:
             raise SynthposError(f"data.stream=true but {config.name} is read into memory only (it has no image files "

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from synthpos.config import DataConfig
 from synthpos.data.datasets import DatasetSource, ImageDataset, register_dataset
 from synthpos.data.encoded import EncodedImages, EncodedSplit
 from synthpos.data.stream import LazyImages, sample_statistics
@@ -101,14 +100,14 @@ class WebDataset(DatasetSource):
         return folder.is_dir() and bool(shard_paths(folder))
 
     @classmethod
-    def encoded(cls, config: DataConfig, split: str) -> EncodedSplit:
-        root = cls.find_root(config.root)
+    def encoded(cls, split: str, root: Path | None, *, test_root: Path | None = None) -> EncodedSplit:
+        root = cls.find_root(root)
         folder = root
         if split == "test":
-            if config.test_root is None or not cls.has_data(Path(config.test_root)):
-                raise SynthposError(f"the webdataset test split needs data.test_root with .tar shards (got {config.test_root}); "
+            if test_root is None or not cls.has_data(Path(test_root)):
+                raise SynthposError(f"the webdataset test split needs data.test_root with .tar shards (got {test_root}); "
                                     "pass --set data.test_root=DIR")
-            folder = Path(config.test_root)
+            folder = Path(test_root)
         images, labels = index_shards(shard_paths(folder))
         classes: list[str] = []
         if labels is not None:
@@ -125,9 +124,9 @@ class WebDataset(DatasetSource):
         return EncodedSplit(images, labels, classes)
 
     @classmethod
-    def load(cls, config: DataConfig, split: str) -> ImageDataset:
-        listing = cls.encoded(config, split)
-        images = np.ascontiguousarray(LazyImages(listing.images, config.image_size))
+    def load(cls, split, root, settings=None, *, test_root=None, image_size=None) -> ImageDataset:
+        listing = cls.encoded(split, root, test_root=test_root)
+        images = np.ascontiguousarray(LazyImages(listing.images, image_size))
         # Unknown data: measure its statistics over every image, as an in-memory image folder does.
         mean, std = sample_statistics(images, n=len(images))  # type: ignore[arg-type]
         return ImageDataset(name=cls.name, split=split, images=images, labels=listing.labels,

@@ -90,7 +90,7 @@ class GeneratorCheck:
         labels = None if self.train.labels is None else self.train.labels[:n]
         # Through the registry, not the generators package: training calls this check, so the
         # generators import evaluation, never the other way round.
-        generator = GENERATORS.get(self.settings.kind)(model_dir, self.settings, self.config.seed, default_device())
+        generator = GENERATORS.get(self.settings.kind).from_config(model_dir, self.settings, self.config.seed, default_device())
         generator.check_images(anchors)
         candidates = generator.generate(anchors, 0, labels)
         stats = PositivesStats(self.train.mean, self.train.std, self.classifier, train_images=self.train.images)

@@ -33,9 +33,35 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from synthpos.atomic import publish_once
 from synthpos.errors import SynthposError
+
+
+class AdaptiveNoiseSettings(BaseModel):
+    """``generate.unclip.adaptive_noise``: GenView's adaptive noise level, a foreground ratio per image binned to a
+    noise level."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    enabled: bool = Field(False, description="Off: every image uses unclip.noise_level (Ayromlou et al.).")
+    bins: list[float] = Field([0.2, 0.4, 0.6, 0.8], description="Foreground-ratio bin edges (ascending).")
+    levels: list[int] = Field([0, 100, 200, 300, 400], description="Noise level of each bin (one more than bins).")
+    fit_images: int = Field(1000, ge=2, description="Images sampled from the dataset to fit the principal component.")
+    foreground_share: float = Field(0.6, gt=0, lt=1, description="Share of the fitting images' patches counted as "
+                                    "foreground: sets the threshold (GenView's code: about 0.35, where the cumulative histogram "
+                                    "reaches 0.65).")
+
+    @model_validator(mode="after")
+    def _check_bins(self) -> AdaptiveNoiseSettings:
+        if len(self.levels) != len(self.bins) + 1:
+            raise ValueError(f"levels needs one entry more than bins ({len(self.bins) + 1}); got {len(self.levels)}")
+        if any(b <= a for a, b in zip(self.bins, self.bins[1:])):
+            raise ValueError("bins must be strictly ascending")
+        if any(level < 0 for level in self.levels):
+            raise ValueError(f"levels must be >= 0 (noise levels of the image embedding); got {self.levels}")
+        return self
 
 __all__ = ["ForegroundFit", "PatchMoments", "fit_foreground", "load_fit", "noise_levels", "orientation", "save_fit_once"]
 

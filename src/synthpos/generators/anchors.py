@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from synthpos.config import GenerateConfig
 from synthpos.generators.registry import CandidateGenerator, register_generator
 
 __all__ = ["AnchorsGenerator"]
@@ -30,15 +29,17 @@ class AnchorsGenerator(CandidateGenerator):
 
     Args:
         generator_dir: ignored (there are no weights; ``generate.generator`` may be left unset).
-        settings: the ``generate`` section; only ``candidates`` (K) is read.
+        settings: None (it has no settings of its own).
         seed: ignored (the copies draw nothing).
         device: ignored (copies are made on the CPU).
+        candidates: K, the copies per anchor; the other keywords (batching, precision) are ignored.
     """
 
     trains_on_data = False  # nothing to train: `run` skips stage 1
 
-    def __init__(self, generator_dir: Path | None, settings: GenerateConfig, seed: int, device: Any = None) -> None:
-        self.candidates = settings.candidates
+    def __init__(self, generator_dir: Path | None, settings: None = None, seed: int = 0, device: Any = None, *,
+                 candidates: int, **unused: Any) -> None:
+        self.candidates = candidates
 
     def record(self) -> dict[str, Any]:
         """Kind and K: all that decides the bytes (no weights, no seed, no precision)."""

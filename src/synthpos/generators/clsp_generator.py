@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from synthpos.config import GenerateConfig
 from synthpos.errors import SynthposError
 from synthpos.generators.clsp import (
     SHARED_ANCHOR_NOISE,
@@ -43,7 +43,10 @@ from synthpos.generators.registry import CandidateGenerator, register_generator
 from synthpos.generators.samplers import DPMSOLVER_ORDER, build_sampler
 from synthpos.precision import resolve_precision
 
-__all__ = ["CONDITION_NOISE", "CLSPGenerator", "generator_id"]
+if TYPE_CHECKING:
+    from synthpos.config import TrainGeneratorConfig
+
+__all__ = ["CONDITION_NOISE", "CLSPGenerator", "CLSPSettings", "generator_id"]
 
 #: Candidate c's embedding noise is drawn from ``derive_seed(seed, anchor, CONDITION_NOISE + c)``: a stream no
 #: candidate's own draws (``c``) nor the shared re-noising (``SHARED_ANCHOR_NOISE``) use.
@@ -61,16 +64,49 @@ def generator_id(generator_dir: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-@register_generator("clsp")
+class CLSPSettings(BaseModel):
+    """``generate.clsp``: CLSP's DDIM with bottleneck interpolation (the paper's values by default)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    num_steps: int = Field(100, ge=1, description="DDIM steps.")
+    eta: float = Field(0.1, ge=0.0)
+    interpolation_weight: float = Field(
+        0.1, ge=0.0, le=1.0, description="w in w*h + (1-w)*h_anchor (1 = plain DDIM, 0 = the anchor's bottleneck)."
+    )
+    clip_x0: bool = Field(False, description="Clip the predicted x0 to [-1, 1] at every step (paper: off).")
+    strength: float = Field(1.0, gt=0.0, le=1.0, description="diffusers' img2img strength: 1 starts from pure noise (the "
+                            "paper); 0.3 starts from the anchor noised 30% of the way and takes 30% of num_steps.")
+    sampler: Literal["ddim", "dpmsolver++"] = Field("ddim", description="ddim: the paper's sampler; dpmsolver++: "
+                                                    "DPM-Solver++ with the same interpolation, in far fewer steps.")
+    share_anchor_noise: bool = Field(False, description="One noised copy of the anchor per step for all its K candidates "
+                                     "(saves encoder passes; the paper draws fresh noise per candidate).")
+    guidance_scale: float = Field(1.0, ge=0.0, description="Class-conditional generators: classifier-free guidance scale "
+                                  "(1 = the conditional prediction alone).")
+    condition_noise: float = Field(0.0, ge=0.0, description="Embedding-conditioned generators: Gaussian noise of this "
+                                   "standard deviation on each candidate's L2-normalised embedding (then normalised "
+                                   "again); 0 conditions every candidate on its anchor's own embedding.")
+
+    @model_validator(mode="after")
+    def _check_strength(self) -> CLSPSettings:
+        if int(self.num_steps * self.strength) < 1:
+            raise ValueError(f"generate.clsp.strength={self.strength} leaves no step of num_steps={self.num_steps}; "
+                             f"raise strength to at least {1 / self.num_steps:.3g} or num_steps")
+        return self
+
+
+@register_generator("clsp", default=True)  # a recipe that names no generator: the paper's
 class CLSPGenerator(CandidateGenerator):
     """CLSP's synthetic positives from a DDPM folder (``builtin:NAME`` for a shipped one).
 
     Args:
         generator_dir: a DDPMPipeline directory, as ``train-generator`` writes it.
-        settings: the ``generate`` section (sampler, steps, w, K, share_anchor_noise,
-            guidance_scale, precision, channels_last, compile, batch_size).
+        settings: its own (``generate.clsp``: sampler, steps, w, share_anchor_noise, guidance_scale, ...);
+            None: the defaults.
         seed: the run's seed; every candidate's noise derives from it.
         device: where the UNet runs.
+        candidates: K per anchor; batch_size: images per UNet call; precision, channels_last, compile: how the
+            UNet runs (``generate.*``, every generator's).
 
     Raises:
         SynthposError: the folder is missing or incomplete, or holds a UNet that bottleneck
@@ -79,14 +115,20 @@ class CLSPGenerator(CandidateGenerator):
     """
 
     trains_on_data = True  # stage 1 trains its DDPM on the run's data (unless generate.generator names one)
+    settings = CLSPSettings
+    #: flat ``generate.<key>`` spellings from before the settings moved to ``generate.clsp``
+    moved = {key: key for key in CLSPSettings.model_fields}
 
-    def __init__(self, generator_dir: Path, settings: GenerateConfig, seed: int, device: torch.device | str) -> None:
+    def __init__(self, generator_dir: Path, settings: CLSPSettings | None, seed: int, device: torch.device | str, *,
+                 candidates: int, batch_size: int = 128, precision: str = "auto", channels_last: bool = True,
+                 compile: bool = False) -> None:
         self.generator_dir = resolve_generator_dir(generator_dir)
-        self.settings = settings
+        self.settings = settings = settings if settings is not None else CLSPSettings()
         self.seed = seed
         self.device = torch.device(device)
-        self.candidates = settings.candidates
-        self.precision = resolve_precision(settings.precision, self.device)
+        self.candidates, self.batch_size = candidates, batch_size
+        self.channels_last, self.compile = channels_last, compile
+        self.precision = resolve_precision(precision, self.device)
         unet, self.noise_scheduler = load_generator(self.generator_dir)
         try:
             check_unet(unet)
@@ -95,22 +137,22 @@ class CLSPGenerator(CandidateGenerator):
         trained_steps = self.noise_scheduler.config.num_train_timesteps
         if settings.num_steps > trained_steps:
             raise SynthposError(
-                f"generate.num_steps={settings.num_steps} is more than the {trained_steps} timesteps {self.generator_dir} "
-                f"was trained with; set generate.num_steps to at most {trained_steps}"
+                f"generate.clsp.num_steps={settings.num_steps} is more than the {trained_steps} timesteps {self.generator_dir} "
+                f"was trained with; set generate.clsp.num_steps to at most {trained_steps}"
             )
         self.num_classes = num_classes(unet)
         self.condition = EmbeddingCondition.load(self.generator_dir) if embedding_conditioned(unet) else None
         if self.condition is None and settings.condition_noise:
-            raise SynthposError(f"generate.condition_noise={settings.condition_noise} needs an embedding-conditioned "
-                                f"generator, but {self.generator_dir} is not; set generate.condition_noise=0")
+            raise SynthposError(f"generate.clsp.condition_noise={settings.condition_noise} needs an embedding-conditioned "
+                                f"generator, but {self.generator_dir} is not; set generate.clsp.condition_noise=0")
         if self.num_classes is None and self.condition is None and settings.guidance_scale != 1.0:
             raise SynthposError(
-                f"generate.guidance_scale={settings.guidance_scale} needs a conditional generator, but "
-                f"{self.generator_dir} is unconditional; set generate.guidance_scale=1 or train one with "
+                f"generate.clsp.guidance_scale={settings.guidance_scale} needs a conditional generator, but "
+                f"{self.generator_dir} is unconditional; set generate.clsp.guidance_scale=1 or train one with "
                 "train_generator.class_conditional=true or train_generator.condition"
             )
         unet = unet.to(self.device)
-        if settings.channels_last:
+        if channels_last:
             unet = unet.to(memory_format=torch.channels_last)
         self.unet = unet
         # A UNet trained on padded images (train_generator.sample_size) takes its anchors padded the same way.
@@ -118,6 +160,17 @@ class CLSPGenerator(CandidateGenerator):
         self.scheduler = build_sampler(settings.sampler, self.noise_scheduler, clip_x0=settings.clip_x0)
 
     # ------------------------------------------------------------------ the registry contract
+
+    @classmethod
+    def check_training(cls, settings: CLSPSettings | None, train: TrainGeneratorConfig) -> None:
+        """The DDPM trained in this run: no more sampler steps than its timesteps, guidance only if it is conditional."""
+        s = settings if settings is not None else CLSPSettings()
+        if s.num_steps > train.num_train_timesteps:
+            raise ValueError(f"generate.clsp.num_steps={s.num_steps} is more than the train_generator.num_train_timesteps="
+                             f"{train.num_train_timesteps} the generator is trained with")
+        if s.guidance_scale != 1.0 and not train.class_conditional and train.condition is None:
+            raise ValueError(f"generate.clsp.guidance_scale={s.guidance_scale} needs a conditional generator; set "
+                             "train_generator.class_conditional=true, train_generator.condition, or generate.clsp.guidance_scale=1")
 
     def check_images(self, images: np.ndarray) -> None:
         channels, size = self.unet.config.in_channels, self.image_size
@@ -169,7 +222,7 @@ class CLSPGenerator(CandidateGenerator):
         out = np.empty((n, k, *anchors.shape[1:]), dtype=np.uint8)
         border = padding_for(self.image_size, self.unet.config.sample_size)
         anchor_tensor = pad_to_model(images_to_model_range(torch.from_numpy(np.ascontiguousarray(anchors))), border)
-        per_call = max(1, s.batch_size // k)
+        per_call = max(1, self.batch_size // k)
         embeddings, null = None, None
         if self.condition is not None:  # the anchors' own embeddings: no labels
             embeddings = torch.from_numpy(self.condition.embed(anchors))
@@ -177,7 +230,7 @@ class CLSPGenerator(CandidateGenerator):
         for begin in range(0, n, per_call):
             end = min(n, begin + per_call)
             batch = anchor_tensor[begin:end].to(self.device)
-            if s.channels_last and batch.shape[1] > 1:
+            if self.channels_last and batch.shape[1] > 1:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             indices = range(first_index + begin, first_index + end)
             generators = [torch.Generator().manual_seed(derive_seed(self.seed, a, c)) for a in indices for c in range(k)]
@@ -197,7 +250,7 @@ class CLSPGenerator(CandidateGenerator):
                 self.unet, self.scheduler, batch, generators,
                 num_steps=s.num_steps, eta=s.eta, weight=s.interpolation_weight, precision=self.precision,
                 class_labels=conditions, anchor_index=anchor_index,
-                anchor_generators=shared, guidance_scale=s.guidance_scale, compiled=s.compile, strength=s.strength,
+                anchor_generators=shared, guidance_scale=s.guidance_scale, compiled=self.compile, strength=s.strength,
                 null_condition=null,
             )
             out[begin:end] = model_range_to_images(crop_from_model(samples.cpu(), border)).numpy().reshape(end - begin, k, *anchors.shape[1:])

@@ -5,13 +5,22 @@ A generator turns anchors into K candidates each; it registers in
 look-up (so no list of generators is kept anywhere). Stage 2 (``generate_store``) owns
 everything else: the store, its shards, resuming, splitting the work over processes.
 A new generator (IC-GAN, say) is one class registered under a name, chosen with
-``generate.kind`` in the run config::
+``generate.kind`` in the run config; its settings are a pydantic model it declares, read
+from ``generate.<name>`` (as diffusers' ``ConfigMixin`` keeps a class's config with it)::
+
+    class ICGANSettings(BaseModel):
+        truncation: float = 1.0
 
     @register_generator("icgan")
     class ICGANGenerator(CandidateGenerator):
-        def __init__(self, generator_dir, settings, seed, device): ...
+        settings = ICGANSettings              # generate.icgan.truncation
+        def __init__(self, generator_dir, settings, seed, device, *, candidates, batch_size=128,
+                     precision="auto", channels_last=True, compile=False): ...
         def record(self): return {"kind": "icgan", ...}
         def generate(self, anchors, first_index, labels=None, bar=None): ...
+
+It is built from its own settings and plain arguments (:meth:`CandidateGenerator.from_config`
+reads them out of the ``generate`` section), never from the run's config.
 
 The contract that keeps stores correct:
 
@@ -28,11 +37,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+from pydantic import BaseModel
 
 from synthpos.registry import GENERATORS
+
+if TYPE_CHECKING:
+    from synthpos.config import GenerateConfig, TrainGeneratorConfig
 
 __all__ = ["CandidateGenerator", "GENERATORS", "build_generator", "generator_class", "register_generator"]
 
@@ -45,6 +58,24 @@ class CandidateGenerator(ABC):
     #: whether stage 1 (``train-generator``) trains this generator on the run's data; a generator
     #: that loads pretrained weights (unclip) says False, and ``run`` then skips stage 1
     trains_on_data: ClassVar[bool] = False
+    #: the generator's own settings (``generate.<name>``); None: it has none
+    settings: ClassVar[type[BaseModel] | None] = None
+    #: keys of the ``generate`` section that moved into this generator's own: old key -> key in ``generate.<name>``
+    #: (each still works, with one deprecation line)
+    moved: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def from_config(cls, generator_dir: Path, config: GenerateConfig, seed: int, device: Any) -> CandidateGenerator:
+        """Built from the ``generate`` section: the generator's own settings (``generate.<name>``) and the
+        store's that every generator takes, as plain arguments."""
+        own = config.section(cls.name) if cls.settings is not None else None
+        return cls(generator_dir, own, seed, device, candidates=config.candidates, batch_size=config.batch_size,
+                   precision=config.precision, channels_last=config.channels_last, compile=config.compile)
+
+    @classmethod
+    def check_training(cls, settings: BaseModel | None, train: TrainGeneratorConfig) -> None:
+        """When stage 1 trains this generator in the same run (``trains_on_data``): raise ValueError (one
+        line, naming the keys) when ``settings`` ask what ``train`` will not give; default: nothing to check."""
 
     def prepare(self, images: np.ndarray, labels: np.ndarray | None, work_dir: Path) -> None:
         """Once per store, before any shard: fit what the generator needs from the data.
@@ -77,9 +108,10 @@ class CandidateGenerator(ABC):
         """
 
 
-def register_generator(name: str) -> Callable[[type[CandidateGenerator]], type[CandidateGenerator]]:
-    """Class decorator: make a generator available as ``generate.kind: NAME`` (in :data:`synthpos.registry.GENERATORS`)."""
-    return GENERATORS.register(name)
+def register_generator(name: str, default: bool = False) -> Callable[[type[CandidateGenerator]], type[CandidateGenerator]]:
+    """Class decorator: make a generator available as ``generate.kind: NAME`` (in :data:`synthpos.registry.GENERATORS`);
+    ``default=True``: the one a config that sets no ``generate.kind`` gets."""
+    return GENERATORS.register(name, default=default)
 
 
 def generator_class(kind: str) -> type[CandidateGenerator]:
@@ -92,10 +124,10 @@ def generator_class(kind: str) -> type[CandidateGenerator]:
     return GENERATORS.get(kind)
 
 
-def build_generator(kind: str, generator_dir: Path, settings: Any, seed: int, device: Any) -> CandidateGenerator:
-    """The registered generator ``kind``, loaded from ``generator_dir``.
+def build_generator(kind: str, generator_dir: Path, settings: GenerateConfig, seed: int, device: Any) -> CandidateGenerator:
+    """The registered generator ``kind``, loaded from ``generator_dir``, with the ``generate`` section ``settings``.
 
     Raises:
         SynthposError: no generator of that name is registered.
     """
-    return generator_class(kind)(generator_dir, settings, seed, device)
+    return generator_class(kind).from_config(generator_dir, settings, seed, device)

@@ -38,16 +38,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
 
-from synthpos.config import GenerateConfig
 from synthpos.distributed import default_device
 from synthpos.errors import SynthposError
-from synthpos.generators.adaptive_noise import ForegroundFit, fit_foreground, load_fit, noise_levels, save_fit_once
+from synthpos.generators.adaptive_noise import (
+    AdaptiveNoiseSettings,
+    ForegroundFit,
+    fit_foreground,
+    load_fit,
+    noise_levels,
+    save_fit_once,
+)
 from synthpos.generators.clsp import derive_seed
 from synthpos.generators.registry import CandidateGenerator, register_generator
 from synthpos.precision import resolve_precision
 
-__all__ = ["UnCLIPGenerator", "check_unclip_layout", "unclip_weights_id", "variations_to_images"]
+__all__ = ["UnCLIPGenerator", "UnCLIPSettings", "check_unclip_layout", "unclip_weights_id", "variations_to_images"]
 
 # Fail at import without transformers (the registry turns this into an install hint), but do
 # not import it: every `generate` imports this module to register the generator.
@@ -195,34 +202,58 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[begin: begin + size]
 
 
+class UnCLIPSettings(BaseModel):
+    """``generate.unclip``: Stable unCLIP image variations (Ayromlou et al.; GenView with adaptive noise)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    num_steps: int = Field(10, ge=1, description="DDIM steps.")
+    eta: float = Field(0.0, ge=0.0)
+    guidance_scale: float = Field(10.0, ge=0.0, description="Classifier-free guidance against a zero image embedding "
+                                  "and the empty prompt (1 = off; 10 = the pipeline's default, which Ayromlou et al. ran; GenView: 10 too).")
+    noise_level: int = Field(0, ge=0, description="Noise added to the image embedding when adaptive noise is off.")
+    trailing_zero_snr: bool = Field(True, description="DDIM with trailing timesteps and betas rescaled to zero terminal SNR "
+                                    "(Ayromlou et al.'s code); off: the model's own DDIM schedule (GenView).")
+    prompt: str = Field("", description="Text prompt of every variation (Ayromlou et al.: empty; GenView: its fixed "
+                        "\"Your custom text prompt here\", generate_image_variations_noiselevels.py:77).")
+    image_size: int | None = Field(None, ge=8, multiple_of=8, description="Generate at this size (default: the model's, "
+                                   "768 for stable-diffusion-2-1-unclip-small); results are resized to the dataset's size.")
+    adaptive_noise: AdaptiveNoiseSettings = AdaptiveNoiseSettings()
+
+
 @register_generator("unclip")
 class UnCLIPGenerator(CandidateGenerator):
     """Stable unCLIP image variations, V per anchor, with a fixed or adaptive (GenView) noise level.
 
     Args:
         generator_dir: a local StableUnCLIPImg2ImgPipeline folder (checked before anything loads).
-        settings: ``candidates`` (V), ``batch_size`` (images per pipeline call), ``precision``
-            and ``unclip`` (steps, eta, guidance, noise level, adaptive noise).
+        settings: its own (``generate.unclip``: steps, eta, guidance, noise level, adaptive noise); None: the defaults.
         seed: the global seed; candidate v of anchor a is seeded by ``derive_seed(seed, a, v)``.
         device: where the pipeline runs (default: this process's GPU, else the CPU).
+        candidates: V per anchor; batch_size: images per pipeline call; precision: fp32 or bf16 (``generate.*``).
+            channels_last and compile are accepted and not used.
 
     The pipeline is loaded on first use, so ``record()`` is cheap.
 
     Example:
-        >>> gen = UnCLIPGenerator(Path("weights/unclip-small"), GenerateConfig(kind="unclip", candidates=10), 0, "cuda")
+        >>> gen = UnCLIPGenerator(Path("weights/unclip-small"), UnCLIPSettings(), 0, "cuda", candidates=10)
         >>> gen.generate(images[:4], first_index=0).shape      # images: uint8 (N, 32, 32, 3)
         (4, 10, 32, 32, 3)
     """
 
-    def __init__(self, generator_dir: Path, settings: GenerateConfig, seed: int, device: str | torch.device | None = None) -> None:
+    settings = UnCLIPSettings
+
+    def __init__(self, generator_dir: Path, settings: UnCLIPSettings | None, seed: int,
+                 device: str | torch.device | None = None, *, candidates: int, batch_size: int = 128,
+                 precision: str = "auto", channels_last: bool = True, compile: bool = False) -> None:
         self.generator_dir = Path(generator_dir)
         self.variant = check_unclip_layout(self.generator_dir)
-        self.settings = settings
-        self.options = settings.unclip
+        self.options = settings if settings is not None else UnCLIPSettings()
+        self.batch_size = batch_size
         self.seed = seed
         self.device = torch.device(device) if device is not None else default_device()
-        self.precision = resolve_precision(settings.precision, self.device)
-        self.candidates = settings.candidates
+        self.precision = resolve_precision(precision, self.device)
+        self.candidates = candidates
         self.fit: ForegroundFit | None = None
         self._pipe: Any = None
         self._weights_id: str | None = None
@@ -317,7 +348,7 @@ class UnCLIPGenerator(CandidateGenerator):
             )
         if not path.is_file():
             Path(work_dir).mkdir(parents=True, exist_ok=True)
-            batches = lambda: (self._encode(images[chunk])[1] for chunk in _chunks(list(sample), self.settings.batch_size))  # noqa: E731
+            batches = lambda: (self._encode(images[chunk])[1] for chunk in _chunks(list(sample), self.batch_size))  # noqa: E731
             save_fit_once(fit_foreground(batches, adaptive.foreground_share, made_with), path)
         fit = load_fit(path)
         if fit.made_with != made_with:
@@ -367,7 +398,7 @@ class UnCLIPGenerator(CandidateGenerator):
         self.check_images(anchors)
         n, height, width, channels = anchors.shape
         embeds, levels = [], []
-        for chunk in _chunks(list(range(n)), self.settings.batch_size):
+        for chunk in _chunks(list(range(n)), self.batch_size):
             e, tokens = self._encode(anchors[chunk])
             embeds.append(e)
             levels.append(self.levels_for(tokens) if tokens is not None else np.full(len(chunk), self.options.noise_level))
@@ -376,7 +407,7 @@ class UnCLIPGenerator(CandidateGenerator):
         out = np.empty((n, self.candidates, height, width, channels), dtype=np.uint8)
         rows = [(a, v) for a in range(n) for v in range(self.candidates)]
         for noise_level in sorted(set(level.tolist())):
-            for chunk in _chunks([r for r in rows if level[r[0]] == noise_level], self.settings.batch_size):
+            for chunk in _chunks([r for r in rows if level[r[0]] == noise_level], self.batch_size):
                 generators = [torch.Generator().manual_seed(derive_seed(self.seed, first_index + a, v)) for a, v in chunk]
                 images = self.pipeline(
                     prompt=[self.options.prompt] * len(chunk),

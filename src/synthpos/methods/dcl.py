@@ -43,6 +43,7 @@ class DCLW(DCL):
     """DCL with positives weighted by a von Mises-Fisher kernel of width ``sigma`` (:class:`~synthpos.losses.DCLWLoss`)."""
 
     settings = DCLWSettings
+    moved = {"dclw_sigma": "sigma"}  # pretrain.dclw_sigma -> pretrain.dclw.sigma (issue 11)
 
     def setup_losses(self) -> None:
         SimCLR.setup_losses(self)

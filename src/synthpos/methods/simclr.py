@@ -11,7 +11,7 @@ from synthpos.models.heads import mlp
 from synthpos.modes.contrast import NEGATIVES, PAIRS, POSITIVES, MultiPositive, Objective, Term
 
 
-@register_method("simclr")
+@register_method("simclr", default=True)  # a recipe that names no method
 class SimCLR(SSLMethod):
     """SimCLR: NT-Xent between the projections of two views; negatives are the other images' views.
 

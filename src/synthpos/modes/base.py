@@ -71,6 +71,11 @@ class SyntheticMode:
                          f"Use it with {', '.join(users) or 'no registered method'}, or choose mode clsp or replace")
 
     @classmethod
+    def check_candidates(cls, config: SyntheticConfig, candidates: int) -> None:
+        """Raise ValueError (one line) when ``candidates`` per anchor (``generate.candidates``) are too few for
+        ``config``; default: any number will do."""
+
+    @classmethod
     def frozen_model(cls, config: PretrainConfig, dataset: Any, seed: int) -> torch.nn.Module | None:
         """A frozen network the mode needs at training time (quality's scorer), built once; default none."""
         return None

@@ -23,6 +23,12 @@ class MultiPositive(SyntheticMode):
     needs = "a multi-positive InfoNCE"
     requires = POSITIVES
 
+    @classmethod
+    def check_candidates(cls, config, candidates: int) -> None:
+        if config.positives > candidates:
+            raise ValueError(f"pretrain.synthetic.positives={config.positives} but generate.candidates={candidates} "
+                             "per anchor are made; lower positives or generate more candidates")
+
     def check_store(self, store: SyntheticStore) -> None:
         positives = self.config.positives
         if positives > store.candidates:

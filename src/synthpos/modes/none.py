@@ -3,7 +3,7 @@
 from synthpos.modes.base import SyntheticMode, register_mode
 
 
-@register_mode("none")
+@register_mode("none", default=True)  # a recipe that names no mode: plain training
 class NoSynthetic(SyntheticMode):
     """The plain method: two augmented views of each real image."""
 
