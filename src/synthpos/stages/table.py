@@ -1,0 +1,229 @@
+"""The stage table: each stage's row, what its output depends on and which stages it reads.
+
+Every stage (``encoder``, ``train-generator``, ``generate``, ``pretrain``, ``evaluate``) is one
+row of :data:`STAGES`, in the order ``synthpos run`` runs them. A row declares the config
+settings that decide the stage's output (dotted key prefixes, minus the keys under them that
+change only speed, progress or where files go), the values the config leaves to the machine
+(:mod:`synthpos.stages.resolved`), the earlier stages it reads, and how to run it, check its
+inputs (:mod:`synthpos.stages.checks`) and tell whether its output is finished.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from synthpos.config import RunConfig
+from synthpos.stages import checks, encoder, resolved, store_state
+
+#: One console for the whole stage layer (tests silence or capture it in one place).
+console = Console(stderr=True)
+
+RECORD = "stage_record.json"
+PREVIOUS = "previous"
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> ``{"a.b.c": leaf}``; lists are leaves."""
+    if isinstance(tree, dict) and tree:
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: tree}
+
+
+def under(key: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether dotted ``key`` is one of ``prefixes`` or below one."""
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def _no_check(config: RunConfig, explicit: bool, upfront: bool) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One row of the table.
+
+    Attributes:
+        name: the CLI command.
+        decides: dotted prefixes of the settings that decide the output.
+        ignores: keys under ``decides`` that change only speed, progress or file locations.
+        inputs: earlier stages whose outputs this one reads (their records become part of its own).
+        output: the directory the stage owns (its record goes inside; moved aside when replaced).
+        finished: whether the output is complete.
+        run: runs the stage, ``run(config, show_progress)``, and returns its result.
+        result: the result of a finished stage, as ``run`` returns it.
+        feeds: None when the next stage reads this one's output with this config, else why not
+            (a stage that feeds nothing is not part of ``synthpos run``; see :func:`needed`).
+        resolved: values the config leaves open (resolved precision, the generator's record).
+        notes: lines worth a user's look that change nothing (a store's stray shard files).
+        space: (about how many bytes the unfinished output still needs, what it is), for a full disk's message.
+        check: ``check(config, explicit, upfront)`` raises for a bad input before anything is touched.
+    """
+
+    name: str
+    decides: tuple[str, ...]
+    ignores: tuple[str, ...]
+    inputs: tuple[str, ...]
+    output: Callable[[RunConfig], Path]
+    finished: Callable[[RunConfig], bool]
+    run: Callable[[RunConfig, bool], Any]
+    result: Callable[[RunConfig], Any]
+    feeds: Callable[[RunConfig], str | None] = lambda config: None
+    resolved: Callable[[RunConfig], dict[str, Any]] = field(default=lambda config: {})
+    notes: Callable[[RunConfig], list[str]] = field(default=lambda config: [])
+    space: Callable[[RunConfig], tuple[int | None, str | None]] = field(default=lambda config: (None, None))
+    check: Callable[[RunConfig, bool, bool], None] = _no_check
+
+    def settings(self, config: RunConfig) -> dict[str, Any]:
+        """The output-deciding settings' values, flattened."""
+        flat = flatten(config.model_dump(mode="json"))
+        return {k: v for k, v in sorted(flat.items()) if under(k, self.decides) and not under(k, self.ignores)}
+
+    def record_path(self, config: RunConfig) -> Path:
+        return self.output(config) / RECORD
+
+
+# ----------------------------------------------------------------------------- the rows' parts
+
+
+def _generator_feeds(config: RunConfig) -> str | None:
+    from synthpos.generators.registry import generator_class
+
+    if not generator_class(config.generate.kind).trains_on_data:
+        # The generator class says whether it is trained on the data (clsp's DDPM) or loads pretrained weights.
+        return (f"generate.kind={config.generate.kind} is not trained on the data "
+                "(it loads pretrained weights from generate.generator, or needs none)")
+    if config.generate.generator is not None:
+        return f"using generator {config.generate.generator}"
+    return None
+
+
+def _run_train_generator(config: RunConfig, show_progress: bool) -> Path:
+    from synthpos.generators.diffusion import train_generator_stage
+
+    return train_generator_stage(config, show_progress=show_progress)
+
+
+def _run_generate(config: RunConfig, show_progress: bool):
+    from synthpos.generators.generate import generate_stage
+
+    return generate_stage(config, show_progress=show_progress)
+
+
+def _run_pretrain(config: RunConfig, show_progress: bool) -> Path:
+    from synthpos.methods.pretrain import pretrain_stage
+
+    return pretrain_stage(config, show_progress=show_progress)
+
+
+def _run_evaluate(config: RunConfig, show_progress: bool) -> dict:
+    from synthpos.evaluation.evaluate import evaluate_stage
+
+    return evaluate_stage(config, show_progress=show_progress)
+
+
+# Keys that change only speed, progress or where things are written (and data.test_root, which
+# only evaluation reads). Precision is left out here because its resolved value is recorded.
+_DATA_TRAIN_ONLY = ("data.test_root",)
+_TRAIN_GENERATOR_IGNORES = ("train_generator.num_threads", "train_generator.channels_last", "train_generator.precision",
+                            "train_generator.checkpoint_every", "train_generator.checkpoint_every_minutes",
+                            "train_generator.loggers")
+_PRETRAIN_IGNORES = ("pretrain.store", "pretrain.output_dir", "pretrain.num_threads", "pretrain.channels_last",
+                     "pretrain.precision", "pretrain.knn_every_epochs", "pretrain.knn_subset",
+                     "pretrain.checkpoint_every_epochs", "pretrain.checkpoint_every_minutes", "pretrain.verify_store",
+                     "pretrain.compile", "pretrain.loggers")
+
+# ----------------------------------------------------------------------------- the table
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        # Round 0 (synthpos.stages.encoder): pretrained with the run's settings and no synthetic positives.
+        name="encoder",
+        decides=("seed", "data", "pretrain"),
+        ignores=_DATA_TRAIN_ONLY + _PRETRAIN_IGNORES + ("pretrain.synthetic", "pretrain.output_dir"),
+        inputs=(),
+        output=lambda c: c.encoder_dir,
+        finished=lambda c: (c.encoder_dir / "backbone.pt").is_file(),
+        run=encoder.run_encoder,
+        result=lambda c: c.encoder_dir / "backbone.pt",
+        feeds=encoder.encoder_feeds,
+        resolved=resolved.pretrain_resolved,
+        check=encoder.check_encoder,
+    ),
+    Stage(
+        name="train-generator",
+        decides=("data", "train_generator"),  # and the generation seed (resolved)
+        ignores=_DATA_TRAIN_ONLY + _TRAIN_GENERATOR_IGNORES,
+        inputs=("encoder",),
+        output=lambda c: c.generator_dir,
+        finished=lambda c: (c.generator_dir / "COMPLETE").is_file(),
+        run=_run_train_generator,
+        result=lambda c: c.generator_dir / "model",
+        feeds=_generator_feeds,
+        resolved=resolved.train_generator_resolved,
+        check=checks.check_train_generator,
+    ),
+    Stage(
+        # The sampler's settings are in the generator's record (resolved): it knows which of
+        # its settings change the bytes (e.g. eta only for DDIM, unclip.* only for unclip).
+        name="generate",
+        # shard_size is the layout, not the bytes: a complete store of another layout is as good.
+        # The seed is the generation seed, in the generator's record (resolved).
+        decides=("data", "generate.kind", "generate.generator", "generate.candidates", "generate.num_anchors"),
+        ignores=_DATA_TRAIN_ONLY,
+        inputs=("train-generator",),
+        output=lambda c: c.store_dir,
+        finished=store_state.store_finished,
+        run=_run_generate,
+        result=store_state.open_store,
+        feeds=store_state.store_feeds,
+        resolved=resolved.generate_resolved,
+        notes=store_state.store_notes,
+        space=store_state.store_space,
+        check=checks.check_generate,
+    ),
+    Stage(
+        name="pretrain",
+        decides=("seed", "data", "pretrain"),
+        ignores=_DATA_TRAIN_ONLY + _PRETRAIN_IGNORES,
+        inputs=("generate",),
+        output=lambda c: c.pretrain_dir,
+        finished=lambda c: (c.pretrain_dir / "backbone.pt").is_file(),
+        run=_run_pretrain,
+        result=lambda c: c.pretrain_dir / "backbone.pt",
+        feeds=lambda c: None if c.evaluate.checkpoint is None else f"evaluate.checkpoint={c.evaluate.checkpoint} is evaluated",
+        resolved=resolved.pretrain_resolved,
+        check=checks.check_pretrain,
+    ),
+    Stage(
+        name="evaluate",
+        decides=("seed", "data", "evaluate"),
+        ignores=("evaluate.batch_size", "evaluate.checkpoint"),
+        inputs=("pretrain",),
+        output=lambda c: c.evaluate_dir,
+        finished=lambda c: (c.evaluate_dir / "metrics.json").is_file(),
+        run=_run_evaluate,
+        result=lambda c: json.loads((c.evaluate_dir / "metrics.json").read_text()),
+        resolved=resolved.evaluate_resolved,
+        check=checks.check_evaluate,
+    ),
+)
+
+BY_NAME = {stage.name: stage for stage in STAGES}
+
+
+def needed(stage: Stage, config: RunConfig) -> str | None:
+    """None when ``stage`` is part of ``synthpos run`` for ``config``; else why not (its output feeds nothing)."""
+    # The latest reason first: no store to make also means no generator to train.
+    for later in reversed(STAGES[[s.name for s in STAGES].index(stage.name):-1]):
+        if (why := later.feeds(config)) is not None:
+            return why
+    return None
