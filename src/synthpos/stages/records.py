@@ -107,8 +107,9 @@ def adopt(stage: Stage, config: RunConfig, expected: dict[str, Any]) -> str | No
         saved_section = stage.output(config) / "train_config.json"
         if saved_section.is_file():
             ours = {k: v for k, v in expected["settings"].items() if k.startswith("train_generator.")}
+            left_out = stage.left_out(config)
             theirs = {k: v for k, v in flatten({"train_generator": json.loads(saved_section.read_text())}).items()
-                      if not under(k, stage.ignores)}
+                      if not under(k, left_out)}
             if ours == theirs:
                 return "its train_config.json matches (data and seed were not saved; taken as the current ones)"
     return None

@@ -3,7 +3,7 @@
 Every stage (``encoder``, ``train-generator``, ``generate``, ``pretrain``, ``evaluate``) is one
 row of :data:`STAGES`, in the order ``synthpos run`` runs them. A row declares the config
 settings that decide the stage's output (dotted key prefixes, minus the keys under them that
-change only speed, progress or where files go), the values the config leaves to the machine
+its fields declare output-neutral: :func:`output_neutral`), the values the config leaves to the machine
 (:mod:`synthpos.stages.resolved`), the earlier stages it reads, and how to run it, check its
 inputs (:mod:`synthpos.stages.checks`) and tell whether its output is finished.
 """
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
 from rich.console import Console
 
 from synthpos.config import RunConfig
@@ -43,6 +44,26 @@ def under(key: str, prefixes: tuple[str, ...]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
+def output_neutral(config: BaseModel, stage: str, prefix: str = "") -> tuple[str, ...]:
+    """Dotted keys of the settings whose field declares that they do not decide ``stage``'s output.
+
+    A field's ``json_schema_extra["affects_output"]`` (config.py's ``NO_OUTPUT``,
+    ``RECORDED_RESOLVED``): ``False`` for speed, progress or where files go; ``"resolved"`` for a
+    value recorded as the machine resolves it (the row's ``resolved``), not as written; a list for
+    the only stages whose output it decides. Unmarked fields decide the output. The walk follows the
+    config's own values, so a section a component adds is read as it is.
+    """
+    out: list[str] = []
+    for name, info in type(config).model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        affects = extra.get("affects_output", True)
+        if affects is False or affects == "resolved" or (isinstance(affects, list) and stage not in affects):
+            out.append(prefix + name)
+        elif isinstance(value := getattr(config, name, None), BaseModel):
+            out += output_neutral(value, stage, f"{prefix}{name}.")
+    return tuple(out)
+
+
 def _no_check(config: RunConfig, explicit: bool, upfront: bool) -> None:
     return None
 
@@ -54,7 +75,8 @@ class Stage:
     Attributes:
         name: the CLI command.
         decides: dotted prefixes of the settings that decide the output.
-        ignores: keys under ``decides`` that change only speed, progress or file locations.
+        ignores: keys under ``decides`` this row leaves out beyond those its fields declare
+            output-neutral (:func:`output_neutral`): round 0 runs without the synthetic settings.
         inputs: earlier stages whose outputs this one reads (their records become part of its own).
         output: the directory the stage owns (its record goes inside; moved aside when replaced).
         finished: whether the output is complete.
@@ -82,10 +104,15 @@ class Stage:
     space: Callable[[RunConfig], tuple[int | None, str | None]] = field(default=lambda config: (None, None))
     check: Callable[[RunConfig, bool, bool], None] = _no_check
 
+    def left_out(self, config: RunConfig) -> tuple[str, ...]:
+        """The keys under ``decides`` that do not decide this stage's output."""
+        return self.ignores + output_neutral(config, self.name)
+
     def settings(self, config: RunConfig) -> dict[str, Any]:
         """The output-deciding settings' values, flattened."""
         flat = flatten(config.model_dump(mode="json"))
-        return {k: v for k, v in sorted(flat.items()) if under(k, self.decides) and not under(k, self.ignores)}
+        left_out = self.left_out(config)
+        return {k: v for k, v in sorted(flat.items()) if under(k, self.decides) and not under(k, left_out)}
 
     def record_path(self, config: RunConfig) -> Path:
         return self.output(config) / RECORD
@@ -130,17 +157,6 @@ def _run_evaluate(config: RunConfig, show_progress: bool) -> dict:
     return evaluate_stage(config, show_progress=show_progress)
 
 
-# Keys that change only speed, progress or where things are written (and data.test_root, which
-# only evaluation reads). Precision is left out here because its resolved value is recorded.
-_DATA_TRAIN_ONLY = ("data.test_root",)
-_TRAIN_GENERATOR_IGNORES = ("train_generator.num_threads", "train_generator.channels_last", "train_generator.precision",
-                            "train_generator.checkpoint_every", "train_generator.checkpoint_every_minutes",
-                            "train_generator.loggers")
-_PRETRAIN_IGNORES = ("pretrain.store", "pretrain.output_dir", "pretrain.num_threads", "pretrain.channels_last",
-                     "pretrain.precision", "pretrain.knn_every_epochs", "pretrain.knn_subset",
-                     "pretrain.checkpoint_every_epochs", "pretrain.checkpoint_every_minutes", "pretrain.verify_store",
-                     "pretrain.compile", "pretrain.loggers")
-
 # ----------------------------------------------------------------------------- the table
 
 STAGES: tuple[Stage, ...] = (
@@ -148,7 +164,7 @@ STAGES: tuple[Stage, ...] = (
         # Round 0 (synthpos.stages.encoder): pretrained with the run's settings and no synthetic positives.
         name="encoder",
         decides=("seed", "data", "pretrain"),
-        ignores=_DATA_TRAIN_ONLY + _PRETRAIN_IGNORES + ("pretrain.synthetic", "pretrain.output_dir"),
+        ignores=("pretrain.synthetic",),  # it runs with mode none whatever the run's synthetic settings
         inputs=(),
         output=lambda c: c.encoder_dir,
         finished=lambda c: (c.encoder_dir / "backbone.pt").is_file(),
@@ -161,7 +177,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="train-generator",
         decides=("data", "train_generator"),  # and the generation seed (resolved)
-        ignores=_DATA_TRAIN_ONLY + _TRAIN_GENERATOR_IGNORES,
+        ignores=(),
         inputs=("encoder",),
         output=lambda c: c.generator_dir,
         finished=lambda c: (c.generator_dir / "COMPLETE").is_file(),
@@ -178,7 +194,7 @@ STAGES: tuple[Stage, ...] = (
         # shard_size is the layout, not the bytes: a complete store of another layout is as good.
         # The seed is the generation seed, in the generator's record (resolved).
         decides=("data", "generate.kind", "generate.generator", "generate.candidates", "generate.num_anchors"),
-        ignores=_DATA_TRAIN_ONLY,
+        ignores=(),
         inputs=("train-generator",),
         output=lambda c: c.store_dir,
         finished=store_state.store_finished,
@@ -193,7 +209,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="pretrain",
         decides=("seed", "data", "pretrain"),
-        ignores=_DATA_TRAIN_ONLY + _PRETRAIN_IGNORES,
+        ignores=(),
         inputs=("generate",),
         output=lambda c: c.pretrain_dir,
         finished=lambda c: (c.pretrain_dir / "backbone.pt").is_file(),
@@ -206,7 +222,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="evaluate",
         decides=("seed", "data", "evaluate"),
-        ignores=("evaluate.batch_size", "evaluate.checkpoint"),
+        ignores=(),
         inputs=("pretrain",),
         output=lambda c: c.evaluate_dir,
         finished=lambda c: (c.evaluate_dir / "metrics.json").is_file(),
