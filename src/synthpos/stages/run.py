@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 from synthpos.config import RunConfig
-from synthpos.distributed import rank
 from synthpos.run_lock import run_lock
 from synthpos.stages.runner import run_stage
 from synthpos.stages.seeds import print_seeds, run_seeds, train_shared_generator
@@ -45,6 +44,8 @@ def check_run(config: RunConfig) -> None:
 
 def run_pipeline(config: RunConfig, show_progress: bool = True) -> dict:
     """Run every stage that is not done with these settings; return the evaluation metrics."""
+    from synthpos.distributed import rank  # torch: not imported by `import synthpos.stages`
+
     check_run(config)
     with run_lock(config.run_dir):  # held between the stages too: nobody else writes in between
         upstream_ran = False

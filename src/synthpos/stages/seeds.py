@@ -22,7 +22,6 @@ from pathlib import Path
 
 from synthpos.atomic import atomic_path
 from synthpos.config import RunConfig
-from synthpos.evaluation.seeds import aggregate
 from synthpos.stages.runner import run_stage
 from synthpos.stages.table import BY_NAME, needed
 
@@ -85,6 +84,8 @@ def run_seeds(config: RunConfig, run_one: Callable[[RunConfig], dict],
     ``train_generator`` makes the shared generator (shared stores, a generator trained here);
     by default :func:`train_shared_generator`.
     """
+    from synthpos.evaluation.seeds import aggregate  # the evaluation package imports torch
+
     subs = seed_configs(config)
     if _trains_shared_generator(config):
         base = config.model_copy(deep=True)
