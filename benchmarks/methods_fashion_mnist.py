@@ -116,9 +116,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from synthpos.evaluation.evaluate import evaluate_stage
-    from synthpos.generators.generate import generate_stage
-    from synthpos.methods.pretrain import pretrain_stage
+    from synthpos.stages import run_stage
 
     torch.set_num_threads(2)
     if args.smoke:
@@ -147,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if any(m != "none" for m in modes):
         start = time.perf_counter()
-        generate_stage(run_config(args, args.work, "simclr", "clsp", seeds[0]), show_progress=False)
+        run_stage("generate", run_config(args, args.work, "simclr", "clsp", seeds[0]), show_progress=False, explicit=True)
         results["store_seconds"] = results.get("store_seconds") or round(time.perf_counter() - start, 1)
         save()
     for seed in seeds:
@@ -158,9 +156,10 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 config = run_config(args, args.work, method, mode, seed)
                 start = time.perf_counter()
-                pretrain_stage(config, show_progress=False)
+                # Through the stage layer; forced, so the time is a run's even where an output was left
+                run_stage("pretrain", config, show_progress=False, force=True, explicit=True)
                 pretrain_seconds = time.perf_counter() - start
-                metrics = evaluate_stage(config, show_progress=False)["results"]
+                metrics = run_stage("evaluate", config, show_progress=False, force=True, explicit=True)[0]["results"]
                 scores = next(iter(metrics.values()))
                 results["runs"][key] = {
                     "method": method, "mode": mode, "seed": seed,

@@ -345,21 +345,17 @@ def run_key(args: argparse.Namespace, row: dict[str, Any], seed: int, subset: in
 
 
 def one_run(args: argparse.Namespace, row: dict[str, Any], seed: int, subset: int, epochs: int) -> dict[str, Any]:
-    from synthpos.evaluation.evaluate import evaluate_stage
-    from synthpos.generators.generate import generate_stage
-    from synthpos.methods.pretrain import pretrain_stage
-
-    from synthpos.registry import MODES
+    # Through the stage layer, as `synthpos run`: a store is made once per settings (its record says
+    # so) and shared by the rows that read it; pretraining is forced, so its time is a run's.
+    from synthpos.stages import run_stage
 
     config, generation_seed = run_config(args, row, seed, subset, epochs)
-    generator_record = None
-    if MODES.get(row["mode"]).needs_store:
-        store = generate_stage(config, show_progress=False)
-        generator_record = store.manifest["generator"]
+    store, _ = run_stage("generate", config, show_progress=False)  # None when the row's mode reads no store
+    generator_record = None if store is None else store.manifest["generator"]
     start = time.perf_counter()
-    pretrain_stage(config, show_progress=False)
+    run_stage("pretrain", config, show_progress=False, force=True, explicit=True)
     seconds = time.perf_counter() - start
-    metrics = evaluate_stage(config, show_progress=False)
+    metrics, _ = run_stage("evaluate", config, show_progress=False, force=True, explicit=True)
     scores = next(iter(metrics["results"].values()))
     from _machine import cpu_identity
 

@@ -177,9 +177,9 @@ def _no_stage(*args, **kwargs):
 
 def _cli_run(tmp: Path, overrides: list[str]) -> tuple[int, str]:
     """``synthpos run --set ...`` in this process: (exit code, stderr). No stage may start."""
-    import synthpos.pipeline
+    import synthpos.stages.run
 
-    synthpos.pipeline.run_stage = _no_stage  # (restored by the module fixture)
+    synthpos.stages.run.run_stage = _no_stage  # (restored by the module fixture)
     err = io.StringIO()
     argv = ["synthpos", "run", "-q", "--set", f"run_dir={tmp / 'run'}", *[a for o in overrides for a in ("--set", o)]]
     old = sys.argv
@@ -206,11 +206,11 @@ def _assert_refused(tmp: Path, overrides: list[str], key: str) -> None:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    import synthpos.pipeline
+    import synthpos.stages.run
 
-    real = synthpos.pipeline.run_stage
+    real = synthpos.stages.run.run_stage
     yield tmp_path_factory.mktemp("properties")
-    synthpos.pipeline.run_stage = real
+    synthpos.stages.run.run_stage = real
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -110,7 +110,8 @@ def test_train_generator_in_the_quick_start_is_the_shipped_generators_recipe():
 
 def test_the_recipes_reason_is_printed_only_for_the_point_it_was_measured_at():
     from synthpos.config import load_config
-    from synthpos.quickstart import _sampling_reason, quickstart_recipe
+    from synthpos.stages.quickstart import quickstart_recipe
+    from synthpos.stages.quickstart_summary import sampling_reason as _sampling_reason
 
     def reason(*overrides):
         return _sampling_reason(load_config(quickstart_recipe(), list(overrides)).generate)
@@ -124,7 +125,8 @@ def test_the_recipes_reason_is_printed_only_for_the_point_it_was_measured_at():
 
 def test_the_recipes_reason_compares_the_point_as_numbers():
     from synthpos.config import load_config
-    from synthpos.quickstart import _sampling_reason, quickstart_recipe
+    from synthpos.stages.quickstart import quickstart_recipe
+    from synthpos.stages.quickstart_summary import sampling_reason as _sampling_reason
 
     def reason(*overrides):
         return _sampling_reason(load_config(quickstart_recipe(), list(overrides)).generate)
@@ -153,15 +155,16 @@ def test_the_recipes_figures_are_those_measured_for_the_shipped_weights():
 def test_the_recipes_reason_is_not_printed_for_other_weights_under_its_name(tmp_path, monkeypatch):
     import shutil
 
-    from synthpos import quickstart
     from synthpos.config import load_config
+    from synthpos.stages.quickstart import quickstart_recipe
+    from synthpos.stages.quickstart_summary import sampling_reason
 
-    g = load_config(quickstart.quickstart_recipe()).generate
-    assert "chosen from the frontier" in quickstart._sampling_reason(g)
+    g = load_config(quickstart_recipe()).generate
+    assert "chosen from the frontier" in sampling_reason(g)
     other = tmp_path / "fashion_mnist"
     shutil.copytree(resolve_generator_dir("builtin:fashion_mnist"), other)
     weights = other / "unet" / "diffusion_pytorch_model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # other weights, whatever the last byte was
     monkeypatch.setattr("synthpos.generators.diffusion.resolve_generator_dir", lambda name: other)
-    assert "chosen from the frontier" not in quickstart._sampling_reason(g)
+    assert "chosen from the frontier" not in sampling_reason(g)

@@ -1,12 +1,8 @@
-"""The `synthpos` command: one thin function per stage, no logic of its own."""
+"""The `synthpos` command: argument parsing only; each command is a module of :mod:`synthpos.stages`."""
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -44,40 +40,32 @@ def _say(message: str) -> None:
 def train_generator(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Stage 1: train the unconditional DDPM on the run's training split."""
     cfg = _load(config, set)
-    from synthpos.stages import run_stage
-    path, _ = run_stage("train-generator", cfg, show_progress=not quiet, explicit=True)
-    _say(f"generator written to {path}")
+    from synthpos.stages import train_generator as stage
+    stage.command(cfg, show_progress=not quiet)
 
 
 @app.command()
 def generate(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Stage 2: CLSP synthetic positives into the store (resumes where it stopped)."""
     cfg = _load(config, set)
-    from synthpos.stages import run_stage
-    store, _ = run_stage("generate", cfg, show_progress=not quiet, explicit=True)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun: one line, not one per process
-        _say(f"store written to {store.path} ({len(store)} anchors x {store.candidates} candidates)")
+    from synthpos.stages import generate as stage
+    stage.command(cfg, show_progress=not quiet)
 
 
 @app.command()
 def pretrain(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Stage 3: self-supervised pretraining (resumes from the last checkpoint)."""
     cfg = _load(config, set)
-    from synthpos.stages import run_stage
-    path, _ = run_stage("pretrain", cfg, show_progress=not quiet, explicit=True)
-    _say(f"backbone written to {path}")
+    from synthpos.stages import pretrain as stage
+    stage.command(cfg, show_progress=not quiet)
 
 
 @app.command()
 def evaluate(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Stage 4: kNN and linear probe on frozen features; writes metrics.json."""
     cfg = _load(config, set)
-    from synthpos.stages import run_stage
-    metrics, _ = run_stage("evaluate", cfg, show_progress=not quiet, explicit=True)
-    typer.echo(json.dumps(metrics["results"], indent=2))
-    for name, base in metrics.get("baselines", {}).items():  # evaluate.checkpoint: an external encoder
-        _say(f"baseline {name}: {json.dumps(base['results'])}")
-    _say(f"metrics written to {cfg.evaluate_dir / 'metrics.json'}")
+    from synthpos.stages import evaluate as stage
+    stage.command(cfg, show_progress=not quiet)
 
 
 @app.command("inspect-store")
@@ -98,16 +86,9 @@ def inspect_store(
 ) -> None:
     """Fidelity and diversity of a store's synthetic positives, and a grid of them (--verify: its integrity; --fid: FID/KID)."""
     cfg = _load(config, set)
-    if verify:
-        from synthpos.evaluation.store_diagnostics import verify_command
-        verify_command(store or cfg.store_dir)
-        return
-    from synthpos.evaluation.store_diagnostics import inspect_store_stage, print_report
-    report = inspect_store_stage(cfg, store, encoder, max_anchors, out, show_progress=not quiet, fid=fid or fid_weights is not None,
-                                 fid_weights=fid_weights, fid_images=fid_images, kid_subset_size=kid_subset_size,
-                                 kid_subsets=kid_subsets)
-    print_report(report)
-    _say(f"diagnostics written to {Path(report['grid']).parent}")
+    from synthpos.stages import inspect_store as stage
+    stage.command(cfg, store, encoder, max_anchors, out, show_progress=not quiet, verify=verify, fid=fid,
+                  fid_weights=fid_weights, fid_images=fid_images, kid_subset_size=kid_subset_size, kid_subsets=kid_subsets)
 
 
 @app.command("import-store")
@@ -123,10 +104,8 @@ def import_store(
 ) -> None:
     """Turn a paper's published synthetic set into a store for the run's training split."""
     cfg = _load(config, set)
-    from synthpos.data.import_store import import_store_stage
-    with _writing_into(store or cfg.store_dir, cfg.run_dir):  # the run's store: one writer, as for generate
-        result = import_store_stage(cfg, source, layout, store, variants, show_progress=not quiet)
-    _say(f"store written to {result.path} ({len(result)} anchors x {result.candidates} candidates)")
+    from synthpos.stages import import_store as stage
+    stage.command(cfg, source, layout, store, variants, show_progress=not quiet)
 
 
 @app.command()
@@ -142,13 +121,8 @@ def compare(
 ) -> None:
     """CKA between two encoders' representations of the same test images, final and layer by layer."""
     data = _load(config, set).data if config or set else None
-    from synthpos.evaluation.compare import compare_stage
-    result = compare_stage(run_a, run_b, data, images, arch, out)
-    final = result["final"]
-    typer.echo(f"CKA of the final features ({result['images']} {result['data']} test images): "
-               f"linear {final['linear']:.4f}, RBF {final['rbf']:.4f}, linear unbiased {final['linear_unbiased']:.4f}")
-    if "heatmap" in result:
-        _say(f"layer-wise CKA heat map: {result['heatmap']}")
+    from synthpos.stages import compare as stage
+    stage.command(run_a, run_b, data, images, arch, out)
 
 
 @app.command()
@@ -159,9 +133,8 @@ def export(
     encoder: Annotated[Optional[str], typer.Option(help="Only this encoder of a run with several (e.g. clsp_simclr).")] = None,
 ) -> None:
     """Export encoders for timm, torchvision, TorchScript or ONNX, each with a model card (README.md)."""
-    from synthpos.export import export as export_encoders
-    for folder in export_encoders(source, format, out, encoder):
-        _say(f"exported to {folder} (README.md is its model card)")
+    from synthpos.stages import export as stage
+    stage.command(source, format, out, encoder)
 
 
 @app.command()
@@ -169,45 +142,8 @@ def run(config: ConfigOpt = None, set: SetOpt = None, quiet: QuietOpt = False,
         seeds: Annotated[Optional[str], typer.Option(help="Run once per seed, e.g. 0,1,2 (sets `seeds:`).")] = None) -> None:
     """All four stages from one config, skipping those already done."""
     cfg = _load(config, (set or []) + ([f"seeds=[{seeds}]"] if seeds else []))
-    from synthpos.pipeline import check_run
-    from synthpos.run_lock import run_lock
-    check_run(cfg)  # before the lock and before anything is read or moved
-    with run_lock(cfg.run_dir):  # one writer for the whole run, seeds and shared generator included
-        _run(cfg, quiet)
-
-
-def _run(cfg, quiet: bool) -> None:
-    from synthpos.pipeline import run_pipeline
-    if cfg.seeds:
-        from synthpos.evaluation.seeds import run_seeds, print_seeds
-        from synthpos.generators.diffusion import train_generator_stage
-        result = run_seeds(cfg, lambda c: run_pipeline(c, show_progress=not quiet),
-                           lambda c: train_generator_stage(c, show_progress=not quiet))
-        print_seeds(result)
-        if cfg.published is not None:
-            _print_published(cfg, intervals=result["summary"])
-        _say(f"run directory: {cfg.run_dir} (seeds.json, seed-*/)")
-        _say(f"report: {_write_report(cfg.run_dir)}")
-        return
-    metrics = run_pipeline(cfg, show_progress=not quiet)
-    if metrics:  # empty on DDP ranks other than 0
-        typer.echo(json.dumps(metrics["results"], indent=2))
-        if cfg.published is not None:
-            _print_published(cfg, metrics["results"])
-    _say(f"run directory: {cfg.run_dir}")
-    if metrics:
-        _say(f"report: {_write_report(cfg.run_dir)}")
-
-
-def _print_published(cfg, results: dict | None = None, intervals: dict | None = None) -> None:
-    from synthpos.evaluation.published import compare_published
-    for line in compare_published(cfg.published, results, intervals):
-        typer.echo(line)
-
-
-def _write_report(run_dir: Path) -> Path:
-    from synthpos.report.html import write_report
-    return write_report([run_dir])
+    from synthpos.stages import run as stage
+    stage.command(cfg, show_progress=not quiet)
 
 
 @app.command()
@@ -216,23 +152,8 @@ def report(
     out: Annotated[Optional[Path], typer.Option(help="The HTML file (default: <first run>/report.html).")] = None,
 ) -> None:
     """One self-contained HTML page of runs: configs, positives, store, curves, results, CKA, timings."""
-    from synthpos.report.html import write_report
-    # report.html goes into the run (a folder that is not there is write_report's one-line error, not a lock's).
-    with _writing_into(out or run_dirs[0] / "report.html", run_dirs[0], make=False):
-        _say(f"report: {write_report(run_dirs, out)}")
-
-
-@contextmanager
-def _writing_into(target: Path, run_dir: Path, make: bool = True) -> Iterator[None]:
-    """For a command outside the stage table that writes ``target``: the run directory's lock when ``target`` is
-    inside it (a second launch is refused), and SIGTERM stops it where it is (it writes atomic files only).
-    ``make``: lock also where the run directory does not exist yet (the lock makes it, and removes it again)."""
-    from synthpos.run_lock import run_lock
-    from synthpos.signals import sigterm_raises
-
-    inside = Path(os.path.abspath(target)).is_relative_to(Path(os.path.abspath(run_dir)))
-    with run_lock(run_dir) if inside and (make or Path(run_dir).is_dir()) else nullcontext(), sigterm_raises():
-        yield
+    from synthpos.stages import report as stage
+    stage.command(run_dirs, out)
 
 
 @app.command()
@@ -243,11 +164,8 @@ def quickstart(
     quiet: QuietOpt = False,
 ) -> None:
     """SimCLR vs CLSP-SimCLR on Fashion-MNIST at CPU scale (about 15 minutes on 2 cores)."""
-    from synthpos.quickstart import run_quickstart
-    from synthpos.run_lock import run_lock
-
-    with run_lock(run_dir):
-        run_quickstart(run_dir, train_generator=train_generator, overrides=set or [], show_progress=not quiet)
+    from synthpos.stages import quickstart as stage
+    stage.command(run_dir, train_generator=train_generator, overrides=set or [], show_progress=not quiet)
 
 
 def _quiet_libraries() -> None:

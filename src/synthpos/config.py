@@ -24,6 +24,14 @@ from synthpos.compose import read_recipe
 from synthpos.errors import SynthposError
 
 
+# Whether a setting changes a stage's output is declared on its field (json_schema_extra) and read by
+# the stage records (synthpos.stages.table.output_neutral): speed, progress and where files go change
+# none; a value recorded as the machine resolves it (precision: auto, a file by its bytes) is left out
+# as written; a list names the only stages whose output it changes.
+NO_OUTPUT = {"affects_output": False}
+RECORDED_RESOLVED = {"affects_output": "resolved"}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
@@ -252,7 +260,8 @@ class DataConfig(_Sections):
         "(/usr/share/datasets/fashion-mnist for Fashion-MNIST).",
     )
     test_root: Path | None = Field(None, description="The evaluation split's folder, for a dataset whose splits are "
-                                   "separate folders (image_folder).")
+                                   "separate folders (image_folder).",
+                                   json_schema_extra={"affects_output": ["evaluate"]})
 
     @field_validator("name")
     @classmethod
@@ -267,7 +276,8 @@ class DataConfig(_Sections):
         "Sources without files (CIFAR, Fashion-MNIST) are always in memory.")
     num_workers: int | None = Field(
         None, ge=0, description="DataLoader worker processes that fetch (and, streamed, decode) pretraining batches. "
-        "Default: 0 in memory, up to 4 when streamed. The batches are the same whatever the count.")
+        "Default: 0 in memory, up to 4 when streamed. The batches are the same whatever the count.",
+        json_schema_extra=NO_OUTPUT)
 
     @model_validator(mode="after")
     def _check_sizes(self) -> DataConfig:
@@ -374,20 +384,23 @@ class TrainGeneratorConfig(_Strict):
     batch_size: int = Field(128, ge=1)
     max_steps: int = Field(800_000, ge=1)
     max_minutes: float | None = Field(None, gt=0, description="Stop (and save) after this wall time.")
-    checkpoint_every: int = Field(1000, ge=1)
+    checkpoint_every: int = Field(1000, ge=1, json_schema_extra=NO_OUTPUT)
     checkpoint_every_minutes: float | None = Field(5.0, gt=0, description="Also checkpoint after this much wall time "
-                                                   "since the last one (null: steps only). SIGTERM always checkpoints.")
+                                                   "since the last one (null: steps only). SIGTERM always checkpoints.",
+                                                   json_schema_extra=NO_OUTPUT)
     hflip: bool = True
     loggers: list[Literal["csv", "tensorboard", "wandb", "mlflow"]] = Field(
-        ["csv"], description="Loggers of the training loss (as pretrain.loggers), under <generator>/logs/.")
+        ["csv"], description="Loggers of the training loss (as pretrain.loggers), under <generator>/logs/.",
+        json_schema_extra=NO_OUTPUT)
     class_conditional: bool = Field(False, description="Condition the UNet on class labels (CLSP's conditional variant).")
     label_dropout: float = Field(0.1, ge=0, lt=1, description="Class-conditional: drop the label with this probability "
                                  "(the null class), so one model also predicts unconditionally for classifier-free guidance.")
     condition: EmbeddingConditionConfig | None = Field(None, description="Condition on each image's own self-supervised "
                                                        "embedding (instance conditioning; null: unconditional).")
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    channels_last: bool = True
-    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's).")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", json_schema_extra=RECORDED_RESOLVED)
+    channels_last: bool = Field(True, json_schema_extra=NO_OUTPUT)
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's).",
+                                    json_schema_extra=NO_OUTPUT)
     check: GeneratorCheckConfig | None = Field(None, description="Measure the positives during training and stop "
                                                 "by their fidelity (null: train for max_steps).")
 
@@ -595,8 +608,10 @@ class PretrainConfig(_Sections):
                         "the one registered as default): simclr, mocov2plus, mocov3, byol, simsiam, barlow_twins, vicreg, "
                         "nnclr, dcl, dclw, all4one, supcon, or one a plugin registers.")
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)  # built on use: it reads the registry
-    store: Path | None = Field(None, description="Synthetic store (default: <run_dir>/store).")
-    output_dir: Path | None = Field(None, description="Default: <run_dir>/pretrain (or pretrain_<name>).")
+    store: Path | None = Field(None, description="Synthetic store (default: <run_dir>/store).",
+                              json_schema_extra=NO_OUTPUT)
+    output_dir: Path | None = Field(None, description="Default: <run_dir>/pretrain (or pretrain_<name>).",
+                                   json_schema_extra=NO_OUTPUT)
     backbone: BackboneConfig = BackboneConfig()
     projector_hidden_dim: int = Field(4096, ge=1)
     projector_out_dim: int = Field(256, ge=1)
@@ -609,18 +624,22 @@ class PretrainConfig(_Sections):
     batch_size: int = Field(1024, ge=2, description="Global batch size (split across devices).")
     epochs: int = Field(1000, ge=1)
     max_minutes: float | None = Field(None, gt=0)
-    checkpoint_every_epochs: int = Field(1, ge=1, description="Write checkpoints/last.ckpt every N epochs.")
+    checkpoint_every_epochs: int = Field(1, ge=1, description="Write checkpoints/last.ckpt every N epochs.",
+                                         json_schema_extra=NO_OUTPUT)
     checkpoint_every_minutes: float | None = Field(5.0, gt=0, description="Also after this much wall time since the "
-                                                   "last one, mid-epoch too (null: epochs only). SIGTERM always checkpoints.")
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    channels_last: bool = True
+                                                   "last one, mid-epoch too (null: epochs only). SIGTERM always checkpoints.",
+                                                   json_schema_extra=NO_OUTPUT)
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", json_schema_extra=RECORDED_RESOLVED)
+    channels_last: bool = Field(True, json_schema_extra=NO_OUTPUT)
     loggers: list[Literal["csv", "tensorboard", "wandb", "mlflow"]] = Field(
         ["csv"], description="Lightning loggers, each writing under <output>/logs/ (wandb offline unless logged in; "
-        "mlflow: logs/mlflow.db). The resolved config is logged as hyper-parameters.")
+        "mlflow: logs/mlflow.db). The resolved config is logged as hyper-parameters.", json_schema_extra=NO_OUTPUT)
     compile: bool = Field(False, description="torch.compile the backbone and heads in place (synthpos.methods.compiled): "
-                          "paid once on the first step, cached on disk by torch; pays off on long runs")
-    knn_every_epochs: int = Field(0, ge=0, description="Online kNN monitor on the test split (0: off).")
-    knn_subset: int = Field(2000, ge=1)
+                          "paid once on the first step, cached on disk by torch; pays off on long runs",
+                          json_schema_extra=NO_OUTPUT)
+    knn_every_epochs: int = Field(0, ge=0, description="Online kNN monitor on the test split (0: off).",
+                                  json_schema_extra=NO_OUTPUT)
+    knn_subset: int = Field(2000, ge=1, json_schema_extra=NO_OUTPUT)
     online_probe: bool = Field(False, description="Online linear probe (solo-learn's): a linear layer trained during "
                                "pretraining on the detached backbone features of the real views, its test top-1 on "
                                "knn_subset test images logged per epoch as online/linear_top1. Reported apart from the "
@@ -631,10 +650,11 @@ class PretrainConfig(_Sections):
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     num_nodes: int = Field(1, ge=1)
     sync_batchnorm: bool = False
-    num_threads: int | None = Field(None, ge=1)
+    num_threads: int | None = Field(None, ge=1, json_schema_extra=NO_OUTPUT)
     verify_store: Literal["auto", "always"] = Field(
         "auto", description="Hash every shard of the store before training: 'auto' when no stamp (verified.json) "
-        "says these very files were verified (first use, copied in, changed); 'always' in any case.")
+        "says these very files were verified (first use, copied in, changed); 'always' in any case.",
+        json_schema_extra=NO_OUTPUT)
     per_view_batchnorm: bool = Field(False, description="Forward each view alone, so BatchNorm statistics are those of "
                                      "one view (the official MoCo code); false: all views in one batch (faster).")
 
@@ -719,7 +739,8 @@ class EvaluateConfig(_Strict):
 
     checkpoint: Path | None = Field(None, description="Backbone state_dict (default: <pretrain>/backbone.pt), or an "
                                     "external encoder evaluated as a baseline beside the run's own: a TorchScript "
-                                    "file, a torchvision/timm state_dict (with evaluate.arch) or a CLIP folder.")
+                                    "file, a torchvision/timm state_dict (with evaluate.arch) or a CLIP folder.",
+                                    json_schema_extra=RECORDED_RESOLVED)  # its bytes are recorded
     arch: str | None = Field(None, description="Architecture of a state_dict in evaluate.checkpoint: "
                              "torchvision:<name> or timm:<name> (e.g. timm:resnet18).")
     finetune: FinetuneConfig | None = Field(None, description="Fine-tuning protocol on label subsets (off: null; "
@@ -752,7 +773,7 @@ class EvaluateConfig(_Strict):
         return self
     feature_size: int | None = Field(None, ge=8, description="Resize images to this before the backbone (default: crop size).")
     max_train: int | None = Field(None, ge=1, description="Use only the first N training images for kNN and the probe.")
-    batch_size: int = Field(512, ge=1)
+    batch_size: int = Field(512, ge=1, json_schema_extra=NO_OUTPUT)
 
     @property
     def largest_k(self) -> int:

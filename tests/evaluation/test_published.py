@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 import synthpos.cli as cli
-import synthpos.pipeline as pipeline
+import synthpos.stages.run as pipeline
 from synthpos.config import PublishedConfig, load_config
 from synthpos.errors import SynthposError
 from synthpos.evaluation.published import compare_published
@@ -41,7 +41,7 @@ def test_a_published_value_out_of_range_is_bad_input(tmp_path: Path) -> None:
 
 def test_run_prints_the_recipes_published_numbers_at_the_end(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(pipeline, "run_pipeline", lambda config, show_progress=True: {"results": METRICS})
-    monkeypatch.setattr(cli, "_write_report", lambda run_dir: run_dir / "report.html")
+    monkeypatch.setattr(pipeline, "_write_report", lambda run_dir: run_dir / "report.html")
     recipe = Path(__file__).resolve().parents[2] / "configs" / "cifar10" / "clsp_simclr.yaml"
     result = CliRunner().invoke(cli.app, ["run", "--config", str(recipe), "--set", f"run_dir={tmp_path}", "--quiet"])
     assert result.exit_code == 0, result.output

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from synthpos.cli import app
 from synthpos.config import load_config
-from synthpos.evaluation.seeds import covers, mean_interval, paired_difference, run_seeds, seed_configs, t_quantile_975
+from synthpos.evaluation.seeds import mean_interval, paired_difference, t_quantile_975
+from synthpos.stages.seeds import covers, run_seeds, seed_configs
 from synthpos.generators.registry import CandidateGenerator, register_generator
 from synthpos.registry import GENERATORS
 

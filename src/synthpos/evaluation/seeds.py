@@ -1,28 +1,16 @@
-"""Several seeds: one pipeline run per seed, per-seed metrics, means with 95% Student-t intervals.
+"""Statistics over seeds: per-seed metrics, means with 95% Student-t intervals, paired differences.
 
-``synthpos run --seeds 0,1,2`` (or ``seeds: [0, 1, 2]`` in a recipe) runs the pipeline into
-``<run_dir>/seed-<s>`` with ``seed = s`` and writes ``<run_dir>/seeds.json``. With
-``seed_store: shared`` (the default) the generator and the store are made once, with
-``generate.seed`` (default: the first seed), and shared: the interval then covers
-pretraining (initialisation, data order, augmentations, synthetic candidate draws) and
-evaluation (validation carve, label subsets, probe initialisation and order), not the
-generator or the store. ``seed_store: per-seed`` regenerates per seed, so the interval
-also covers generation (and a trained generator's training).
+``seeds.json`` (schema :data:`SEEDS_SCHEMA`) is written by ``synthpos run --seeds``
+(:mod:`synthpos.stages.seeds`, which runs the seeds); the report and the benchmarks read it
+with :func:`paired_difference` and :func:`mean_interval`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
-from synthpos.atomic import atomic_path
-from synthpos.config import RunConfig
-from synthpos.registry import GENERATORS, MODES
-
-__all__ = ["t_quantile_975", "mean_interval", "aggregate", "paired_difference", "seed_configs", "run_seeds",
-           "SEEDS_SCHEMA"]
+__all__ = ["t_quantile_975", "mean_interval", "aggregate", "paired_difference", "SEEDS_SCHEMA"]
 
 SEEDS_SCHEMA = "synthpos.seeds/1"
 
@@ -79,73 +67,3 @@ def paired_difference(a: dict, b: dict) -> dict:
     keys = sorted(set.intersection(*(set(a["per_seed"][s]) & set(b["per_seed"][s]) for s in common))) if common else []
     return {"seeds": [int(s) for s in common],
             "difference": {k: mean_interval([b["per_seed"][s][k] - a["per_seed"][s][k] for s in common]) for k in keys}}
-
-
-def _reads_store(config: RunConfig) -> bool:
-    """Whether pretraining reads a store: the synthetic mode says (``none`` and ``mochi`` read none)."""
-    return MODES.get(config.pretrain.synthetic.mode).needs_store
-
-
-def _trains_shared_generator(config: RunConfig) -> bool:
-    """Whether one generator is trained here for every seed: the seeds share a store that a generator
-    trained on the data makes (its class says so: ``trains_on_data``) and none is given."""
-    return (config.seed_store == "shared" and _reads_store(config) and config.generate.generator is None
-            and GENERATORS.get(config.generate.kind).trains_on_data)
-
-
-def covers(config: RunConfig) -> str:
-    what = ("pretraining (initialisation, data order, augmentations, candidate draws) and evaluation (validation "
-            "carve, label subsets, probe initialisation and order)")
-    if not _reads_store(config):
-        return what + f"; no store in this run (pretrain.synthetic.mode={config.pretrain.synthetic.mode})"
-    if config.seed_store == "shared":
-        return what + f"; not generation: one generator and store (generation seed {config.generation_seed}) shared"
-    return what + ", and generation (a store per seed)"
-
-
-def seed_configs(config: RunConfig) -> list[RunConfig]:
-    """One config per seed, each in ``<run_dir>/seed-<s>``; shared stores keep the first seed for generation."""
-    seeds = config.seeds or [config.seed]
-    base = config.model_copy(deep=True)
-    out = []
-    for s in seeds:
-        sub = base.model_copy(deep=True)
-        sub.seeds = None
-        sub.seed = s
-        sub.run_dir = config.run_dir / f"seed-{s}"
-        if config.seed_store == "shared":
-            sub.generate.seed = config.generate.seed if config.generate.seed is not None else seeds[0]
-            sub.generate.store = config.generate.store or config.pretrain.store or config.run_dir / "store"
-            sub.pretrain.store = None
-            if _trains_shared_generator(config):
-                sub.generate.generator = config.run_dir / "generator" / "model"
-        out.append(sub)
-    return out
-
-
-def run_seeds(config: RunConfig, run_one: Callable[[RunConfig], dict], train_generator: Callable[[RunConfig], object]
-              ) -> dict:
-    """Run ``run_one`` (the pipeline) per seed and write ``<run_dir>/seeds.json``.
-
-    ``train_generator`` makes the shared generator once (shared stores, a generator trained here).
-    """
-    subs = seed_configs(config)
-    if _trains_shared_generator(config) and not (config.generator_dir / "COMPLETE").is_file():
-        base = config.model_copy(deep=True)
-        base.generate.seed = subs[0].generate.seed
-        train_generator(base)
-    per_seed = {sub.seed: run_one(sub) for sub in subs}
-    result = aggregate(per_seed, covers(config))
-    result["runs"] = {str(sub.seed): str(sub.run_dir) for sub in subs}
-    Path(config.run_dir).mkdir(parents=True, exist_ok=True)
-    with atomic_path(Path(config.run_dir) / "seeds.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=2))
-    return result
-
-
-def print_seeds(result: dict) -> None:
-    """Per number: mean and 95% interval over the seeds (percent)."""
-    print(f"{len(result['seeds'])} seeds {result['seeds']}; the intervals cover {result['covers']}")
-    for key, s in result["summary"].items():
-        ci = f" (95% CI {100 * s['ci95'][0]:.2f} .. {100 * s['ci95'][1]:.2f})" if "ci95" in s else ""
-        print(f"  {key}: {100 * s['mean']:.2f}{ci}  per seed: {', '.join(f'{100 * v:.2f}' for v in s['values'])}")
