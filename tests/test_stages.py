@@ -86,6 +86,8 @@ _GENERATE_UNUSED = ("generate.unclip.",)
 def _decided_by(key: str) -> str | None:
     section, _, rest = key.partition(".")
     leaf = key.rsplit(".", 1)[-1]
+    if key == "data.num_workers":
+        return None  # the batches are the same whatever the workers (tests/data/test_stream.py)
     if key == "seed" or (section == "data" and key != "data.test_root"):
         return "train-generator"
     if key in ("seeds", "seed_store"):

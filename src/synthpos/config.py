@@ -35,6 +35,20 @@ RECORDED_RESOLVED = {"affects_output": "resolved"}
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
+    #: keys added after runs were recorded, which a dump writes only when they differ from their default:
+    #: stage records (and saved configs) of runs made before the key existed stay current while it is left at it
+    WRITTEN_WHEN_SET: ClassVar[tuple[str, ...]] = ()
+
+    def _leave_out_defaults(self, data: dict[str, Any]) -> dict[str, Any]:
+        for key in self.WRITTEN_WHEN_SET:
+            if key in data and getattr(self, key) == type(self).model_fields[key].default:
+                del data[key]
+        return data
+
+    @model_serializer(mode="wrap")
+    def _write(self, handler: Any) -> dict[str, Any]:
+        return self._leave_out_defaults(handler(self))
+
 
 def _mode_class(name: str) -> Any:
     """The registered synthetic mode ``name`` (its class: what it declares)."""
@@ -92,9 +106,6 @@ class _Sections(_Strict):
     _registry: ClassVar[str]
     _chosen: ClassVar[str]  # the field that names the component in use
     _prefix: ClassVar[str]  # where this section sits in a run config, for messages
-    #: optional keys a dump writes only when set: stage records (and saved configs) of runs made before
-    #: the key existed stay current while it is left unset
-    WRITTEN_WHEN_SET: ClassVar[tuple[str, ...]] = ()
     sections: dict[str, Any] = Field(default_factory=dict, description="Settings sections of "
                                                            "registered components, written under their names.")
 
@@ -152,13 +163,10 @@ class _Sections(_Strict):
         return self
 
     @model_serializer(mode="wrap")
-    def _write_sections(self, handler: Any) -> dict[str, Any]:
+    def _write(self, handler: Any) -> dict[str, Any]:
         data = handler(self)
         data.update(data.pop("sections", None) or {})
-        for key in self.WRITTEN_WHEN_SET:
-            if data.get(key, 0) is None:
-                del data[key]
-        return data
+        return self._leave_out_defaults(data)
 
     def section(self, name: str) -> BaseModel:
         """The settings section of component ``name`` (its defaults where the config sets none)."""
@@ -270,6 +278,8 @@ class DataConfig(_Sections):
 
     image_size: int | None = Field(None, ge=8, description="Resize images to this size when loading (default: native).")
     subset: int | None = Field(None, ge=1, description="Use only the first N training images.")
+    WRITTEN_WHEN_SET: ClassVar[tuple[str, ...]] = ("stream",)  # came with streaming; "auto" is what came before
+
     stream: Literal["auto"] | bool = Field(
         "auto", description="Decode images from their files or tar shards as batches need them (true), or read the "
         "split into memory once (false). auto: stream when the decoded split at data.image_size is above 200 MB. "
@@ -435,6 +445,8 @@ class GenerateConfig(_Sections):
     ``generate.unclip.guidance_scale``). Keys that moved there from this section still work, with
     one deprecation line: each generator lists its own (``moved`` on its class).
     """
+
+    WRITTEN_WHEN_SET: ClassVar[tuple[str, ...]] = ("store_format", "store_quality")  # came with encoded shards
 
     _registry: ClassVar[str] = "GENERATORS"
     _chosen: ClassVar[str] = "kind"
@@ -736,6 +748,8 @@ class FinetuneConfig(_Strict):
 
 class EvaluateConfig(_Strict):
     """Stage 4: kNN and linear probe on frozen features."""
+
+    WRITTEN_WHEN_SET: ClassVar[tuple[str, ...]] = ("arch", "finetune")  # came with baseline encoders, fine-tuning
 
     checkpoint: Path | None = Field(None, description="Backbone state_dict (default: <pretrain>/backbone.pt), or an "
                                     "external encoder evaluated as a baseline beside the run's own: a TorchScript "

@@ -55,8 +55,8 @@ def toy_images(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 class ToyQuadrants(DatasetSource):
     @classmethod
-    def load(cls, config, split: str) -> ImageDataset:
-        images, labels = toy_images(zlib.crc32(f"{config.root}-{split}".encode()), TRAIN if split == "train" else TEST)
+    def load(cls, split, root, settings=None, *, test_root=None, image_size=None) -> ImageDataset:
+        images, labels = toy_images(zlib.crc32(f"{root}-{split}".encode()), TRAIN if split == "train" else TEST)
         mean, std = (float(images.mean() / 255),), (float(images.std() / 255),)
         return ImageDataset(cls.name, split, images, labels, [f"q{c}" for c in range(CLASSES)], mean, std)
 
@@ -105,7 +105,7 @@ def _knn_of(features_train, features_test, data, k: int) -> float:
 
 
 def _splits(config) -> dict[str, ImageDataset]:
-    return {s: ToyQuadrants.load(config.data, s) for s in ("train", "test")}
+    return {s: ToyQuadrants.from_config(config.data, s) for s in ("train", "test")}
 
 
 # --- baselines ---------------------------------------------------------------------------------------------------
@@ -281,7 +281,7 @@ def test_the_finetune_protocol_is_chosen_on_validation_recorded_and_aggregated_o
     summary = metrics["results"]["toy_quadrants"]
     assert {"finetune_top1@0.25", "finetune_top1@0.5", "linear_top1@0.5"} <= set(summary)
     records = {r["label_fraction"]: r for r in metrics["records"] if r["protocol"] == "finetune"}
-    labels = ToyQuadrants.load(_config(run).data, "train").labels
+    labels = ToyQuadrants.from_config(_config(run).data, "train").labels
     for fraction, record in records.items():
         assert record["train_labels"] == sum(max(1, round(fraction * n)) for n in np.bincount(labels))
         assert record["name"] == f"finetune@{fraction:g}/test/seed=0" and record["scored_on"] == "test"

@@ -11,7 +11,8 @@ from synthpos.stages.table import output_neutral
 
 # The hand-kept lists the field declarations replaced (stages.py before the stage layer): the
 # reference the declarations must reproduce, so every stage record stays byte-identical.
-_TRAIN_ONLY = {"data.test_root"}
+# data.num_workers came later (streaming), speed only from the start: the batches are the same whatever the count.
+_TRAIN_ONLY = {"data.test_root", "data.num_workers"}
 _TRAIN_GENERATOR = {"train_generator.num_threads", "train_generator.channels_last", "train_generator.precision",
                     "train_generator.checkpoint_every", "train_generator.checkpoint_every_minutes",
                     "train_generator.loggers"}
@@ -23,7 +24,7 @@ _BEFORE = {
     "train-generator": _TRAIN_ONLY | _TRAIN_GENERATOR,
     "generate": _TRAIN_ONLY,
     "pretrain": _TRAIN_ONLY | _PRETRAIN,
-    "evaluate": {"evaluate.batch_size", "evaluate.checkpoint"},
+    "evaluate": {"evaluate.batch_size", "evaluate.checkpoint", "data.num_workers"},
 }
 
 

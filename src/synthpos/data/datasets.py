@@ -17,6 +17,7 @@ touches the network.
 from __future__ import annotations
 
 import gzip
+import inspect
 import os
 import pickle
 import zlib
@@ -481,6 +482,13 @@ class DatasetSource:
     @classmethod
     def from_config(cls, config: DataConfig, split: str) -> ImageDataset:
         """:meth:`load` with the ``data`` section's values (its own settings from ``data.<name>``)."""
+        if "root" not in inspect.signature(cls.load).parameters:
+            # A plugin written for synthpos before datasets took plain arguments: load(config, split).
+            from synthpos.config import deprecated_key
+
+            deprecated_key(f"{cls.__qualname__}.load(config, split)",
+                           f"{cls.__qualname__}.load(split, root, settings, *, test_root, image_size)")
+            return cls.load(config, split)
         own = config.section(cls.name) if cls.settings is not None else None
         return cls.load(split, config.root, own, test_root=config.test_root, image_size=config.image_size)
 
