@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="cache of the fidelity classifier (default runs/frontier; with --smoke beside --out)")
     p.add_argument("--out", type=Path, default=None, help="JSON (default benchmarks/results/frontier.json; "
                    "with --smoke runs/smoke/frontier.json)")
+    p.add_argument("--beside", type=Path, action="append", default=[], metavar="JSON",
+                   help="also draw the points of another frontier JSON measured with the same anchors, candidates, "
+                        "sampler and steps (e.g. the unconditional generators' beside a conditioned one); repeatable")
     p.add_argument("--smoke", action="store_true", help="checks the script: 4 anchors, 2 points of 2 sampler steps, "
                    "a 1-epoch classifier, on a tiny copy of the data, classifier cached beside --out (CI)")
     args = p.parse_args(argv)
@@ -172,6 +175,20 @@ def generator_series(points: list[dict[str, Any]]) -> dict[str, list[dict[str, A
     weights_per_name = Counter(name for name, _ in {(name, gid) for name, gid, _ in by_weights})
     return {(name.removeprefix("builtin:") + (f" (weights {gid[:8]})" if weights_per_name[name] > 1 else "") + dials): series
             for (name, gid, dials), series in sorted(by_weights.items())}
+
+
+def beside_points(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The points of ``--beside`` files measured under this run's protocol (anchors, K, sampler, steps, x0 clipping,
+    seed) at this run's interpolation weights, so that only like is drawn beside like."""
+    same = {"anchors": args.anchors, "candidates": args.candidates, "sampler": args.sampler, "steps": args.steps,
+            "clip_x0": args.clip_x0, "seed": args.seed}
+    out = []
+    for path in args.beside:
+        for p in json.loads(path.read_text())["points"]:
+            key = json.loads(p["key"])
+            if all(key.get(k) == v for k, v in same.items()) and p["w"] in args.weights:
+                out.append(p)
+    return out
 
 
 def plot(points: list[dict[str, Any]], path: Path) -> None:
@@ -274,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             tmp = args.out.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(results, indent=2))
             tmp.replace(args.out)
-    plot(results["points"], args.out.with_suffix(".png"))
+    plot(results["points"] + beside_points(args), args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
     return 0
 

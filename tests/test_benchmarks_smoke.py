@@ -206,3 +206,20 @@ def test_data_path_smoke(tmp_path):
     assert {(r["pipeline"], r["images"]) for r in report["results"]} == {(p, n) for p in bench.PIPELINES for n in (8, 32)}
     assert all(r["images_per_s"] > 0 and r["peak_pss_sum_mib"] > 0 for r in report["results"])
     assert report["summary"]["speedup_over_torchvision"]["1"] > 0
+
+
+def test_frontier_draws_beside_it_only_points_of_the_same_protocol(tmp_path):
+    """--beside: another JSON's points join the plot only when measured like this run's (anchors, K, sampler,
+    steps, clipping, seed) at one of its interpolation weights."""
+    bench = load("frontier")
+    args = bench.parse_args(["--anchors", "300", "--weights", "0.1", "--beside", str(tmp_path / "other.json")])
+
+    def point(w, **change):
+        key = {"generator": "g", "w": w, "strength": 1.0, "sampler": "dpmsolver++", "steps": 10, "clip_x0": True,
+               "anchors": 300, "candidates": 2, "seed": 0, **change}
+        return {"key": json.dumps(key, sort_keys=True), "w": w, "tag": json.dumps(change, sort_keys=True)}
+
+    kept = [point(0.1), point(0.1, strength=0.7)]
+    dropped = [point(0.3), point(0.1, anchors=500), point(0.1, steps=20), point(0.1, candidates=4), point(0.1, seed=1)]
+    (tmp_path / "other.json").write_text(json.dumps({"points": kept + dropped}))
+    assert [p["tag"] for p in bench.beside_points(args)] == [p["tag"] for p in kept]
