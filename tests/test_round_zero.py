@@ -69,8 +69,8 @@ def test_scrambled_labels_give_the_same_encoder_generator_and_store(tmp_path, mo
     source = DATASETS.get("fashion_mnist")
     real_load = source.load
 
-    def scrambled(config, split):
-        dataset = real_load(config, split)
+    def scrambled(split, root, settings=None, **places):
+        dataset = real_load(split, root, settings, **places)
         dataset.labels = np.random.default_rng(7).permutation(dataset.labels[::-1].copy())
         return dataset
 
