@@ -283,22 +283,14 @@ def test_the_lock_is_reentrant_removed_on_every_exit_and_shared_by_one_launch(tm
 SEED = int(__import__("os").environ.get("SYNTHPOS_FAULT_SEED", "0"))
 
 
-def _no_space(path: str = "") -> OSError:
-    import errno
-
-    return OSError(errno.ENOSPC, "No space left on device", path or None)
-
-
-@needs_fmnist
-def test_a_full_disk_in_generate_is_one_line_and_the_same_command_resumes(made_store, tmp_path, monkeypatch, capsys) -> None:
+def _fill_disk_after_seeded_shards(made_store: Path, monkeypatch) -> tuple[int, int, object]:
+    """A disk with room for between 1 and 3 of made_store's shards (a seeded size): the store write that crosses
+    it fails with ENOSPC. Returns (the room in bytes, one shard's bytes, the real write, to free the space)."""
     import random
 
     from synthpos.data import store_integrity
-    from synthpos.data.synthetic_store import SyntheticStore
 
-    monkeypatch.chdir(tmp_path)
     shard_bytes = (made_store / "run" / "store" / "shard-00000.npy").stat().st_size
-    # A disk with room for between 1 and 3 shards: the write that crosses it fails with ENOSPC.
     room = random.Random(SEED).randrange(shard_bytes, 3 * shard_bytes)
     written = [0]
     original = store_integrity.HashingWriter.write
@@ -310,6 +302,22 @@ def test_a_full_disk_in_generate_is_one_line_and_the_same_command_resumes(made_s
         return original(self, data)
 
     monkeypatch.setattr(store_integrity.HashingWriter, "write", write)
+    return room, shard_bytes, original
+
+
+def _no_space(path: str = "") -> OSError:
+    import errno
+
+    return OSError(errno.ENOSPC, "No space left on device", path or None)
+
+
+@needs_fmnist
+def test_a_full_disk_in_generate_is_one_line_and_the_same_command_resumes(made_store, tmp_path, monkeypatch, capsys) -> None:
+    from synthpos.data import store_integrity
+    from synthpos.data.synthetic_store import SyntheticStore
+
+    monkeypatch.chdir(tmp_path)
+    room, shard_bytes, original = _fill_disk_after_seeded_shards(made_store, monkeypatch)
     code, _, err = cli(capsys, "generate", "-q", *sets(GENERATE))
     line = one_line(code, err, "no space left on device", "run/store/shard-0000", "needs about", "run the same command again")
     kept = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run" / "store").glob("shard-*.npy")}
@@ -743,24 +751,11 @@ def test_a_full_disk_in_report_is_one_line_and_nothing_half_written(done_run, tm
 @needs_fmnist
 def test_a_full_disk_in_import_store_is_one_line_and_the_same_command_resumes(made_store, clsp_import, tmp_path,
                                                                               monkeypatch, capsys) -> None:
-    import random
-
     from synthpos.data import store_integrity
 
     shutil.copy(clsp_import[0] / "clsp.npy", tmp_path / "clsp.npy")
     monkeypatch.chdir(tmp_path)
-    shard_bytes = (made_store / "run" / "store" / "shard-00000.npy").stat().st_size
-    room = random.Random(SEED).randrange(shard_bytes, 3 * shard_bytes)  # room for 1 to 3 shards
-    written = [0]
-    original = store_integrity.HashingWriter.write
-
-    def write(self, data: bytes) -> int:
-        written[0] += len(data)
-        if written[0] > room:
-            raise _no_space()
-        return original(self, data)
-
-    monkeypatch.setattr(store_integrity.HashingWriter, "write", write)
+    room, shard_bytes, original = _fill_disk_after_seeded_shards(made_store, monkeypatch)
     code, _, err = cli(capsys, *IMPORT, *sets(GENERATE))
     one_line(code, err, "no space left on device", "run/store/shard-0000", "run the same command again")
     store = tmp_path / "run" / "store"
