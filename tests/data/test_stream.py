@@ -151,7 +151,7 @@ def test_auto_streams_above_200_mb_only(tree, monkeypatch) -> None:
 
 
 def test_stream_true_on_a_source_without_files_is_one_line(tmp_path) -> None:
-    from test_datasets import _fake_fashion_mnist
+    from dataset_files import fake_fashion_mnist as _fake_fashion_mnist
 
     _fake_fashion_mnist(tmp_path)
     with pytest.raises(SynthposError, match="data.stream=true but fashion_mnist"):

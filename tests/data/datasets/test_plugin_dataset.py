@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from test_dataset_contract import DatasetContract
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "plugins"))
+sys.path.insert(0, str(Path(__file__).parents[2] / "plugins"))
 from loader import forget_plugin, import_plugin  # noqa: E402
 
 from synthpos.config import DataConfig, load_config  # noqa: E402

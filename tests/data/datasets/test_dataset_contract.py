@@ -3,7 +3,8 @@
 :class:`DatasetContract` holds the checks; a dataset's test is a subclass that writes a tiny
 copy of it in its on-disk format (``write``). ``test_every_dataset_has_a_contract`` fails for a
 registered dataset without a subclass. The format details of each reader (byte layouts,
-garbled files) stay in tests/data/test_datasets.py, whose writers these subclasses reuse.
+garbled files) are tested beside it (test_fashion_mnist.py, test_cifar.py, test_image_folder.py);
+the subclasses write their copies with the same writers (dataset_files.py).
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import torch
-from test_datasets import _fake_fashion_mnist, _png, _write_cifar
+from dataset_files import fake_fashion_mnist, png, write_cifar
 
 from synthpos.config import DataConfig
-from synthpos.data.datasets import DatasetSource, load_dataset
+from synthpos.data.datasets import DatasetSource, load_dataset, register_dataset
 from synthpos.errors import SynthposError
 from synthpos.registry import DATASETS
 
@@ -104,7 +105,7 @@ class TestFashionMNIST(DatasetContract):
     name = "fashion_mnist"
 
     def write(self, root):
-        _fake_fashion_mnist(root)
+        fake_fashion_mnist(root)
         return DataConfig(name=self.name, root=root)
 
 
@@ -112,7 +113,7 @@ class TestCIFAR10(DatasetContract):
     name = "cifar10"
 
     def write(self, root):
-        _write_cifar(root / "cifar-10-batches-py", hundred=False, per_batch=1)
+        write_cifar(root / "cifar-10-batches-py", hundred=False, per_batch=1)
         return DataConfig(name=self.name, root=root)
 
 
@@ -120,7 +121,7 @@ class TestCIFAR100(DatasetContract):
     name = "cifar100"
 
     def write(self, root):
-        _write_cifar(root / "cifar-100-python", hundred=True, per_batch=2)
+        write_cifar(root / "cifar-100-python", hundred=True, per_batch=2)
         return DataConfig(name=self.name, root=root)
 
 
@@ -129,14 +130,38 @@ class TestImageFolder(DatasetContract):
 
     def write(self, root):
         for i, (label, colour) in enumerate([("cat", (255, 0, 0)), ("cat", (200, 10, 0)), ("dog", (0, 0, 255))]):
-            _png(root / "train" / label / f"{i}.png", (12, 10), colour)
-        _png(root / "test" / "dog" / "t.png", (12, 10), (0, 0, 250))
+            png(root / "train" / label / f"{i}.png", (12, 10), colour)
+        png(root / "test" / "dog" / "t.png", (12, 10), (0, 0, 250))
         return DataConfig(name=self.name, root=root / "train", test_root=root / "test")
 
 
+def without_contract() -> list[str]:
+    """The registered datasets that no DatasetContract subclass (at any depth) names."""
+    covered, todo = set(), list(DatasetContract.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        covered.add(getattr(cls, "name", None))
+        todo += cls.__subclasses__()
+    return sorted(set(DATASETS) - covered)
+
+
 def test_every_dataset_has_a_contract() -> None:
-    covered = {c.name for c in DatasetContract.__subclasses__()}
-    assert set(DATASETS) <= covered, f"write a DatasetContract subclass for {sorted(set(DATASETS) - covered)}"
+    missing = without_contract()
+    assert not missing, f"write a DatasetContract subclass for {missing}"
+
+
+def test_a_dataset_registered_without_a_contract_is_named() -> None:
+    """The completeness check has teeth: a new dataset with no subclass is reported by name."""
+
+    class Unchecked(DatasetSource):
+        pretty, how_to_fix = "Unchecked", "nothing"
+
+    register_dataset("unchecked_scratch")(Unchecked)
+    try:
+        assert "unchecked_scratch" in without_contract()
+    finally:
+        DATASETS.unregister("unchecked_scratch")
+    assert "unchecked_scratch" not in without_contract()
 
 
 class TestWebDataset(DatasetContract):

@@ -1,0 +1,9 @@
+"""Fixtures of the dataset tests (tests/data/datasets mirrors src/synthpos/data/datasets)."""
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _no_data_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests must not depend on the developer's $SYNTHPOS_DATA.
+    monkeypatch.delenv("SYNTHPOS_DATA", raising=False)
