@@ -1,4 +1,4 @@
-"""Fixtures of the dataset tests (tests/data/datasets mirrors src/synthpos/data/datasets)."""
+"""Fixtures of the dataset tests (tests/data/dataset_sources mirrors src/synthpos/data/datasets)."""
 
 import pytest
 
