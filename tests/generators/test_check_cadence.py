@@ -181,3 +181,18 @@ def test_every_steps_alone_is_the_cadence_and_both_are_one_line_errors() -> None
         load_config(recipe, ["train_generator.check.every_minutes=null"])
     with pytest.raises(SynthposError):
         load_config(None, ["train_generator.check.every_steps=0"])
+
+
+def test_stage_records_of_minute_cadence_runs_stay_current() -> None:
+    from synthpos.stages import BY_NAME
+
+    stage, recipe = BY_NAME["train-generator"], "configs/fashion_mnist/generator_conditioned_cpu.yaml"
+    # What the train-generator record held before every_steps existed: the same keys, none added.
+    before = {"train_generator.check." + k: v for k, v in {
+        "anchors": 300, "candidates": 2, "every_minutes": 30.0, "min_feature_ratio": 0.5, "min_gain": 0.01,
+        "min_pixel_distance": 0.2, "patience": 2, "target_fidelity": 0.8}.items()}
+    settings = stage.settings(load_config(recipe, []))
+    assert {k: v for k, v in settings.items() if k.startswith("train_generator.check.")} == before
+    steps = stage.settings(load_config(recipe, ["train_generator.check.every_minutes=null",
+                                                "train_generator.check.every_steps=1100"]))
+    assert (steps["train_generator.check.every_steps"], steps["train_generator.check.every_minutes"]) == (1100, None)
