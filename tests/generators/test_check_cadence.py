@@ -5,6 +5,8 @@ the kill cut short), and the stop rule fires on step-spaced checks, naming their
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from synthpos.errors import SynthposError
 from synthpos.evaluation import generator_check
 from synthpos.generators import diffusion
 from synthpos.generators.diffusion import train_generator
+from synthpos.signals import Terminated
 
 TINY = UNetConfig(block_out_channels=[8, 16], attention_levels=[1], layers_per_block=1, dropout=0.0, norm_num_groups=4)
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -111,6 +114,30 @@ def test_a_check_cut_short_by_a_kill_is_made_on_resume(tmp_path) -> None:
     (out / "model" / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"older")  # the folder's rename lost
     train_generator(_images(), _config(), out, show_progress=False, on_check=_recorder(after, out), check_every_steps=4)
     assert before == [4, 8] and after == [8, 12]  # the check of step 8 again, first, on that step's model
+    assert _weights(out / "model") == _weights(tmp_path / "whole" / "model")
+
+
+def test_sigterm_at_a_check_step_leaves_the_check_to_the_resume(tmp_path, monkeypatch) -> None:
+    whole: list[int] = []
+    train_generator(_images(), _config(), tmp_path / "whole", show_progress=False,
+                    on_check=_recorder(whole, tmp_path / "whole"), check_every_steps=4)
+    out, before, after = tmp_path / "stopped", [], []
+    real_update, calls = diffusion._ema_update, []
+
+    def update_then_term(*args) -> None:
+        real_update(*args)
+        calls.append(1)
+        if len(calls) == 8:  # during step 8: the stop is honoured after it, where its check would be
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(diffusion, "_ema_update", update_then_term)
+    with pytest.raises(Terminated):
+        train_generator(_images(), _config(), out, show_progress=False, on_check=_recorder(before, out), check_every_steps=4)
+    monkeypatch.setattr(diffusion, "_ema_update", real_update)
+    # Stopped at once (a check can take minutes), with step 8 checkpointed; the resume makes the check.
+    assert before == [4] and torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 8
+    train_generator(_images(), _config(), out, show_progress=False, on_check=_recorder(after, out), check_every_steps=4)
+    assert before + after == whole
     assert _weights(out / "model") == _weights(tmp_path / "whole" / "model")
 
 
