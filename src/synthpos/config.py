@@ -340,14 +340,26 @@ class UNetConfig(_Strict):
 
 
 class GeneratorCheckConfig(_Strict):
-    """Generator training's check: every ``every_minutes``, CLSP positives of the first ``anchors``
-    training images, made with the run's ``generate`` settings, judged by the fidelity classifier.
+    """Generator training's check: every ``every_steps`` training steps (or ``every_minutes`` of
+    wall time), CLSP positives of the first ``anchors`` training images, made with the run's
+    ``generate`` settings, judged by the fidelity classifier.
 
     Training stops when fidelity reaches ``target_fidelity`` with both diversity floors met, or
     when ``patience`` checks in a row each gain less than ``min_gain``.
+
+    The cadence is exactly one of ``every_steps`` and ``every_minutes``. Steps make the stop rule
+    reproducible (the checks land at steps N, 2N, ... on any machine, load and resume); minutes
+    make it depend on how fast the machine trains. Setting ``every_steps`` alone (without
+    ``every_minutes`` in the same mapping) turns the minutes off; a recipe that names
+    ``every_minutes`` needs ``every_minutes: null`` beside ``every_steps``.
     """
 
-    every_minutes: float = Field(30.0, gt=0)
+    WRITTEN_WHEN_SET: ClassVar[tuple[str, ...]] = ("every_steps",)  # came after runs with the minutes cadence
+
+    every_minutes: float | None = Field(30.0, gt=0, description="Check after this much training wall time since "
+                                        "the last check (null: every_steps).")
+    every_steps: int | None = Field(None, ge=1, description="Check at steps N, 2N, ... (the same steps on any machine "
+                                    "and after a resume; null: every_minutes).")
     anchors: int = Field(300, ge=1)
     candidates: int = Field(2, ge=1)
     target_fidelity: float = Field(0.8, gt=0, le=1)
@@ -356,6 +368,25 @@ class GeneratorCheckConfig(_Strict):
                                      "distance between two real images of the same class.")
     min_gain: float = Field(0.01, ge=0, description="A check that gains less fidelity than this (a fraction) makes no progress.")
     patience: int = Field(2, ge=1, description="Stop after this many checks in a row without progress.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _steps_alone_turn_minutes_off(cls, data: Any) -> Any:
+        # `check: {every_steps: 1000}` means steps: the minutes' default must not make it two cadences.
+        if isinstance(data, dict) and data.get("every_steps") is not None and "every_minutes" not in data:
+            data = {**data, "every_minutes": None}
+        return data
+
+    @model_validator(mode="after")
+    def _one_cadence(self) -> GeneratorCheckConfig:
+        if self.every_steps is not None and self.every_minutes is not None:
+            raise ValueError(f"train_generator.check.every_steps={self.every_steps} and every_minutes={self.every_minutes:g} "
+                             "are both set; set train_generator.check.every_minutes=null to check by steps (or "
+                             "every_steps=null to check by wall time)")
+        if self.every_steps is None and self.every_minutes is None:
+            raise ValueError("train_generator.check needs a cadence: set train_generator.check.every_steps (or "
+                             "every_minutes), or train_generator.check=null for no check")
+        return self
 
 
 class EmbeddingConditionConfig(_Strict):

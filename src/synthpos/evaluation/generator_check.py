@@ -1,6 +1,7 @@
 """The generator's training-time check: how good are the CLSP positives of the model so far?
 
-Every ``train_generator.check.every_minutes`` the training loop saves its EMA model and
+At steps ``train_generator.check.every_steps``, 2x, ... (or every ``check.every_minutes``
+of wall time) the training loop saves its EMA model and
 calls a :class:`GeneratorCheck`: it makes ``check.candidates`` positives for each of the
 first ``check.anchors`` training images with the run's ``generate`` settings (sampler,
 steps, interpolation weight, strength), judges them with the fidelity classifier (trained
@@ -37,21 +38,27 @@ def floors_met(check: dict[str, Any], rule: GeneratorCheckConfig) -> bool:
             and features["candidate_to_anchor"] >= rule.min_feature_ratio * same_class)
 
 
+def _at(check: dict[str, Any]) -> str:
+    return f" at step {check['step']}" if "step" in check else ""
+
+
 def should_stop(history: list[dict[str, Any]], rule: GeneratorCheckConfig) -> str | None:
     """Why training should stop after the checks so far, or None.
 
     Stops at ``target_fidelity`` with the floors met, or after ``patience`` checks in a row
-    that each gained less than ``min_gain`` over the check before.
+    that each gained less than ``min_gain`` over the check before. The reason names the steps
+    of the checks it rests on (``history`` entries carry ``step``, as ``checks.jsonl`` does).
     """
     if not history:
         return None
     last = history[-1]
     if last["fidelity"] >= rule.target_fidelity and floors_met(last, rule):
-        return f"fidelity {100 * last['fidelity']:.1f}% reached the target {100 * rule.target_fidelity:.0f}% with the diversity floors met"
+        return (f"fidelity {100 * last['fidelity']:.1f}%{_at(last)} reached the target {100 * rule.target_fidelity:.0f}% "
+                "with the diversity floors met")
     gains = [b["fidelity"] - a["fidelity"] for a, b in zip(history, history[1:])]
     if len(gains) >= rule.patience and all(g < rule.min_gain for g in gains[-rule.patience:]):
         return (f"fidelity gained under {100 * rule.min_gain:.1f} points in each of the last {rule.patience} checks "
-                f"({', '.join(f'{100 * g:+.1f}' for g in gains[-rule.patience:])})")
+                f"({', '.join(f'{100 * g:+.1f}{_at(c)}' for g, c in zip(gains[-rule.patience:], history[-rule.patience:]))})")
     return None
 
 

@@ -266,6 +266,7 @@ def train_generator(
     num_classes: int | None = None,
     on_check: Callable[[Path, int], str | None] | None = None,
     check_every_minutes: float | None = None,
+    check_every_steps: int | None = None,
     condition: ConditionData | None = None,
     provenance: dict | None = None,
     hyperparameters: dict | None = None,
@@ -285,8 +286,12 @@ def train_generator(
         output_dir: where ``checkpoint.pt``, ``model/`` and ``COMPLETE`` go.
         labels: class labels (N,) in ``[0, num_classes)``; needed when ``config.class_conditional``.
         num_classes: classes of a class-conditional model (default: ``labels.max() + 1``).
-        on_check: called every ``check_every_minutes`` (after a checkpoint, with the saved
-            model's directory and the step); a returned reason stops training there.
+        on_check: called at steps ``check_every_steps``, 2x, 3x, ... or every
+            ``check_every_minutes`` of training wall time (exactly one of the two), after a
+            checkpoint, with the saved model's directory and the step; a returned reason stops
+            training there. The step cadence survives a resume: a run resumed at a check's step
+            (killed during the check, or before it ran) calls ``on_check`` for that step again
+            first, so ``on_check`` should answer a step it has already judged from its record.
         condition: the images' embeddings and how to write the condition folder, when
             ``config.condition`` is set (see :mod:`synthpos.generators.embedding_condition`).
         provenance: recorded in ``COMPLETE`` (default: that of ``config``); never in
@@ -302,6 +307,8 @@ def train_generator(
             with labels outside ``[0, num_classes)``.
     """
     check_loggers(config.loggers, "train_generator.loggers")  # before anything is written
+    if on_check is not None and (check_every_minutes is None) == (check_every_steps is None):
+        raise ValueError("on_check needs exactly one of check_every_minutes and check_every_steps")
     n, h, w, c = images.shape
     if h != w:
         raise SynthposError(f"the generator needs square images, got {h}x{w}; set data.image_size")
@@ -356,8 +363,12 @@ def train_generator(
     timestep_weights = loss_weights(alphas, config.loss_weighting, config.min_snr_gamma)
     start = time.monotonic()
 
+    def save_model() -> None:
+        extra = None if condition is None else functools.partial(condition.write, ema_model["projection"])
+        save_pipeline(ema, scheduler, model_dir, image_size=h, extra=extra)
+
     def checkpoint() -> None:
-        nonlocal last_save
+        nonlocal last_save, saved_step
         # The new state is written in full first; only then does the old one become the previous
         # checkpoint, so checkpoint.pt is missing for no more than the moment between two renames.
         with atomic_path(ckpt_path, fsync=True) as tmp:
@@ -373,19 +384,36 @@ def train_generator(
             }, tmp)
             if ckpt_path.is_file():
                 os.replace(ckpt_path, ckpt_path.with_name(PREVIOUS_CHECKPOINT))
-        extra = None if condition is None else functools.partial(condition.write, ema_model["projection"])
-        save_pipeline(ema, scheduler, model_dir, image_size=h, extra=extra)
-        last_save = time.monotonic()
+        save_model()
+        last_save, saved_step = time.monotonic(), step
+
+    def run_check() -> str | None:
+        # The check leaves torch's random state as it found it, so training after a check is the
+        # same whether the check ran in this process or (answered from its record) before a resume.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            return on_check(model_dir, step)
+
+    def check_due() -> bool:
+        if check_every_steps is not None:  # from the step alone, so a resume keeps the schedule
+            return step % check_every_steps == 0
+        return time.monotonic() - last_check > 60 * check_every_minutes
 
     unet.train()
     losses: list[float] = []
     last_check, stopped = time.monotonic(), None
-    last_save = time.monotonic()
+    last_save, saved_step = time.monotonic(), None
+    if on_check is not None and check_every_steps is not None and 0 < step <= config.max_steps and check_due():
+        # Resumed at a check's step: the check may not have run (or its verdict not been acted on)
+        # before the kill. The model folder is written again from the checkpoint's EMA, since a kill
+        # between checkpoint.pt and the folder's rename leaves an older one.
+        save_model()
+        stopped = run_check() or None
+        last_check = time.monotonic()
     every_s = None if config.checkpoint_every_minutes is None else 60 * config.checkpoint_every_minutes
     with (progress_bar("train generator", total=config.max_steps, completed=step, enabled=show_progress) as bar,
           stop_requests(sigint=True) as stop):
         try:
-            while step < config.max_steps:
+            while step < config.max_steps and not stopped:
                 idx = rng.integers(0, n, size=config.batch_size)
                 target_idx = idx
                 if condition is not None and config.condition.neighbour_prob > 0:
@@ -441,9 +469,11 @@ def train_generator(
                     checkpoint()
                 if out_of_time:
                     break
-                if on_check is not None and time.monotonic() - last_check > 60 * check_every_minutes:
-                    checkpoint()
-                    reason = on_check(model_dir, step)
+                # A stop request skips the check: the resumed run makes it first (see above).
+                if on_check is not None and not stop and check_due():
+                    if saved_step != step:
+                        checkpoint()
+                    reason = run_check()
                     last_check = time.monotonic()  # the check's own time is not training time
                     if reason:
                         stopped = reason
@@ -501,6 +531,10 @@ def train_generator_stage(config: RunConfig, show_progress: bool = True) -> Path
         check = GeneratorCheck(config, config.generator_dir / "checks.jsonl", show_progress)
 
         def on_check(model_dir: Path, step: int) -> str | None:
+            history = check.history()
+            done = [i for i, c in enumerate(history) if c["step"] == step]
+            if done:  # a resume at a step already checked: the recorded check, not a second one
+                return should_stop(history[:done[-1] + 1], rule)
             result = check(model_dir, step)
             print(f"check at step {step}: fidelity {100 * result['fidelity']:.1f}%, pixel RMS to anchor "
                   f"{result['diversity']['pixel']['candidate_to_anchor']:.3f} ({result['check_s']:.0f} s)", flush=True)
@@ -518,6 +552,7 @@ def train_generator_stage(config: RunConfig, show_progress: bool = True) -> Path
     return train_generator(
         dataset.images, config.train_generator, config.generator_dir, config.generation_seed, show_progress=show_progress,
         labels=dataset.labels, num_classes=dataset.num_classes or None,
-        on_check=on_check, check_every_minutes=None if rule is None else rule.every_minutes, condition=condition,
+        on_check=on_check, check_every_minutes=None if rule is None else rule.every_minutes,
+        check_every_steps=None if rule is None else rule.every_steps, condition=condition,
         provenance=provenance, hyperparameters={**config.model_dump(mode="json"), "provenance": provenance},
     )
