@@ -27,7 +27,7 @@ from synthpos.data import ImageDataset
 from synthpos.distributed import default_device
 from synthpos.errors import SynthposError
 from synthpos.evaluation.encoders import Encoder, load_encoder, resolve_backbone
-from synthpos.evaluation.features import cached_features, images_digest
+from synthpos.evaluation.features import cached_features, images_digest, mirrored
 from synthpos.evaluation.protocols import run_protocols
 
 __all__ = ["external_checkpoint", "own_backbone", "load_external", "check_evaluate_input", "baseline_name",
@@ -148,7 +148,7 @@ def evaluate_external(
         feats[split] = cached_features(cache_dir, key, compute) if cache_dir else compute()
         if split == "train" and "paper" in cfg.linear_protocols:
             def compute_mirror(ds=dataset):  # linear-paper's flip: (N, H, W, C), W reversed
-                return external_features(encoder, ds.images[:, :, ::-1], cfg.batch_size)
+                return external_features(encoder, mirrored(ds.images), cfg.batch_size)
 
             mirror = cached_features(cache_dir, key + "-mirror", compute_mirror) if cache_dir else compute_mirror()
     features = f"{name} final output ({encoder.reader} reader), eval mode, frozen, no augmentation"

@@ -11,6 +11,7 @@ from torch import nn
 
 from synthpos.atomic import atomic_path
 from synthpos.data.augment import to_model_input
+from synthpos.data.stream import MappedImages
 
 
 @torch.no_grad()
@@ -44,8 +45,28 @@ def extract_features(
 
 
 def images_digest(images: np.ndarray) -> str:
-    """A short SHA-256 of every byte of ``images`` (a 10,000-image Fashion-MNIST split: ~10 ms)."""
+    """A short SHA-256 of every byte of ``images`` (a 10,000-image Fashion-MNIST split: ~10 ms).
+
+    A streamed split (:class:`~synthpos.data.stream.LazyImages`) is named by its ``fingerprint()``
+    instead (its files' locations, sizes and times): hashing its pixels would decode it all.
+    """
+    if hasattr(images, "fingerprint"):
+        return "s" + images.fingerprint()
     return hashlib.sha256(memoryview(np.ascontiguousarray(images)).cast("B")).hexdigest()[:12]
+
+
+def _mirror(images: np.ndarray) -> np.ndarray:
+    return images[:, :, ::-1]
+
+
+def mirrored(images: np.ndarray) -> np.ndarray:
+    """``images`` flipped left-right (the linear-paper protocol's flip): (N, H, W, C), W reversed.
+
+    A view of an in-memory array; on a streamed split, flipped chunk by chunk as it is decoded.
+    """
+    if isinstance(images, np.ndarray):
+        return _mirror(images)
+    return MappedImages(images, _mirror, images.shape[-1], "mirror")
 
 
 def cached_features(
