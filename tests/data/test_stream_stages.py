@@ -58,7 +58,7 @@ def decoded_at_once(monkeypatch) -> list[int]:
 
 def _data(folders: Path, streamed: bool) -> list[str]:
     return ["data.name=image_folder", f"data.root={folders / 'train'}", f"data.test_root={folders / 'test'}",
-            f"data.image_size={SIZE}", f"data.stream={str(streamed).lower()}"]
+            f"data.image_size={SIZE}", f"data.stream={str(streamed).lower()}", "data.num_workers=0"]
 
 
 def _generator(path: Path) -> Path:
@@ -133,3 +133,36 @@ def test_a_replaced_file_is_a_new_feature_cache_entry(folders, tmp_path) -> None
     np.testing.assert_array_equal(np.asarray(mirrored(images)), np.asarray(images)[:, :, ::-1])
     files[1].write_bytes(files[0].read_bytes())
     assert images_digest(stream.open_dataset(config, "train").images) != before
+
+
+def test_worker_processes_decode_the_same_features_and_leave_the_global_random_state(folders) -> None:
+    from synthpos.config import DataConfig
+
+    config = DataConfig(name="image_folder", root=folders / "test", image_size=SIZE, stream=True)
+    streamed = stream.open_dataset(config, "train")
+    memory = stream.open_dataset(config.model_copy(update={"stream": False}), "train")
+    torch.manual_seed(0)
+    backbone = build_backbone(CONVNET, 3).eval()
+    reference = extract_features(backbone, memory.images, SIZE, streamed.mean, streamed.std, BATCH)
+    state = torch.get_rng_state()
+    parallel = extract_features(backbone, streamed.images, SIZE, streamed.mean, streamed.std, BATCH, num_workers=1)
+    assert torch.equal(torch.get_rng_state(), state)  # what the probes draw next does not depend on the workers
+    assert torch.equal(parallel, reference)  # in order, the same pixels, the same normalisation
+    chunks = list(stream.decoded_chunks(streamed.images, BATCH, workers=1))
+    assert [len(c) for c in chunks] == [4, 4, 1]
+    np.testing.assert_array_equal(np.concatenate(chunks), memory.images)
+
+
+def test_grey_and_rgb_of_a_streamed_split_are_the_in_memory_conversions(folders) -> None:
+    from synthpos.config import DataConfig
+    from synthpos.evaluation.evaluate import match_channels
+
+    config = DataConfig(name="image_folder", root=folders / "test", image_size=SIZE, stream=True)
+    streamed = stream.open_dataset(config, "train")
+    memory = stream.open_dataset(config.model_copy(update={"stream": False}), "train")
+    grey, grey_memory = match_channels(streamed, 1), match_channels(memory, 1)
+    assert stream.is_streamed(grey) and grey.images.shape == grey_memory.images.shape == (9, SIZE, SIZE, 1)
+    np.testing.assert_array_equal(np.asarray(grey.images), grey_memory.images)
+    np.testing.assert_array_equal(grey.images[2:5][np.array([0, 2])], grey_memory.images[[2, 4]])
+    np.testing.assert_array_equal(np.asarray(match_channels(grey, 3).images), match_channels(grey_memory, 3).images)
+    np.testing.assert_allclose(grey.mean, grey_memory.mean, atol=1e-9)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -299,6 +299,39 @@ def loader_workers(requested: int | None, dataset: ImageDataset) -> int:
     if requested is not None:
         return requested
     return min(4, max(1, (os.cpu_count() or 2) - 1)) if is_streamed(dataset) else 0
+
+
+class _Chunks(torch.utils.data.Dataset):
+    """Chunk ``k`` of ``images``: images ``k * size`` to ``(k + 1) * size``, decoded (in a worker process)."""
+
+    def __init__(self, images: Any, size: int) -> None:
+        self.images, self.size = images, size
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // self.size)
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        return np.ascontiguousarray(self.images[k * self.size: (k + 1) * self.size])
+
+
+def _as_is(chunk: np.ndarray) -> np.ndarray:
+    return chunk
+
+
+def decoded_chunks(images: Any, size: int, workers: int = 0) -> Iterator[np.ndarray]:
+    """``images`` in consecutive chunks of ``size``, in order, as uint8 arrays (B, H, W, C).
+
+    An in-memory array, or ``workers`` = 0: sliced here. A streamed split with ``workers`` > 0:
+    decoded by that many DataLoader processes, at most two chunks each in flight, so the memory is
+    a few chunks whatever the split's size. The loader draws its seed from a generator of its
+    own: reading features leaves the global random state (and what is drawn after) as it was.
+    """
+    if workers == 0 or isinstance(images, np.ndarray):
+        for start in range(0, len(images), size):
+            yield np.ascontiguousarray(images[start: start + size])
+        return
+    yield from DataLoader(_Chunks(images, size), batch_size=None, num_workers=workers, collate_fn=_as_is,
+                          generator=torch.Generator())
 
 
 class EpochLoader(DataLoader):

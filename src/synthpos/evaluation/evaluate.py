@@ -19,7 +19,7 @@ from torch import nn
 from synthpos.atomic import atomic_path
 from synthpos.config import DataConfig, EvaluateConfig, RunConfig
 from synthpos.data import ImageDataset
-from synthpos.data.stream import MappedImages, is_streamed, open_dataset
+from synthpos.data.stream import MappedImages, is_streamed, loader_workers, open_dataset
 from synthpos.evaluation.features import cached_features, extract_features, images_digest, mirrored
 from synthpos.evaluation.protocols import run_protocols
 from synthpos.errors import SynthposError
@@ -114,8 +114,10 @@ def evaluate_backbone(
     for split in ("train", "test"):
         dataset = matched[split] = match_channels(datasets[split], in_channels)
 
+        workers = loader_workers(data.num_workers, dataset)  # decode a streamed split's batches in parallel
+
         def compute(ds=dataset):
-            return extract_features(backbone, ds.images, size, ds.mean, ds.std, cfg.batch_size)
+            return extract_features(backbone, ds.images, size, ds.mean, ds.std, cfg.batch_size, num_workers=workers)
 
         # The data config (root, image size, ...) and the images' bytes are part of the key: same name,
         # settings and count is not same images (a folder whose files were replaced).
@@ -125,7 +127,8 @@ def evaluate_backbone(
         splits[split] = (feats, dataset.labels, dataset.num_classes)
         if split == "train" and "paper" in cfg.linear_protocols:
             def compute_mirror(ds=dataset):  # the flip of linear-paper: (N, H, W, C), W reversed
-                return extract_features(backbone, mirrored(ds.images), size, ds.mean, ds.std, cfg.batch_size)
+                return extract_features(backbone, mirrored(ds.images), size, ds.mean, ds.std, cfg.batch_size,
+                                        num_workers=workers)
 
             mirror = (cached_features(cache_dir, key + "-mirror", compute_mirror, backbone_file=backbone_file)
                       if cache_dir else compute_mirror())

@@ -11,7 +11,7 @@ from torch import nn
 
 from synthpos.atomic import atomic_path
 from synthpos.data.augment import to_model_input
-from synthpos.data.stream import MappedImages
+from synthpos.data.stream import MappedImages, decoded_chunks
 
 
 @torch.no_grad()
@@ -23,12 +23,14 @@ def extract_features(
     std: tuple[float, ...],
     batch_size: int = 512,
     device: torch.device | str | None = None,
+    num_workers: int = 0,
 ) -> torch.Tensor:
     """Backbone features of uint8 images, in eval mode, no augmentation.
 
     Args:
-        images: Shape: (N, H, W, C), uint8.
+        images: Shape: (N, H, W, C), uint8; an array or a streamed split (decoded a batch at a time).
         size: images are resized to ``size`` x ``size`` (the pretraining crop size).
+        num_workers: processes that decode a streamed split's batches (:func:`~synthpos.data.stream.decoded_chunks`).
 
     Returns:
         float32 features on the CPU. Shape: (N, D).
@@ -37,8 +39,8 @@ def extract_features(
     was_training = backbone.training
     backbone.eval()
     out = []
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start: start + batch_size])).permute(0, 3, 1, 2).to(device)
+    for chunk in decoded_chunks(images, batch_size, num_workers):
+        batch = torch.from_numpy(chunk).permute(0, 3, 1, 2).to(device)
         out.append(backbone(to_model_input(batch, size, mean, std)).float().cpu())
     backbone.train(was_training)
     return torch.cat(out)
