@@ -166,3 +166,26 @@ def test_grey_and_rgb_of_a_streamed_split_are_the_in_memory_conversions(folders)
     np.testing.assert_array_equal(grey.images[2:5][np.array([0, 2])], grey_memory.images[[2, 4]])
     np.testing.assert_array_equal(np.asarray(match_channels(grey, 3).images), match_channels(grey_memory, 3).images)
     np.testing.assert_allclose(grey.mean, grey_memory.mean, atol=1e-9)
+
+
+def test_import_store_on_a_streamed_split_decodes_only_its_sample_and_writes_the_same_store(
+        tmp_path, decoded_at_once) -> None:
+    from PIL import Image
+
+    from synthpos.data.import_store import import_store_stage
+    from test_import_store import _image_tree
+
+    train = tmp_path / "imagenet" / "train"
+    for rel in _image_tree(train):  # GenView's layout: the same relative paths, another colour
+        (tmp_path / "genview" / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (24, 24), (200, 30, 90)).save(tmp_path / "genview" / rel, quality=100)
+    stores = {}
+    for streamed in (True, False):
+        config = load_config(None, ["data.name=image_folder", f"data.root={train}", f"data.image_size={SIZE}",
+                                    f"data.stream={str(streamed).lower()}", f"run_dir={tmp_path / f'run-{streamed}'}",
+                                    "generate.shard_size=4"])
+        stores[streamed] = import_store_stage(config, tmp_path / "genview", "genview", None, 1, show_progress=False)
+    on, off = stores[True], stores[False]
+    assert on.manifest["dataset"] == off.manifest["dataset"] and len(on) == 6
+    for shard in sorted(p.name for p in off.path.glob("shard-*")):
+        assert (on.path / shard).read_bytes() == (off.path / shard).read_bytes()
