@@ -191,7 +191,11 @@ class MappedImages:
         return out if dtype is None else out.astype(dtype)
 
     def fingerprint(self) -> str:
-        base = self.images.fingerprint() if hasattr(self.images, "fingerprint") else "array"
+        """The wrapped images' fingerprint (an array's: a hash of its bytes) and the map's tag."""
+        if hasattr(self.images, "fingerprint"):
+            base = self.images.fingerprint()
+        else:
+            base = hashlib.sha256(memoryview(np.ascontiguousarray(self.images)).cast("B")).hexdigest()
         return hashlib.sha256(f"{base}|{self.tag}".encode()).hexdigest()[:12]
 
 
