@@ -285,8 +285,9 @@ class DataConfig(_Sections):
         "split into memory once (false). auto: stream when the decoded split at data.image_size is above 200 MB. "
         "Sources without files (CIFAR, Fashion-MNIST) are always in memory.")
     num_workers: int | None = Field(
-        None, ge=0, description="DataLoader worker processes that fetch (and, streamed, decode) pretraining batches. "
-        "Default: 0 in memory, up to 4 when streamed. The batches are the same whatever the count.",
+        None, ge=0, description="DataLoader worker processes that fetch (and, streamed, decode) pretraining batches, "
+        "and decode a streamed split's evaluation batches. Default: 0 in memory, up to 4 when streamed. The batches "
+        "are the same whatever the count.",
         json_schema_extra=NO_OUTPUT)
 
     @model_validator(mode="after")

@@ -24,8 +24,10 @@ most a fixed number of images (:func:`bounded_sample`), so no part of a run grow
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -43,6 +45,8 @@ from synthpos.registry import DATASETS
 AUTO_STREAM_BYTES = 200 * 10**6
 #: images the normalisation statistics of a streamed split are measured on
 STATS_SAMPLE = 1024
+#: images the statistics decode at once (the memory of the measurement is one such chunk)
+STATS_CHUNK = 64
 
 
 def decode_image(data: bytes, size: int | None, name: str) -> np.ndarray:
@@ -131,10 +135,73 @@ class LazyImages:
         out = self[np.arange(len(self))]
         return out if dtype is None else out.astype(dtype)
 
+    def fingerprint(self) -> str:
+        """A short SHA-256 of what the decoded pixels depend on, decoding nothing: the resize, every
+        image's location, and each file's size and modification time (a replaced file changes them).
+
+        The in-memory counterpart hashes every decoded byte; here that would decode the split once
+        more just to name a cache entry.
+        """
+        digest = hashlib.sha256(repr((self.size, self.hw)).encode())
+        digest.update(np.ascontiguousarray(self.encoded.member).tobytes())
+        for f in np.unique(self.encoded.member[:, 0]).tolist():
+            path = self.encoded.files[f]
+            st = os.stat(path.decode())
+            digest.update(path + b"\0" + f"{st.st_size}:{st.st_mtime_ns}".encode())
+        return digest.hexdigest()[:12]
+
+
+class MappedImages:
+    """``fn`` applied to the images of a :class:`LazyImages` (or another array-like) when they are read.
+
+    For the per-image changes evaluation makes on a streamed split (the left-right mirror of the
+    linear protocol, grey <-> RGB for a backbone of other channels) without an array of the
+    split: ``fn`` runs on each slice as it is decoded. It must act on every image alone (an
+    elementwise or per-image map), so that a chunk of the output is ``fn`` of the same chunk.
+
+    Args:
+        images: uint8 (N, H, W, C), indexed as :class:`LazyImages` is.
+        fn: uint8 (B, H, W, C) -> uint8 (B, H, W, channels).
+        channels: the channels ``fn`` returns.
+        tag: names ``fn`` in :meth:`fingerprint` (two maps with one tag must be one map).
+    """
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __init__(self, images: Any, fn: Callable[[np.ndarray], np.ndarray], channels: int, tag: str) -> None:
+        self.images, self.fn, self.channels, self.tag = images, fn, channels, tag
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (*self.images.shape[:3], self.channels)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, slice):
+            return MappedImages(self.images[key], self.fn, self.channels, self.tag)
+        if isinstance(key, (int, np.integer)):
+            return self.fn(np.asarray(self.images[key])[None])[0]
+        return self.fn(np.asarray(self.images[key]))
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self.fn(np.asarray(self.images))
+        return out if dtype is None else out.astype(dtype)
+
+    def fingerprint(self) -> str:
+        """The wrapped images' fingerprint (an array's: a hash of its bytes) and the map's tag."""
+        if hasattr(self.images, "fingerprint"):
+            base = self.images.fingerprint()
+        else:
+            base = hashlib.sha256(memoryview(np.ascontiguousarray(self.images)).cast("B")).hexdigest()
+        return hashlib.sha256(f"{base}|{self.tag}".encode()).hexdigest()[:12]
+
 
 def is_streamed(dataset: ImageDataset) -> bool:
     """Whether ``dataset`` decodes its images on demand."""
-    return isinstance(dataset.images, LazyImages)
+    return isinstance(dataset.images, (LazyImages, MappedImages))
 
 
 def sample_indices(count: int, n: int, seed: int) -> np.ndarray:
@@ -145,12 +212,13 @@ def sample_indices(count: int, n: int, seed: int) -> np.ndarray:
 
 
 def sample_statistics(images: LazyImages, n: int = STATS_SAMPLE, seed: int = 0,
-                      chunk: int = 64) -> tuple[tuple[float, ...], tuple[float, ...]]:
+                      chunk: int | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and population std in [0, 1] over a seeded sample of ``n`` images.
 
     Sums in float64, a chunk of images at a time: the memory is one chunk's, not the sample's.
     """
     idx = sample_indices(len(images), n, seed)
+    chunk = chunk or STATS_CHUNK
     total = np.zeros(3)
     squares = np.zeros(3)
     pixels = 0
@@ -235,6 +303,39 @@ def loader_workers(requested: int | None, dataset: ImageDataset) -> int:
     if requested is not None:
         return requested
     return min(4, max(1, (os.cpu_count() or 2) - 1)) if is_streamed(dataset) else 0
+
+
+class _Chunks(torch.utils.data.Dataset):
+    """Chunk ``k`` of ``images``: images ``k * size`` to ``(k + 1) * size``, decoded (in a worker process)."""
+
+    def __init__(self, images: Any, size: int) -> None:
+        self.images, self.size = images, size
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // self.size)
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        return np.ascontiguousarray(self.images[k * self.size: (k + 1) * self.size])
+
+
+def _as_is(chunk: np.ndarray) -> np.ndarray:
+    return chunk
+
+
+def decoded_chunks(images: Any, size: int, workers: int = 0) -> Iterator[np.ndarray]:
+    """``images`` in consecutive chunks of ``size``, in order, as uint8 arrays (B, H, W, C).
+
+    An in-memory array, or ``workers`` = 0: sliced here. A streamed split with ``workers`` > 0:
+    decoded by that many DataLoader processes, at most two chunks each in flight, so the memory is
+    a few chunks whatever the split's size. The loader draws its seed from a generator of its
+    own: reading features leaves the global random state (and what is drawn after) as it was.
+    """
+    if workers == 0 or isinstance(images, np.ndarray):
+        for start in range(0, len(images), size):
+            yield np.ascontiguousarray(images[start: start + size])
+        return
+    yield from DataLoader(_Chunks(images, size), batch_size=None, num_workers=workers, collate_fn=_as_is,
+                          generator=torch.Generator())
 
 
 class EpochLoader(DataLoader):

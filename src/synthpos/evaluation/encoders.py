@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from synthpos.data.augment import to_model_input
+from synthpos.data.stream import decoded_chunks
 from synthpos.errors import SynthposError
 
 __all__ = ["Encoder", "load_encoder", "resolve_backbone", "block_modules"]
@@ -79,8 +80,12 @@ class Encoder:
     reader: str = "synthpos"  # which reader accepted it: synthpos, torchscript, state_dict or clip
 
     @torch.no_grad()
-    def batches(self, images: np.ndarray, batch_size: int = 256, with_layers: bool = False):
-        """Per minibatch: final features (B, D) and, with ``with_layers``, each block's output flattened (B, D_l)."""
+    def batches(self, images: np.ndarray, batch_size: int = 256, with_layers: bool = False, num_workers: int = 0):
+        """Per minibatch: final features (B, D) and, with ``with_layers``, each block's output flattened (B, D_l).
+
+        ``images``: uint8 (N, H, W, C), an array or a streamed split, whose batches ``num_workers``
+        processes decode (:func:`~synthpos.data.stream.decoded_chunks`).
+        """
         self.model.eval()
         captured: list[torch.Tensor] = []
         handles = []
@@ -89,8 +94,8 @@ class Encoder:
                 handles.append(module.register_forward_hook(
                     lambda m, i, o: captured.append(self.layer_output(o).detach().float().flatten(1).cpu())))
         try:
-            for start in range(0, len(images), batch_size):
-                batch = torch.from_numpy(np.ascontiguousarray(images[start: start + batch_size])).permute(0, 3, 1, 2)
+            for chunk in decoded_chunks(images, batch_size, num_workers):
+                batch = torch.from_numpy(chunk).permute(0, 3, 1, 2)
                 captured.clear()
                 final = self.output(self.model(self.prepare(batch))).float().flatten(1).cpu()
                 if with_layers and len(captured) != len(self.layers):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,27 +18,46 @@ from torch import nn
 
 from synthpos.atomic import atomic_path
 from synthpos.config import DataConfig, EvaluateConfig, RunConfig
-from synthpos.data import ImageDataset, load_dataset
-from synthpos.evaluation.features import cached_features, extract_features, images_digest
+from synthpos.data import ImageDataset
+from synthpos.data.stream import MappedImages, is_streamed, loader_workers, open_dataset
+from synthpos.evaluation.features import cached_features, extract_features, images_digest, mirrored
 from synthpos.evaluation.protocols import run_protocols
 from synthpos.errors import SynthposError
 from synthpos.models.backbones import load_backbone
 from synthpos.provenance import provenance
 
 
+_GREY = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def _to_grey(images: np.ndarray) -> np.ndarray:
+    """uint8 RGB (N, H, W, 3) -> uint8 grey (N, H, W, 1), ITU-R 601 luma."""
+    return (images.astype(np.float32) @ _GREY)[..., None].round().astype(np.uint8)
+
+
+def _to_rgb(images: np.ndarray, channels: int = 3) -> np.ndarray:
+    """uint8 grey (N, H, W, 1) -> uint8 (N, H, W, channels), the channel repeated."""
+    return np.repeat(images, channels, axis=-1)
+
+
 def match_channels(dataset: ImageDataset, channels: int) -> ImageDataset:
-    """Grey <-> RGB so a backbone can be evaluated on a dataset with other channels (transfer)."""
+    """Grey <-> RGB so a backbone can be evaluated on a dataset with other channels (transfer).
+
+    In memory the split is converted at once; a streamed split is converted slice by slice as it
+    is decoded (the same per-pixel arithmetic, so the same pixels).
+    """
     if dataset.channels == channels:
         return dataset
-    images = dataset.images.astype(np.float32)
     if channels == 1:
-        images = (images @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
-        mean = (float(np.dot(dataset.mean, [0.299, 0.587, 0.114])),)
+        convert, tag = _to_grey, "grey"
+        mean = (float(np.dot(dataset.mean, [0.299, 0.587, 0.114])),)  # in float64, as the statistics are
         std = (float(np.dot(dataset.std, [0.299, 0.587, 0.114])),)
     else:
-        images = np.repeat(images, channels, axis=-1)
+        convert, tag = partial(_to_rgb, channels=channels), f"rgb{channels}"
         mean, std = dataset.mean * channels, dataset.std * channels
-    return ImageDataset(dataset.name, dataset.split, images.round().astype(np.uint8), dataset.labels, dataset.classes, mean, std)
+    images = (MappedImages(dataset.images, convert, channels, tag) if is_streamed(dataset)
+              else convert(dataset.images))
+    return ImageDataset(dataset.name, dataset.split, images, dataset.labels, dataset.classes, mean, std)
 
 
 METRICS_SCHEMA = "synthpos.metrics/2"
@@ -59,10 +79,14 @@ def score_features(
 
 
 def labelled_splits(data: DataConfig, cfg: EvaluateConfig) -> dict[str, ImageDataset]:
-    """``data``'s whole train (cut to ``max_train``) and test splits, as every encoder of stage 4 sees them."""
+    """``data``'s whole train (cut to ``max_train``) and test splits, as every encoder of stage 4 sees them.
+
+    Streamed or in memory as ``data.stream`` says (:func:`~synthpos.data.stream.open_dataset`): a
+    streamed split is read a batch at a time by the feature extraction; only the features (N, D) are held.
+    """
     splits = {}
     for split in ("train", "test"):
-        dataset = load_dataset(data.model_copy(update={"subset": None}), split)
+        dataset = open_dataset(data.model_copy(update={"subset": None}), split)
         if dataset.labels is None:
             raise SynthposError(f"{data.name} {split} has no labels; evaluation needs a labelled dataset (class subfolders)")
         if split == "train" and cfg.max_train:
@@ -90,8 +114,10 @@ def evaluate_backbone(
     for split in ("train", "test"):
         dataset = matched[split] = match_channels(datasets[split], in_channels)
 
+        workers = loader_workers(data.num_workers, dataset)  # decode a streamed split's batches in parallel
+
         def compute(ds=dataset):
-            return extract_features(backbone, ds.images, size, ds.mean, ds.std, cfg.batch_size)
+            return extract_features(backbone, ds.images, size, ds.mean, ds.std, cfg.batch_size, num_workers=workers)
 
         # The data config (root, image size, ...) and the images' bytes are part of the key: same name,
         # settings and count is not same images (a folder whose files were replaced).
@@ -101,7 +127,8 @@ def evaluate_backbone(
         splits[split] = (feats, dataset.labels, dataset.num_classes)
         if split == "train" and "paper" in cfg.linear_protocols:
             def compute_mirror(ds=dataset):  # the flip of linear-paper: (N, H, W, C), W reversed
-                return extract_features(backbone, ds.images[:, :, ::-1], size, ds.mean, ds.std, cfg.batch_size)
+                return extract_features(backbone, mirrored(ds.images), size, ds.mean, ds.std, cfg.batch_size,
+                                        num_workers=workers)
 
             mirror = (cached_features(cache_dir, key + "-mirror", compute_mirror, backbone_file=backbone_file)
                       if cache_dir else compute_mirror())

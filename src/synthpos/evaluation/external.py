@@ -24,10 +24,11 @@ import torch
 
 from synthpos.config import DataConfig, EvaluateConfig, RunConfig
 from synthpos.data import ImageDataset
+from synthpos.data.stream import loader_workers
 from synthpos.distributed import default_device
 from synthpos.errors import SynthposError
 from synthpos.evaluation.encoders import Encoder, load_encoder, resolve_backbone
-from synthpos.evaluation.features import cached_features, images_digest
+from synthpos.evaluation.features import cached_features, images_digest, mirrored
 from synthpos.evaluation.protocols import run_protocols
 
 __all__ = ["external_checkpoint", "own_backbone", "load_external", "check_evaluate_input", "baseline_name",
@@ -103,11 +104,12 @@ def _checkpoint_tag(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def external_features(encoder: Encoder, images: np.ndarray, batch_size: int) -> torch.Tensor:
+def external_features(encoder: Encoder, images: np.ndarray, batch_size: int, num_workers: int = 0) -> torch.Tensor:
     """The encoder's final features of uint8 images, eval mode, no augmentation.
 
     Args:
-        images: Shape: (N, H, W, C), uint8.
+        images: Shape: (N, H, W, C), uint8; an array or a streamed split.
+        num_workers: processes that decode a streamed split's batches.
 
     Returns:
         float32 on the CPU. Shape: (N, D).
@@ -117,7 +119,7 @@ def external_features(encoder: Encoder, images: np.ndarray, batch_size: int) -> 
     prepare = encoder.prepare
     moved = Encoder(encoder.name, encoder.model, lambda x: prepare(x.to(device)), output=encoder.output,
                     reader=encoder.reader)
-    return torch.cat([final for final, _ in moved.batches(images, batch_size)])
+    return torch.cat([final for final, _ in moved.batches(images, batch_size, num_workers=num_workers)])
 
 
 def evaluate_external(
@@ -142,13 +144,15 @@ def evaluate_external(
     for split, dataset in datasets.items():
         key = f"{tag}-{data.name}-{split}-{len(dataset)}-{data_tag}-{images_digest(dataset.images)}".replace(":", "_")
 
+        workers = loader_workers(data.num_workers, dataset)
+
         def compute(ds=dataset):
-            return external_features(encoder, ds.images, cfg.batch_size)
+            return external_features(encoder, ds.images, cfg.batch_size, workers)
 
         feats[split] = cached_features(cache_dir, key, compute) if cache_dir else compute()
         if split == "train" and "paper" in cfg.linear_protocols:
             def compute_mirror(ds=dataset):  # linear-paper's flip: (N, H, W, C), W reversed
-                return external_features(encoder, ds.images[:, :, ::-1], cfg.batch_size)
+                return external_features(encoder, mirrored(ds.images), cfg.batch_size, workers)
 
             mirror = cached_features(cache_dir, key + "-mirror", compute_mirror) if cache_dir else compute_mirror()
     features = f"{name} final output ({encoder.reader} reader), eval mode, frozen, no augmentation"

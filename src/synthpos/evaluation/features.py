@@ -11,6 +11,7 @@ from torch import nn
 
 from synthpos.atomic import atomic_path
 from synthpos.data.augment import to_model_input
+from synthpos.data.stream import MappedImages, decoded_chunks
 
 
 @torch.no_grad()
@@ -22,12 +23,14 @@ def extract_features(
     std: tuple[float, ...],
     batch_size: int = 512,
     device: torch.device | str | None = None,
+    num_workers: int = 0,
 ) -> torch.Tensor:
     """Backbone features of uint8 images, in eval mode, no augmentation.
 
     Args:
-        images: Shape: (N, H, W, C), uint8.
+        images: Shape: (N, H, W, C), uint8; an array or a streamed split (decoded a batch at a time).
         size: images are resized to ``size`` x ``size`` (the pretraining crop size).
+        num_workers: processes that decode a streamed split's batches (:func:`~synthpos.data.stream.decoded_chunks`).
 
     Returns:
         float32 features on the CPU. Shape: (N, D).
@@ -36,16 +39,36 @@ def extract_features(
     was_training = backbone.training
     backbone.eval()
     out = []
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start: start + batch_size])).permute(0, 3, 1, 2).to(device)
+    for chunk in decoded_chunks(images, batch_size, num_workers):
+        batch = torch.from_numpy(chunk).permute(0, 3, 1, 2).to(device)
         out.append(backbone(to_model_input(batch, size, mean, std)).float().cpu())
     backbone.train(was_training)
     return torch.cat(out)
 
 
 def images_digest(images: np.ndarray) -> str:
-    """A short SHA-256 of every byte of ``images`` (a 10,000-image Fashion-MNIST split: ~10 ms)."""
+    """A short SHA-256 of every byte of ``images`` (a 10,000-image Fashion-MNIST split: ~10 ms).
+
+    A streamed split (:class:`~synthpos.data.stream.LazyImages`) is named by its ``fingerprint()``
+    instead (its files' locations, sizes and times): hashing its pixels would decode it all.
+    """
+    if hasattr(images, "fingerprint"):
+        return "s" + images.fingerprint()
     return hashlib.sha256(memoryview(np.ascontiguousarray(images)).cast("B")).hexdigest()[:12]
+
+
+def _mirror(images: np.ndarray) -> np.ndarray:
+    return images[:, :, ::-1]
+
+
+def mirrored(images: np.ndarray) -> np.ndarray:
+    """``images`` flipped left-right (the linear-paper protocol's flip): (N, H, W, C), W reversed.
+
+    A view of an in-memory array; on a streamed split, flipped chunk by chunk as it is decoded.
+    """
+    if isinstance(images, np.ndarray):
+        return _mirror(images)
+    return MappedImages(images, _mirror, images.shape[-1], "mirror")
 
 
 def cached_features(

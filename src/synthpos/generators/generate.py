@@ -55,7 +55,8 @@ def generate_store(
     """Generate (or finish) a store of synthetic positives for ``images`` with ``settings.kind``.
 
     Args:
-        images: the anchors, uint8. Shape: (N, H, W, C).
+        images: the anchors, uint8. Shape: (N, H, W, C). An array, or a streamed split's
+            :class:`~synthpos.data.stream.LazyImages`: then one shard's anchors are decoded at a time.
         generator_dir: the generator's weights (for ``clsp``: a DDPMPipeline directory or ``builtin:NAME``).
         rank, world_size: this process's share (default: $RANK / $WORLD_SIZE, else 0 / 1).
         labels: the anchors' class labels (N,), for class-conditional generators.
@@ -107,7 +108,9 @@ def generate_store(
         for shard in todo:
             start, end = store.layout.shard_range(shard)
             shard_labels = None if labels is None else labels[start:end]
-            store.write_shard(shard, generator.generate(images[start:end], start, shard_labels, bar))
+            # np.asarray: a streamed split decodes this shard's anchors only (an array's slice is a view).
+            anchors = np.asarray(images[start:end])
+            store.write_shard(shard, generator.generate(anchors, start, shard_labels, bar))
     wait_for_launched_processes("generate")
     if to_fold:
         if rank == 0:
@@ -122,10 +125,13 @@ def generate_store(
 
 
 def generate_stage(config: RunConfig, show_progress: bool = True) -> SyntheticStore:
-    """Stage 2 from a run config: the run's training split and generator -> the run's store."""
-    from synthpos.data import load_dataset
+    """Stage 2 from a run config: the run's training split and generator -> the run's store.
 
-    dataset = load_dataset(config.data, "train")
+    The split is streamed or in memory as ``data.stream`` says (:func:`~synthpos.data.stream.open_dataset`).
+    """
+    from synthpos.data.stream import open_dataset
+
+    dataset = open_dataset(config.data, "train")
     count = config.generate.num_anchors or len(dataset)
     if count > len(dataset):
         raise SynthposError(f"generate.num_anchors={count} but the training split has {len(dataset)} images")

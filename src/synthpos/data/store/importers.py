@@ -201,8 +201,13 @@ def import_store(
 
 def import_store_stage(config: RunConfig, source: Path, layout: str, store: Path | None, variants: int,
                        show_progress: bool = True) -> SyntheticStore:
-    """``synthpos import-store`` from a run config: its training split (``data``), its store path."""
-    from synthpos.data.datasets import find_data_root, image_folder_files, load_dataset
+    """``synthpos import-store`` from a run config: its training split (``data``), its store path.
+
+    The split is opened as ``data.stream`` says: only its length, shape and the fingerprint's few
+    sampled images are read from it, so a streamed ImageNet is never decoded whole.
+    """
+    from synthpos.data.datasets import find_data_root, image_folder_files
+    from synthpos.data.stream import open_dataset
     from synthpos.progress import progress_bar
 
     if layout not in LAYOUTS:
@@ -210,7 +215,7 @@ def import_store_stage(config: RunConfig, source: Path, layout: str, store: Path
     if layout != "clsp" and config.data.name != "image_folder":
         raise SynthposError(f"--layout {layout} mirrors an image folder; set data.name=image_folder and data.root "
                             f"to the training images (not {config.data.name})")
-    dataset = load_dataset(config.data, "train")
+    dataset = open_dataset(config.data, "train")
     files = data_root = None
     if layout != "clsp":
         data_root = find_data_root("image_folder", config.data.root)
