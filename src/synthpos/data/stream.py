@@ -35,7 +35,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from synthpos.config import DataConfig
-from synthpos.data.datasets import ImageDataset, _resize_uint8, load_dataset
+from synthpos.data.datasets import ImageDataset, load_dataset
+from synthpos.data.datasets.resize import resize_uint8
 from synthpos.data.encoded import EncodedImages, EncodedSplit
 from synthpos.errors import SynthposError
 from synthpos.registry import DATASETS
@@ -67,7 +68,7 @@ def decode_image(data: bytes, size: int | None, name: str) -> np.ndarray:
     except (OSError, ValueError) as err:
         raise SynthposError(f"{name} cannot be read as an image ({err}); delete or replace it") from err
     if size is not None and rgb.shape[:2] != (size, size):
-        rgb = _resize_uint8(rgb[None], size)[0]
+        rgb = resize_uint8(rgb[None], size)[0]
     return rgb
 
 

@@ -39,9 +39,6 @@ from synthpos.registry import DATASETS
 if TYPE_CHECKING:
     from synthpos.config import DataConfig
 
-#: the name synthpos.data.stream imports (before the split it was private to one module)
-_resize_uint8 = resize_uint8
-
 __all__ = [
     "CIFAR10",
     "CIFAR100",
