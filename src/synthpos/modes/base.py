@@ -28,6 +28,7 @@ class SyntheticMode:
         name: set by ``@register_mode("name")``.
         needs_store: whether the mode reads generated candidates from a store; a mode that
             needs none (``none``, ``mochi``) makes ``run`` skip generator training and generation.
+        synthetic: whether it adds anything synthetic at all (``none`` does not: the plain method).
         for_every_method: the mode works with any method (it needs only ``embed`` and
             ``objective``); otherwise it ``requires`` what a method declares in its ``contrasts``.
         requires: that declaration (the method's ``modes`` then lists this mode).
@@ -44,6 +45,9 @@ class SyntheticMode:
 
     name: ClassVar[str]
     needs_store: ClassVar[bool] = True
+    #: whether the mode adds anything synthetic to the method's own two-view loss (positives from a store,
+    #: mixed hard negatives); False: the plain method (``none``), the baseline synthetic modes are compared with
+    synthetic: ClassVar[bool] = True
     #: whether the mode reads a frozen scorer network (``pretrain.synthetic.scorer``)
     uses_scorer: ClassVar[bool] = False
     for_every_method: ClassVar[bool] = False
