@@ -122,6 +122,13 @@ def _needs_store(mode: str) -> bool:
     return MODES.get(mode).needs_store
 
 
+def _plain(mode: str) -> bool:
+    """Whether ``mode`` adds nothing synthetic (the mode declares it): its rows are the baseline."""
+    from synthpos.registry import MODES
+
+    return not MODES.get(mode).synthetic
+
+
 def _replace_is_none(mode: str, pretraining: tuple[str, ...]) -> bool:
     """``replace`` with p = 1, cropped like a real view, same augmentation: on the anchors store every view is
     an augmented anchor, i.e. plain two-view training (``none``)."""
@@ -143,7 +150,7 @@ def plan_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     Raises:
         SystemExit: a control's name is taken by a row with other settings.
     """
-    planned = [{**row, "role": row.get("role") or ("baseline" if row["mode"] == "none" else "row"),
+    planned = [{**row, "role": row.get("role") or ("baseline" if _plain(row["mode"]) else "row"),
                 "control": row.get("control")} for row in rows]
     by_name = {row["name"]: row for row in planned}
     controls: dict[tuple, dict[str, Any]] = {}
@@ -153,7 +160,7 @@ def plan_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         pretraining = tuple(o for o in row["overrides"] if not o.startswith("generate."))
         if _replace_is_none(row["mode"], pretraining):
             others = [o for o in pretraining if not o.startswith("pretrain.synthetic.")]
-            control = next((r for r in planned if r["mode"] == "none" and r["overrides"] == others), None)
+            control = next((r for r in planned if _plain(r["mode"]) and r["overrides"] == others), None)
             if control is None:
                 control = {"name": "none" if not others else f"{row['name']}_none", "mode": "none", "overrides": others,
                            "role": "baseline", "control": None}
@@ -226,7 +233,7 @@ def run_cpu(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_role(run: dict[str, Any]) -> str:
-    return run.get("role") or ("baseline" if run["mode"] == "none" else "row")
+    return run.get("role") or ("baseline" if _plain(run["mode"]) else "row")
 
 
 def upgrade_results(results: dict[str, Any]) -> dict[str, Any]:
@@ -361,7 +368,7 @@ def one_run(args: argparse.Namespace, row: dict[str, Any], seed: int, subset: in
 
     return {
         "method": config.pretrain.method, "row": row["name"], "mode": row["mode"], "overrides": row["overrides"],
-        "role": row.get("role") or ("baseline" if row["mode"] == "none" else "row"), "control": row.get("control"),
+        "role": row.get("role") or ("baseline" if _plain(row["mode"]) else "row"), "control": row.get("control"),
         "cpu": cpu_identity(), "train_images": config.data.subset, "pretrain_epochs": config.pretrain.epochs,
         "generator": generator_record, "generator_id": (generator_record or {}).get("generator_sha256"),
         "seed": seed, "generation_seed": generation_seed if generator_record else None,
@@ -511,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     results.setdefault("runs", {})
     upgrade_results(results)
     planned = plan_rows(args.rows) if args.controls else [
-        {**r, "role": "baseline" if r["mode"] == "none" else "row", "control": None} for r in args.rows]
+        {**r, "role": "baseline" if _plain(r["mode"]) else "row", "control": None} for r in args.rows]
     if args.none_all and not args.budget_sweep:
         recipe, _ = run_config(args, {"name": "none", "mode": "none", "overrides": []}, args.seeds[0],
                                args.subset, args.epochs)
