@@ -129,16 +129,29 @@ def _plain(mode: str) -> bool:
     return not MODES.get(mode).synthetic
 
 
-def _replace_is_none(mode: str, pretraining: tuple[str, ...]) -> bool:
-    """``replace`` with p = 1, cropped like a real view, same augmentation: on the anchors store every view is
-    an augmented anchor, i.e. plain two-view training (``none``)."""
-    if mode != "replace":
+def _plain_on_anchors(mode: str, pretraining: tuple[str, ...]) -> bool:
+    """Whether the row, on the anchors store, is plain two-view training (the mode says, from the row's
+    ``pretrain.synthetic`` settings: ``replace`` at p = 1 cropped like a real view, same augmentation)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from synthpos.config import SyntheticConfig
+    from synthpos.registry import MODES
+
+    synthetic: dict[str, Any] = {}
+    for override in pretraining:
+        if override.startswith("pretrain.synthetic."):
+            key, _, value = override.removeprefix("pretrain.synthetic.").partition("=")
+            *parents, leaf = key.split(".")
+            section = synthetic
+            for parent in parents:
+                section = section.setdefault(parent, {})
+            section[leaf] = yaml.safe_load(value)
+    try:
+        config = SyntheticConfig(**{**synthetic, "mode": mode})
+    except ValidationError:
         return False
-    synthetic = dict(o.removeprefix("pretrain.synthetic.").split("=", 1) for o in pretraining
-                     if o.startswith("pretrain.synthetic."))
-    return (set(synthetic) <= {"replace_prob", "replace_view", "crop_synthetic"}
-            and float(synthetic.get("replace_prob", 0.5)) == 1.0
-            and synthetic.get("crop_synthetic", "true").lower() == "true")
+    return MODES.get(mode).plain_on_anchors(config)
 
 
 def plan_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -158,7 +171,7 @@ def plan_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if row["role"] != "row" or not _needs_store(row["mode"]):
             continue
         pretraining = tuple(o for o in row["overrides"] if not o.startswith("generate."))
-        if _replace_is_none(row["mode"], pretraining):
+        if _plain_on_anchors(row["mode"], pretraining):
             others = [o for o in pretraining if not o.startswith("pretrain.synthetic.")]
             control = next((r for r in planned if _plain(r["mode"]) and r["overrides"] == others), None)
             if control is None:

@@ -75,6 +75,13 @@ class SyntheticMode:
                          f"Use it with {', '.join(users) or 'no registered method'}, or choose mode clsp or replace")
 
     @classmethod
+    def plain_on_anchors(cls, config: SyntheticConfig) -> bool:
+        """Whether this mode with ``config``, on a store whose candidates are the anchors themselves
+        (``generate.kind: anchors``), trains exactly as the plain method (every view an anchor augmented
+        as a real one), so the plain method's run is its control; default: no."""
+        return False
+
+    @classmethod
     def check_candidates(cls, config: SyntheticConfig, candidates: int) -> None:
         """Raise ValueError (one line) when ``candidates`` per anchor (``generate.candidates``) are too few for
         ``config``; default: any number will do."""
