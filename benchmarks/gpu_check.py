@@ -358,7 +358,7 @@ def section_pretraining(device, size: dict[str, Any]) -> dict[str, Any]:
     synthetic = torch.randint(0, 256, (b, 3, s, s), generator=g, dtype=torch.uint8)
     batch = PretrainBatch(indices=torch.arange(b).to(device), images=images.to(device), labels=None,
                           synthetic=synthetic.to(device))
-    for mode in ("none", "clsp"):
+    for mode, name, views in (("none", "simclr", 2), ("clsp", "clsp_simclr", 3)):
         for precision in precisions(device):
             torch.manual_seed(0)
             method = SimCLR(build_backbone(BackboneConfig(**size["backbone"]), 3), BatchAugment(crop_size=s),
@@ -375,8 +375,7 @@ def section_pretraining(device, size: dict[str, Any]) -> dict[str, Any]:
                 opt.step()
 
             t = timed(step, device, size["warmup"], size["pre_steps"], size["repeats"])
-            name = "simclr" if mode == "none" else "clsp_simclr"
-            out["results"][f"{name}/{precision}"] = {**t, "views": 2 if mode == "none" else 3,
+            out["results"][f"{name}/{precision}"] = {**t, "views": views,
                                                      "images_per_s": round(b / t["s_per_step"], 1)}
             del method, opt
     for precision in precisions(device):

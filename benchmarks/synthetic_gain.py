@@ -122,16 +122,36 @@ def _needs_store(mode: str) -> bool:
     return MODES.get(mode).needs_store
 
 
-def _replace_is_none(mode: str, pretraining: tuple[str, ...]) -> bool:
-    """``replace`` with p = 1, cropped like a real view, same augmentation: on the anchors store every view is
-    an augmented anchor, i.e. plain two-view training (``none``)."""
-    if mode != "replace":
+def _plain(mode: str) -> bool:
+    """Whether ``mode`` adds nothing synthetic (the mode declares it): its rows are the baseline."""
+    from synthpos.registry import MODES
+
+    return not MODES.get(mode).synthetic
+
+
+def _plain_on_anchors(mode: str, pretraining: tuple[str, ...]) -> bool:
+    """Whether the row, on the anchors store, is plain two-view training (the mode says, from the row's
+    ``pretrain.synthetic`` settings: ``replace`` at p = 1 cropped like a real view, same augmentation)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from synthpos.config import SyntheticConfig
+    from synthpos.registry import MODES
+
+    synthetic: dict[str, Any] = {}
+    for override in pretraining:
+        if override.startswith("pretrain.synthetic."):
+            key, _, value = override.removeprefix("pretrain.synthetic.").partition("=")
+            *parents, leaf = key.split(".")
+            section = synthetic
+            for parent in parents:
+                section = section.setdefault(parent, {})
+            section[leaf] = yaml.safe_load(value)
+    try:
+        config = SyntheticConfig(**{**synthetic, "mode": mode})
+    except ValidationError:
         return False
-    synthetic = dict(o.removeprefix("pretrain.synthetic.").split("=", 1) for o in pretraining
-                     if o.startswith("pretrain.synthetic."))
-    return (set(synthetic) <= {"replace_prob", "replace_view", "crop_synthetic"}
-            and float(synthetic.get("replace_prob", 0.5)) == 1.0
-            and synthetic.get("crop_synthetic", "true").lower() == "true")
+    return MODES.get(mode).plain_on_anchors(config)
 
 
 def plan_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -143,7 +163,7 @@ def plan_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     Raises:
         SystemExit: a control's name is taken by a row with other settings.
     """
-    planned = [{**row, "role": row.get("role") or ("baseline" if row["mode"] == "none" else "row"),
+    planned = [{**row, "role": row.get("role") or ("baseline" if _plain(row["mode"]) else "row"),
                 "control": row.get("control")} for row in rows]
     by_name = {row["name"]: row for row in planned}
     controls: dict[tuple, dict[str, Any]] = {}
@@ -151,9 +171,9 @@ def plan_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if row["role"] != "row" or not _needs_store(row["mode"]):
             continue
         pretraining = tuple(o for o in row["overrides"] if not o.startswith("generate."))
-        if _replace_is_none(row["mode"], pretraining):
+        if _plain_on_anchors(row["mode"], pretraining):
             others = [o for o in pretraining if not o.startswith("pretrain.synthetic.")]
-            control = next((r for r in planned if r["mode"] == "none" and r["overrides"] == others), None)
+            control = next((r for r in planned if _plain(r["mode"]) and r["overrides"] == others), None)
             if control is None:
                 control = {"name": "none" if not others else f"{row['name']}_none", "mode": "none", "overrides": others,
                            "role": "baseline", "control": None}
@@ -226,7 +246,7 @@ def run_cpu(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_role(run: dict[str, Any]) -> str:
-    return run.get("role") or ("baseline" if run["mode"] == "none" else "row")
+    return run.get("role") or ("baseline" if _plain(run["mode"]) else "row")
 
 
 def upgrade_results(results: dict[str, Any]) -> dict[str, Any]:
@@ -361,7 +381,7 @@ def one_run(args: argparse.Namespace, row: dict[str, Any], seed: int, subset: in
 
     return {
         "method": config.pretrain.method, "row": row["name"], "mode": row["mode"], "overrides": row["overrides"],
-        "role": row.get("role") or ("baseline" if row["mode"] == "none" else "row"), "control": row.get("control"),
+        "role": row.get("role") or ("baseline" if _plain(row["mode"]) else "row"), "control": row.get("control"),
         "cpu": cpu_identity(), "train_images": config.data.subset, "pretrain_epochs": config.pretrain.epochs,
         "generator": generator_record, "generator_id": (generator_record or {}).get("generator_sha256"),
         "seed": seed, "generation_seed": generation_seed if generator_record else None,
@@ -511,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     results.setdefault("runs", {})
     upgrade_results(results)
     planned = plan_rows(args.rows) if args.controls else [
-        {**r, "role": "baseline" if r["mode"] == "none" else "row", "control": None} for r in args.rows]
+        {**r, "role": "baseline" if _plain(r["mode"]) else "row", "control": None} for r in args.rows]
     if args.none_all and not args.budget_sweep:
         recipe, _ = run_config(args, {"name": "none", "mode": "none", "overrides": []}, args.seeds[0],
                                args.subset, args.epochs)

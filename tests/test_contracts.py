@@ -224,6 +224,8 @@ class ModeContract:
     def test_it_declares_what_it_needs(self) -> None:
         mode = MODES.get(self.name)
         assert isinstance(mode.needs_store, bool) and isinstance(mode.for_every_method, bool)
+        # A mode that adds nothing synthetic reads no store (the stage table then plans no generation).
+        assert isinstance(mode.synthetic, bool) and (mode.synthetic or not mode.needs_store)
         assert mode.for_every_method or (isinstance(mode.needs, str) and mode.needs)
         assert any(_supports(method, mode) for _, method in METHODS.items()), f"no method takes {self.name}"
 

@@ -12,6 +12,8 @@ Configuration is validated once, here; inner code takes plain arguments.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -55,6 +57,15 @@ def _mode_class(name: str) -> Any:
     from synthpos.registry import MODES
 
     return MODES.get(name)
+
+
+@contextmanager
+def _one_line() -> Iterator[None]:
+    """A limit's ValueError as the SynthposError the CLI prints as one line."""
+    try:
+        yield
+    except ValueError as err:
+        raise SynthposError(str(err)) from None
 
 
 def _generator_class(kind: str) -> Any:
@@ -882,53 +893,65 @@ class RunConfig(_Strict):
         MODES.get(self.pretrain.synthetic.mode).check(METHODS.get(self.pretrain.method), self.pretrain.synthetic)
         return self
 
-    def check_limits(self, stages: tuple[str, ...] = ("train-generator", "generate", "pretrain", "evaluate")) -> None:
-        """Limits between sections for the stages about to run, where the config alone sets them.
+    # Limits between sections, where the config alone sets them: one check per stage, which the stage
+    # table's rows name (``Stage.limits``), so that a stage about to run checks its own (a recipe's pretrain
+    # section need not suit the data of a ``synthpos generate`` call). Each raises SynthposError, one line
+    # naming the key and how to fix it.
 
-        Called before a stage (or ``synthpos run``, for all of its stages) starts: a recipe's
-        pretrain section need not suit the data of a ``synthpos generate`` call.
+    def check_limits(self) -> None:
+        """The limits of every stage (``synthpos run`` with all of them).
 
         Raises:
             SynthposError: a value beyond its limit, named with its key and how to fix it.
         """
-        try:
-            self._check_limits(set(stages))
-        except ValueError as err:
-            raise SynthposError(str(err)) from None
+        for check in (self.check_pretrain_limits, self.check_generate_limits, self.check_evaluate_limits,
+                      self.check_train_generator_limits):
+            check()
 
-    def _check_limits(self, stages: set[str]) -> None:
+    def check_pretrain_limits(self) -> None:
+        """The batch against the data and the devices, the mode's needs of the store, its scorer file."""
+        with _one_line():
+            self._check_pretrain_limits(self.data.train_images())
+            # Files that must exist (checked here, not in the sections: a config names them before they are made).
+            scorer = self.pretrain.synthetic.scorer
+            mode = _mode_class(self.pretrain.synthetic.mode)
+            if getattr(mode, "uses_scorer", False) and scorer and not Path(scorer).is_file():
+                raise ValueError(f"pretrain.synthetic.scorer={scorer} does not exist; point it at a synthpos "
+                                 "backbone.pt or a TorchScript file")
+
+    def check_generate_limits(self) -> None:
+        """The anchors against the data; what a generator trained in this run must give its settings."""
         gen, tg = self.generate, self.train_generator
-        images = self.data.train_images()
-        if "pretrain" in stages:
-            self._check_pretrain_limits(images)
-        if "generate" in stages and images is not None and gen.num_anchors is not None and gen.num_anchors > images:
-            raise ValueError(f"generate.num_anchors={gen.num_anchors} but the training split has {images} images")
-        # Files that must exist (checked here, not in the sections: a config names them before they are made).
-        scorer = self.pretrain.synthetic.scorer
-        mode = _mode_class(self.pretrain.synthetic.mode)
-        if "pretrain" in stages and getattr(mode, "uses_scorer", False) and scorer and not Path(scorer).is_file():
-            raise ValueError(f"pretrain.synthetic.scorer={scorer} does not exist; point it at a synthpos backbone.pt "
-                             "or a TorchScript file")
+        with _one_line():
+            images = self.data.train_images()
+            if images is not None and gen.num_anchors is not None and gen.num_anchors > images:
+                raise ValueError(f"generate.num_anchors={gen.num_anchors} but the training split has {images} images")
+            generator = _generator_class(gen.kind)
+            if generator.trains_on_data and gen.generator is None:
+                # The generator is trained in this run: it says which of its settings the training settings limit.
+                generator.check_training(gen.own, tg)
+
+    def check_evaluate_limits(self) -> None:
+        """The checkpoint evaluated exists; the kNN's k within the labelled images."""
         checkpoint = self.evaluate.checkpoint
-        if "evaluate" in stages and checkpoint is not None and not Path(checkpoint).exists():  # CLIP: a folder
-            raise ValueError(f"evaluate.checkpoint={checkpoint} does not exist; point it at a backbone.pt written by "
-                             "synthpos (or leave it unset to evaluate this run's pretraining)")
-        if "evaluate" in stages:
+        with _one_line():
+            if checkpoint is not None and not Path(checkpoint).exists():  # CLIP: a folder
+                raise ValueError(f"evaluate.checkpoint={checkpoint} does not exist; point it at a backbone.pt written "
+                                 "by synthpos (or leave it unset to evaluate this run's pretraining)")
             self._check_knn_limits()
-        generator = _generator_class(gen.kind)
-        if "generate" in stages and generator.trains_on_data and gen.generator is None:
-            # The generator is trained in this run: it says which of its settings the training settings limit.
-            generator.check_training(gen.own, tg)
-        if ("train-generator" in stages and tg.condition is not None and tg.condition.encoder is not None
-                and not Path(tg.condition.encoder).is_file()):
-            raise ValueError(f"train_generator.condition.encoder={tg.condition.encoder} does not exist; point it at a "
-                             "backbone.pt written by `synthpos pretrain` on this data, or leave it unset to pretrain "
-                             "one in round 0 of `synthpos run`")
-        side = self.data.image_side()  # (this check sat unreachable under the raise above)
-        if ("train-generator" in stages and side is not None and tg.sample_size is not None
-                and (tg.sample_size < side or (tg.sample_size - side) % 2)):
-            raise ValueError(f"train_generator.sample_size={tg.sample_size} must be the images' {side} px plus an "
-                             "even number of padding pixels")
+
+    def check_train_generator_limits(self) -> None:
+        """The conditioning encoder exists; the padded sample size fits the images."""
+        tg = self.train_generator
+        with _one_line():
+            if tg.condition is not None and tg.condition.encoder is not None and not Path(tg.condition.encoder).is_file():
+                raise ValueError(f"train_generator.condition.encoder={tg.condition.encoder} does not exist; point it "
+                                 "at a backbone.pt written by `synthpos pretrain` on this data, or leave it unset to "
+                                 "pretrain one in round 0 of `synthpos run`")
+            side = self.data.image_side()
+            if side is not None and tg.sample_size is not None and (tg.sample_size < side or (tg.sample_size - side) % 2):
+                raise ValueError(f"train_generator.sample_size={tg.sample_size} must be the images' {side} px plus an "
+                                 "even number of padding pixels")
 
     def _check_knn_limits(self) -> None:
         """``evaluate.knn_k`` within the labelled set the kNN is fitted on, for every evaluated dataset.

@@ -1,6 +1,7 @@
-"""Reading a config is light: it imports every method and mode module (their settings are part of
-the schema), so none of them may import Lightning or the generator libraries; training imports
-Lightning only when it starts (synthpos.methods.training.lightning_class)."""
+"""Reading a config is light: it imports every method, mode, generator and dataset module (their settings
+are part of the schema), so none of them may import Lightning or the generator libraries at module level;
+training imports Lightning only when it starts (synthpos.methods.training.lightning_class), a generator
+imports diffusers only where it builds or loads a model."""
 
 from __future__ import annotations
 
@@ -9,48 +10,40 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("lightning", "pytorch_lightning", "diffusers", "transformers")
 
 _LOAD = """
 import json, sys
 from synthpos.config import load_config
-from synthpos.registry import METHODS, MODES
+from synthpos.registry import DATASETS, GENERATORS, METHODS, MODES
 seen = {}
 for path in sys.argv[1:]:
     config = load_config(path)
     METHODS.get(config.pretrain.method), MODES.get(config.pretrain.synthetic.mode)
+    GENERATORS.get(config.generate.kind).settings, DATASETS.get(config.data.name)
     seen[path] = [m for m in %r if m in sys.modules]
 print(json.dumps(seen))
 """ % (HEAVY,)
 
 
 def _heavy_modules_after_loading(recipes: list[Path]) -> dict[str, list[str]]:
-    """Each recipe -> the heavy packages in ``sys.modules`` after loading it and those before, in a fresh process."""
+    """Each recipe -> the heavy packages in ``sys.modules`` after loading it (and every recipe before it) and
+    looking its method, mode, generator and dataset up in their registries, in one fresh process."""
     out = subprocess.run([sys.executable, "-c", _LOAD, *map(str, recipes)], capture_output=True, text=True,
                          cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_reading_every_recipe_imports_no_lightning() -> None:
+def test_reading_every_recipe_imports_none_of_the_heavy_libraries() -> None:
+    # Every recipe, those of the unCLIP and class-conditional generators included: checking a generate
+    # section imports every generator module (their settings are part of the schema), which import
+    # diffusers only where they build or load a model.
     recipes = sorted((ROOT / "configs").glob("*/*.yaml"))
     assert len(recipes) > 20
-    seen = _heavy_modules_after_loading(recipes)
-    lightning = {path: heavy for path, heavy in seen.items() if {"lightning", "pytorch_lightning"} & set(heavy)}
-    assert not lightning, lightning
-
-
-@pytest.mark.xfail(strict=True, reason="known regression (issue 27): since generators declare their settings, reading "
-                   "any config looks up every generator class, and generators/{diffusion,clsp,samplers}.py import "
-                   "diffusers (and with it transformers) at module level; Lightning stays out (the test above)")
-def test_reading_a_pretraining_recipe_imports_none_of_the_heavy_libraries() -> None:
-    # Not yet the recipes of the unCLIP and class-conditional generators: checking their generate section
-    # imports the generator's module, which imports diffusers (issue 27 item 1, generator settings).
-    recipes = [ROOT / "configs" / "fashion_mnist" / name for name in
-               ("clsp_simclr.yaml", "mochi_mocov2plus.yaml", "multipos_conditioned.yaml", "all4one.yaml", "dclw.yaml")]
+    kinds = {path.name for path in recipes}
+    assert {"unclip_simclr.yaml", "generator_conditional.yaml"} <= kinds  # the ones that once imported diffusers
     seen = _heavy_modules_after_loading(recipes)
     assert seen == {str(path): [] for path in recipes}
 

@@ -148,3 +148,16 @@ def test_a_synthetic_view_skips_the_crop_when_crop_synthetic_is_off(dataset, sto
         assert torch.equal(is_whole, batch.replaced[:, v] & (not crop)), v
     loss, _ = method.compute_loss(batch)  # the training step takes the same path
     assert torch.isfinite(loss)
+
+
+def test_replace_declares_itself_plain_on_the_anchors_store_only_at_p_one_cropped_and_otherwise_default() -> None:
+    from synthpos.registry import MODES
+
+    def plain(mode: str, **settings) -> bool:
+        return MODES.get(mode).plain_on_anchors(SyntheticConfig(mode=mode, **settings))
+
+    assert plain("replace", replace_prob=1.0) and plain("replace", replace_prob=1.0, replace_view="each")
+    assert not plain("replace", replace_prob=0.5)  # half the views stay real: still plain, but the mode is not
+    assert not plain("replace", replace_prob=1.0, crop_synthetic=False)  # a whole anchor resized is another view
+    assert not plain("replace", replace_prob=1.0, augment={"crop_size": 32})  # its own augmentation
+    assert not plain("quality", replace_prob=1.0) and not plain("clsp")  # weighted pairs; a third view

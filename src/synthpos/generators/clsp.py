@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, SchedulerMixin, UNet2DModel
+
+if TYPE_CHECKING:  # diffusers is imported where it is used: reading a config imports this module
+    from diffusers import SchedulerMixin, UNet2DModel
 
 from synthpos.generators.samplers import ddim_scheduler, noise_to_timestep, sampler_step
 from synthpos.precision import autocast
@@ -295,6 +298,8 @@ def clsp_interpolation_sample(
         label_sets = {1.0: [labels], 0.0: [null]}.get(float(guidance_scale), [null, labels])
         label_passes = [(y[index_dev], y if shared else y[index_dev]) for y in label_sets]
     encode, decode = _unet_split(compiled)
+    from diffusers import DDIMScheduler
+
     is_ddim = isinstance(scheduler, DDIMScheduler)
     shape = anchors.shape[1:]
     channels_last = anchors.shape[1] > 1 and anchors.is_contiguous(memory_format=torch.channels_last)

@@ -24,11 +24,11 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from synthpos.atomic import atomic_path
 from synthpos.config import RunConfig, TrainGeneratorConfig, UNetConfig
@@ -39,6 +39,11 @@ from synthpos.precision import autocast
 from synthpos.progress import progress_bar
 from synthpos.provenance import provenance as make_provenance
 from synthpos.signals import stop_requests
+
+# diffusers (and the transformers it pulls in) is imported where a model is built or loaded, not here:
+# reading a config imports every generator module, and that must stay light.
+if TYPE_CHECKING:
+    from diffusers import DDPMScheduler, UNet2DModel
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
@@ -70,6 +75,8 @@ def build_unet(config: UNetConfig, sample_size: int, channels: int, num_classes:
     down = tuple("AttnDownBlock2D" if lvl in config.attention_levels else "DownBlock2D" for lvl in range(levels))
     up_levels = config.attention_levels if config.up_attention_levels is None else config.up_attention_levels
     up = tuple("AttnUpBlock2D" if lvl in up_levels else "UpBlock2D" for lvl in reversed(range(levels)))
+    from diffusers import UNet2DModel
+
     return UNet2DModel(
         sample_size=sample_size,
         in_channels=channels,
@@ -89,6 +96,8 @@ def build_unet(config: UNetConfig, sample_size: int, channels: int, num_classes:
 
 
 def build_noise_scheduler(config: TrainGeneratorConfig) -> DDPMScheduler:
+    from diffusers import DDPMScheduler
+
     return DDPMScheduler(
         num_train_timesteps=config.num_train_timesteps,
         beta_start=config.beta_start,
@@ -126,6 +135,8 @@ def load_generator(path: Path) -> tuple[UNet2DModel, DDPMScheduler]:
             f"generator directory {path} is incomplete: expected unet/config.json, unet/diffusion_pytorch_model.safetensors "
             "and scheduler/scheduler_config.json (the layout DDPMPipeline.save_pretrained writes)"
         )
+    from diffusers import DDPMScheduler, UNet2DModel
+
     unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False)
     scheduler = DDPMScheduler.from_pretrained(sched_dir)
     unet.eval().requires_grad_(False)
@@ -242,6 +253,8 @@ def save_pipeline(unet: UNet2DModel, scheduler: DDPMScheduler, path: Path, image
     if tmp.exists():
         shutil.rmtree(tmp)
     unet = copy.deepcopy(unet).float().to(memory_format=torch.contiguous_format).cpu()
+    from diffusers import DDPMPipeline
+
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp)
     if image_size is not None and image_size != unet.config.sample_size:
         (tmp / PADDING_FILE).write_text(json.dumps({"image_size": image_size, "sample_size": unet.config.sample_size}))

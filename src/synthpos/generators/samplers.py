@@ -27,8 +27,14 @@ DPM-Solver++ here is the ODE solver: it draws no noise, so ``eta`` applies to DD
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, SchedulerMixin
+
+# diffusers (and the transformers it pulls in) is imported where a scheduler is built, not here:
+# reading a config imports every generator module, and that must stay light.
+if TYPE_CHECKING:
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, SchedulerMixin
 
 __all__ = ["SAMPLERS", "build_sampler", "ddim_scheduler", "dpmsolver_scheduler", "noise_to_timestep", "sampler_step"]
 
@@ -42,6 +48,8 @@ def ddim_scheduler(noise_scheduler: SchedulerMixin, clip_x0: bool = False) -> DD
     ``trailing`` spacing with ``set_alpha_to_one`` visits 999, 989, ..., 9 and then jumps
     to x0 for 100 steps of a 1000-step model: the official CLSP timesteps.
     """
+    from diffusers import DDIMScheduler
+
     return DDIMScheduler.from_config(
         noise_scheduler.config,
         timestep_spacing="trailing",
@@ -54,6 +62,8 @@ def ddim_scheduler(noise_scheduler: SchedulerMixin, clip_x0: bool = False) -> DD
 
 def dpmsolver_scheduler(noise_scheduler: SchedulerMixin, clip_x0: bool = False, order: int = DPMSOLVER_ORDER) -> DPMSolverMultistepScheduler:
     """DPM-Solver++ (multistep, ``order``) from the generator's training schedule (see the module docstring)."""
+    from diffusers import DPMSolverMultistepScheduler
+
     return DPMSolverMultistepScheduler.from_config(
         noise_scheduler.config,
         algorithm_type="dpmsolver++",
@@ -102,6 +112,8 @@ def sampler_step(
     scheduler: SchedulerMixin, eps: torch.Tensor, t: torch.Tensor, x: torch.Tensor, eta: float, variance_noise: torch.Tensor | None
 ) -> torch.Tensor:
     """One update of ``x`` at timestep ``t`` from the noise prediction ``eps`` (DDIM or DPM-Solver++)."""
+    from diffusers import DDIMScheduler
+
     if isinstance(scheduler, DDIMScheduler):
         return scheduler.step(eps, t, x, eta=eta, variance_noise=variance_noise).prev_sample
     return scheduler.step(eps, t, x).prev_sample

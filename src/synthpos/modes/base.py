@@ -28,6 +28,7 @@ class SyntheticMode:
         name: set by ``@register_mode("name")``.
         needs_store: whether the mode reads generated candidates from a store; a mode that
             needs none (``none``, ``mochi``) makes ``run`` skip generator training and generation.
+        synthetic: whether it adds anything synthetic at all (``none`` does not: the plain method).
         for_every_method: the mode works with any method (it needs only ``embed`` and
             ``objective``); otherwise it ``requires`` what a method declares in its ``contrasts``.
         requires: that declaration (the method's ``modes`` then lists this mode).
@@ -44,6 +45,9 @@ class SyntheticMode:
 
     name: ClassVar[str]
     needs_store: ClassVar[bool] = True
+    #: whether the mode adds anything synthetic to the method's own two-view loss (positives from a store,
+    #: mixed hard negatives); False: the plain method (``none``), the baseline synthetic modes are compared with
+    synthetic: ClassVar[bool] = True
     #: whether the mode reads a frozen scorer network (``pretrain.synthetic.scorer``)
     uses_scorer: ClassVar[bool] = False
     for_every_method: ClassVar[bool] = False
@@ -69,6 +73,13 @@ class SyntheticMode:
         users = [name for name, m in METHODS.items() if cls.name in m.modes]
         raise ValueError(f"pretrain.synthetic.mode={cls.name} needs {cls.needs}; {method.name} has none. "
                          f"Use it with {', '.join(users) or 'no registered method'}, or choose mode clsp or replace")
+
+    @classmethod
+    def plain_on_anchors(cls, config: SyntheticConfig) -> bool:
+        """Whether this mode with ``config``, on a store whose candidates are the anchors themselves
+        (``generate.kind: anchors``), trains exactly as the plain method (every view an anchor augmented
+        as a real one), so the plain method's run is its control; default: no."""
+        return False
 
     @classmethod
     def check_candidates(cls, config: SyntheticConfig, candidates: int) -> None:

@@ -8,4 +8,5 @@ class NoSynthetic(SyntheticMode):
     """The plain method: two augmented views of each real image."""
 
     needs_store = False
+    synthetic = False
     for_every_method = True

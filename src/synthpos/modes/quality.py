@@ -20,6 +20,10 @@ class Quality(Replace):
     uses_scorer = True  # the config checks pretrain.synthetic.scorer exists
 
     @classmethod
+    def plain_on_anchors(cls, config) -> bool:
+        return False  # replace's views, but each pair weighted by its score: never the plain loss
+
+    @classmethod
     def check(cls, method, config) -> None:
         super().check(method, config)
         if config.scorer is None:

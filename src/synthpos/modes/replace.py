@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from synthpos.config import SyntheticConfig
 from synthpos.data.batch import PretrainBatch, stored_candidates
 from synthpos.data.synthetic_store import SyntheticStore
 from synthpos.modes.base import SyntheticMode, register_mode
@@ -41,6 +42,15 @@ class Replace(SyntheticMode):
     marks them. The loss is the method's own."""
 
     for_every_method = True
+
+    @classmethod
+    def plain_on_anchors(cls, config: SyntheticConfig) -> bool:
+        """At p = 1 with synthetic views cropped like real ones (and every other synthetic setting at its
+        default), each view on the anchors store is the anchor, augmented as a real view: plain training,
+        whichever views ``replace_view`` names."""
+        own = {"mode", "replace_prob", "replace_view", "crop_synthetic"}
+        others_default = config.model_dump(exclude=own) == type(config)(mode=config.mode).model_dump(exclude=own)
+        return others_default and config.replace_prob == 1.0 and config.crop_synthetic
 
     def fill(self, batch: PretrainBatch, store: SyntheticStore, rng: np.random.Generator) -> None:
         idx = batch.indices.numpy()

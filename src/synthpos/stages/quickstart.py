@@ -51,7 +51,12 @@ def run_quickstart(run_dir: Path, train_generator: bool = False, overrides: list
     start = time.monotonic()
     overrides = [f"run_dir={run_dir}"] + (["generate.generator=null"] if train_generator else []) + list(overrides or [])
     config = load_config(quickstart_recipe(), overrides)
-    config.check_limits(("generate", "pretrain", "evaluate") + (("train-generator",) if config.generate.generator is None else ()))
+    # The limits of the stages it runs, before the first: a generator is trained only when none is given.
+    config.check_generate_limits()
+    config.check_pretrain_limits()
+    config.check_evaluate_limits()
+    if config.generate.generator is None:
+        config.check_train_generator_limits()
     timings: dict[str, float] = {}
     train = load_dataset(config.data, "train")
 

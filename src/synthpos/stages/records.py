@@ -16,7 +16,7 @@ from typing import Any
 from synthpos.atomic import atomic_path
 from synthpos.config import RunConfig
 from synthpos.errors import SynthposError
-from synthpos.stages.table import BY_NAME, Stage, flatten, under
+from synthpos.stages.table import BY_NAME, Stage, flatten
 
 _MISSING = "(not set)"
 
@@ -90,26 +90,10 @@ def _saved_configs(stage: Stage, config: RunConfig) -> Iterator[RunConfig]:
 
 
 def adopt(stage: Stage, config: RunConfig, expected: dict[str, Any]) -> str | None:
-    """How a record-less output is known to match ``config``, or None if it cannot be shown."""
-    if stage.name == "generate":
-        # The store's manifest already holds the generator record: the model for every record.
-        try:
-            manifest = json.loads((config.store_dir / "manifest.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
-        same = (manifest.get("generator") == expected["resolved"]["generator"]
-                and manifest.get("candidates") == config.generate.candidates)
-        return "its manifest's generator record matches" if same else None
-    for saved in _saved_configs(stage, config):
-        if stage.settings(saved) == expected["settings"]:
-            return "the config saved beside it matches"
-    if stage.name == "train-generator":
-        saved_section = stage.output(config) / "train_config.json"
-        if saved_section.is_file():
-            ours = {k: v for k, v in expected["settings"].items() if k.startswith("train_generator.")}
-            left_out = stage.left_out(config)
-            theirs = {k: v for k, v in flatten({"train_generator": json.loads(saved_section.read_text())}).items()
-                      if not under(k, left_out)}
-            if ours == theirs:
-                return "its train_config.json matches (data and seed were not saved; taken as the current ones)"
-    return None
+    """How a record-less output is known to match ``config``, or None if it cannot be shown: a config saved
+    beside it with the same settings (where the row trusts one), else the output's own evidence (``stage.adopt``)."""
+    if stage.adopt_saved_config:
+        for saved in _saved_configs(stage, config):
+            if stage.settings(saved) == expected["settings"]:
+                return "the config saved beside it matches"
+    return stage.adopt(stage, config, expected)

@@ -64,11 +64,11 @@ def _run_stage_locked(stage: Stage, config: RunConfig, show_progress: bool, forc
                       explicit: bool, stop) -> tuple[Any, bool]:
     name = stage.name
     created = created_dirs(stage.output(config))
-    # Under torchrun every rank generates: rank 0 decides (moves a stale store aside, writes the
-    # record) while the others wait, then they read what it wrote.
+    # Under torchrun every rank runs a stage that declares it (generate): rank 0 decides (moves a stale
+    # output aside, writes the record) while the others wait, then they read what it wrote.
     from synthpos.distributed import launched_world_size, wait_for_launched_processes
 
-    launched, lead = name == "generate" and launched_world_size() > 1, is_lead_process()
+    launched, lead = stage.every_rank and launched_world_size() > 1, is_lead_process()
     if launched and not lead:
         wait_for_launched_processes(f"stage {name}")
     status = prepare_stage(stage, config, force, explicit)

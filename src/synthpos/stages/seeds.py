@@ -23,18 +23,22 @@ from pathlib import Path
 from synthpos.atomic import atomic_path
 from synthpos.config import RunConfig
 from synthpos.stages.runner import run_stage
-from synthpos.stages.table import BY_NAME, needed
+from synthpos.stages.store_state import store_feeds
+from synthpos.stages.table import STAGES, needed
+
+#: the stages ``run --seeds`` runs once, before the seeds, when they share a store (the rows declare it)
+SHARED_STAGES = tuple(stage for stage in STAGES if stage.shared_by_seeds)
 
 
 def _reads_store(config: RunConfig) -> bool:
-    """Whether pretraining reads a store (the generate row's ``feeds``: the synthetic mode says)."""
-    return BY_NAME["generate"].feeds(config) is None
+    """Whether pretraining reads a store (the synthetic mode says)."""
+    return store_feeds(config) is None
 
 
 def _trains_shared_generator(config: RunConfig) -> bool:
     """Whether one generator is trained here for every seed: the seeds share a store and the
     table says a generator is trained for it (one trained on the data, none given)."""
-    return config.seed_store == "shared" and needed(BY_NAME["train-generator"], config) is None
+    return config.seed_store == "shared" and any(needed(stage, config) is None for stage in SHARED_STAGES)
 
 
 def covers(config: RunConfig) -> str:
@@ -72,8 +76,8 @@ def train_shared_generator(base: RunConfig, show_progress: bool = True) -> None:
     """The generator every seed shares, in ``<run_dir>/generator``, through the table (with its
     round-0 encoder when it is embedding-conditioned): redone only when its record does not match."""
     ran = False
-    for name in ("encoder", "train-generator"):
-        _, did = run_stage(name, base, show_progress, force=ran)
+    for stage in SHARED_STAGES:
+        _, did = run_stage(stage.name, base, show_progress, force=ran)
         ran = ran or did
 
 

@@ -140,5 +140,5 @@ def check_inputs(stage: Stage, config: RunConfig, explicit: bool = False, upfron
     """
     if not explicit and needed(stage, config) is not None:
         return  # not part of this run: its settings are not read
-    config.check_limits((stage.name,))
+    stage.limits(config)
     stage.check(config, explicit, upfront)

@@ -6,18 +6,33 @@ Read-only: nothing here writes, so the table may ask before the run's lock is ta
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from synthpos.config import RunConfig
 from synthpos.errors import SynthposError
 
 
 def store_feeds(config: RunConfig) -> str | None:
-    """None when pretraining reads a store: the synthetic mode says (``none`` and ``mochi`` read none)."""
+    """None when pretraining reads a store: the synthetic mode says (``needs_store``: ``none`` and ``mochi`` read
+    none; ``synthetic``: ``none`` adds nothing synthetic at all)."""
     from synthpos.registry import MODES
 
-    mode = config.pretrain.synthetic.mode
-    if mode == "none":
+    mode = MODES.get(config.pretrain.synthetic.mode)
+    if not mode.synthetic:
         return "no synthetic positives in this run"
-    return None if MODES.get(mode).needs_store else f"pretrain.synthetic.mode={mode} needs no store"
+    return None if mode.needs_store else f"pretrain.synthetic.mode={mode.name} needs no store"
+
+
+def manifest_matches(config: RunConfig, generator: dict[str, Any]) -> str | None:
+    """A store made before stage records: its manifest's generator record is ``generator`` (the record the
+    run's generator would write) and it holds the run's candidates per anchor; None when not, or unreadable."""
+    try:
+        manifest = json.loads((config.store_dir / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    same = manifest.get("generator") == generator and manifest.get("candidates") == config.generate.candidates
+    return "its manifest's generator record matches" if same else None
 
 
 def open_store(config: RunConfig):

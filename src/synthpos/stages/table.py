@@ -90,6 +90,16 @@ class Stage:
         check: ``check(config, explicit, upfront)`` raises for a bad input before anything is touched.
         stops_anywhere: SIGTERM stops the stage where it is (its outputs are atomic files, nothing to save
             first); stages that checkpoint on SIGTERM catch it themselves.
+        limits: ``limits(config)`` raises for a value beyond a limit between sections that this stage reads
+            (:meth:`RunConfig.check_pretrain_limits` and the like), checked before it starts.
+        every_rank: under torchrun every process runs the stage (generate splits its shards): rank 0
+            decides (moves a stale output aside, writes the record) while the others wait.
+        adopt_saved_config: a record-less output (made before records were written) is taken as current
+            when a config saved beside it gives the same settings (:func:`synthpos.stages.records.adopt`).
+        adopt: ``adopt(stage, config, expected)``: the output's own evidence that a record-less output
+            matches the ``expected`` record (a manifest, a saved section), in words; None where it shows none.
+        shared_by_seeds: with ``seed_store: shared``, ``run --seeds`` runs the stage once in the run directory,
+            before the seeds, for every seed to read (the generator and the encoder it is conditioned on).
     """
 
     name: str
@@ -106,6 +116,11 @@ class Stage:
     space: Callable[[RunConfig], tuple[int | None, str | None]] = field(default=lambda config: (None, None))
     check: Callable[[RunConfig, bool, bool], None] = _no_check
     stops_anywhere: bool = False
+    limits: Callable[[RunConfig], None] = lambda config: None
+    every_rank: bool = False
+    adopt_saved_config: bool = True
+    adopt: Callable[[Stage, RunConfig, dict[str, Any]], str | None] = lambda stage, config, expected: None
+    shared_by_seeds: bool = False
 
     def left_out(self, config: RunConfig) -> tuple[str, ...]:
         """The keys under ``decides`` that do not decide this stage's output."""
@@ -133,6 +148,21 @@ def _generator_feeds(config: RunConfig) -> str | None:
                 "(it loads pretrained weights from generate.generator, or needs none)")
     if config.generate.generator is not None:
         return f"using generator {config.generate.generator}"
+    return None
+
+
+def _train_config_matches(stage: Stage, config: RunConfig, expected: dict[str, Any]) -> str | None:
+    """A generator trained before records: the ``train_config.json`` it wrote gives the same ``train_generator``
+    settings (the data and the seed it did not save are taken as the current ones)."""
+    saved_section = stage.output(config) / "train_config.json"
+    if not saved_section.is_file():
+        return None
+    ours = {k: v for k, v in expected["settings"].items() if k.startswith("train_generator.")}
+    left_out = stage.left_out(config)
+    theirs = {k: v for k, v in flatten({"train_generator": json.loads(saved_section.read_text())}).items()
+              if not under(k, left_out)}
+    if ours == theirs:
+        return "its train_config.json matches (data and seed were not saved; taken as the current ones)"
     return None
 
 
@@ -192,6 +222,7 @@ STAGES: tuple[Stage, ...] = (
         feeds=encoder.encoder_feeds,
         resolved=resolved.pretrain_resolved,
         check=encoder.check_encoder,
+        shared_by_seeds=True,
     ),
     Stage(
         name="train-generator",
@@ -205,6 +236,9 @@ STAGES: tuple[Stage, ...] = (
         feeds=_generator_feeds,
         resolved=resolved.train_generator_resolved,
         check=checks.check_train_generator,
+        limits=RunConfig.check_train_generator_limits,
+        adopt=_train_config_matches,
+        shared_by_seeds=True,
     ),
     Stage(
         # The sampler's settings are in the generator's record (resolved): it knows which of
@@ -226,6 +260,12 @@ STAGES: tuple[Stage, ...] = (
         notes=store_state.store_notes,
         space=store_state.store_space,
         check=checks.check_generate,
+        limits=RunConfig.check_generate_limits,
+        every_rank=True,
+        # The store's manifest holds the generator record: the model for every record, and the only evidence
+        # taken (a saved config does not say which generator made the shards).
+        adopt_saved_config=False,
+        adopt=lambda stage, config, expected: store_state.manifest_matches(config, expected["resolved"]["generator"]),
     ),
     Stage(
         name="pretrain",
@@ -239,6 +279,7 @@ STAGES: tuple[Stage, ...] = (
         feeds=lambda c: None if _evaluates_own_pretraining(c) else f"evaluate.checkpoint={c.evaluate.checkpoint} is evaluated",
         resolved=resolved.pretrain_resolved,
         check=checks.check_pretrain,
+        limits=RunConfig.check_pretrain_limits,
     ),
     Stage(
         name="evaluate",
@@ -252,6 +293,7 @@ STAGES: tuple[Stage, ...] = (
         resolved=resolved.evaluate_resolved,
         check=checks.check_evaluate,
         stops_anywhere=True,
+        limits=RunConfig.check_evaluate_limits,
     ),
 )
 
