@@ -301,7 +301,10 @@ def model_card(enc: Encoder, fmt: str, check: str) -> str:
 def _generator(cfg: dict | None) -> str:
     if cfg is None:
         return "unknown"
-    if _get(cfg, "pretrain", "synthetic", "mode") in (None, "none"):
+    from synthpos.registry import MODES
+
+    mode = _get(cfg, "pretrain", "synthetic", "mode")
+    if mode is None or (mode in MODES and not MODES.get(mode).synthetic):  # what the mode declares, not its name
         return "none (no synthetic positives)"
     kind, path = _get(cfg, "generate", "kind"), _get(cfg, "generate", "generator")
     return f"{kind}" + (f" ({path})" if path else " (trained in the run)")
