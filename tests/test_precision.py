@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from synthpos import precision
+from synthpos.errors import SynthposError
 
 SAPPHIRE_RAPIDS = "flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16 amx_bf16 amx_tile\n"
 ICE_LAKE = "flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni\n"
@@ -25,6 +26,8 @@ def test_cpu_flags_reads_the_flags_line(tmp_path) -> None:
         ("AVX512", SAPPHIRE_RAPIDS, "bf16"),  # torch says only AVX512 on these: the flags decide
         ("AVX512", ICE_LAKE, "fp32"),
         ("AVX2", EPYC_ZEN2, "fp32"),
+        ("AVX2", SAPPHIRE_RAPIDS, "fp32"),  # ATEN_CPU_CAPABILITY=avx2 on a bf16 CPU: torch's bf16 attention fails
+        ("DEFAULT", SAPPHIRE_RAPIDS, "fp32"),
         ("AVX512_BF16", "", "bf16"),
         ("AMX", "", "bf16"),
     ],
@@ -37,3 +40,25 @@ def test_auto_precision_on_cpus(tmp_path, monkeypatch, capability, flags, expect
     monkeypatch.setattr(precision, "cpu_flags", lambda: read_flags(info))
     assert precision.resolve_precision("auto", torch.device("cpu")) == expected
     assert precision.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+
+
+@pytest.mark.parametrize(
+    ("capability", "flags", "blocked"),
+    [("AVX2", SAPPHIRE_RAPIDS, True), ("DEFAULT", SAPPHIRE_RAPIDS, True), ("AVX512", SAPPHIRE_RAPIDS, False),
+     ("AVX2", EPYC_ZEN2, False), ("AMX", SAPPHIRE_RAPIDS, False)],
+)
+def test_explicit_bf16_is_one_line_where_torch_cannot_run_it(tmp_path, monkeypatch, capability, flags, blocked) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text(flags)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    read_flags = precision.cpu_flags
+    monkeypatch.setattr(precision, "cpu_flags", lambda: read_flags(info))
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", capability.lower())
+    if blocked:
+        with pytest.raises(SynthposError) as err:
+            precision.resolve_precision("bf16", torch.device("cpu"))
+        line = str(err.value)
+        assert "\n" not in line and f"ATEN_CPU_CAPABILITY={capability.lower()}" in line and "fp32" in line
+    else:
+        assert precision.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert precision.resolve_precision("bf16", torch.device("cuda")) == "bf16"  # the CPU's kernels do not matter there

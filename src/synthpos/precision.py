@@ -4,15 +4,23 @@ bf16 autocast is a large win on GPUs and on CPUs with native bf16 (AVX512-BF16, 
 On an AVX2-only CPU oneDNN has no bf16 convolution and PyTorch falls back to a slow
 reference kernel: measured here, a 1.1M-parameter UNet ran 122 images/s in fp32 and
 10-28 in bf16. ``auto`` therefore picks bf16 only where the hardware has it.
+
+Where the hardware has it but torch's kernels are held below AVX-512 (``ATEN_CPU_CAPABILITY=avx2``
+or ``default``, as when the suite is checked under each kernel set), torch's bf16 attention kernel
+still takes the AVX512-BF16 path and fails ("pack_vnni2 is only supported when avx512 is
+supported", measured with torch 2.14.1 on a Sapphire Rapids Xeon for a (2, 4, 64, 32) attention):
+there ``auto`` picks fp32 and an explicit ``bf16`` is one line saying so.
 """
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
 
+from synthpos.errors import SynthposError
 
 _BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
 
@@ -35,11 +43,33 @@ def cpu_has_bf16() -> bool:
     AMX (Sapphire Rapids), so the flags are read too.
     """
     capability = torch.backends.cpu.get_cpu_capability().upper()
-    return "BF16" in capability or "AMX" in capability or bool(_BF16_FLAGS & cpu_flags())
+    if "BF16" in capability or "AMX" in capability:
+        return True
+    return capability.startswith("AVX512") and bool(_BF16_FLAGS & cpu_flags())
+
+
+def bf16_blocked(device: torch.device) -> str | None:
+    """Why bf16 cannot run on ``device``, or None: a CPU with AVX512-BF16 whose torch kernels are held
+    below AVX-512 by ``ATEN_CPU_CAPABILITY`` (torch's bf16 attention then fails; see the module)."""
+    if device.type != "cpu":
+        return None
+    capability = torch.backends.cpu.get_cpu_capability().upper()
+    if capability.startswith("AVX512") or "AMX" in capability or not (_BF16_FLAGS & cpu_flags()):
+        return None
+    held = os.environ.get("ATEN_CPU_CAPABILITY", capability.lower())
+    return (f"precision bf16 cannot run here: torch's CPU kernels are held at {capability} "
+            f"(ATEN_CPU_CAPABILITY={held}) on a CPU with AVX512-BF16, where torch's bf16 attention fails; "
+            "unset ATEN_CPU_CAPABILITY or use precision fp32")
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> 'bf16' on CUDA and bf16-capable CPUs, else 'fp32'."""
+    """'auto' -> 'bf16' on CUDA and bf16-capable CPUs, else 'fp32'; 'bf16' where it cannot run: one line.
+
+    Raises:
+        SynthposError: ``bf16`` on a CPU whose torch kernels cannot run it (:func:`bf16_blocked`).
+    """
+    if precision == "bf16" and (blocked := bf16_blocked(device)):
+        raise SynthposError(blocked)
     if precision != "auto":
         return precision
     if device.type == "cuda":
