@@ -128,9 +128,10 @@ MATRIX: dict[tuple[str, str], Cell] = {
         f"{FAULTS_PY}::test_a_full_disk_in_report_is_one_line_and_nothing_half_written",)),
     ("report", "second-launch"): Cell(SECOND + " (report takes the lock of the run it writes report.html into)", (
         f"{FAULTS_PY}::test_a_second_launch_of_each_stage_is_refused_with_nothing_changed[report]",)),
-    ("report", "damaged-input"): Cell("a metrics.json cut short is left out of the page, which is still written "
-                                      "(no notice yet)", (
-        f"{FAULTS_PY}::test_a_report_of_a_run_with_damaged_metrics_leaves_them_out",)),
+    ("report", "damaged-input"): Cell(
+        "a metrics.json cut short, overwritten or of the wrong shape: one line naming it and `synthpos evaluate`, exit "
+        "2, nothing written; evaluate is not done while it is damaged, so the advised command remakes it (same bytes)",
+        (f"{FAULTS_PY}::test_damaged_metrics_are_one_line_in_report_and_remade_by_the_evaluate_it_advises",)),
 
     ("import-store", "sigkill"): Cell(f"finished shards kept; {RESUMES} (the shards generate would write)", (
         f"{FAULTS_PY}::test_import_store_stopped_at_a_seeded_write_resumes_to_the_same_shards[SIGKILL]",)),

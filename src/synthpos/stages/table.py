@@ -162,6 +162,14 @@ def _whole_backbone(path: Path) -> bool:
     return path.is_file() and zipfile.is_zipfile(path)
 
 
+def _whole_metrics(path: Path) -> bool:
+    """``path`` is there and reads back as metrics.json (a JSON object with its results), so a metrics.json cut short,
+    zeroed or overwritten is not a finished evaluation: the `synthpos evaluate` the report advises remakes it."""
+    from synthpos.report.collect import metrics_damage
+
+    return path.is_file() and metrics_damage(path) is None
+
+
 def _evaluates_own_pretraining(config: RunConfig) -> bool:
     """Pretraining feeds evaluation unless ``evaluate.checkpoint`` is a synthpos backbone (a baseline encoder does not
     replace the run's own)."""
@@ -246,7 +254,7 @@ STAGES: tuple[Stage, ...] = (
         ignores=(),
         inputs=("pretrain",),
         output=lambda c: c.evaluate_dir,
-        finished=lambda c: (c.evaluate_dir / "metrics.json").is_file(),
+        finished=lambda c: _whole_metrics(c.evaluate_dir / "metrics.json"),
         run=_run_evaluate,
         result=lambda c: json.loads((c.evaluate_dir / "metrics.json").read_text()),
         resolved=resolved.evaluate_resolved,
