@@ -42,7 +42,9 @@ NOT_A_ROW = {
     "run": "runs the rows' stages in one process under one (re-entrant) lock: each stage's cells hold inside it; "
            "its second launch: test_faults.py::test_a_second_launch_is_refused_and_a_dead_holder_taken_over",
     "quickstart": "runs pretrain and evaluate through run_stage under one lock, as `run` does",
-    "inspect-store": "diagnostics beside a store (<store>/inspect), not a stage output; not in the matrix",
+    "inspect-store": "diagnostics beside a store (<store>/inspect), not a stage output; beside a live holder of the "
+                     "run's lock --verify reads only and plain inspect is refused: test_faults.py::"
+                     "test_inspect_store_beside_a_live_holder_verifies_read_only_and_inspects_not_at_all",
     "compare": "reads two encoders, writes cka.json where --out says; not in the matrix",
     "export": "writes into a new, empty folder outside the run; not in the matrix",
 }

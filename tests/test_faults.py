@@ -229,6 +229,50 @@ def test_a_second_launch_is_refused_and_a_dead_holder_taken_over(made_store, tmp
     assert line
 
 
+@needs_fmnist
+def test_inspect_store_beside_a_live_holder_verifies_read_only_and_inspects_not_at_all(made_store, tmp_path, monkeypatch,
+                                                                                       capsys) -> None:
+    """inspect-store while a real second process holds the run's lock: --verify only reads, so it runs, names the
+    holder, writes no stamp, and calls a shard not there yet unfinished (not damaged, and not the `generate` advice
+    the holder may be carrying out); a damaged shard is still damage. Plain inspect-store writes into the run
+    (<store>/inspect, fidelity/), so it is refused like a second stage. Then, the holder gone, --verify stamps."""
+    import signal
+
+    store = _copy(made_store, tmp_path, monkeypatch)
+    run = tmp_path / "run"
+    (store / "verified.json").unlink(missing_ok=True)
+    verify = ["inspect-store", "--verify", *sets(GENERATE)]
+    holder = _hold(run, tmp_path)
+    try:
+        before = tree(tmp_path)
+        code, out, err = cli(capsys, *verify)
+        assert code == 0 and f"pid {holder.pid}" in " ".join(out.split()) and "no stamp" in out, (code, out, err)
+        assert tree(tmp_path) == before, "a reader beside a writer writes nothing"
+
+        (store / "shard-00003.npy").unlink()  # not written yet
+        before = tree(tmp_path)
+        code, _, err = cli(capsys, *verify)
+        one_line(code, err, "1 of 4 shards are not written yet", f"pid {holder.pid}", "inspect-store --verify` again")
+        assert tree(tmp_path) == before
+
+        _damage(store, "zeroed")  # shard-00002: damage whoever holds the run
+        before = tree(tmp_path)
+        code, _, err = cli(capsys, *verify)
+        one_line(code, err, "shard-00002.npy is damaged", "synthpos generate", f"once pid {holder.pid}")
+        assert tree(tmp_path) == before
+
+        code, _, err = cli(capsys, "inspect-store", *sets(GENERATE))
+        one_line(code, err, f"pid {holder.pid}", "run/.synthpos.lock", f"kill {holder.pid}")
+        assert tree(tmp_path) == before, "refused: nothing written"
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # The holder is gone (its lock left behind by SIGKILL): --verify is the run's again, and stamps what it hashed.
+    code, out, err = cli(capsys, *verify)
+    one_line(code, err, "shard-00002.npy is damaged", "and 1 more shard", "synthpos generate")
+    assert "no stamp" not in out and (store / "verified.json").is_file()
+
+
 def test_a_lock_from_another_host_is_refused_with_the_command_that_clears_it(tmp_path, monkeypatch, capsys) -> None:
     import json
 
