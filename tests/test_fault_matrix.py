@@ -74,8 +74,10 @@ MATRIX: dict[tuple[str, str], Cell] = {
         f"{FAULTS_PY}::test_a_second_launch_of_each_stage_is_refused_with_nothing_changed[train-generator]",)),
     ("train-generator", "damaged-input"): Cell(
         "a checkpoint cut short: resumes from the previous one with a notice; both cut: one line saying to delete "
-        "them (not exercised: a damaged training set, which the dataset loaders refuse on their own)",
-        (f"{CRASH_PY}::test_generator_checkpoint_cut_short_falls_back",)),
+        "them; the trained weights cut short or zeroed: not done, written again from the last checkpoint byte for "
+        "byte (not exercised: a damaged training set, which the dataset loaders refuse on their own)",
+        (f"{CRASH_PY}::test_generator_checkpoint_cut_short_falls_back",
+         f"{FAULTS_PY}::test_damaged_generator_weights_are_one_line_and_remade_by_the_train_generator_it_advises")),
 
     ("generate", "sigkill"): Cell(f"finished shards kept (not rewritten); {RESUMES} (16 shards, manifest)",
                                   (f"{CRASH_PY}::test_generate_survives_sigkill",)),
@@ -87,9 +89,11 @@ MATRIX: dict[tuple[str, str], Cell] = {
         f"{FAULTS_PY}::test_a_second_launch_of_each_stage_is_refused_with_nothing_changed[generate]",)),
     ("generate", "damaged-input"): Cell(
         "a missing, truncated, zeroed or flipped shard: generate is not done, remakes exactly it (byte for byte); "
-        "a shard the manifest does not know is reported, not removed (not exercised: damaged generator weights)",
+        "a shard the manifest does not know is reported, not removed; the generator's weights cut short or zeroed: "
+        "one line naming them and `train-generator`, nothing written",
         (f"{FAULTS_PY}::test_a_damaged_store_is_remade_by_the_command_pretrain_advises",
-         f"{FAULTS_PY}::test_a_shard_the_manifest_does_not_know_is_reported")),
+         f"{FAULTS_PY}::test_a_shard_the_manifest_does_not_know_is_reported",
+         f"{FAULTS_PY}::test_damaged_generator_weights_are_one_line_and_remade_by_the_train_generator_it_advises")),
 
     ("pretrain", "sigkill"): Cell(f"resumes from last.ckpt (previous.ckpt if cut); {RESUMES} (backbone bit for bit)",
                                   (f"{CRASH_PY}::test_pretrain_survives_sigkill_and_a_damaged_checkpoint",

@@ -840,6 +840,39 @@ def test_a_damaged_backbone_is_remade_by_the_command_evaluate_advises(done_run, 
 
 
 @needs_fmnist
+def test_damaged_generator_weights_are_one_line_and_remade_by_the_train_generator_it_advises(tmp_path, monkeypatch,
+                                                                                            capsys) -> None:
+    """Train-generator x damaged input (and generate's): the trained generator's weights cut short before `generate`
+    are one line naming them and `train-generator`, exit 2, nothing written; train-generator is not done while they
+    are damaged and writes them again from its last checkpoint, byte for byte; generate then runs. Zeroed weights
+    before train-generator resumes (killed after its last checkpoint, before COMPLETE): the resume rewrites them."""
+    monkeypatch.chdir(tmp_path)
+    own = sets([g for g in GENERATE if not g.startswith("generate.generator=")], TRAIN_GENERATOR)
+    code, _, err = cli(capsys, "train-generator", "-q", *own)
+    assert code == 0, err
+    weights = tmp_path / "run" / "generator" / "model" / "unet" / "diffusion_pytorch_model.safetensors"
+    whole = weights.read_bytes()
+
+    weights.write_bytes(whole[: len(whole) // 3])
+    before = tree(tmp_path)
+    code, _, err = cli(capsys, "generate", "-q", *own)
+    one_line(code, err, "run/generator/model/unet/diffusion_pytorch_model.safetensors are damaged",
+             "`synthpos train-generator`")
+    assert tree(tmp_path) == before, "refused before anything was written or moved"
+    code, _, err = cli(capsys, "train-generator", "-q", *own)  # the advised command
+    assert code == 0 and "skip train-generator" not in err, err
+    assert weights.read_bytes() == whole, "written again from the last checkpoint, byte for byte"
+    code, _, err = cli(capsys, "generate", "-q", *own)
+    assert code == 0, err
+
+    weights.write_bytes(bytes(len(whole)))
+    (tmp_path / "run" / "generator" / "COMPLETE").unlink()
+    code, _, err = cli(capsys, "train-generator", "-q", *own)
+    assert code == 0, err
+    assert weights.read_bytes() == whole and (tmp_path / "run" / "generator" / "COMPLETE").is_file()
+
+
+@needs_fmnist
 def test_a_damaged_source_of_import_store_is_one_line_with_nothing_written(clsp_import, tmp_path, monkeypatch,
                                                                             capsys) -> None:
     """Import-store x damaged input: a released .npy cut short (a broken download)."""

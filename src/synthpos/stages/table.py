@@ -136,9 +136,23 @@ def _generator_feeds(config: RunConfig) -> str | None:
     return None
 
 
+def _generator_finished(config: RunConfig) -> bool:
+    """COMPLETE is there and the weights are whole: damaged weights are not a finished generator, so the
+    train-generator that generate advises for them writes them again."""
+    model = config.generator_dir / "model"
+    return (config.generator_dir / "COMPLETE").is_file() and checks.weights_damage(model) is None
+
+
 def _run_train_generator(config: RunConfig, show_progress: bool) -> Path:
+    import shutil
+
     from synthpos.generators.diffusion import train_generator_stage
 
+    model = config.generator_dir / "model"
+    if model.is_dir() and checks.weights_damage(model) is not None:
+        # Written from the training state at each checkpoint: a resume that has no step left to train (the
+        # checkpoint is the last one) writes it only where it is absent.
+        shutil.rmtree(model)
     return train_generator_stage(config, show_progress=show_progress)
 
 
@@ -207,7 +221,7 @@ STAGES: tuple[Stage, ...] = (
         ignores=(),
         inputs=("encoder",),
         output=lambda c: c.generator_dir,
-        finished=lambda c: (c.generator_dir / "COMPLETE").is_file(),
+        finished=_generator_finished,
         run=_run_train_generator,
         result=lambda c: c.generator_dir / "model",
         feeds=_generator_feeds,
