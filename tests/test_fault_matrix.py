@@ -42,7 +42,9 @@ NOT_A_ROW = {
     "run": "runs the rows' stages in one process under one (re-entrant) lock: each stage's cells hold inside it; "
            "its second launch: test_faults.py::test_a_second_launch_is_refused_and_a_dead_holder_taken_over",
     "quickstart": "runs pretrain and evaluate through run_stage under one lock, as `run` does",
-    "inspect-store": "diagnostics beside a store (<store>/inspect), not a stage output; not in the matrix",
+    "inspect-store": "diagnostics beside a store (<store>/inspect), not a stage output; beside a live holder of the "
+                     "run's lock --verify reads only and plain inspect is refused: test_faults.py::"
+                     "test_inspect_store_beside_a_live_holder_verifies_read_only_and_inspects_not_at_all",
     "compare": "reads two encoders, writes cka.json where --out says; not in the matrix",
     "export": "writes into a new, empty folder outside the run; not in the matrix",
 }
@@ -72,8 +74,10 @@ MATRIX: dict[tuple[str, str], Cell] = {
         f"{FAULTS_PY}::test_a_second_launch_of_each_stage_is_refused_with_nothing_changed[train-generator]",)),
     ("train-generator", "damaged-input"): Cell(
         "a checkpoint cut short: resumes from the previous one with a notice; both cut: one line saying to delete "
-        "them (not exercised: a damaged training set, which the dataset loaders refuse on their own)",
-        (f"{CRASH_PY}::test_generator_checkpoint_cut_short_falls_back",)),
+        "them; the trained weights cut short or zeroed: not done, written again from the last checkpoint byte for "
+        "byte (not exercised: a damaged training set, which the dataset loaders refuse on their own)",
+        (f"{CRASH_PY}::test_generator_checkpoint_cut_short_falls_back",
+         f"{FAULTS_PY}::test_damaged_generator_weights_are_one_line_and_remade_by_the_train_generator_it_advises")),
 
     ("generate", "sigkill"): Cell(f"finished shards kept (not rewritten); {RESUMES} (16 shards, manifest)",
                                   (f"{CRASH_PY}::test_generate_survives_sigkill",)),
@@ -85,9 +89,11 @@ MATRIX: dict[tuple[str, str], Cell] = {
         f"{FAULTS_PY}::test_a_second_launch_of_each_stage_is_refused_with_nothing_changed[generate]",)),
     ("generate", "damaged-input"): Cell(
         "a missing, truncated, zeroed or flipped shard: generate is not done, remakes exactly it (byte for byte); "
-        "a shard the manifest does not know is reported, not removed (not exercised: damaged generator weights)",
+        "a shard the manifest does not know is reported, not removed; the generator's weights cut short or zeroed: "
+        "one line naming them and `train-generator`, nothing written",
         (f"{FAULTS_PY}::test_a_damaged_store_is_remade_by_the_command_pretrain_advises",
-         f"{FAULTS_PY}::test_a_shard_the_manifest_does_not_know_is_reported")),
+         f"{FAULTS_PY}::test_a_shard_the_manifest_does_not_know_is_reported",
+         f"{FAULTS_PY}::test_damaged_generator_weights_are_one_line_and_remade_by_the_train_generator_it_advises")),
 
     ("pretrain", "sigkill"): Cell(f"resumes from last.ckpt (previous.ckpt if cut); {RESUMES} (backbone bit for bit)",
                                   (f"{CRASH_PY}::test_pretrain_survives_sigkill_and_a_damaged_checkpoint",
@@ -128,9 +134,10 @@ MATRIX: dict[tuple[str, str], Cell] = {
         f"{FAULTS_PY}::test_a_full_disk_in_report_is_one_line_and_nothing_half_written",)),
     ("report", "second-launch"): Cell(SECOND + " (report takes the lock of the run it writes report.html into)", (
         f"{FAULTS_PY}::test_a_second_launch_of_each_stage_is_refused_with_nothing_changed[report]",)),
-    ("report", "damaged-input"): Cell("a metrics.json cut short is left out of the page, which is still written "
-                                      "(no notice yet)", (
-        f"{FAULTS_PY}::test_a_report_of_a_run_with_damaged_metrics_leaves_them_out",)),
+    ("report", "damaged-input"): Cell(
+        "a metrics.json cut short, overwritten or of the wrong shape: one line naming it and `synthpos evaluate`, exit "
+        "2, nothing written; evaluate is not done while it is damaged, so the advised command remakes it (same bytes)",
+        (f"{FAULTS_PY}::test_damaged_metrics_are_one_line_in_report_and_remade_by_the_evaluate_it_advises",)),
 
     ("import-store", "sigkill"): Cell(f"finished shards kept; {RESUMES} (the shards generate would write)", (
         f"{FAULTS_PY}::test_import_store_stopped_at_a_seeded_write_resumes_to_the_same_shards[SIGKILL]",)),

@@ -229,6 +229,50 @@ def test_a_second_launch_is_refused_and_a_dead_holder_taken_over(made_store, tmp
     assert line
 
 
+@needs_fmnist
+def test_inspect_store_beside_a_live_holder_verifies_read_only_and_inspects_not_at_all(made_store, tmp_path, monkeypatch,
+                                                                                       capsys) -> None:
+    """inspect-store while a real second process holds the run's lock: --verify only reads, so it runs, names the
+    holder, writes no stamp, and calls a shard not there yet unfinished (not damaged, and not the `generate` advice
+    the holder may be carrying out); a damaged shard is still damage. Plain inspect-store writes into the run
+    (<store>/inspect, fidelity/), so it is refused like a second stage. Then, the holder gone, --verify stamps."""
+    import signal
+
+    store = _copy(made_store, tmp_path, monkeypatch)
+    run = tmp_path / "run"
+    (store / "verified.json").unlink(missing_ok=True)
+    verify = ["inspect-store", "--verify", *sets(GENERATE)]
+    holder = _hold(run, tmp_path)
+    try:
+        before = tree(tmp_path)
+        code, out, err = cli(capsys, *verify)
+        assert code == 0 and f"pid {holder.pid}" in " ".join(out.split()) and "no stamp" in out, (code, out, err)
+        assert tree(tmp_path) == before, "a reader beside a writer writes nothing"
+
+        (store / "shard-00003.npy").unlink()  # not written yet
+        before = tree(tmp_path)
+        code, _, err = cli(capsys, *verify)
+        one_line(code, err, "1 of 4 shards are not written yet", f"pid {holder.pid}", "inspect-store --verify` again")
+        assert tree(tmp_path) == before
+
+        _damage(store, "zeroed")  # shard-00002: damage whoever holds the run
+        before = tree(tmp_path)
+        code, _, err = cli(capsys, *verify)
+        one_line(code, err, "shard-00002.npy is damaged", "synthpos generate", f"once pid {holder.pid}")
+        assert tree(tmp_path) == before
+
+        code, _, err = cli(capsys, "inspect-store", *sets(GENERATE))
+        one_line(code, err, f"pid {holder.pid}", "run/.synthpos.lock", f"kill {holder.pid}")
+        assert tree(tmp_path) == before, "refused: nothing written"
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # The holder is gone (its lock left behind by SIGKILL): --verify is the run's again, and stamps what it hashed.
+    code, out, err = cli(capsys, *verify)
+    one_line(code, err, "shard-00002.npy is damaged", "and 1 more shard", "synthpos generate")
+    assert "no stamp" not in out and (store / "verified.json").is_file()
+
+
 def test_a_lock_from_another_host_is_refused_with_the_command_that_clears_it(tmp_path, monkeypatch, capsys) -> None:
     import json
 
@@ -796,6 +840,39 @@ def test_a_damaged_backbone_is_remade_by_the_command_evaluate_advises(done_run, 
 
 
 @needs_fmnist
+def test_damaged_generator_weights_are_one_line_and_remade_by_the_train_generator_it_advises(tmp_path, monkeypatch,
+                                                                                            capsys) -> None:
+    """Train-generator x damaged input (and generate's): the trained generator's weights cut short before `generate`
+    are one line naming them and `train-generator`, exit 2, nothing written; train-generator is not done while they
+    are damaged and writes them again from its last checkpoint, byte for byte; generate then runs. Zeroed weights
+    before train-generator resumes (killed after its last checkpoint, before COMPLETE): the resume rewrites them."""
+    monkeypatch.chdir(tmp_path)
+    own = sets([g for g in GENERATE if not g.startswith("generate.generator=")], TRAIN_GENERATOR)
+    code, _, err = cli(capsys, "train-generator", "-q", *own)
+    assert code == 0, err
+    weights = tmp_path / "run" / "generator" / "model" / "unet" / "diffusion_pytorch_model.safetensors"
+    whole = weights.read_bytes()
+
+    weights.write_bytes(whole[: len(whole) // 3])
+    before = tree(tmp_path)
+    code, _, err = cli(capsys, "generate", "-q", *own)
+    one_line(code, err, "run/generator/model/unet/diffusion_pytorch_model.safetensors are damaged",
+             "`synthpos train-generator`")
+    assert tree(tmp_path) == before, "refused before anything was written or moved"
+    code, _, err = cli(capsys, "train-generator", "-q", *own)  # the advised command
+    assert code == 0 and "skip train-generator" not in err, err
+    assert weights.read_bytes() == whole, "written again from the last checkpoint, byte for byte"
+    code, _, err = cli(capsys, "generate", "-q", *own)
+    assert code == 0, err
+
+    weights.write_bytes(bytes(len(whole)))
+    (tmp_path / "run" / "generator" / "COMPLETE").unlink()
+    code, _, err = cli(capsys, "train-generator", "-q", *own)
+    assert code == 0, err
+    assert weights.read_bytes() == whole and (tmp_path / "run" / "generator" / "COMPLETE").is_file()
+
+
+@needs_fmnist
 def test_a_damaged_source_of_import_store_is_one_line_with_nothing_written(clsp_import, tmp_path, monkeypatch,
                                                                             capsys) -> None:
     """Import-store x damaged input: a released .npy cut short (a broken download)."""
@@ -808,14 +885,39 @@ def test_a_damaged_source_of_import_store_is_one_line_with_nothing_written(clsp_
     assert tree(tmp_path) == before, "no run directory, store or lock left"
 
 
+# A metrics.json as a user meets it damaged: cut short (a full disk before atomic writes, a copy stopped half-way),
+# overwritten with something else, or valid JSON of the wrong shape (edited by hand, another tool's file).
+METRICS_DAMAGE = {
+    "truncated": (lambda text: text[:300], "not JSON"),
+    "garbage": (lambda text: "\x00" * 64 + "not json at all", "not JSON"),
+    "list": (lambda text: "[1, 2, 3]", "a JSON list"),
+    "results-string": (lambda text: '{"results": "0.81", "records": []}', "'results' is str"),
+}
+
+
 @needs_fmnist
-def test_a_report_of_a_run_with_damaged_metrics_leaves_them_out(done_run, tmp_path, monkeypatch, capsys) -> None:
-    """Report x damaged input: a metrics.json cut short is left out of the page (no traceback); the rest is shown."""
+def test_damaged_metrics_are_one_line_in_report_and_remade_by_the_evaluate_it_advises(done_run, tmp_path, monkeypatch,
+                                                                                      capsys) -> None:
+    """Report x damaged input: a run whose metrics.json cannot be read back is not reported without its numbers as if
+    it had none: one line naming the file and `synthpos evaluate`, exit 2, nothing written (neither report.html in the
+    run nor the folder of --out); evaluate is not done while the file is damaged, so the advised command remakes it
+    (the same bytes) and the report is then written."""
     shutil.copytree(done_run / "run", tmp_path / "run")
     monkeypatch.chdir(tmp_path)
     metrics = tmp_path / "run" / "evaluate" / "metrics.json"
-    metrics.write_text(metrics.read_text()[:300])
+    whole = metrics.read_bytes()
+    for damage, (change, said) in METRICS_DAMAGE.items():
+        metrics.write_text(change(whole.decode()))
+        before = tree(tmp_path)
+        for out in ([], ["--out", "elsewhere/page.html"]):
+            code, _, err = cli(capsys, "report", "run", *out)
+            one_line(code, err, "run/evaluate/metrics.json is damaged", said, "`synthpos evaluate`")
+            assert tree(tmp_path) == before, (damage, out)  # no report.html, no `elsewhere/`, the lock removed
+    metrics.write_text(whole.decode()[:300])
+    torch.set_num_threads(1)  # as the reference metrics were made
+    code, _, err = cli(capsys, "evaluate", "-q", *sets(GENERATE, PRETRAIN, EVALUATE_GRID))  # the advised command
+    assert code == 0 and "skip evaluate" not in err, err
+    assert metrics.read_bytes() == whole, "remade, the same numbers"
     code, _, err = cli(capsys, "report", "run")
-    assert code == 0 and "Traceback" not in err, err
-    page = (tmp_path / "run" / "report.html").read_text()
-    assert page.rstrip().endswith("</html>") and "CPU" in page
+    assert code == 0, err
+    assert (tmp_path / "run" / "report.html").read_text().rstrip().endswith("</html>")

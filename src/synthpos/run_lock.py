@@ -141,6 +141,20 @@ def _refuse(run_dir: Path, holder: dict[str, Any]) -> SynthposError:
 
 
 
+def live_holder(run_dir: Path | str) -> str | None:
+    """Who holds ``run_dir``'s lock and may be writing in it: ``pid ... on ... since ... (<lock>)``; None when the lock is
+    free, this process's (or its launch's), or left by a process that no longer runs on this host.
+
+    For commands that only read a run (``synthpos inspect-store --verify``): they run beside its writer and say so.
+    A holder on another host, or a lock that cannot be read, counts as live: this host cannot tell.
+    """
+    path = lock_path(Path(run_dir))
+    holder = _read(path)
+    if holder is None or (holder and (_ours(holder) or _dead_here(holder))):
+        return None
+    return f"{_who(holder)} ({path})" if holder else f"a process named by {path}, which cannot be read"
+
+
 def _take(run_dir: Path) -> bool:
     """Take the lock (True), or find it already this launch's (False); refuse anyone else's."""
     path = lock_path(run_dir)

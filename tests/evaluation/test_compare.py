@@ -104,3 +104,24 @@ def test_compare_command_prints_cka_and_writes_the_heat_map(tmp_path: Path) -> N
     saved = json.loads((out / "cka.json").read_text())
     assert f"linear {saved['final']['linear']:.4f}" in result.output
     assert (out / "cka_layers.png").stat().st_size > 2000
+
+
+@pytest.mark.parametrize("text", ["data: [unclosed\n  - x: y:\n", "pretrain: 3\n"])
+def test_compare_with_a_damaged_config_beside_the_backbone_is_one_line(tmp_path: Path, monkeypatch, capsys,
+                                                                        text: str) -> None:
+    """The resolved config.yaml beside a backbone cut short or overwritten: one line naming it, exit 2, nothing
+    written (it says which data to compare on, so it is not skipped silently)."""
+    import sys
+
+    from synthpos.cli import main
+
+    for name, seed in (("a", 0), ("b", 1)):
+        (_backbone(tmp_path, name, seed).parent / "config.yaml").write_text(text)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    monkeypatch.setattr(sys, "argv", ["synthpos", "compare", str(tmp_path / "a"), str(tmp_path / "b")])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert exit_.value.code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: ") and f"{tmp_path / 'a' / 'pretrain' / 'config.yaml'} is damaged" in lines[0]
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before

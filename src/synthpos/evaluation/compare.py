@@ -53,7 +53,15 @@ def run_config_of(path: Path) -> RunConfig | None:
     if backbone is None:
         return None
     cfg = backbone.parent / "config.yaml"
-    return RunConfig.model_validate(yaml.safe_load(cfg.read_text())) if cfg.is_file() else None
+    if not cfg.is_file():
+        return None
+    try:
+        return RunConfig.model_validate(yaml.safe_load(cfg.read_text()))
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError) as err:  # pydantic's ValidationError is a ValueError
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SynthposError(f"{cfg} is damaged or not a synthpos config ({first}); it is the resolved config pretrain "
+                            "wrote beside the backbone, which says which data to compare on: restore it, or remove it "
+                            "and pass --config with the run's recipe") from None
 
 
 def compare_stage(run_a: Path, run_b: Path, data: DataConfig | None = None, images: int = 2000, arch: str | None = None,

@@ -35,6 +35,7 @@ from synthpos.data.store_integrity import (
     ensure_verified,
     unknown_note,
     unrecorded_note,
+    verify,
 )
 from synthpos.data.synthetic_store import SyntheticStore, dataset_fingerprint
 from synthpos.errors import SynthposError
@@ -328,17 +329,22 @@ def print_report(report: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- inspect-store --verify
 
 
-def verify_command(path: Path) -> list[ShardState]:
+def verify_command(path: Path, writer: str | None = None) -> list[ShardState]:
     """``synthpos inspect-store --verify``: hash every shard, stamp, print each shard's state.
 
+    ``writer``: who holds the lock of the run the store is in (:func:`synthpos.run_lock.live_holder`). Then the
+    store may be being written: nothing is written into it (no stamp), and shards not written yet are not called
+    damaged.
+
     Raises:
-        SynthposError: the manifest is damaged, or a shard is missing or damaged (after the table).
+        SynthposError: the manifest is damaged, or a shard is missing or damaged (after the table); with ``writer``,
+            shards not there yet (verify again once it has finished).
     """
     from rich.console import Console
     from rich.table import Table
 
     store = SyntheticStore.open(path, require_complete=False)
-    states = ensure_verified(store, "always", raise_if_bad=False)
+    states = ensure_verified(store, "always", raise_if_bad=False) if writer is None else verify(store, stamp=False)
     table = Table(title=f"{store.path}: {store.layout.num_shards} shards, {HASH}")
     for column in ("shard", "anchors", "state", "detail"):
         table.add_column(column)
@@ -350,8 +356,17 @@ def verify_command(path: Path) -> list[ShardState]:
     console.print(table)
     if note := unknown_note(store):
         console.print(f"note: {note}")
+    damaged = [s for s in states if s.bad and s.state != "missing"]
+    if writer is not None and not damaged and (missing := [s for s in states if s.state == "missing"]):
+        # Shards are published whole (renamed into place): one not there yet is unfinished work, not damage.
+        raise SynthposError(f"store {store.path}: {len(missing)} of {len(states)} shards are not written yet and "
+                            f"{writer} holds its run; run `synthpos inspect-store --verify` again once it has "
+                            "finished")
     if message := damage_message(store, states):
-        raise SynthposError(message)
+        raise SynthposError(message + (f" (once {writer}, which holds its run, has finished)" if writer else ""))
     if note := unrecorded_note(store, states):
         console.print(f"note: {note}")
+    if writer is not None:
+        console.print(f"note: {writer} holds the run of this store, which may be being written: this is what was there "
+                      "now, and nothing was written (no stamp)", markup=False, highlight=False)
     return states

@@ -16,7 +16,7 @@ from typing import Any
 
 from synthpos.errors import SynthposError
 
-__all__ = ["collect_run", "Entry"]
+__all__ = ["collect_run", "Entry", "metrics_damage", "read_metrics"]
 
 # An entry: one encoder's row in the report.
 Entry = dict[str, Any]
@@ -27,6 +27,60 @@ def _json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def metrics_damage(path: Path) -> str | None:
+    """Why ``path`` (an evaluation's metrics.json, docs/metrics.md) cannot be read back, or None (whole, or absent).
+
+    Whole means a JSON object whose ``results`` is an object (and ``records`` a list, ``baselines`` an object,
+    where present): what the report and ``synthpos run`` read from it. Hashes and numbers are not checked here.
+    """
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as err:
+        return f"unreadable: {err.__class__.__name__}: {err}"
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        return f"not JSON, cut short or overwritten: {getattr(err, 'msg', err)} at character {getattr(err, 'pos', '?')}"
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not the object synthpos evaluate writes"
+    for key, kind in (("results", dict), ("records", list), ("baselines", dict)):
+        if (key in data or key == "results") and not isinstance(data.get(key), kind):
+            return f"its {key!r} is {type(data.get(key)).__name__}, not a JSON {'object' if kind is dict else 'array'}"
+    return None
+
+
+def read_metrics(path: Path) -> dict | None:
+    """An evaluation's metrics.json, or None where there is none.
+
+    Raises:
+        SynthposError: the file is there but damaged (:func:`metrics_damage`): one line naming it and how to remake
+            it. A report that left it out silently would show a run without its numbers as if it had none.
+    """
+    path = Path(path)
+    if (why := metrics_damage(path)) is not None:
+        raise SynthposError(f"{path} is damaged ({why}); run the `synthpos evaluate` (or `synthpos run`) that wrote it "
+                            "again: evaluate is not done while its metrics.json is damaged and remakes it; or move the "
+                            "file away to report the run without its numbers")
+    return _json(path)
+
+
+def _summary(path: Path, command: str) -> dict | None:
+    """A run's own summary (a quick start's results.json, a multi-seed run's seeds.json), or None where there is none.
+
+    Raises:
+        SynthposError: it is there but not a JSON object: read as absent, the run would be reported as another kind.
+    """
+    if not path.exists():
+        return None
+    data = _json(path)
+    if not isinstance(data, dict):
+        raise SynthposError(f"{path} is damaged (not the JSON object `{command}` writes); run the `{command}` that "
+                            "wrote it again, which writes it anew from the finished stages")
+    return data
 
 
 def read_curves(pretrain_dir: Path) -> dict[str, list[tuple[float, float]]]:
@@ -113,8 +167,8 @@ def collect_run(run_dir: Path) -> dict:
     out: dict[str, Any] = {"dir": run_dir, "seeds": None, "records": _stage_records(run_dir), "timings": {},
                            "provenance": read_provenance(run_dir),
                            "fidelity": None, "positives": None, "inspect": None, "store": None}
-    quick = _json(run_dir / "results.json")
-    seeds = _json(run_dir / "seeds.json")
+    quick = _summary(run_dir / "results.json", "synthpos quickstart")
+    seeds = _summary(run_dir / "seeds.json", "synthpos run --seeds")
     if quick and "rows" in quick:
         out["kind"] = "quickstart"
         folders = {"SimCLR": "simclr", "CLSP-SimCLR": "clsp_simclr", "random init": "random_init",
@@ -129,7 +183,7 @@ def collect_run(run_dir: Path) -> dict:
                 entry["backbone"] = None
             out["entries"].append(entry)
         # A baseline evaluated on the quick start's data (`synthpos evaluate` with evaluate.checkpoint in its run_dir).
-        out["entries"] += _baseline_entries(_json(run_dir / "evaluate" / "metrics.json"))
+        out["entries"] += _baseline_entries(read_metrics(run_dir / "evaluate" / "metrics.json"))
         out["timings"] = {**quick.get("timings", {}), "wall_s": quick.get("wall_s")}
         out["fidelity"] = {**quick.get("fidelity", {}), "classifier_test_top1": quick.get("classifier_test_top1")}
         if (run_dir / "positives.png").is_file():
@@ -142,12 +196,12 @@ def collect_run(run_dir: Path) -> dict:
             sub_dir = Path(sub) if Path(sub).is_absolute() else run_dir / f"seed-{s}"
             if not sub_dir.is_dir():
                 sub_dir = run_dir / f"seed-{s}"
-            metrics = _json(sub_dir / "evaluate" / "metrics.json")
+            metrics = read_metrics(sub_dir / "evaluate" / "metrics.json")
             out["entries"].append(_pretrain_entry(f"{run_dir.name} seed {s}", sub_dir / "pretrain", metrics))
             out["entries"] += _baseline_entries(metrics, f" seed {s}")
     elif (run_dir / "evaluate" / "metrics.json").is_file() or (run_dir / "pretrain").is_dir():
         out["kind"] = "pipeline"
-        metrics = _json(run_dir / "evaluate" / "metrics.json")
+        metrics = read_metrics(run_dir / "evaluate" / "metrics.json")
         out["entries"] = [_pretrain_entry(run_dir.name, run_dir / "pretrain", metrics)] + _baseline_entries(metrics)
     else:
         raise SynthposError(f"{run_dir} holds no synthpos run (no results.json, seeds.json, evaluate/metrics.json "

@@ -166,9 +166,23 @@ def _train_config_matches(stage: Stage, config: RunConfig, expected: dict[str, A
     return None
 
 
+def _generator_finished(config: RunConfig) -> bool:
+    """COMPLETE is there and the weights are whole: damaged weights are not a finished generator, so the
+    train-generator that generate advises for them writes them again."""
+    model = config.generator_dir / "model"
+    return (config.generator_dir / "COMPLETE").is_file() and checks.weights_damage(model) is None
+
+
 def _run_train_generator(config: RunConfig, show_progress: bool) -> Path:
+    import shutil
+
     from synthpos.generators.diffusion import train_generator_stage
 
+    model = config.generator_dir / "model"
+    if model.is_dir() and checks.weights_damage(model) is not None:
+        # Written from the training state at each checkpoint: a resume that has no step left to train (the
+        # checkpoint is the last one) writes it only where it is absent.
+        shutil.rmtree(model)
     return train_generator_stage(config, show_progress=show_progress)
 
 
@@ -190,6 +204,14 @@ def _whole_backbone(path: Path) -> bool:
     import zipfile
 
     return path.is_file() and zipfile.is_zipfile(path)
+
+
+def _whole_metrics(path: Path) -> bool:
+    """``path`` is there and reads back as metrics.json (a JSON object with its results), so a metrics.json cut short,
+    zeroed or overwritten is not a finished evaluation: the `synthpos evaluate` the report advises remakes it."""
+    from synthpos.report.collect import metrics_damage
+
+    return path.is_file() and metrics_damage(path) is None
 
 
 def _evaluates_own_pretraining(config: RunConfig) -> bool:
@@ -230,7 +252,7 @@ STAGES: tuple[Stage, ...] = (
         ignores=(),
         inputs=("encoder",),
         output=lambda c: c.generator_dir,
-        finished=lambda c: (c.generator_dir / "COMPLETE").is_file(),
+        finished=_generator_finished,
         run=_run_train_generator,
         result=lambda c: c.generator_dir / "model",
         feeds=_generator_feeds,
@@ -287,7 +309,7 @@ STAGES: tuple[Stage, ...] = (
         ignores=(),
         inputs=("pretrain",),
         output=lambda c: c.evaluate_dir,
-        finished=lambda c: (c.evaluate_dir / "metrics.json").is_file(),
+        finished=lambda c: _whole_metrics(c.evaluate_dir / "metrics.json"),
         run=_run_evaluate,
         result=lambda c: json.loads((c.evaluate_dir / "metrics.json").read_text()),
         resolved=resolved.evaluate_resolved,

@@ -164,11 +164,13 @@ def stamped_states(store: SyntheticStore) -> list[ShardState]:
     return out
 
 
-def verify(store: SyntheticStore) -> list[ShardState]:
-    """A full check of every shard, stamped: this process does the hashing."""
+def verify(store: SyntheticStore, stamp: bool = True) -> list[ShardState]:
+    """A full check of every shard, stamped unless ``stamp`` is False (a store another process is writing: a reader
+    writes nothing into it); this process does the hashing."""
     stats = _file_stats(store)  # before hashing: a shard that changes meanwhile makes the stamp stale
     states = check_store(store, full=True)
-    write_stamp(store, states, stats)
+    if stamp:
+        write_stamp(store, states, stats)
     return states
 
 
