@@ -20,6 +20,15 @@ def test_cpu_flags_reads_the_flags_line(tmp_path) -> None:
     assert precision.cpu_flags(tmp_path / "missing") == set()
 
 
+def _pretend_cpu(tmp_path, monkeypatch, capability: str, flags: str) -> None:
+    """torch's kernel set says ``capability`` and /proc/cpuinfo's flags line is ``flags``."""
+    info = tmp_path / "cpuinfo"
+    info.write_text(flags)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    read_flags = precision.cpu_flags
+    monkeypatch.setattr(precision, "cpu_flags", lambda: read_flags(info))
+
+
 @pytest.mark.parametrize(
     ("capability", "flags", "expected"),
     [
@@ -33,11 +42,7 @@ def test_cpu_flags_reads_the_flags_line(tmp_path) -> None:
     ],
 )
 def test_auto_precision_on_cpus(tmp_path, monkeypatch, capability, flags, expected) -> None:
-    info = tmp_path / "cpuinfo"
-    info.write_text(flags)
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    read_flags = precision.cpu_flags
-    monkeypatch.setattr(precision, "cpu_flags", lambda: read_flags(info))
+    _pretend_cpu(tmp_path, monkeypatch, capability, flags)
     assert precision.resolve_precision("auto", torch.device("cpu")) == expected
     assert precision.resolve_precision("fp32", torch.device("cpu")) == "fp32"
 
@@ -48,11 +53,7 @@ def test_auto_precision_on_cpus(tmp_path, monkeypatch, capability, flags, expect
      ("AVX2", EPYC_ZEN2, False), ("AMX", SAPPHIRE_RAPIDS, False)],
 )
 def test_explicit_bf16_is_one_line_where_torch_cannot_run_it(tmp_path, monkeypatch, capability, flags, blocked) -> None:
-    info = tmp_path / "cpuinfo"
-    info.write_text(flags)
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    read_flags = precision.cpu_flags
-    monkeypatch.setattr(precision, "cpu_flags", lambda: read_flags(info))
+    _pretend_cpu(tmp_path, monkeypatch, capability, flags)
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", capability.lower())
     if blocked:
         with pytest.raises(SynthposError) as err:
