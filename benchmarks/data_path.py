@@ -234,6 +234,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.images, args.batch_size, args.workers, args.epochs = 8, 4, [1], 2
     photos = photo_folder(args.photos)
     machine = machine_info("torchvision", "PIL")  # its load average is the one at the start
+    if args.tree is not None:
+        args.tree.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.tree) as tmp:
         sizes = (args.images, args.images * args.scale)
         trees = {n: Path(tmp) / f"tree{n}" for n in sizes}
