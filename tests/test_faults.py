@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -870,6 +871,26 @@ def test_damaged_generator_weights_are_one_line_and_remade_by_the_train_generato
     code, _, err = cli(capsys, "train-generator", "-q", *own)
     assert code == 0, err
     assert weights.read_bytes() == whole and (tmp_path / "run" / "generator" / "COMPLETE").is_file()
+
+
+@needs_fmnist
+def test_damaged_weights_of_a_training_ended_by_its_time_limit_are_rewritten_not_trained_on(tmp_path, monkeypatch,
+                                                                                           capsys) -> None:
+    """A training that ended on train_generator.max_minutes (or a minutes-cadence stop) has steps left: the repair
+    of its damaged weights writes the same weights at the same step and keeps COMPLETE, rather than training on."""
+    monkeypatch.chdir(tmp_path)
+    own = sets([g for g in GENERATE if not g.startswith("generate.generator=")], TRAIN_GENERATOR,
+               ["train_generator.max_steps=100000", "train_generator.max_minutes=0.0001"])  # stops after one step
+    code, _, err = cli(capsys, "train-generator", "-q", *own)
+    assert code == 0, err
+    gen = tmp_path / "run" / "generator"
+    weights = gen / "model" / "unet" / "diffusion_pytorch_model.safetensors"
+    whole, complete = weights.read_bytes(), (gen / "COMPLETE").read_text()
+    assert json.loads(complete)["step"] < 100000
+    weights.write_bytes(bytes(len(whole)))
+    code, _, err = cli(capsys, "train-generator", "-q", *own)
+    assert code == 0 and "skip train-generator" not in err, err
+    assert weights.read_bytes() == whole and (gen / "COMPLETE").read_text() == complete
 
 
 @needs_fmnist

@@ -283,6 +283,7 @@ def train_generator(
     condition: ConditionData | None = None,
     provenance: dict | None = None,
     hyperparameters: dict | None = None,
+    stop_at: int | None = None,
 ) -> Path:
     """Train a DDPM on ``images`` and write it to ``output_dir/model``.
 
@@ -298,6 +299,9 @@ def train_generator(
         config: the stage's settings.
         output_dir: where ``checkpoint.pt``, ``model/`` and ``COMPLETE`` go.
         labels: class labels (N,) in ``[0, num_classes)``; needed when ``config.class_conditional``.
+        stop_at: the step a finished training ended at, when only its ``model/`` is written again
+            (damaged weights): nothing is trained past it (a time limit or a minutes-cadence stop
+            would otherwise train on from the checkpoint), and ``COMPLETE`` is left as it was.
         num_classes: classes of a class-conditional model (default: ``labels.max() + 1``).
         on_check: called at steps ``check_every_steps``, 2x, 3x, ... or every
             ``check_every_minutes`` of training wall time (exactly one of the two), after a
@@ -426,7 +430,8 @@ def train_generator(
     with (progress_bar("train generator", total=config.max_steps, completed=step, enabled=show_progress) as bar,
           stop_requests(sigint=True) as stop):
         try:
-            while step < config.max_steps and not stopped:
+            last_step = config.max_steps if stop_at is None else min(config.max_steps, stop_at)
+            while step < last_step and not stopped:
                 idx = rng.integers(0, n, size=config.batch_size)
                 target_idx = idx
                 if condition is not None and config.condition.neighbour_prob > 0:
@@ -499,8 +504,10 @@ def train_generator(
             loggers.finish("failed")
             raise
     loggers.finish()
-    if not model_dir.exists():
+    if not model_dir.exists() or (stop_at is not None and saved_step != step):  # a repair ends off a checkpoint step
         checkpoint()
+    if stop_at is not None and step == stop_at and (output_dir / "COMPLETE").is_file():
+        return model_dir  # its weights written again; the record of how training ended stays
     (output_dir / "COMPLETE").write_text(json.dumps({"step": step, "stopped_by_check": stopped,
                                                      "provenance": provenance or make_provenance(config)}))
     return model_dir
@@ -531,8 +538,9 @@ def count_parameters(module: torch.nn.Module) -> int:
 
 
 
-def train_generator_stage(config: RunConfig, show_progress: bool = True) -> Path:
-    """Stage 1 from a run config: the run's training split -> ``<run_dir>/generator``."""
+def train_generator_stage(config: RunConfig, show_progress: bool = True, stop_at: int | None = None) -> Path:
+    """Stage 1 from a run config: the run's training split -> ``<run_dir>/generator``
+    (``stop_at``: see :func:`train_generator`)."""
     from synthpos.data import load_dataset
 
     check_loggers(config.train_generator.loggers, "train_generator.loggers")
@@ -568,4 +576,5 @@ def train_generator_stage(config: RunConfig, show_progress: bool = True) -> Path
         on_check=on_check, check_every_minutes=None if rule is None else rule.every_minutes,
         check_every_steps=None if rule is None else rule.every_steps, condition=condition,
         provenance=provenance, hyperparameters={**config.model_dump(mode="json"), "provenance": provenance},
+        stop_at=stop_at,
     )

@@ -178,12 +178,16 @@ def _run_train_generator(config: RunConfig, show_progress: bool) -> Path:
 
     from synthpos.generators.diffusion import train_generator_stage
 
-    model = config.generator_dir / "model"
+    model, complete = config.generator_dir / "model", config.generator_dir / "COMPLETE"
+    stop_at = None
     if model.is_dir() and checks.weights_damage(model) is not None:
         # Written from the training state at each checkpoint: a resume that has no step left to train (the
-        # checkpoint is the last one) writes it only where it is absent.
+        # checkpoint is the last one) writes it only where it is absent. A finished training (COMPLETE) is
+        # not trained past its last step: a time limit or a minutes-cadence stop would train on otherwise.
         shutil.rmtree(model)
-    return train_generator_stage(config, show_progress=show_progress)
+        if complete.is_file():
+            stop_at = json.loads(complete.read_text())["step"]
+    return train_generator_stage(config, show_progress=show_progress, stop_at=stop_at)
 
 
 def _run_generate(config: RunConfig, show_progress: bool):
