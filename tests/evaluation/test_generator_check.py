@@ -31,3 +31,18 @@ def test_a_check_makes_and_judges_the_generators_positives(tmp_path: Path, monke
     assert 0 <= result["fidelity"] <= 1 and result["sampling"]["num_steps"] == 2
     assert result["diversity"]["pixel"]["candidate_to_anchor"] > 0 and result["classifier_test_top1"] == 0.1
     assert check.history() == [json.loads(json.dumps(result))]
+
+
+def test_a_check_line_cut_short_by_a_kill_is_cut_off_so_the_check_is_made_again(tmp_path) -> None:
+    from synthpos.errors import SynthposError
+    from synthpos.evaluation.generator_check import GeneratorCheck
+
+    log = tmp_path / "checks.jsonl"
+    log.write_text('{"step": 2, "fidelity": 0.6}\n{"step": 4, "fidel')  # killed during the append
+    check = object.__new__(GeneratorCheck)  # only its log is read: no classifier, no data
+    check.log = log
+    assert [c["step"] for c in check.history()] == [2]
+    assert log.read_text() == '{"step": 2, "fidelity": 0.6}\n', "the next check's line is appended whole"
+    log.write_text('{"step": 2}\nnot json\n')
+    with pytest.raises(SynthposError, match="checks.jsonl is damaged"):
+        check.history()

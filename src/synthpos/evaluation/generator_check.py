@@ -86,9 +86,20 @@ class GeneratorCheck:
         self.settings = config.generate.model_copy(update={"candidates": rule.candidates, "compile": False})
 
     def history(self) -> list[dict[str, Any]]:
+        """The checks made so far, in order. A last line a kill cut short (no newline) is cut off the file,
+        so that check is made again and the next line is appended whole."""
         if not self.log.is_file():
             return []
-        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+        data = self.log.read_bytes()
+        if data and not data.endswith(b"\n"):
+            data = data[: data.rfind(b"\n") + 1]
+            with open(self.log, "r+b") as fh:
+                fh.truncate(len(data))
+        try:
+            return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+        except ValueError as err:
+            raise SynthposError(f"{self.log} is damaged ({err}); delete it to check again from the next check's "
+                                "step (the stop rule then starts its count anew)") from None
 
     def __call__(self, model_dir: Path, step: int) -> dict[str, Any]:
         start = time.monotonic()
