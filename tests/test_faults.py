@@ -942,3 +942,21 @@ def test_damaged_metrics_are_one_line_in_report_and_remade_by_the_evaluate_it_ad
     code, _, err = cli(capsys, "report", "run")
     assert code == 0, err
     assert (tmp_path / "run" / "report.html").read_text().rstrip().endswith("</html>")
+
+
+def test_damaged_weights_left_by_another_generator_kind_do_not_stop_generate(tmp_path) -> None:
+    """generate's weight check is for the generator it runs: the anchors kind trains nothing and reads no weights,
+    so a damaged folder a clsp run left is not its concern (advising train-generator would train a DDPM for nothing)."""
+    from synthpos.config import load_config
+    from synthpos.errors import SynthposError
+    from synthpos.stages.checks import check_generate
+
+    def config(kind: str):
+        return load_config(None, [f"run_dir={tmp_path / 'run'}", f"generate.kind={kind}"])
+
+    weights = config("clsp").generator_model / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(bytes(64))  # zeroed
+    with pytest.raises(SynthposError, match="are damaged"):
+        check_generate(config("clsp"), explicit=True, upfront=False)
+    check_generate(config("anchors"), explicit=True, upfront=False)

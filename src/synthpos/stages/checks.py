@@ -81,6 +81,10 @@ def check_generate(config: RunConfig, explicit: bool, upfront: bool) -> None:
     """A generator folder named by ``generate.generator`` exists; the generator's weights (that folder's, or the run's
     own that train-generator made) are whole."""
     if config.generate.generator is None:
+        from synthpos.registry import GENERATORS
+
+        if not GENERATORS.get(config.generate.kind).trains_on_data:  # a generator folder left by another kind is unused
+            return
         own = config.generator_model
         if not upfront and (damage := weights_damage(own)) is not None:  # in a run, train-generator remakes them first
             raise SynthposError(f"the generator's weights {damage[0]} are damaged ({damage[1]}); run `synthpos "
