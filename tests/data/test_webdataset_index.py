@@ -116,3 +116,23 @@ def test_a_just_written_tar_is_not_cached_and_a_read_only_folder_uses_the_user_c
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user"))
     np.testing.assert_array_equal(index_tar(tar)[1], [0, 1])
     assert [p.name for p in (tmp_path / "user" / "synthpos" / "tar-index").glob("*/*.npz")] == [f"{tar.name}.npz"]
+
+
+def test_new_bytes_under_the_old_modification_time_are_indexed_again(tmp_path, scans) -> None:
+    """``cp -p`` / ``touch -r`` put back the old mtime; the change time still says the tar is new."""
+    write_shards(tmp_path, _samples([0, 1]), per_shard=2)
+    (path,) = sorted(tmp_path.glob("*.tar"))
+    _age(path)
+    index_shards([path])
+    other = tmp_path / "other"
+    other.mkdir()
+    write_shards(other, _samples([1, 0]), per_shard=2)
+    (new,) = sorted(other.glob("*.tar"))
+    assert new.stat().st_size == path.stat().st_size
+    data = new.read_bytes()
+    with open(path, "r+b") as fh:  # same inode, same size
+        fh.write(data)
+    _age(path)  # the old modification time put back
+    scans.clear()
+    _, labels = index_shards([path])
+    assert scans == [path.name] and labels.tolist() == [1, 0]

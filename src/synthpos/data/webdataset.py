@@ -101,9 +101,11 @@ def _index_files(path: Path) -> list[Path]:
 
 
 def _stamp(path: Path) -> np.ndarray:
-    """What a cached index is valid for: the tar's size, modification time (ns) and inode, and the index version."""
+    """What a cached index is valid for: the tar's size, modification and change times (ns), inode, and the index
+    version. The change time too: ``cp -p``, ``touch -r`` or ``rsync -t --inplace`` can put new bytes under the old
+    modification time, never under the old change time. Unsigned: an inode number may not fit an int64."""
     st = path.stat()
-    return np.array([st.st_size, st.st_mtime_ns, st.st_ino, INDEX_VERSION], dtype=np.int64)
+    return np.array([st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, INDEX_VERSION], dtype=np.uint64)
 
 
 def _cached_index(path: Path, stamp: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -138,7 +140,7 @@ def index_tar(path: Path, cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """One shard's index (see :func:`_scan_tar`), read from its cache when the tar has not changed since.
 
     Reading every header of a big shard set at each open takes minutes; the cache makes it one small
-    file per shard. It is keyed by the tar's size, modification time and inode: a rewritten or
+    file per shard. It is keyed by the tar's size, modification and change times and inode: a rewritten or
     replaced tar is scanned again and its cache rewritten (atomically: a reader sees the old file or
     the new one). A tar modified in the last :data:`RECENT_NS` is scanned but not cached, so that a
     rewrite within the file system's time resolution cannot leave a stale index behind.
