@@ -891,6 +891,10 @@ def test_damaged_weights_of_a_training_ended_by_its_time_limit_are_rewritten_not
     code, _, err = cli(capsys, "train-generator", "-q", *own)
     assert code == 0 and "skip train-generator" not in err, err
     assert weights.read_bytes() == whole and (gen / "COMPLETE").read_text() == complete
+    weights.unlink()  # deleted, not damaged: not a whole generator either
+    code, _, err = cli(capsys, "train-generator", "-q", *own)
+    assert code == 0 and "skip train-generator" not in err, err
+    assert weights.read_bytes() == whole and (gen / "COMPLETE").read_text() == complete
 
 
 @needs_fmnist

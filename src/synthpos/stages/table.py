@@ -169,8 +169,12 @@ def _train_config_matches(stage: Stage, config: RunConfig, expected: dict[str, A
 def _generator_finished(config: RunConfig) -> bool:
     """COMPLETE is there and the weights are whole: damaged weights are not a finished generator, so the
     train-generator that generate advises for them writes them again."""
-    model = config.generator_dir / "model"
-    return (config.generator_dir / "COMPLETE").is_file() and checks.weights_damage(model) is None
+    return (config.generator_dir / "COMPLETE").is_file() and _weights_whole(config.generator_dir / "model")
+
+
+def _weights_whole(model: Path) -> bool:
+    """The UNet's weight file is there and whole (a deleted one is not a whole generator either)."""
+    return any(model.glob("unet/diffusion_pytorch_model.*")) and checks.weights_damage(model) is None
 
 
 def _run_train_generator(config: RunConfig, show_progress: bool) -> Path:
@@ -180,7 +184,7 @@ def _run_train_generator(config: RunConfig, show_progress: bool) -> Path:
 
     model, complete = config.generator_dir / "model", config.generator_dir / "COMPLETE"
     stop_at = None
-    if model.is_dir() and checks.weights_damage(model) is not None:
+    if model.is_dir() and not _weights_whole(model):
         # Written from the training state at each checkpoint: a resume that has no step left to train (the
         # checkpoint is the last one) writes it only where it is absent. A finished training (COMPLETE) is
         # not trained past its last step: a time limit or a minutes-cadence stop would train on otherwise.
