@@ -15,7 +15,10 @@ def test_the_shared_generator_is_made_once_and_redone_only_for_other_settings(tm
 
     def fake_train(cfg, show_progress=True):  # stands in for the DDPM's training: what a finished one leaves
         trained.append(cfg.generation_seed)
-        (cfg.generator_dir / "model").mkdir(parents=True)
+        unet = cfg.generator_dir / "model" / "unet"
+        unet.mkdir(parents=True)
+        header = b"{}"  # a whole, empty safetensors file: train-generator is done only while its weights are whole
+        (unet / "diffusion_pytorch_model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
         (cfg.generator_dir / "COMPLETE").write_text("")
         return cfg.generator_dir / "model"
 
