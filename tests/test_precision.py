@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from synthpos import precision
-from synthpos.errors import SynthposError
 
 SAPPHIRE_RAPIDS = "flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16 amx_bf16 amx_tile\n"
 ICE_LAKE = "flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni\n"
@@ -52,14 +51,13 @@ def test_auto_precision_on_cpus(tmp_path, monkeypatch, capability, flags, expect
     [("AVX2", SAPPHIRE_RAPIDS, True), ("DEFAULT", SAPPHIRE_RAPIDS, True), ("AVX512", SAPPHIRE_RAPIDS, False),
      ("AVX2", EPYC_ZEN2, False), ("AMX", SAPPHIRE_RAPIDS, False)],
 )
-def test_explicit_bf16_is_one_line_where_torch_cannot_run_it(tmp_path, monkeypatch, capability, flags, blocked) -> None:
+def test_bf16_is_named_blocked_only_on_a_bf16_cpu_with_held_back_kernels(tmp_path, monkeypatch, capability, flags,
+                                                                         blocked) -> None:
     _pretend_cpu(tmp_path, monkeypatch, capability, flags)
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", capability.lower())
+    why = precision.bf16_blocked(torch.device("cpu"))
+    assert (why is not None) == blocked
     if blocked:
-        with pytest.raises(SynthposError) as err:
-            precision.resolve_precision("bf16", torch.device("cpu"))
-        line = str(err.value)
-        assert "\n" not in line and f"ATEN_CPU_CAPABILITY={capability.lower()}" in line and "fp32" in line
-    else:
-        assert precision.resolve_precision("bf16", torch.device("cpu")) == "bf16"
-    assert precision.resolve_precision("bf16", torch.device("cuda")) == "bf16"  # the CPU's kernels do not matter there
+        assert "\n" not in why and f"ATEN_CPU_CAPABILITY={capability.lower()}" in why and "fp32" in why
+    assert precision.bf16_blocked(torch.device("cuda")) is None  # the CPU's kernels do not matter there
+    assert precision.resolve_precision("bf16", torch.device("cpu")) == "bf16"  # explicit: left to run
