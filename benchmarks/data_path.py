@@ -16,6 +16,11 @@ epoch (the first, with worker start-up and cold caches, excluded). Each (pipelin
 size) runs in its own process, sampled every 50 ms for the largest RSS of one process and the
 sum of PSS over the main process and its workers, at two dataset sizes, one 4x the other.
 
+The main processes keep torch's default thread count, as ``synthpos pretrain`` does (it sets
+none; ``--threads`` fixes one). With 2 workers on a 2-core machine both pipelines share the
+same two cores; with 1 worker synthpos's main process augments beside its worker while
+torchvision's main process only waits, so that row is not core for core.
+
     PYTHONPATH=src python benchmarks/data_path.py --images 400 --out benchmarks/results/data_path.json
 """
 
@@ -176,11 +181,12 @@ def _torchvision_epochs(root: Path, workers: int, batch: int, epochs: int, image
 
 
 def run_one(pipeline: str, root: Path, workers: int, batch: int, epochs: int, image_size: int,
-            threads: int) -> dict[str, Any]:
+            threads: int = 0) -> dict[str, Any]:
     """One pipeline in this process: images/s of each epoch, and the peak memory over all of them."""
     import torch
 
-    torch.set_num_threads(threads)
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     sampler = MemorySampler()
     sampler.start()
@@ -196,13 +202,13 @@ def run_one(pipeline: str, root: Path, workers: int, batch: int, epochs: int, im
     return {"pipeline": pipeline, "workers": workers, "images_per_s_by_epoch": rates,
             "images_per_s": rates[-1] if len(rates) > 1 else rates[0],
             "peak_rss_one_process_mib": sampler.max_rss / 2**20, "peak_pss_sum_mib": sampler.max_pss_sum / 2**20,
-            "processes": sampler.max_processes}
+            "processes": sampler.max_processes, "main_torch_threads": torch.get_num_threads()}
 
 
 def _run_apart(pipeline: str, root: Path, workers: int, args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
     """:func:`run_one` in a fresh process, so that no run's memory counts in another's."""
     cmd = [sys.executable, __file__, "--one", pipeline, str(root), str(workers), "--batch-size", str(args.batch_size),
-           "--epochs", str(args.epochs), "--image-size", str(args.image_size), "--threads", str(args.threads)]
+           "--epochs", str(args.epochs), "--image-size", str(args.image_size), "--threads", str(args.threads or 0)]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if done.returncode or line is None:
@@ -218,7 +224,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=2, help="the last one is timed")
     parser.add_argument("--image-size", type=int, default=224, help="synthpos's data.image_size")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of each main process")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads of each main process (default 0: torch's own, as synthpos pretrain runs it)")
     parser.add_argument("--photos", type=Path, default=None, help="folder with scikit-image's photographs")
     parser.add_argument("--tree", type=Path, default=None, help="where the JPEG trees go (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=None)
@@ -262,7 +269,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "data_path",
         "settings": {"images": list(sizes), "mean_jpeg_bytes": {str(n): tree_bytes[n] / n for n in sizes},
                      "batch_size": args.batch_size, "views": 2, "epochs": args.epochs, "timed_epoch": args.epochs,
-                     "workers": args.workers, "image_size": args.image_size, "torch_threads": args.threads,
+                     "workers": args.workers, "image_size": args.image_size,
+                     "torch_threads": args.threads or "torch's default (see each result's main_torch_threads)",
+                     "cores": os.cpu_count(),
                      "augment": {k: list(v) if isinstance(v, tuple) else v for k, v in AUGMENT.items()},
                      "photos": [p for p in PHOTOS if (photos / p).is_file()], "smoke": args.smoke},
         "machine": {**machine, "load_average_at_end": list(os.getloadavg())},

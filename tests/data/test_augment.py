@@ -131,6 +131,19 @@ def test_grayscale_matches_torchvision() -> None:
     torch.testing.assert_close(out, expected, atol=2e-4, rtol=0)
 
 
+def test_grayscale_converts_exactly_the_drawn_rows() -> None:
+    """At p 0.5 (only the drawn rows are converted): with the same seed, the other rows are the views
+    without grayscale bit for bit, the drawn ones their luma, and both kinds occur."""
+    images = _images(batch=32, channels=3, size=16)
+    settings = dict(crop_size=16, jitter_prob=0.8, hflip_prob=0.5)
+    plain = BatchAugment(**settings, grayscale_prob=0.0)(images, generator=torch.Generator().manual_seed(3))
+    out = BatchAugment(**settings, grayscale_prob=0.5)(images, generator=torch.Generator().manual_seed(3))
+    gray = (out[:, 0] == out[:, 1]).all(dim=(1, 2)) & (out[:, 1] == out[:, 2]).all(dim=(1, 2))
+    assert 0 < int(gray.sum()) < 32
+    assert torch.equal(out[~gray], plain[~gray])
+    torch.testing.assert_close(out[gray], rgb_to_grayscale(plain[gray]).expand(-1, 3, -1, -1), atol=1e-6, rtol=0)
+
+
 def test_crop_box_statistics_match_torchvision() -> None:
     n, size = 4000, 224
     boxes = sample_crop_boxes(n, size, size, (0.08, 1.0), (3 / 4, 4 / 3), generator=torch.Generator().manual_seed(0))

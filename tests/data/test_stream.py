@@ -285,3 +285,43 @@ def test_epoch_loader_advances_the_global_generator_as_a_fresh_loader_does(tree)
         return out
 
     assert draws(0) == draws(2)
+
+
+def test_fine_tuning_a_streamed_split_decodes_its_label_share_one_batch_at_a_time(tmp_path: Path, monkeypatch) -> None:
+    """evaluate.finetune on a streamed split: the label share stays lazy (read per training batch, not decoded
+    up front) and the fine-tuned numbers equal those of the same images held in memory."""
+    import dataclasses
+
+    from synthpos.config import BackboneConfig, EvaluateConfig
+    from synthpos.evaluation.finetune import finetune_protocols
+    from synthpos.models.backbones import build_backbone
+
+    write_jpeg_folder(tmp_path / "tree", per_class=8)
+    write_jpeg_folder(tmp_path / "test", per_class=2, seed=1)
+    config = DataConfig(name="image_folder", root=tmp_path / "tree", test_root=tmp_path / "test", image_size=16,
+                        stream=True)
+    train, test = open_dataset(config, "train"), open_dataset(config, "test")
+    assert is_streamed(train)
+    in_memory = {s: dataclasses.replace(d, images=np.asarray(d.images)) for s, d in (("train", train), ("test", test))}
+    evaluate = EvaluateConfig(finetune={"fractions": [0.5], "epochs": [2], "lr_grid": [0.05], "batch_size": 4})
+    torch.manual_seed(0)
+    backbone = build_backbone(BackboneConfig(name="convnet", width=4), 3)
+
+    reads: list[int] = []
+    original = LazyImages.__getitem__
+
+    def counted(self, key):
+        out = original(self, key)
+        if isinstance(out, np.ndarray) and out.ndim == 4:
+            reads.append(len(out))
+        return out
+
+    monkeypatch.setattr(LazyImages, "__getitem__", counted)
+    streamed, _ = finetune_protocols(backbone, train, test, 16, evaluate, seed=1)
+    share = 12  # half of each class's 8 images of the 3 classes
+    # Every training step read its own batch of 4 (2 epochs x 3 steps); the share was never read whole before training.
+    assert reads.count(4) == 2 * share // 4
+    assert max(reads[: reads.index(4)]) < share  # before the first step: only the 2-image probe of the input shape
+    monkeypatch.setattr(LazyImages, "__getitem__", original)
+    held, _ = finetune_protocols(backbone, in_memory["train"], in_memory["test"], 16, evaluate, seed=1)
+    assert streamed == held

@@ -473,8 +473,10 @@ class BatchAugment(torch.nn.Module):
             )
 
         if self.grayscale_prob > 0 and channels == 3:
-            gray = (u_gray < self.grayscale_prob).view(-1, 1, 1, 1)
-            x = torch.where(gray, rgb_to_grayscale(x).expand_as(x), x)
+            # Only the chosen rows (a fifth at p 0.2) are converted: the same values as converting all and selecting.
+            chosen = (u_gray < self.grayscale_prob).nonzero().squeeze(1)
+            if len(chosen):
+                x.index_copy_(0, chosen, rgb_to_grayscale(x[chosen]).expand(-1, channels, -1, -1))  # x is this call's own
 
         if blur:
             u_blur, u_sigma = uniform[:, _CROP_UNIFORMS + 7 : _CROP_UNIFORMS + 9].unbind(dim=1)
