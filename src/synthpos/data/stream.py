@@ -200,6 +200,47 @@ class MappedImages:
         return hashlib.sha256(f"{base}|{self.tag}".encode()).hexdigest()[:12]
 
 
+class IndexedImages:
+    """``images[index]`` of a :class:`LazyImages` (or another array-like), read when indexed: a subset
+    of a streamed split (fine-tuning's label share) that decodes one batch at a time, never the whole
+    subset. Indexed as :class:`LazyImages` is (a slice is another :class:`IndexedImages`).
+
+    Args:
+        images: uint8 (N, H, W, C), indexed by int arrays.
+        index: the rows of ``images`` this holds, in order. Shape: (M,).
+    """
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __init__(self, images: Any, index: np.ndarray) -> None:
+        self.images, self.index = images, np.asarray(index, dtype=np.int64)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.index), *self.images.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, slice):
+            return IndexedImages(self.images, self.index[key])
+        if isinstance(key, (int, np.integer)):
+            return self.images[int(self.index[key])]
+        return np.asarray(self.images[self.index[np.asarray(key)]])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.asarray(self.images[self.index])
+        return out if dtype is None else out.astype(dtype)
+
+
+def subset_images(images: Any, index: np.ndarray) -> Any:
+    """``images[index]``: decoded at once for an in-memory array, deferred (:class:`IndexedImages`) for a
+    streamed one, so that a subset of a streamed split holds no decoded images."""
+    return images[index] if isinstance(images, np.ndarray) else IndexedImages(images, index)
+
+
 def is_streamed(dataset: ImageDataset) -> bool:
     """Whether ``dataset`` decodes its images on demand."""
     return isinstance(dataset.images, (LazyImages, MappedImages))

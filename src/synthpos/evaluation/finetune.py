@@ -17,6 +17,10 @@ every parameter trained (BatchNorm in training mode), random horizontal flips, c
 learning rate per step, SGD with Nesterov momentum 0.9 or AdamW. The order and flips are
 drawn from a CPU generator seeded with the evaluation seed, so a setting gives the same
 numbers on every run on one device.
+
+A streamed split's label share is not decoded up front (:func:`~synthpos.data.stream.subset_images`): each
+batch is decoded when a step needs it, in this process, again every epoch, so memory holds one
+batch, not the share (10% of ImageNet at 224 px would be about 19 GB).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from torch import nn
 from synthpos.config import EvaluateConfig
 from synthpos.data import ImageDataset
 from synthpos.data.augment import to_model_input
+from synthpos.data.stream import subset_images
 from synthpos.distributed import default_device
 from synthpos.evaluation.protocols import FEATURES_EVAL, _record
 from synthpos.evaluation.splits import balanced_subset, validation_split
@@ -150,15 +155,16 @@ def finetune_protocols(
               "augmentation": "random horizontal flip"}
 
     def run(opt, epochs, lr, idx, eval_images, eval_labels):
-        return finetune(backbone, train.images[idx], ytr[idx], eval_images, eval_labels, train.num_classes, size,
-                        train.mean, train.std, optimizer=opt, lr=lr, epochs=epochs, weight_decay=ft.weight_decay,
+        return finetune(backbone, subset_images(train.images, idx), ytr[idx], eval_images, eval_labels,
+                        train.num_classes, size, train.mean, train.std, optimizer=opt, lr=lr, epochs=epochs, weight_decay=ft.weight_decay,
                         batch_size=ft.batch_size, seed=seed)
 
     summary, records = {}, []
     for fraction in sorted(set(ft.fractions), reverse=True):
         chosen_from = fit[balanced_subset(ytr[fit], fraction, seed)]
         if len(grid) > 1:
-            scores = {f"optimizer={o},epochs={e},lr={lr:g}": run(o, e, lr, chosen_from, train.images[val], ytr[val])["top1"]
+            held_out = subset_images(train.images, val)
+            scores = {f"optimizer={o},epochs={e},lr={lr:g}": run(o, e, lr, chosen_from, held_out, ytr[val])["top1"]
                       for o, e, lr in grid}
             best = max(range(len(grid)), key=lambda i: (list(scores.values())[i], -i))
             selection = {"split": "validation", "carved_from": "train", "fraction": cfg.validation_fraction,
