@@ -11,6 +11,7 @@ import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
 
 from synthpos.data.augment import (
+    _CROP_UNIFORMS,
     BRIGHTNESS,
     CONTRAST,
     HUE,
@@ -132,16 +133,19 @@ def test_grayscale_matches_torchvision() -> None:
 
 
 def test_grayscale_converts_exactly_the_drawn_rows() -> None:
-    """At p 0.5 (only the drawn rows are converted): with the same seed, the other rows are the views
-    without grayscale bit for bit, the drawn ones their luma, and both kinds occur."""
-    images = _images(batch=32, channels=3, size=16)
-    settings = dict(crop_size=16, jitter_prob=0.8, hflip_prob=0.5)
+    """At p 0.5 (only the drawn rows are converted): the rows whose grayscale draw is under p, and only they, are
+    the luma of the view without grayscale (same seed), bit for bit as converting every row and selecting."""
+    batch = 32
+    images = _images(batch=batch, channels=3, size=16)
+    settings = dict(crop_size=16, jitter_prob=0.8, hflip_prob=0.5, mean=(0.0,), std=(1.0,))  # no normalisation
     plain = BatchAugment(**settings, grayscale_prob=0.0)(images, generator=torch.Generator().manual_seed(3))
     out = BatchAugment(**settings, grayscale_prob=0.5)(images, generator=torch.Generator().manual_seed(3))
-    gray = (out[:, 0] == out[:, 1]).all(dim=(1, 2)) & (out[:, 1] == out[:, 2]).all(dim=(1, 2))
-    assert 0 < int(gray.sum()) < 32
-    assert torch.equal(out[~gray], plain[~gray])
-    torch.testing.assert_close(out[gray], rgb_to_grayscale(plain[gray]).expand(-1, 3, -1, -1), atol=1e-6, rtol=0)
+    # The draws: the crop's uniforms, then flip, jitter on/off, its four factors, then grayscale (column 6 after).
+    uniform = torch.rand((batch, _CROP_UNIFORMS + 7), generator=torch.Generator().manual_seed(3))
+    drawn = uniform[:, _CROP_UNIFORMS + 6] < 0.5
+    assert 0 < int(drawn.sum()) < batch
+    expected = torch.where(drawn.view(-1, 1, 1, 1), rgb_to_grayscale(plain).expand_as(plain), plain)
+    assert torch.equal(out, expected)
 
 
 def test_crop_box_statistics_match_torchvision() -> None:

@@ -288,8 +288,9 @@ def test_epoch_loader_advances_the_global_generator_as_a_fresh_loader_does(tree)
 
 
 def test_fine_tuning_a_streamed_split_decodes_its_label_share_one_batch_at_a_time(tmp_path: Path, monkeypatch) -> None:
-    """evaluate.finetune on a streamed split: the label share stays lazy (read per training batch, not decoded
-    up front) and the fine-tuned numbers equal those of the same images held in memory."""
+    """evaluate.finetune on a streamed split: the label share stays lazy (each training batch decoded when its step
+    comes, every epoch; never the whole share up front), and the fine-tuned numbers equal those of the same images
+    held in memory, with and without decoding workers."""
     import dataclasses
 
     from synthpos.config import BackboneConfig, EvaluateConfig
@@ -307,21 +308,32 @@ def test_fine_tuning_a_streamed_split_decodes_its_label_share_one_batch_at_a_tim
     torch.manual_seed(0)
     backbone = build_backbone(BackboneConfig(name="convnet", width=4), 3)
 
-    reads: list[int] = []
-    original = LazyImages.__getitem__
+    reads: list[int] = []  # rows of every array read
+    decoded = []  # every image decoded
+    original_get, original_checked = LazyImages.__getitem__, LazyImages._checked
 
-    def counted(self, key):
-        out = original(self, key)
+    def counted_get(self, key):
+        out = original_get(self, key)
         if isinstance(out, np.ndarray) and out.ndim == 4:
             reads.append(len(out))
         return out
 
-    monkeypatch.setattr(LazyImages, "__getitem__", counted)
+    def counted_checked(self, i):
+        decoded.append(i)
+        return original_checked(self, i)
+
+    monkeypatch.setattr(LazyImages, "__getitem__", counted_get)
+    monkeypatch.setattr(LazyImages, "_checked", counted_checked)
     streamed, _ = finetune_protocols(backbone, train, test, 16, evaluate, seed=1)
     share = 12  # half of each class's 8 images of the 3 classes
-    # Every training step read its own batch of 4 (2 epochs x 3 steps); the share was never read whole before training.
+    # Every training step read its own batch of 4 (2 epochs x 3 steps), nothing larger before the first step
+    # (only the 2-image probe of the input shape); then one pass over the share (train top-1) and the 6 test images.
     assert reads.count(4) == 2 * share // 4
-    assert max(reads[: reads.index(4)]) < share  # before the first step: only the 2-image probe of the input shape
-    monkeypatch.setattr(LazyImages, "__getitem__", original)
+    assert max(reads[: reads.index(4)]) < share
+    assert len(decoded) == 2 + 2 * share + share + len(test)
+    monkeypatch.setattr(LazyImages, "__getitem__", original_get)
+    monkeypatch.setattr(LazyImages, "_checked", original_checked)
     held, _ = finetune_protocols(backbone, in_memory["train"], in_memory["test"], 16, evaluate, seed=1)
     assert streamed == held
+    workers, _ = finetune_protocols(backbone, train, test, 16, evaluate, seed=1, num_workers=2)
+    assert workers == held

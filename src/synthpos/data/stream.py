@@ -228,7 +228,8 @@ class IndexedImages:
             return IndexedImages(self.images, self.index[key])
         if isinstance(key, (int, np.integer)):
             return self.images[int(self.index[key])]
-        return np.asarray(self.images[self.index[np.asarray(key)]])
+        key = np.asarray(key)
+        return np.asarray(self.images[self.index[key.astype(np.int64) if key.size == 0 else key]])
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = np.asarray(self.images[self.index])
@@ -243,7 +244,7 @@ def subset_images(images: Any, index: np.ndarray) -> Any:
 
 def is_streamed(dataset: ImageDataset) -> bool:
     """Whether ``dataset`` decodes its images on demand."""
-    return isinstance(dataset.images, (LazyImages, MappedImages))
+    return isinstance(dataset.images, (LazyImages, MappedImages, IndexedImages))
 
 
 def sample_indices(count: int, n: int, seed: int) -> np.ndarray:
@@ -362,6 +363,34 @@ class _Chunks(torch.utils.data.Dataset):
 
 def _as_is(chunk: np.ndarray) -> np.ndarray:
     return chunk
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Batch ``k`` of ``images``: the rows ``batches[k]``, decoded (in a worker process)."""
+
+    def __init__(self, images: Any, batches: list[np.ndarray]) -> None:
+        self.images, self.batches = images, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        return np.ascontiguousarray(self.images[self.batches[k]])
+
+
+def decoded_batches(images: Any, batches: list[np.ndarray], workers: int = 0) -> Iterator[np.ndarray]:
+    """``images[b]`` for each index array ``b`` of ``batches``, in order, as uint8 arrays (B, H, W, C).
+
+    As :func:`decoded_chunks`, for batches in any order (a shuffled epoch): an in-memory array or
+    ``workers`` = 0 is indexed here; a streamed split with ``workers`` > 0 is decoded by that many
+    DataLoader processes, a few batches in flight, the global random state left as it was.
+    """
+    if workers == 0 or isinstance(images, np.ndarray):
+        for b in batches:
+            yield np.ascontiguousarray(images[b])
+        return
+    yield from DataLoader(_Batches(images, batches), batch_size=None, num_workers=workers, collate_fn=_as_is,
+                          generator=torch.Generator())
 
 
 def decoded_chunks(images: Any, size: int, workers: int = 0) -> Iterator[np.ndarray]:

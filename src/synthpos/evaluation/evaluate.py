@@ -137,7 +137,8 @@ def evaluate_backbone(
     if cfg.finetune is not None:
         from synthpos.evaluation.finetune import finetune_protocols
 
-        summary, records = finetune_protocols(backbone, matched["train"], matched["test"], size, cfg, seed, data.name)
+        summary, records = finetune_protocols(backbone, matched["train"], matched["test"], size, cfg, seed, data.name,
+                                              num_workers=loader_workers(data.num_workers, matched["train"]))
         scores = {**{k: v for k, v in scores.items() if k != "records"}, **summary,
                   "records": scores["records"] + records}
     return scores
