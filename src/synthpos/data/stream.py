@@ -348,27 +348,14 @@ def loader_workers(requested: int | None, dataset: ImageDataset) -> int:
     return min(4, max(1, (os.cpu_count() or 2) - 1)) if is_streamed(dataset) else 0
 
 
-class _Chunks(torch.utils.data.Dataset):
-    """Chunk ``k`` of ``images``: images ``k * size`` to ``(k + 1) * size``, decoded (in a worker process)."""
-
-    def __init__(self, images: Any, size: int) -> None:
-        self.images, self.size = images, size
-
-    def __len__(self) -> int:
-        return -(-len(self.images) // self.size)
-
-    def __getitem__(self, k: int) -> np.ndarray:
-        return np.ascontiguousarray(self.images[k * self.size: (k + 1) * self.size])
-
-
 def _as_is(chunk: np.ndarray) -> np.ndarray:
     return chunk
 
 
 class _Batches(torch.utils.data.Dataset):
-    """Batch ``k`` of ``images``: the rows ``batches[k]``, decoded (in a worker process)."""
+    """Batch ``k`` of ``images``: the rows ``batches[k]`` (an index array or a slice), decoded (in a worker process)."""
 
-    def __init__(self, images: Any, batches: list[np.ndarray]) -> None:
+    def __init__(self, images: Any, batches: list[np.ndarray | slice]) -> None:
         self.images, self.batches = images, batches
 
     def __len__(self) -> int:
@@ -378,10 +365,10 @@ class _Batches(torch.utils.data.Dataset):
         return np.ascontiguousarray(self.images[self.batches[k]])
 
 
-def decoded_batches(images: Any, batches: list[np.ndarray], workers: int = 0) -> Iterator[np.ndarray]:
-    """``images[b]`` for each index array ``b`` of ``batches``, in order, as uint8 arrays (B, H, W, C).
+def decoded_batches(images: Any, batches: list[np.ndarray | slice], workers: int = 0) -> Iterator[np.ndarray]:
+    """``images[b]`` for each index array (or slice) ``b`` of ``batches``, in order, as uint8 arrays (B, H, W, C).
 
-    As :func:`decoded_chunks`, for batches in any order (a shuffled epoch): an in-memory array or
+    For batches in any order (a shuffled epoch; :func:`decoded_chunks` is consecutive slices): an in-memory array or
     ``workers`` = 0 is indexed here; a streamed split with ``workers`` > 0 is decoded by that many
     DataLoader processes, a few batches in flight, the global random state left as it was.
     """
@@ -401,12 +388,7 @@ def decoded_chunks(images: Any, size: int, workers: int = 0) -> Iterator[np.ndar
     a few chunks whatever the split's size. The loader draws its seed from a generator of its
     own: reading features leaves the global random state (and what is drawn after) as it was.
     """
-    if workers == 0 or isinstance(images, np.ndarray):
-        for start in range(0, len(images), size):
-            yield np.ascontiguousarray(images[start: start + size])
-        return
-    yield from DataLoader(_Chunks(images, size), batch_size=None, num_workers=workers, collate_fn=_as_is,
-                          generator=torch.Generator())
+    yield from decoded_batches(images, [slice(start, start + size) for start in range(0, len(images), size)], workers)
 
 
 class EpochLoader(DataLoader):
