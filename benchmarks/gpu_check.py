@@ -432,7 +432,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-s", type=float, default=270.0, help="start no section after this many seconds (default 270)")
     p.add_argument("--sections", default=None, help="comma list of sections to run (default all)")
     args = p.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="synthpos-gpu-check-"))
+    with tempfile.TemporaryDirectory(prefix="synthpos-gpu-check-") as tmp:  # removed at the end (12 MB a run)
+        return run_sections(args, " ".join(["gpu_check.py", *(sys.argv[1:] if argv is None else argv)]), Path(tmp))
+
+
+def run_sections(args: argparse.Namespace, command: str, work: Path) -> int:
     bundle = add_missing_wheels(args.bundle / "wheels", work / "site")
 
     import torch
@@ -448,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     data_root = data if (data / "train-images-idx3-ubyte.gz").is_file() else None
     report = Report(args.out, {
         "benchmark": "gpu_check", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["gpu_check.py", *(sys.argv[1:] if argv is None else argv)]), "cpu_toy_size": args.cpu,
+        "command": command, "cpu_toy_size": args.cpu,
         "sizes": size, "budget_s": args.budget_s,
     }, args.budget_s)
     sections: dict[str, Callable[[], dict[str, Any]]] = {

@@ -21,7 +21,9 @@ pytestmark = [
 
 def test_gpu_check_passes_on_the_cpu_at_toy_size(tmp_path):
     out = tmp_path / "gpu_check.json"
-    env = {**os.environ, "PYTHON": sys.executable}
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "PYTHON": sys.executable, "TMPDIR": str(scratch)}
     env.pop("PYTHONPATH", None)  # the script sets it to this tree's src/
     done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--cpu", "--out", str(out),
                            "--bundle", str(tmp_path / "no-bundle")], env=env, capture_output=True, text=True, timeout=600)
@@ -41,6 +43,8 @@ def test_gpu_check_passes_on_the_cpu_at_toy_size(tmp_path):
     assert {k.split("/")[0] for k in sections["pretraining"]["results"]} == {"simclr", "clsp_simclr"}
     assert all(r["images_per_s"] > 0 for r in sections["pretraining"]["results"].values())
     assert 0 <= sections["clsp_simclr_fashion_mnist"]["knn_top1"] <= 1
+    # Its working folder (models, stores: 12 MB) is gone when it ends.
+    assert not [p.name for p in scratch.iterdir() if p.name.startswith("synthpos-gpu-check-")]
 
 
 def test_bundled_wheels_are_added_only_where_missing(tmp_path):
