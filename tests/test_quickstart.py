@@ -1,6 +1,7 @@
 """The quick start end to end, at tiny scale, through the real console script."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from synthpos.config import DataConfig
 from synthpos.data import load_dataset
@@ -36,22 +38,31 @@ def test_quickstart_tiny(tmp_path):
     for item in TINY:
         args += ["--set", item]
     env = {**os.environ, "COLUMNS": "200"}
-    proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    proc = subprocess.run(args + ["--control"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    for row in ("raw pixels", "random init", "SimCLR", "CLSP-SimCLR", "control (anchor copies)"):
+    synthetic, control_name = "SimCLR + multipos positives", "SimCLR + multipos control (anchor copies)"
+    for row in ("raw pixels", "random init", "SimCLR", synthetic, control_name):
         assert row in out
     assert "fidelity of the synthetic positives" in out
     results = json.loads((run_dir / "results.json").read_text())
-    assert set(results["rows"]) == {"raw pixels", "random init", "SimCLR", "CLSP-SimCLR",
-                                    "CLSP-SimCLR control (anchor copies)"}
+    assert set(results["rows"]) == {"raw pixels", "random init", "SimCLR", synthetic, control_name}
+    assert results["mode"] == "multipos"
+    assert results["folders"] == {"random init": "random_init", "SimCLR": "simclr", synthetic: "multipos_simclr",
+                                  control_name: "multipos_simclr_control"}
+    # The synthetic row trained with the recipe's mode, SimCLR with none.
+    for folder, mode in (("simclr", "none"), ("multipos_simclr", "multipos"), ("multipos_simclr_control", "multipos")):
+        saved = yaml.safe_load((run_dir / folder / "config.yaml").read_text())
+        assert saved["pretrain"]["synthetic"]["mode"] == mode
     # The control trained on a store of the anchors themselves (the same mode, nothing generated), and its
     # backbone is its own.
     control = SyntheticStore.open(run_dir / "control_store")
     assert control.manifest["generator"]["kind"] == "anchors"
     anchors = load_dataset(DataConfig(name="fashion_mnist", subset=40), "train").images
     assert np.array_equal(np.load(control.shard_path(0)), np.repeat(anchors[:20, None], 2, axis=1))
-    assert (run_dir / "clsp_simclr_control" / "backbone.pt").read_bytes() != (run_dir / "clsp_simclr" / "backbone.pt").read_bytes()
+    assert (run_dir / "multipos_simclr_control" / "backbone.pt").read_bytes() != \
+        (run_dir / "multipos_simclr" / "backbone.pt").read_bytes()
+    assert f"{synthetic} minus its control" in " ".join(out.split())
     for scores in results["rows"].values():
         assert 0.0 <= scores["knn_top1"] <= 1.0 and 0.0 <= scores["linear_top1"] <= 1.0
     # Raw pixels on Fashion-MNIST are far above chance (10%) even with 300 training images.
@@ -67,10 +78,20 @@ def test_quickstart_tiny(tmp_path):
     assert 0.0 <= results["memorisation"]["closer_to_another_training_image"] <= 1.0
     assert results["diversity"]["pixel"]["between_same_class_real_images"] < results["diversity"]["pixel"]["between_real_images"]
     assert (run_dir / "positives.png").stat().st_size > 1000
-    # A second run reuses every finished piece: nothing is trained or generated again.
+    # The report finds every encoder's folder from results.json.
+    from synthpos.report.collect import collect_run
+
+    entries = {e["name"]: e for e in collect_run(run_dir)["entries"]}
+    assert entries[synthetic]["backbone"] is not None and entries[control_name]["backbone"] is not None
+    # A second run, without --control, reuses every finished piece (nothing trained or generated again), has no
+    # control row, and says where the control's figure is.
     again = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "pretrain_SimCLR_s" not in json.loads((run_dir / "results.json").read_text())["timings"]
+    second = json.loads((run_dir / "results.json").read_text())
+    assert not [k for k in second["timings"] if k.startswith("pretrain_")]
+    assert set(second["rows"]) == {"raw pixels", "random init", "SimCLR", synthetic}
+    assert second["rows"][synthetic] == results["rows"][synthetic]
+    assert "synthpos quickstart --control adds the control's row" in " ".join(again.stdout.split())
 
 
 def test_builtin_names_resolve_to_the_shipped_folders():
@@ -168,3 +189,62 @@ def test_the_recipes_reason_is_not_printed_for_other_weights_under_its_name(tmp_
     weights.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # other weights, whatever the last byte was
     monkeypatch.setattr("synthpos.generators.diffusion.resolve_generator_dir", lambda name: other)
     assert "chosen from the frontier" not in sampling_reason(g)
+
+
+def test_the_controls_figures_are_the_benchmarks_paired_numbers():
+    """The gain over the control that a quick start without --control prints is the paired summary of
+    benchmarks/results/synthetic_gain.json for those weights, mode and sampling point, to the printed digits."""
+    from synthpos.stages.quickstart_summary import BENCHMARK_CONTROLS
+
+    gain = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "synthetic_gain.json").read_text())
+    for point in BENCHMARK_CONTROLS:
+        paired = gain["paired"][point["key"]]
+        row, cpu = point["key"].split("/")[1].split("@")[0], paired["cpu"]
+        assert paired["generator_id"] == point["generator_id"]
+        vs = paired["against_control"]
+        assert vs["seeds"] == list(range(point["seeds"]))
+        linear = vs["linear_top1"]
+        assert point["linear"] == tuple(round(linear[k], 2) for k in ("mean_points", "low", "high"))
+        assert point["knn"] == round(vs["knn_top1"]["mean_points"], 2)
+        runs = [r for key, r in gain["runs"].items() if r["row"] == row and key.endswith(cpu)
+                and r["generator_id"] == point["generator_id"] and r["subset"] == 5000]
+        assert sorted(r["seed"] for r in runs) == vs["seeds"]
+        for r in runs:  # the row's mode, and its store sampled at the point's strength
+            assert r["mode"] == point["mode"]
+            given = [o.split("=", 1)[1] for o in r["overrides"] if o.split("=")[0] in ("generate.strength",
+                                                                                        "generate.clsp.strength")]
+            assert math.isclose(float(given[0]) if given else 1.0, point["strength"])
+
+
+def test_the_controls_figure_is_printed_only_for_its_point():
+    from synthpos.config import load_config
+    from synthpos.stages.quickstart import quickstart_recipe
+    from synthpos.stages.quickstart_summary import BENCHMARK_CONTROLS, control_reference
+
+    point = BENCHMARK_CONTROLS[0]
+
+    def line(*overrides):
+        return control_reference(load_config(quickstart_recipe(), list(overrides)), point["mode"])
+
+    at_point = line(f"generate.strength={point['strength']}", f"generate.interpolation_weight={point['interpolation_weight']}")
+    assert f"{point['linear'][0]:+.2f} linear-fast points" in at_point and f"paired over {point['seeds']} seeds" in at_point
+    measured = {p["strength"] for p in BENCHMARK_CONTROLS if p["mode"] == point["mode"]}
+    unmeasured = next(x for x in (0.5, 0.55, 0.6, 0.65) if x not in measured)
+    for other in ([f"generate.strength={unmeasured}"],
+                  [f"generate.strength={point['strength']}", "generate.generator=builtin:fashion_mnist_small"],
+                  [f"generate.strength={point['strength']}", "generate.interpolation_weight=0.3"]):
+        moved = line(*other)
+        assert "linear-fast points" not in moved and "--control adds the control's row" in moved
+    # Another mode at the same point: not its figure.
+    other_mode = control_reference(load_config(quickstart_recipe(), [f"generate.strength={point['strength']}"]), "clsp")
+    assert "linear-fast points" not in other_mode
+
+
+@pytest.mark.parametrize("mode", ["none", "mochi"])
+def test_a_mode_that_reads_no_positives_is_one_line(tmp_path, mode):
+    proc = subprocess.run([SYNTHPOS, "quickstart", "--run-dir", str(tmp_path / "qs"), "--set",
+                           f"pretrain.synthetic.mode={mode}"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2
+    assert f"pretrain.synthetic.mode={mode} reads none; set one that does (" in proc.stderr
+    assert "multipos" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "qs").exists() or not any(p.name != ".lock" for p in (tmp_path / "qs").rglob("*"))

@@ -1,8 +1,8 @@
 """Export a run's encoders for other libraries: timm, torchvision, TorchScript, ONNX; each with a model card.
 
 ``export(source, fmt, out)`` reads a run directory (laid out as :func:`synthpos.report.collect.collect_run`
-reads it: a pipeline run's ``pretrain/``, a quick start's ``simclr/``, ``clsp_simclr/``,
-``clsp_simclr_control/``, a multi-seed run's ``seed-<s>/pretrain/``) or one ``backbone.pt``, and writes::
+reads it: a pipeline run's ``pretrain/``, a quick start's ``simclr/``, ``<mode>_simclr/``
+(``multipos_simclr/``) and, with ``--control``, ``<mode>_simclr_control/`` (read from its results.json), a multi-seed run's ``seed-<s>/pretrain/``) or one ``backbone.pt``, and writes::
 
     out/                      # one encoder (or --encoder NAME)
       model.safetensors       # timm, torchvision: the backbone's state_dict, keys as the library names them

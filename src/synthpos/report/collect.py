@@ -171,8 +171,9 @@ def collect_run(run_dir: Path) -> dict:
     seeds = _summary(run_dir / "seeds.json", "synthpos run --seeds")
     if quick and "rows" in quick:
         out["kind"] = "quickstart"
-        folders = {"SimCLR": "simclr", "CLSP-SimCLR": "clsp_simclr", "random init": "random_init",
-                   "CLSP-SimCLR control (anchor copies)": "clsp_simclr_control"}
+        from synthpos.stages.quickstart_summary import LEGACY_FOLDERS
+
+        folders = quick.get("folders", LEGACY_FOLDERS)  # written by quick starts since the mode was the recipe's
         out["entries"] = []
         for name, row in quick["rows"].items():
             folder = run_dir / folders.get(name, "_none")

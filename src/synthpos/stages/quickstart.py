@@ -1,9 +1,10 @@
 """``synthpos quickstart``: the whole CLSP idea on Fashion-MNIST, at CPU scale.
 
 Generates synthetic positives with a DDPM (the one shipped with synthpos, or one
-trained from scratch), measures their fidelity, pretrains SimCLR and CLSP-SimCLR
-with the same budget, and prints kNN and linear top-1 beside raw pixels and a
-randomly initialised encoder. The stages run through :func:`synthpos.stages.runner.run_stage`,
+trained from scratch), measures their fidelity, pretrains SimCLR and SimCLR with the
+positives (the recipe's ``pretrain.synthetic.mode``: ``multipos``) with the same budget,
+with ``--control`` also that mode on the anchors themselves (nothing generated), and prints
+kNN and linear top-1 beside raw pixels and a randomly initialised encoder. The stages run through :func:`synthpos.stages.runner.run_stage`,
 the same table as ``synthpos run``: an output is reused only when its record matches today's
 settings. Fidelity is inspect-store's (the cached classifier of the whole real split).
 """
@@ -21,13 +22,14 @@ from rich.console import Console
 
 from synthpos.config import RunConfig, load_config
 from synthpos.data import load_dataset
+from synthpos.errors import SynthposError
 from synthpos.evaluation.evaluate import evaluate_backbone, score_features
 from synthpos.evaluation.store_diagnostics import fidelity_classifier, inspect_store
 from synthpos.figures.grid import positives_grid
 from synthpos.models.backbones import build_backbone, load_backbone, save_backbone
 from synthpos.report.html import write_report
 from synthpos.run_lock import run_lock
-from synthpos.stages.quickstart_summary import CONTROL_ROW, print_table, sampling_reason
+from synthpos.stages.quickstart_summary import control_row, print_table, sampling_reason, synthetic_row
 from synthpos.stages.runner import run_stage
 
 console = Console()
@@ -47,7 +49,7 @@ def _timed_stage(timings: dict, key: str, name: str, config: RunConfig, show_pro
 
 
 def run_quickstart(run_dir: Path, train_generator: bool = False, overrides: list[str] | None = None,
-                   show_progress: bool = True) -> dict:
+                   show_progress: bool = True, control: bool = False) -> dict:
     start = time.monotonic()
     overrides = [f"run_dir={run_dir}"] + (["generate.generator=null"] if train_generator else []) + list(overrides or [])
     config = load_config(quickstart_recipe(), overrides)
@@ -55,6 +57,7 @@ def run_quickstart(run_dir: Path, train_generator: bool = False, overrides: list
     config.check_generate_limits()
     config.check_pretrain_limits()
     config.check_evaluate_limits()
+    _check_mode(config.pretrain.synthetic.mode)
     if config.generate.generator is None:
         config.check_train_generator_limits()
     timings: dict[str, float] = {}
@@ -89,17 +92,20 @@ def run_quickstart(run_dir: Path, train_generator: bool = False, overrides: list
     inspected = inspect_store(store, train, classifier, train_images=full_train.images)
     fidelity = {**inspected["fidelity"], "anchors": inspected["anchors"], "candidates": inspected["candidates"]}
 
-    # 4. SimCLR, CLSP-SimCLR and its control, same budget. The control is CLSP-SimCLR on a store whose
-    # candidates are the anchors themselves (generate.kind: anchors): the same views, steps and loss, nothing
-    # generated, so what CLSP-SimCLR gains over it is what the generated images carry.
-    control = _control_config(config)
-    _timed_stage(timings, "generate_control_s", "generate", control, show_progress)
-    runs = {}
-    for name, sub in (("SimCLR", _mode_config(config, "none", "simclr")),
-                      ("CLSP-SimCLR", _mode_config(config, "clsp", "clsp_simclr")),
-                      (CONTROL_ROW, control)):
+    # 4. SimCLR and SimCLR with the positives (the recipe's mode), same budget; with --control also the control:
+    # the mode on a store whose candidates are the anchors themselves (generate.kind: anchors), the same views,
+    # steps and loss with nothing generated, so what the mode gains over it is what the generated images carry.
+    mode = config.pretrain.synthetic.mode
+    pretrainings = [("SimCLR", _mode_config(config, "none", "simclr")),
+                    (synthetic_row(mode), _mode_config(config, mode, f"{mode}_simclr"))]
+    if control:
+        pretrainings.append((control_row(mode), _control_config(config)))
+        _timed_stage(timings, "generate_control_s", "generate", pretrainings[-1][1], show_progress)
+    runs, folders = {}, {"random init": "random_init"}
+    for name, sub in pretrainings:
         console.print(f"[bold]4/5[/bold] pretraining {name} ({sub.pretrain.epochs} epochs on {len(train)} images)")
         runs[name] = _timed_stage(timings, f"pretrain_{name}_s", "pretrain", sub, show_progress)
+        folders[name] = sub.pretrain.output_dir.name
 
     # 5. evaluation
     console.print("[bold]5/5[/bold] evaluating frozen features (kNN, linear fast and paper probes, label efficiency)")
@@ -117,6 +123,8 @@ def run_quickstart(run_dir: Path, train_generator: bool = False, overrides: list
 
     results = {
         "rows": rows,
+        "folders": folders,  # each encoder's folder in run_dir (report, export)
+        "mode": mode,
         "fidelity": fidelity,
         "diversity": inspected["diversity"],
         "memorisation": inspected["memorisation"],
@@ -135,6 +143,16 @@ def run_quickstart(run_dir: Path, train_generator: bool = False, overrides: list
     return results
 
 
+def _check_mode(mode: str) -> None:
+    """The quick start compares SimCLR alone with SimCLR on the generated positives: its mode must read them."""
+    from synthpos.registry import MODES
+
+    if not (MODES.get(mode).synthetic and MODES.get(mode).needs_store):
+        readers = ", ".join(name for name, m in MODES.items() if m.synthetic and m.needs_store)
+        raise SynthposError(f"the quick start compares SimCLR with SimCLR on generated positives, but "
+                            f"pretrain.synthetic.mode={mode} reads none; set one that does ({readers})")
+
+
 def _mode_config(config: RunConfig, mode: str, folder: str) -> RunConfig:
     sub = config.model_copy(deep=True)
     sub.pretrain.synthetic.mode = mode
@@ -143,8 +161,9 @@ def _mode_config(config: RunConfig, mode: str, folder: str) -> RunConfig:
 
 
 def _control_config(config: RunConfig) -> RunConfig:
-    """CLSP-SimCLR on ``<run_dir>/control_store``: K copies of each anchor (``generate.kind: anchors``)."""
-    sub = _mode_config(config, "clsp", "clsp_simclr_control")
+    """The recipe's mode on ``<run_dir>/control_store``: K copies of each anchor (``generate.kind: anchors``)."""
+    mode = config.pretrain.synthetic.mode
+    sub = _mode_config(config, mode, f"{mode}_simclr_control")
     sub.generate.kind = "anchors"
     sub.generate.store = config.run_dir / "control_store"
     return sub
@@ -164,7 +183,8 @@ def _pixel_scores(config: RunConfig) -> dict[str, float]:
 
 
 def command(run_dir: Path, train_generator: bool = False, overrides: list[str] | None = None,
-            show_progress: bool = True) -> dict:
+            show_progress: bool = True, control: bool = False) -> dict:
     """``synthpos quickstart``: :func:`run_quickstart` under the run directory's lock."""
     with run_lock(run_dir):
-        return run_quickstart(run_dir, train_generator=train_generator, overrides=overrides, show_progress=show_progress)
+        return run_quickstart(run_dir, train_generator=train_generator, overrides=overrides, show_progress=show_progress,
+                              control=control)

@@ -19,8 +19,19 @@ from synthpos.evaluation.generator_check import floors_met
 
 console = Console()
 
-#: The row of the real-view control: CLSP-SimCLR with the anchors themselves as its "synthetic" view.
-CONTROL_ROW = "CLSP-SimCLR control (anchor copies)"
+def synthetic_row(mode: str) -> str:
+    """The table's row of SimCLR with the generated positives of ``mode``."""
+    return f"SimCLR + {mode} positives"
+
+
+def control_row(mode: str) -> str:
+    """The row of its real-view control: ``mode`` with the anchors themselves as the "synthetic" views."""
+    return f"SimCLR + {mode} control (anchor copies)"
+
+
+#: Legacy row names of quick starts run before the mode was the recipe's (CLSP-SimCLR and its control).
+LEGACY_FOLDERS = {"SimCLR": "simclr", "CLSP-SimCLR": "clsp_simclr", "random init": "random_init",
+                  "CLSP-SimCLR control (anchor copies)": "clsp_simclr_control"}
 
 
 #: The recipe's sampling point (recipes/quickstart.yaml), measured for these generator weights
@@ -31,12 +42,41 @@ RECIPE_POINT = {"generator": "builtin:fashion_mnist", "generator_id": "710c88fb5
                 "interpolation_weight": 0.1, "strength": 0.7, "fidelity": 71, "paper_fidelity": 59}
 
 
-def _measured_weights(generator) -> bool:
+#: The gain of a mode over its control measured by benchmarks/synthetic_gain.py (key: its paired entry in
+#: benchmarks/results/synthetic_gain.json), for these weights, mode and sampling point: a quick start run without
+#: ``--control`` prints it, only for that combination (tests/test_quickstart.py checks the figures against the JSON).
+BENCHMARK_CONTROLS = (
+    {"key": "n5000_e40/multipos@Intel(R)-Xeon(R)-Processor+bf16", "generator_id": "710c88fb53e187ce",
+     "mode": "multipos", "interpolation_weight": 0.1, "strength": 1.0, "seeds": 5, "linear": (1.40, 0.97, 1.83),
+     "knn": 3.17, "budget": "5,000 images x 40 epochs", "cpu": "an Intel Xeon with avx512_bf16 (bf16)"},
+)
+
+
+def control_reference(config: RunConfig, mode: str) -> str:
+    """The line that stands for the control's row when ``--control`` was not given: the benchmark's paired gain
+    of ``mode`` over its control at this sampling point and these weights, if measured; otherwise how to get it."""
+    s = config.generate.clsp
+    run_it = ("synthpos quickstart --control adds the control's row (the same training on the anchors themselves, "
+              "nothing generated: one more pretraining)")
+    for point in BENCHMARK_CONTROLS:
+        if point["mode"] == mode and all(math.isclose(getattr(s, k), point[k]) for k in ("interpolation_weight", "strength")) \
+                and _measured_weights(config.generate.generator, point["generator_id"]):
+            mean, low, high = point["linear"]
+            return (f"against its control (the anchors themselves as the extra views, nothing generated), {mode} gained "
+                    f"{mean:+.2f} linear-fast points (95% t interval {low:+.2f} to {high:+.2f}; kNN {point['knn']:+.2f}), "
+                    f"paired over {point['seeds']} seeds at {point['budget']} with this generator and sampling on "
+                    f"{point['cpu']} (benchmarks/synthetic_gain.py, docs/results.md); {run_it}")
+    return f"no control measured for {mode} at this sampling point: {run_it}"
+
+
+def _measured_weights(generator, measured_id: str = RECIPE_POINT["generator_id"]) -> bool:
     from synthpos.generators.clsp_generator import generator_id
     from synthpos.generators.diffusion import resolve_generator_dir
 
+    if generator is None:  # trained here (--train-generator): not the weights measured
+        return False
     try:
-        return generator_id(resolve_generator_dir(Path(str(generator)))) == RECIPE_POINT["generator_id"]
+        return generator_id(resolve_generator_dir(Path(str(generator)))) == measured_id
     except (OSError, SynthposError):
         return False
 
@@ -68,13 +108,16 @@ def print_table(config: RunConfig, results: dict) -> None:
         paper = f"{100 * r['linear_paper_top1']:.2f}" if "linear_paper_top1" in r else "-"
         table.add_row(name, f"{100 * r['knn_top1']:.2f}", f"{100 * r['linear_top1']:.2f}", paper)
     console.print(table)
-    rows = results["rows"]
-    if CONTROL_ROW in rows and "CLSP-SimCLR" in rows:
-        gain = {k: 100 * (rows["CLSP-SimCLR"][k] - rows[CONTROL_ROW][k]) for k in ("knn_top1", "linear_top1")}
+    rows, mode = results["rows"], results["mode"]
+    ours, control = synthetic_row(mode), control_row(mode)
+    if control in rows:
+        gain = {k: 100 * (rows[ours][k] - rows[control][k]) for k in ("knn_top1", "linear_top1")}
         console.print(
-            f"CLSP-SimCLR minus its control (the same training with the anchors themselves as the third view, nothing "
+            f"{ours} minus its control (the same training with the anchors themselves as the extra views, nothing "
             f"generated): {gain['knn_top1']:+.2f} kNN, {gain['linear_top1']:+.2f} linear (fast) points: what the generated "
             "images carry here, on one seed (benchmarks/synthetic_gain.py gives paired intervals over seeds)")
+    else:
+        console.print(control_reference(config, mode))
     f = results["fidelity"]
     console.print(
         f"fidelity of the synthetic positives: {100 * f['fidelity']:.1f}% of {f['anchors'] * f['candidates']} candidates "
