@@ -48,7 +48,8 @@ RECIPE_POINT = {"generator": "builtin:fashion_mnist", "generator_id": "710c88fb5
 BENCHMARK_CONTROLS = (
     {"key": "n5000_e40/multipos@Intel(R)-Xeon(R)-Processor+bf16", "generator_id": "710c88fb53e187ce",
      "mode": "multipos", "interpolation_weight": 0.1, "strength": 1.0, "seeds": 5, "linear": (1.40, 0.97, 1.83),
-     "knn": 3.17, "budget": "5,000 images x 40 epochs", "cpu": "an Intel Xeon with avx512_bf16 (bf16)"},
+     "knn": 3.17, "budget": "5,000 images x 40 epochs",
+     "cpu": "an Intel Xeon with avx512_bf16 (generation bf16, pretraining fp32)"},
 )
 
 
