@@ -193,10 +193,16 @@ def test_the_recipes_reason_is_not_printed_for_other_weights_under_its_name(tmp_
 
 def test_the_controls_figures_are_the_benchmarks_paired_numbers():
     """The gain over the control that a quick start without --control prints is the paired summary of
-    benchmarks/results/synthetic_gain.json for those weights, mode and sampling point, to the printed digits."""
+    benchmarks/results/synthetic_gain.json for those weights, mode and settings, to the printed digits; the
+    settings it is printed for are those the benchmark's runs were made with."""
+    from synthpos.config import load_config
+    from synthpos.stages.quickstart import quickstart_recipe
     from synthpos.stages.quickstart_summary import BENCHMARK_CONTROLS
 
     gain = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "synthetic_gain.json").read_text())
+    recipe = load_config(quickstart_recipe())  # the benchmark's base config: what its rows do not override
+    record_keys = {"generate.clsp.sampler": "sampler", "generate.clsp.num_steps": "num_steps",
+                   "generate.clsp.interpolation_weight": "interpolation_weight", "generate.clsp.clip_x0": "clip_x0"}
     for point in BENCHMARK_CONTROLS:
         paired = gain["paired"][point["key"]]
         row, cpu = point["key"].split("/")[1].split("@")[0], paired["cpu"]
@@ -209,35 +215,44 @@ def test_the_controls_figures_are_the_benchmarks_paired_numbers():
         runs = [r for key, r in gain["runs"].items() if r["row"] == row and key.endswith(cpu)
                 and r["generator_id"] == point["generator_id"] and r["subset"] == 5000]
         assert sorted(r["seed"] for r in runs) == vs["seeds"]
-        for r in runs:  # the row's mode, and its store sampled at the point's strength
-            assert r["mode"] == point["mode"]
-            given = [o.split("=", 1)[1] for o in r["overrides"] if o.split("=")[0] in ("generate.strength",
-                                                                                        "generate.clsp.strength")]
-            assert math.isclose(float(given[0]) if given else 1.0, point["strength"])
+        settings = point["settings"]
+        for r in runs:
+            assert r["mode"] == point["mode"] and r["method"] == settings["pretrain.method"]
+            assert point["budget"] == f"{r['subset']:,} images x {r['epochs']} epochs"
+            record = r["generator"]  # the store's record: strength is written only when it is not 1
+            assert record["precision"] == "bf16" and "generation bf16, pretraining fp32" in point["cpu"]
+            assert math.isclose(record.get("strength", 1.0), settings["generate.clsp.strength"])
+            for key, field in record_keys.items():
+                assert record[field] == settings[key], key
+            # candidates and positives: the recipe's, which the row does not override
+            assert not [o for o in r["overrides"] if o.split("=")[0] in ("generate.candidates", "pretrain.synthetic.positives")]
+        assert recipe.generate.candidates == settings["generate.candidates"]
+        assert recipe.pretrain.synthetic.positives == settings["pretrain.synthetic.positives"]
+        assert recipe.data.name == settings["data.name"]
 
 
-def test_the_controls_figure_is_printed_only_for_its_point():
+def test_the_controls_figure_is_printed_only_for_its_settings():
     from synthpos.config import load_config
     from synthpos.stages.quickstart import quickstart_recipe
     from synthpos.stages.quickstart_summary import BENCHMARK_CONTROLS, control_reference
 
-    point = BENCHMARK_CONTROLS[0]
+    for point in BENCHMARK_CONTROLS:
+        at_point = [f"{k}={v}" for k, v in point["settings"].items()]
 
-    def line(*overrides):
-        return control_reference(load_config(quickstart_recipe(), list(overrides)), point["mode"])
+        def line(*overrides, mode=point["mode"]):
+            return control_reference(load_config(quickstart_recipe(), at_point + list(overrides)), mode)
 
-    at_point = line(f"generate.strength={point['strength']}", f"generate.interpolation_weight={point['interpolation_weight']}")
-    assert f"{point['linear'][0]:+.2f} linear-fast points" in at_point and f"paired over {point['seeds']} seeds" in at_point
-    measured = {p["strength"] for p in BENCHMARK_CONTROLS if p["mode"] == point["mode"]}
-    unmeasured = next(x for x in (0.5, 0.55, 0.6, 0.65) if x not in measured)
-    for other in ([f"generate.strength={unmeasured}"],
-                  [f"generate.strength={point['strength']}", "generate.generator=builtin:fashion_mnist_small"],
-                  [f"generate.strength={point['strength']}", "generate.interpolation_weight=0.3"]):
-        moved = line(*other)
-        assert "linear-fast points" not in moved and "--control adds the control's row" in moved
-    # Another mode at the same point: not its figure.
-    other_mode = control_reference(load_config(quickstart_recipe(), [f"generate.strength={point['strength']}"]), "clsp")
-    assert "linear-fast points" not in other_mode
+        printed = line()
+        assert f"{point['linear'][0]:+.2f} linear-fast points" in printed and f"paired over {point['seeds']} seeds" in printed
+        measured = {p["settings"]["generate.clsp.strength"] for p in BENCHMARK_CONTROLS if p["mode"] == point["mode"]}
+        unmeasured = next(x for x in (0.5, 0.55, 0.6, 0.65) if x not in measured)
+        for other in (f"generate.clsp.strength={unmeasured}", "generate.generator=builtin:fashion_mnist_small",
+                      "generate.generator=null", "generate.clsp.interpolation_weight=0.3", "generate.candidates=3",
+                      "pretrain.synthetic.positives=2", "generate.clsp.num_steps=20", "generate.clsp.clip_x0=false"):
+            moved = line(other)
+            assert "linear-fast points" not in moved and "--control adds the control's row" in moved, other
+        # Another mode at the same settings: not its figure.
+        assert "linear-fast points" not in line(mode="clsp")
 
 
 @pytest.mark.parametrize("mode", ["none", "mochi"])
@@ -247,4 +262,4 @@ def test_a_mode_that_reads_no_positives_is_one_line(tmp_path, mode):
     assert proc.returncode == 2
     assert f"pretrain.synthetic.mode={mode} reads none; set one that does (" in proc.stderr
     assert "multipos" in proc.stderr and "Traceback" not in proc.stderr
-    assert not (tmp_path / "qs").exists() or not any(p.name != ".lock" for p in (tmp_path / "qs").rglob("*"))
+    assert not (tmp_path / "qs").exists()

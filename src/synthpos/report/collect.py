@@ -22,6 +22,11 @@ __all__ = ["collect_run", "Entry", "metrics_damage", "read_metrics"]
 Entry = dict[str, Any]
 
 
+#: The encoders' folders of quick starts run before results.json named them (CLSP-SimCLR and its control).
+LEGACY_FOLDERS = {"SimCLR": "simclr", "CLSP-SimCLR": "clsp_simclr", "random init": "random_init",
+                  "CLSP-SimCLR control (anchor copies)": "clsp_simclr_control"}
+
+
 def _json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -171,8 +176,6 @@ def collect_run(run_dir: Path) -> dict:
     seeds = _summary(run_dir / "seeds.json", "synthpos run --seeds")
     if quick and "rows" in quick:
         out["kind"] = "quickstart"
-        from synthpos.stages.quickstart_summary import LEGACY_FOLDERS
-
         folders = quick.get("folders", LEGACY_FOLDERS)  # written by quick starts since the mode was the recipe's
         out["entries"] = []
         for name, row in quick["rows"].items():

@@ -29,7 +29,7 @@ from synthpos.figures.grid import positives_grid
 from synthpos.models.backbones import build_backbone, load_backbone, save_backbone
 from synthpos.report.html import write_report
 from synthpos.run_lock import run_lock
-from synthpos.stages.quickstart_summary import control_row, print_table, sampling_reason, synthetic_row
+from synthpos.stages.quickstart_summary import CONTROL_ROW, control_row, print_table, sampling_reason, synthetic_row  # noqa: F401 (CONTROL_ROW: old imports)
 from synthpos.stages.runner import run_stage
 
 console = Console()

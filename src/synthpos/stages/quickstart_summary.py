@@ -16,6 +16,7 @@ from rich.table import Table
 from synthpos.config import GeneratorCheckConfig, RunConfig
 from synthpos.errors import SynthposError
 from synthpos.evaluation.generator_check import floors_met
+from synthpos.report.collect import LEGACY_FOLDERS
 
 console = Console()
 
@@ -29,9 +30,9 @@ def control_row(mode: str) -> str:
     return f"SimCLR + {mode} control (anchor copies)"
 
 
-#: Legacy row names of quick starts run before the mode was the recipe's (CLSP-SimCLR and its control).
-LEGACY_FOLDERS = {"SimCLR": "simclr", "CLSP-SimCLR": "clsp_simclr", "random init": "random_init",
-                  "CLSP-SimCLR control (anchor copies)": "clsp_simclr_control"}
+#: The control's row in quick starts run before the synthetic mode was the recipe's (CLSP-SimCLR's control), kept
+#: for imports; now :func:`control_row` of the recipe's mode.
+CONTROL_ROW = next(name for name, folder in LEGACY_FOLDERS.items() if folder == "clsp_simclr_control")
 
 
 #: The recipe's sampling point (recipes/quickstart.yaml), measured for these generator weights
@@ -47,27 +48,41 @@ RECIPE_POINT = {"generator": "builtin:fashion_mnist", "generator_id": "710c88fb5
 #: ``--control`` prints it, only for that combination (tests/test_quickstart.py checks the figures against the JSON).
 BENCHMARK_CONTROLS = (
     {"key": "n5000_e40/multipos@Intel(R)-Xeon(R)-Processor+bf16", "generator_id": "710c88fb53e187ce",
-     "mode": "multipos", "interpolation_weight": 0.1, "strength": 1.0, "seeds": 5, "linear": (1.40, 0.97, 1.83),
-     "knn": 3.17, "budget": "5,000 images x 40 epochs",
-     "cpu": "an Intel Xeon with avx512_bf16 (generation bf16, pretraining fp32)"},
+     "mode": "multipos", "seeds": 5, "linear": (1.40, 0.97, 1.83), "knn": 3.17, "budget": "5,000 images x 40 epochs",
+     "cpu": "an Intel Xeon with avx512_bf16 (generation bf16, pretraining fp32)",
+     "settings": {"data.name": "fashion_mnist", "pretrain.method": "simclr", "pretrain.synthetic.positives": 1,
+                  "generate.candidates": 2, "generate.clsp.sampler": "dpmsolver++", "generate.clsp.num_steps": 10,
+                  "generate.clsp.interpolation_weight": 0.1, "generate.clsp.strength": 1.0,
+                  "generate.clsp.clip_x0": True}},
 )
+
+
+def _setting(config: RunConfig, key: str):
+    value = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _same(a, b) -> bool:
+    return math.isclose(a, b) if isinstance(a, float) or isinstance(b, float) else a == b
 
 
 def control_reference(config: RunConfig, mode: str) -> str:
     """The line that stands for the control's row when ``--control`` was not given: the benchmark's paired gain
-    of ``mode`` over its control at this sampling point and these weights, if measured; otherwise how to get it."""
-    s = config.generate.clsp
+    of ``mode`` over its control at these settings (data, method, positives, candidates, sampling) and weights, if
+    measured; otherwise how to get it."""
     run_it = ("synthpos quickstart --control adds the control's row (the same training on the anchors themselves, "
               "nothing generated: one more pretraining)")
     for point in BENCHMARK_CONTROLS:
-        if point["mode"] == mode and all(math.isclose(getattr(s, k), point[k]) for k in ("interpolation_weight", "strength")) \
+        if point["mode"] == mode and all(_same(_setting(config, k), v) for k, v in point["settings"].items()) \
                 and _measured_weights(config.generate.generator, point["generator_id"]):
             mean, low, high = point["linear"]
             return (f"against its control (the anchors themselves as the extra views, nothing generated), {mode} gained "
                     f"{mean:+.2f} linear-fast points (95% t interval {low:+.2f} to {high:+.2f}; kNN {point['knn']:+.2f}), "
                     f"paired over {point['seeds']} seeds at {point['budget']} with this generator and sampling on "
                     f"{point['cpu']} (benchmarks/synthetic_gain.py, docs/results.md); {run_it}")
-    return f"no control measured for {mode} at this sampling point: {run_it}"
+    return f"no control measured for {mode} at these settings: {run_it}"
 
 
 def _measured_weights(generator, measured_id: str = RECIPE_POINT["generator_id"]) -> bool:
