@@ -236,6 +236,9 @@ def test_the_controls_figure_is_printed_only_for_its_settings():
     from synthpos.stages.quickstart import quickstart_recipe
     from synthpos.stages.quickstart_summary import BENCHMARK_CONTROLS, control_reference
 
+    # The recipe as it ships is a measured point: a plain `synthpos quickstart` prints the benchmark's control figure.
+    recipe = load_config(quickstart_recipe())
+    assert "linear-fast points (95% t interval" in control_reference(recipe, recipe.pretrain.synthetic.mode)
     for point in BENCHMARK_CONTROLS:
         at_point = [f"{k}={v}" for k, v in point["settings"].items()]
 
