@@ -165,7 +165,7 @@ def quickstart(
     set: SetOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """SimCLR vs SimCLR with synthetic positives on Fashion-MNIST at CPU scale (about 10 minutes on 2 cores)."""
+    """SimCLR vs SimCLR with synthetic positives on Fashion-MNIST at CPU scale (9-15 minutes on 2 cores)."""
     from synthpos.stages import quickstart as stage
     stage.command(run_dir, train_generator=train_generator, overrides=set or [], show_progress=not quiet,
                   control=control)
