@@ -43,14 +43,14 @@ RECIPE_POINT = {"generator": "builtin:fashion_mnist", "generator_id": "710c88fb5
                 "interpolation_weight": 0.1, "strength": 0.7, "fidelity": 71, "paper_fidelity": 59}
 
 
-#: The gain of a mode over its control measured by benchmarks/synthetic_gain.py (key: its paired entry in
-#: benchmarks/results/synthetic_gain.json), for these weights, mode and sampling point: a quick start run without
-#: ``--control`` prints it, only for that combination (tests/test_quickstart.py checks the figures against the JSON).
 _XEON = "an Intel Xeon with avx512_bf16 (generation bf16, pretraining fp32)"
 #: the settings of the benchmark's runs (its base is the quick start's recipe) that decide whether its figure holds
 _BENCHMARK_SETTINGS = {"data.name": "fashion_mnist", "pretrain.method": "simclr", "pretrain.synthetic.positives": 1,
                        "generate.candidates": 2, "generate.clsp.sampler": "dpmsolver++", "generate.clsp.num_steps": 10,
                        "generate.clsp.interpolation_weight": 0.1, "generate.clsp.clip_x0": True}
+#: The gain of a mode over its control measured by benchmarks/synthetic_gain.py (key: its paired entry in
+#: benchmarks/results/synthetic_gain.json), for these weights, mode and sampling point: a quick start run without
+#: ``--control`` prints it, only for that combination (tests/test_quickstart.py checks the figures against the JSON).
 BENCHMARK_CONTROLS = (
     {"key": "n5000_e40/multipos_s0.7@Intel(R)-Xeon(R)-Processor+bf16", "generator_id": "710c88fb53e187ce",
      "mode": "multipos", "seeds": 5, "linear": (1.43, 1.09, 1.77), "knn": 2.98, "budget": "5,000 images x 40 epochs",
