@@ -22,7 +22,7 @@ Controls (issue 24), planned from the rows (:func:`plan_rows`), never typed:
   Rows that differ only in ``generate.*`` share one (``clsp_real`` serves ``clsp``, ``clsp_s0.7``, ...).
   ``replace`` at p = 1 on the anchors store is ``none`` (view 2 is the anchor, augmented): ``none`` is
   its control;
-- ``none_time``: SimCLR alone for ``round(epochs x t_slowest / t_none)`` epochs, each t the mean
+- ``none_time``: SimCLR alone for ``round(epochs x t_slowest / t_none)`` epochs, each t the median
   pretraining seconds over the seeds of this run on this CPU (the slowest SimCLR row against ``none``),
   fixed once per budget and CPU and recorded with both times, the load and the CPU (``time_matched``);
 - ``none_all``: SimCLR alone on the whole training split (60,000 images) at the steps of the budget
@@ -65,6 +65,7 @@ import functools
 import json
 import os
 import shlex
+import statistics
 import sys
 import time
 from datetime import datetime, timezone
@@ -216,15 +217,18 @@ def none_time_epochs(epochs: int, t_none: float, t_slowest: float) -> int:
 
 def time_match(runs: list[dict[str, Any]], seeds: list[int], cpu: str, subset: int, epochs: int,
                method: str = "simclr") -> dict[str, Any] | None:
-    """``none_time``'s epochs from this CPU's runs of the budget: t_none, the mean pretraining seconds of
-    ``none`` over ``seeds``, and t_slowest, the largest such mean of a row or control of ``method`` run on
-    all of them. None while ``none`` or every other row lacks a seed."""
+    """``none_time``'s epochs from this CPU's runs of the budget: t_none, the median pretraining seconds of
+    ``none`` over ``seeds``, and t_slowest, the largest such median of a row or control of ``method`` run on
+    all of them. None while ``none`` or every other row lacks a seed.
+
+    The median, not the mean: a run that shared the cores with other work takes up to 3x as long (its load
+    is in its record), and one such seed would set the epochs of every ``none_time`` run."""
     here = [r for r in runs if run_cpu(r)["key"] == cpu and (r["subset"], r["epochs"]) == (subset, epochs)
             and r["method"] == method and r["seed"] in seeds and run_role(r) in ("baseline", "row", "control")]
     times: dict[str, dict[int, float]] = {}
     for r in here:
         times.setdefault(r["row"], {})[r["seed"]] = r["pretrain_seconds"]
-    full = {name: sum(t.values()) / len(t) for name, t in times.items() if set(t) == set(seeds)}
+    full = {name: statistics.median(t.values()) for name, t in times.items() if set(t) == set(seeds)}
     baseline = next((r["row"] for r in here if run_role(r) == "baseline"), None)
     others = {name: t for name, t in full.items() if name != baseline}
     if baseline not in full or not others:

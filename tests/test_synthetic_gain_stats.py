@@ -164,6 +164,15 @@ def test_none_time_epochs_from_given_times(bench):
     assert bench.time_match(runs, [0, 1, 2, 3], "X", 5000, 40) is None  # none lacks seed 3
 
 
+def test_none_time_is_not_set_by_one_run_that_shared_the_machine(bench):
+    # One seed of none ran beside other work (3x its time): the mean would give 40 x 490 / 500 = 39 epochs.
+    here = {"cpu": {"key": "X"}}
+    runs = [{**_run("none", "none", s, 0.8, **here), "pretrain_seconds": t} for s, t in enumerate([290.0, 300.0, 910.0])]
+    runs += [{**_run("multipos", "multipos", s, 0.8, **here), "pretrain_seconds": t} for s, t in enumerate([480.0, 490.0, 500.0])]
+    matched = bench.time_match(runs, [0, 1, 2], "X", 5000, 40)
+    assert matched["t_none"] == 300.0 and matched["t_slowest"] == 490.0 and matched["epochs"] == 65
+
+
 def test_rows_of_two_cpus_are_never_paired(bench):
     amd, intel = {"cpu": {"key": "AMD-EPYC+bf16"}}, {"cpu": {"key": "Intel-Xeon+nobf16"}}
     none_amd = [_run("none", "none", s, 0.80, **amd) for s in range(3)]
