@@ -321,7 +321,7 @@ def run_config(args: argparse.Namespace, row: dict[str, Any], seed: int, subset:
         "pretrain.num_threads=2",
         # The paper's sampling (pure noise) unless a row says otherwise: the quick start's recipe
         # starts part-way (strength 0.7), a frontier point of its own row here.
-        "generate.strength=1.0",
+        "generate.clsp.strength=1.0",
     ]
     if args.smoke:
         from _smoke import pipeline_overrides
@@ -376,6 +376,7 @@ def one_run(args: argparse.Namespace, row: dict[str, Any], seed: int, subset: in
     config, generation_seed = run_config(args, row, seed, subset, epochs)
     store, _ = run_stage("generate", config, show_progress=False)  # None when the row's mode reads no store
     generator_record = None if store is None else store.manifest["generator"]
+    _start_afresh(config)
     start = time.perf_counter()
     run_stage("pretrain", config, show_progress=False, force=True, explicit=True)
     seconds = time.perf_counter() - start
@@ -399,6 +400,19 @@ def one_run(args: argparse.Namespace, row: dict[str, Any], seed: int, subset: in
         "pretrain_seconds": round(seconds, 1),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _start_afresh(config) -> None:
+    """A pretraining cut short (the benchmark was killed) would resume from its checkpoint, and its time would
+    be the rest's only: it is moved aside, so every run's ``pretrain_seconds`` is a whole run's (a killed
+    benchmark loses at most the run it was in)."""
+    from synthpos.stages import BY_NAME, move_aside, stage_status
+
+    stage = BY_NAME["pretrain"]
+    if stage_status(stage, config).state == "resume":
+        where = move_aside(stage, config)
+        print(f"{config.run_dir}: its pretraining was cut short; it starts again from the first step so that its time "
+              f"is whole (the partial run is kept in {where})", flush=True)
 
 
 def _record(metrics: dict[str, Any], probe: str, value: float) -> dict[str, Any] | None:

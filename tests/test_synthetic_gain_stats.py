@@ -234,3 +234,23 @@ def test_the_stored_amd_rows_stay_readable(bench):
     for key, entry in before.items():
         for field in ("linear_top1", "knn_top1", "seeds", "against", "target_met"):
             assert after[key][field] == entry[field], (key, field)
+
+
+def test_a_pretraining_cut_short_starts_again_so_its_time_is_whole(bench, tmp_path, capsys):
+    """A killed benchmark's run would resume from its checkpoint and time only the rest: it is moved aside."""
+    from synthpos.stages import BY_NAME, prepare_stage, stage_status
+
+    args = Namespace(generator="builtin:fashion_mnist", work=tmp_path / "work", smoke=False, generation_seed=0)
+    config, _ = bench.run_config(args, bench.parse_row("none"), 0, 5000, 40)
+    stage = BY_NAME["pretrain"]
+    prepare_stage(stage, config)  # the starting record, as a run killed mid-way leaves it
+    (stage.output(config) / "checkpoints").mkdir(parents=True)
+    (stage.output(config) / "checkpoints" / "last.ckpt").write_bytes(b"half a run")
+    assert stage_status(stage, config).state == "resume"
+    bench._start_afresh(config)
+    assert stage_status(stage, config).state == "new"
+    kept = config.run_dir / "previous" / "pretrain" / stage.output(config).name / "checkpoints" / "last.ckpt"
+    assert kept.read_bytes() == b"half a run"
+    assert "starts again from the first step" in capsys.readouterr().out
+    bench._start_afresh(config)  # nothing cut short: nothing moves
+    assert kept.is_file() and not stage.output(config).exists()
