@@ -69,6 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also train the judge's ConvNet only on each point's candidates (anchor labels) and on the same "
                         "number of real training images, SEEDS seeds each, and score both on the real test split "
                         "(the second fidelity measure; about 80 s per seed and set on 2 cores)")
+    p.add_argument("--select", type=int, default=0, metavar="M",
+                   help="also make M candidates per anchor and keep the --candidates nearest their anchor (cosine) in a "
+                        "label-free encoder's features (--selector): over-generation and selection, no labels")
+    p.add_argument("--selector", default=None, metavar="BACKBONE",
+                   help="the encoder --select ranks with: a backbone.pt of a synthpos pretraining run (default the "
+                        "round-0 SimCLR encoder shipped inside builtin:fashion_mnist_conditioned)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", type=Path, default=None,
                    help="cache of the fidelity classifier (default runs/frontier; with --smoke beside --out)")
@@ -95,10 +101,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def point_key(generator_id: str, w: float, strength: float, args: argparse.Namespace,
-              guidance: float = 1.0, condition_noise: float = 0.0) -> str:
-    # Guidance and embedding noise join the key only when set, so points measured before they existed stay found.
+              guidance: float = 1.0, condition_noise: float = 0.0, selector_id: str | None = None) -> str:
+    # Guidance, embedding noise and selection join the key only when set, so points measured before they existed
+    # stay found.
     extra = {k: v for k, v in (("guidance", guidance), ("condition_noise", condition_noise))
              if v != {"guidance": 1.0, "condition_noise": 0.0}[k]}
+    if getattr(args, "select", 0):
+        extra |= {"select": args.select, "selector": selector_id}
     return json.dumps({"generator": generator_id, "w": w, "strength": strength, "sampler": args.sampler, "steps": args.steps,
                        "clip_x0": args.clip_x0, "anchors": args.anchors, "candidates": args.candidates, "seed": args.seed,
                        **extra}, sort_keys=True)
@@ -136,13 +145,34 @@ def trained_on_candidates(candidates: np.ndarray, labels: np.ndarray, train, tes
             "per_seed": {"on_candidates": on_candidates, "on_real": on_real}}
 
 
+def default_selector() -> Path:
+    """The round-0 SimCLR encoder shipped with the embedding-conditioned generator (no labels in its training)."""
+    from synthpos.generators.diffusion import resolve_generator_dir
+
+    return resolve_generator_dir(Path("builtin:fashion_mnist_conditioned")) / "condition" / "encoder" / "backbone.pt"
+
+
+def keep_nearest(anchors: np.ndarray, candidates: np.ndarray, keep: int, embed) -> tuple[np.ndarray, np.ndarray]:
+    """Of M candidates per anchor, the ``keep`` whose embedding is nearest the anchor's (cosine), in the order
+    of nearness. ``embed``: uint8 images (N, H, W, C) -> L2-normalised features (N, D).
+
+    Returns the kept candidates (n, keep, H, W, C) and their cosine similarities (n, keep)."""
+    n, m = candidates.shape[:2]
+    a = embed(anchors)
+    c = embed(candidates.reshape(n * m, *candidates.shape[2:])).reshape(n, m, -1)
+    similarity = np.einsum("nd,nmd->nm", a, c)
+    order = np.argsort(-similarity, axis=1, kind="stable")[:, :keep]
+    return (np.take_along_axis(candidates, order[:, :, None, None, None], axis=1),
+            np.take_along_axis(similarity, order, axis=1))
+
+
 def measure(generator_dir: str, w: float, strength: float, train, classifier, args: argparse.Namespace,
-            guidance: float = 1.0, condition_noise: float = 0.0, test=None) -> dict[str, Any]:
+            guidance: float = 1.0, condition_noise: float = 0.0, test=None, selector=None) -> dict[str, Any]:
     from synthpos.config import GenerateConfig
     from synthpos.evaluation.positives import PositivesStats
     from synthpos.generators.registry import build_generator
 
-    settings = GenerateConfig(kind="clsp", candidates=args.candidates, batch_size=256,
+    settings = GenerateConfig(kind="clsp", candidates=args.select or args.candidates, batch_size=256,
                               clsp={"sampler": args.sampler, "num_steps": args.steps, "interpolation_weight": w,
                                     "strength": strength, "clip_x0": args.clip_x0, "guidance_scale": guidance,
                                     "condition_noise": condition_noise})
@@ -151,13 +181,24 @@ def measure(generator_dir: str, w: float, strength: float, train, classifier, ar
     start = time.perf_counter()
     candidates = generator.generate(anchors, 0, labels)
     seconds = time.perf_counter() - start
+    selection = None
+    if args.select:
+        from synthpos.generators.embedding_condition import embed_images
+
+        size = train.images.shape[1]
+        candidates, similarity = keep_nearest(anchors, candidates, args.candidates,
+                                              lambda x: embed_images(selector, x, size, train.mean, train.std))
+        selection = {"made": args.select, "kept": args.candidates, "by": "cosine to the anchor in the selector's "
+                     "L2-normalised backbone features", "selector": str(args.selector),
+                     "kept_similarity_mean": float(similarity.mean())}
     stats = PositivesStats(train.mean, train.std, classifier, train_images=train.images)
     stats.add(anchors, candidates, labels, np.arange(len(anchors)))
     summary = stats.summary(train.images[:2000], train.labels[:2000])
     if args.cas_seeds:
         summary["trained_on_candidates"] = trained_on_candidates(candidates, labels, train, test, args.cas_seeds)
     return {"generator": generator_dir, "record": generator.record(), "w": w, "strength": strength,
-            "guidance": guidance, "condition_noise": condition_noise, "generate_s": round(seconds, 1), **summary}
+            "guidance": guidance, "condition_noise": condition_noise, "generate_s": round(seconds, 1),
+            **({"selection": selection} if selection else {}), **summary}
 
 
 def generator_series(points: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -171,6 +212,8 @@ def generator_series(points: list[dict[str, Any]]) -> dict[str, list[dict[str, A
     for p in points:
         g, n = p.get("guidance", 1.0), p.get("condition_noise", 0.0)
         dials = "".join(f", {label} {v:g}" for label, v, default in (("guidance", g, 1.0), ("noise", n, 0.0)) if v != default)
+        if "selection" in p:
+            dials += f", kept {p['selection']['kept']} of {p['selection']['made']}"
         by_weights.setdefault((p["generator"], p["record"]["generator_sha256"], dials), []).append(p)
     weights_per_name = Counter(name for name, _ in {(name, gid) for name, gid, _ in by_weights})
     return {(name.removeprefix("builtin:") + (f" (weights {gid[:8]})" if weights_per_name[name] > 1 else "") + dials): series
@@ -266,19 +309,27 @@ def main(argv: list[str] | None = None) -> int:
                                "test_top1": info["test_top1"]},
                      "features": "the judge's penultimate layer (128-d)"},
     })
+    selector, selector_id = None, None
+    if args.select:
+        from synthpos.generators.embedding_condition import encoder_digest
+        from synthpos.models.backbones import load_backbone
+
+        args.selector = Path(args.selector) if args.selector else default_selector()
+        selector, selector_id = load_backbone(args.selector).eval().requires_grad_(False), encoder_digest(args.selector)
     for gen in args.generators:
         folder = resolve_generator_dir(Path(gen))
         gid = generator_id(folder)
         for w, strength, guidance, noise in sampling_grid(folder, args):
-            key = point_key(gid, w, strength, args, guidance, noise)
+            key = point_key(gid, w, strength, args, guidance, noise, selector_id)
             if key in done:
                 continue
             point = {"key": key, "command": command,
-                     **measure(gen, w, strength, train, classifier, args, guidance, noise, test)}
+                     **measure(gen, w, strength, train, classifier, args, guidance, noise, test, selector)}
             results["points"] = [p for p in results["points"] if p["key"] != key] + [point]
             done.add(key)
             f, d, m = point["fidelity"], point["diversity"], point["memorisation"]
-            print(f"{gen} w={w} strength={strength} guidance={guidance} noise={noise}: fidelity {100 * f['fidelity']:.1f}%, pixel "
+            kept = f" kept {args.candidates} of {args.select}" if args.select else ""
+            print(f"{gen} w={w} strength={strength} guidance={guidance} noise={noise}{kept}: fidelity {100 * f['fidelity']:.1f}%, pixel "
                   f"{d['pixel']['candidate_to_anchor']:.3f}, features {d['features']['candidate_to_anchor']:.3f}, "
                   f"nearer another training image {100 * m['closer_to_another_training_image']:.1f}%, "
                   f"nearer it than its anchor is {100 * m['nearer_to_another_training_image_than_its_anchor_is']:.1f}% "

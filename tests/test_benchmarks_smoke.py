@@ -95,6 +95,13 @@ def test_frontier_smoke(tmp_path):
     assert points == {(0.1, 1.0), (0.1, 0.5)}
     assert all(0 <= p["fidelity"]["fidelity"] <= 1 for p in report["points"])
     assert (tmp_path / "frontier.png").is_file()
+    # Over-generation and selection: 3 made per anchor, the K = 2 nearest kept (a smoke run starts its JSON anew).
+    bench.main(["--smoke", "--out", str(tmp_path / "frontier.json"), "--work", str(tmp_path / "work"), "--select", "3"])
+    report = json.loads((tmp_path / "frontier.json").read_text())
+    selected = [p for p in report["points"] if "selection" in p]
+    assert selected == report["points"] and {(p["w"], p["strength"]) for p in selected} == points
+    assert all(p["selection"]["made"] == 3 and p["selection"]["kept"] == 2 and json.loads(p["key"])["select"] == 3
+               and json.loads(p["key"])["selector"] for p in selected)
 
 
 def test_store_verify_smoke(tmp_path):
@@ -223,3 +230,26 @@ def test_frontier_draws_beside_it_only_points_of_the_same_protocol(tmp_path):
     dropped = [point(0.3), point(0.1, anchors=500), point(0.1, steps=20), point(0.1, candidates=4), point(0.1, seed=1)]
     (tmp_path / "other.json").write_text(json.dumps({"points": kept + dropped}))
     assert [p["tag"] for p in bench.beside_points(args)] == [p["tag"] for p in kept]
+
+
+def test_frontier_selection_keeps_the_candidates_nearest_their_anchor():
+    """--select: of M candidates the K nearest their anchor in the selector's features, checked against
+    scikit-learn's cosine similarity, nearest first."""
+    from sklearn.metrics.pairwise import cosine_similarity
+
+    bench = load("frontier")
+    rng = np.random.default_rng(0)
+    anchors = rng.integers(0, 256, (3, 4, 4, 1), dtype=np.uint8)
+    candidates = rng.integers(0, 256, (3, 5, 4, 4, 1), dtype=np.uint8)
+    projection = rng.standard_normal((16, 6))
+
+    def embed(images):
+        f = images.reshape(len(images), -1).astype(np.float64) @ projection
+        return f / np.linalg.norm(f, axis=1, keepdims=True)
+
+    kept, similarity = bench.keep_nearest(anchors, candidates, 2, embed)
+    for i in range(3):
+        sims = cosine_similarity(anchors[i].reshape(1, -1) @ projection, candidates[i].reshape(5, -1) @ projection)[0]
+        best = np.argsort(-sims)[:2]
+        np.testing.assert_array_equal(kept[i], candidates[i][best])
+        np.testing.assert_allclose(similarity[i], sims[best], rtol=1e-9)
