@@ -44,6 +44,9 @@ def test_quickstart_tiny(tmp_path):
     synthetic, control_name = "SimCLR + multipos positives", "SimCLR + multipos control (anchor copies)"
     for row in ("raw pixels", "random init", "SimCLR", synthetic, control_name):
         assert row in out
+    # The control's store has its own header, before its progress bar and the pretraining.
+    marks = [" ".join(out.split()).find(m) for m in ("3/5", "the control's store: 2 copies of each anchor", "4/5 pretraining SimCLR")]
+    assert -1 < marks[0] < marks[1] < marks[2], (marks, out[:3000])
     assert "fidelity of the synthetic positives" in out
     results = json.loads((run_dir / "results.json").read_text())
     assert set(results["rows"]) == {"raw pixels", "random init", "SimCLR", synthetic, control_name}

@@ -100,6 +100,8 @@ def run_quickstart(run_dir: Path, train_generator: bool = False, overrides: list
                     (synthetic_row(mode), _mode_config(config, mode, f"{mode}_simclr"))]
     if control:
         pretrainings.append((control_row(mode), _control_config(config)))
+        console.print(f"[bold]4/5[/bold] the control's store: {g.candidates} copies of each anchor (generate.kind: anchors), "
+                      "nothing generated")
         _timed_stage(timings, "generate_control_s", "generate", pretrainings[-1][1], show_progress)
     runs, folders = {}, {"random init": "random_init"}
     for name, sub in pretrainings:
