@@ -86,6 +86,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="checks the script: 4 anchors, 2 points of 2 sampler steps, "
                    "a 1-epoch classifier, on a tiny copy of the data, classifier cached beside --out (CI)")
     args = p.parse_args(argv)
+    if args.select and args.select <= args.candidates:
+        p.error(f"--select {args.select} must be more than --candidates {args.candidates} (it makes M and keeps K)")
+    if args.selector and not args.select:
+        p.error("--selector ranks the candidates of --select M; give --select too")
     args.generators = [g for g in args.generators.split(",") if g]
     args.data_root = None
     if args.smoke:
@@ -167,7 +171,8 @@ def keep_nearest(anchors: np.ndarray, candidates: np.ndarray, keep: int, embed) 
 
 
 def measure(generator_dir: str, w: float, strength: float, train, classifier, args: argparse.Namespace,
-            guidance: float = 1.0, condition_noise: float = 0.0, test=None, selector=None) -> dict[str, Any]:
+            guidance: float = 1.0, condition_noise: float = 0.0, test=None, selector=None,
+            selector_id: str | None = None) -> dict[str, Any]:
     from synthpos.config import GenerateConfig
     from synthpos.evaluation.positives import PositivesStats
     from synthpos.generators.registry import build_generator
@@ -189,7 +194,7 @@ def measure(generator_dir: str, w: float, strength: float, train, classifier, ar
         candidates, similarity = keep_nearest(anchors, candidates, args.candidates,
                                               lambda x: embed_images(selector, x, size, train.mean, train.std))
         selection = {"made": args.select, "kept": args.candidates, "by": "cosine to the anchor in the selector's "
-                     "L2-normalised backbone features", "selector": str(args.selector),
+                     "L2-normalised backbone features", "selector": args.selector_name, "selector_sha256": selector_id,
                      "kept_similarity_mean": float(similarity.mean())}
     stats = PositivesStats(train.mean, train.std, classifier, train_images=train.images)
     stats.add(anchors, candidates, labels, np.arange(len(anchors)))
@@ -213,7 +218,9 @@ def generator_series(points: list[dict[str, Any]]) -> dict[str, list[dict[str, A
         g, n = p.get("guidance", 1.0), p.get("condition_noise", 0.0)
         dials = "".join(f", {label} {v:g}" for label, v, default in (("guidance", g, 1.0), ("noise", n, 0.0)) if v != default)
         if "selection" in p:
-            dials += f", kept {p['selection']['kept']} of {p['selection']['made']}"
+            chosen = p["selection"]
+            dials += f", kept {chosen['kept']} of {chosen['made']}" + (
+                f" by {chosen['selector_sha256'][:8]}" if chosen.get("selector_sha256") else "")
         by_weights.setdefault((p["generator"], p["record"]["generator_sha256"], dials), []).append(p)
     weights_per_name = Counter(name for name, _ in {(name, gid) for name, gid, _ in by_weights})
     return {(name.removeprefix("builtin:") + (f" (weights {gid[:8]})" if weights_per_name[name] > 1 else "") + dials): series
@@ -314,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         from synthpos.generators.embedding_condition import encoder_digest
         from synthpos.models.backbones import load_backbone
 
+        args.selector_name = args.selector or "builtin:fashion_mnist_conditioned/condition/encoder/backbone.pt"
         args.selector = Path(args.selector) if args.selector else default_selector()
         selector, selector_id = load_backbone(args.selector).eval().requires_grad_(False), encoder_digest(args.selector)
     for gen in args.generators:
@@ -324,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             if key in done:
                 continue
             point = {"key": key, "command": command,
-                     **measure(gen, w, strength, train, classifier, args, guidance, noise, test, selector)}
+                     **measure(gen, w, strength, train, classifier, args, guidance, noise, test, selector, selector_id)}
             results["points"] = [p for p in results["points"] if p["key"] != key] + [point]
             done.add(key)
             f, d, m = point["fidelity"], point["diversity"], point["memorisation"]

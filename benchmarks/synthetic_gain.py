@@ -222,7 +222,8 @@ def time_match(runs: list[dict[str, Any]], seeds: list[int], cpu: str, subset: i
     all of them. None while ``none`` or every other row lacks a seed.
 
     The median, not the mean: a run that shared the cores with other work takes up to 3x as long (its load
-    is in its record), and one such seed would set the epochs of every ``none_time`` run."""
+    is in its record), and one such seed would set the epochs of every ``none_time`` run. (Over two seeds the
+    median is the mean: use three or more.)"""
     here = [r for r in runs if run_cpu(r)["key"] == cpu and (r["subset"], r["epochs"]) == (subset, epochs)
             and r["method"] == method and r["seed"] in seeds and run_role(r) in ("baseline", "row", "control")]
     times: dict[str, dict[int, float]] = {}
@@ -235,7 +236,7 @@ def time_match(runs: list[dict[str, Any]], seeds: list[int], cpu: str, subset: i
         return None
     slowest = max(others, key=others.get)
     return {"t_none": round(full[baseline], 1), "t_slowest": round(others[slowest], 1), "slowest_row": slowest,
-            "baseline_row": baseline, "seeds": sorted(seeds), "base_epochs": epochs,
+            "baseline_row": baseline, "seeds": sorted(seeds), "base_epochs": epochs, "statistic": "median",
             "epochs": none_time_epochs(epochs, full[baseline], others[slowest])}
 
 
@@ -406,13 +407,16 @@ def _start_afresh(config) -> None:
     """A pretraining cut short (the benchmark was killed) would resume from its checkpoint, and its time would
     be the rest's only: it is moved aside, so every run's ``pretrain_seconds`` is a whole run's (a killed
     benchmark loses at most the run it was in)."""
+    from synthpos.run_lock import run_lock
     from synthpos.stages import BY_NAME, move_aside, stage_status
 
     stage = BY_NAME["pretrain"]
-    if stage_status(stage, config).state == "resume":
+    with run_lock(config.run_dir):  # a second benchmark on this --work is refused, not robbed of its live run
+        if stage_status(stage, config, explicit=True).state != "resume":
+            return
         where = move_aside(stage, config)
-        print(f"{config.run_dir}: its pretraining was cut short; it starts again from the first step so that its time "
-              f"is whole (the partial run is kept in {where})", flush=True)
+    print(f"{config.run_dir}: its pretraining was cut short; it starts again from the first step so that its time "
+          f"is whole (the partial run is kept in {where})", flush=True)
 
 
 def _record(metrics: dict[str, Any], probe: str, value: float) -> dict[str, Any] | None:

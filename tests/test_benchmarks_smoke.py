@@ -5,6 +5,7 @@ tmp_path; the test checks the machine section and that every compared pipeline o
 from __future__ import annotations
 
 import importlib.util
+from argparse import Namespace
 import json
 import sys
 from pathlib import Path
@@ -100,6 +101,15 @@ def test_frontier_smoke(tmp_path):
     report = json.loads((tmp_path / "frontier.json").read_text())
     selected = [p for p in report["points"] if "selection" in p]
     assert selected == report["points"] and {(p["w"], p["strength"]) for p in selected} == points
+    key = json.loads(selected[0]["key"])
+    assert selected[0]["selection"]["selector_sha256"] == key["selector"]
+    plain = Namespace(**{k: v for k, v in key.items() if k not in ("generator", "w", "strength", "select", "selector")},
+                      select=0)
+    assert bench.point_key(key["generator"], key["w"], key["strength"], plain) != selected[0]["key"]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--select", "2", "--candidates", "2"])  # keeps as many as it makes
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--selector", "backbone.pt"])  # without --select
     assert all(p["selection"]["made"] == 3 and p["selection"]["kept"] == 2 and json.loads(p["key"])["select"] == 3
                and json.loads(p["key"])["selector"] for p in selected)
 

@@ -160,7 +160,7 @@ def test_none_time_epochs_from_given_times(bench):
     runs += [{**timed("mochi", "mochi", s, 999.0), "method": "mocov2plus"} for s in range(3)]  # not SimCLR
     matched = bench.time_match(runs, [0, 1, 2], "X", 5000, 40)
     assert matched["t_none"] == 300.0 and matched["t_slowest"] == 490.0 and matched["slowest_row"] == "multipos"
-    assert matched["epochs"] == 65 and matched["seeds"] == [0, 1, 2]
+    assert matched["epochs"] == 65 and matched["seeds"] == [0, 1, 2] and matched["statistic"] == "median"
     assert bench.time_match(runs, [0, 1, 2, 3], "X", 5000, 40) is None  # none lacks seed 3
 
 
@@ -252,5 +252,17 @@ def test_a_pretraining_cut_short_starts_again_so_its_time_is_whole(bench, tmp_pa
     kept = config.run_dir / "previous" / "pretrain" / stage.output(config).name / "checkpoints" / "last.ckpt"
     assert kept.read_bytes() == b"half a run"
     assert "starts again from the first step" in capsys.readouterr().out
-    bench._start_afresh(config)  # nothing cut short: nothing moves
+    bench._start_afresh(config)  # nothing there: nothing moves
     assert kept.is_file() and not stage.output(config).exists()
+    # A finished pretraining (whole backbone, complete record) stays where it is: the benchmark's force redoes it.
+    from synthpos.models.backbones import build_backbone, save_backbone
+    from synthpos.stages import expected_record, write_record
+
+    prepare_stage(stage, config)
+    backbone = config.pretrain_dir / "backbone.pt"
+    save_backbone(build_backbone(config.pretrain.backbone, 1), config.pretrain.backbone, 1, backbone)
+    write_record(stage, config, expected_record(stage, config), complete=True)
+    assert stage_status(stage, config).state == "done"
+    before = backbone.read_bytes()
+    bench._start_afresh(config)
+    assert stage_status(stage, config).state == "done" and backbone.read_bytes() == before
