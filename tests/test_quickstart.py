@@ -215,6 +215,11 @@ def test_the_controls_figures_are_the_benchmarks_paired_numbers():
         linear = vs["linear_top1"]
         assert point["linear"] == tuple(round(linear[k], 2) for k in ("mean_points", "low", "high"))
         assert point["knn"] == round(vs["knn_top1"]["mean_points"], 2)
+        same_time = paired["against_none_time"]
+        assert same_time["seeds"] == vs["seeds"]
+        assert point["same_time"] == tuple(round(same_time["linear_top1"][k], 2) for k in ("mean_points", "low", "high"))
+        matched = gain["time_matched"][f"n5000_e40/{cpu}"]
+        assert point["same_time_epochs"] == matched["epochs"] and matched["seeds"] == vs["seeds"]
         runs = [r for key, r in gain["runs"].items() if r["row"] == row and key.endswith(cpu)
                 and r["generator_id"] == point["generator_id"] and r["subset"] == 5000]
         assert sorted(r["seed"] for r in runs) == vs["seeds"]
@@ -250,6 +255,7 @@ def test_the_controls_figure_is_printed_only_for_its_settings():
 
         printed = line()
         assert f"{point['linear'][0]:+.2f} linear-fast points" in printed and f"paired over {point['seeds']} seeds" in printed
+        assert f"given its pretraining time ({point['same_time_epochs']} epochs) {point['same_time'][0]:+.2f}" in printed
         measured = {p["settings"]["generate.clsp.strength"] for p in BENCHMARK_CONTROLS if p["mode"] == point["mode"]}
         unmeasured = next(x for x in (0.5, 0.55, 0.6, 0.65) if x not in measured)
         for other in (f"generate.clsp.strength={unmeasured}", "generate.generator=builtin:fashion_mnist_small",
