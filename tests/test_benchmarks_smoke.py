@@ -5,9 +5,9 @@ tmp_path; the test checks the machine section and that every compared pipeline o
 from __future__ import annotations
 
 import importlib.util
-from argparse import Namespace
 import json
 import sys
+from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
