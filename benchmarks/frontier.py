@@ -28,8 +28,10 @@ Writes ``benchmarks/results/frontier.json`` and ``frontier.png`` (``--out``).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
+import tempfile
 import time
 from collections import Counter
 from datetime import datetime, timezone
@@ -43,6 +45,13 @@ from _machine import machine_info  # benchmarks/_machine.py
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_OUT = ROOT / "results" / "frontier.json"
+
+
+#: A conditional generator's sampling dials: the point's JSON key -> (its generate.clsp key, default, label in the
+#: plot, the conditionings that sweep it). A point at a dial's default keeps the key it had before the dial existed.
+DIALS = {"guidance": ("guidance_scale", 1.0, "guidance", ("class", "embedding")),
+         "condition_noise": ("condition_noise", 0.0, "noise", ("embedding",)),
+         "neighbour_blend": ("neighbour_blend", 0.0, "blend", ("embedding",))}
 
 
 def _floats(text: str) -> list[float]:
@@ -59,6 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "generators only; an unconditional one is measured at 1)")
     p.add_argument("--condition-noise", dest="condition_noise", type=_floats, default=[0.0],
                    help="generate.condition_noise values (embedding-conditioned generators only; others at 0)")
+    p.add_argument("--neighbour-blend", dest="neighbour_blend", type=_floats, default=[0.0],
+                   help="generate.clsp.neighbour_blend values (embedding-conditioned generators only; others at 0): "
+                        "each candidate conditioned on its anchor's embedding blended toward one of its 5 nearest "
+                        "training images' (all 60,000 training images are the pool)")
     p.add_argument("--anchors", type=int, default=300)
     p.add_argument("--candidates", type=int, default=2)
     p.add_argument("--sampler", default="dpmsolver++", choices=["ddim", "dpmsolver++"])
@@ -105,11 +118,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def point_key(generator_id: str, w: float, strength: float, args: argparse.Namespace,
-              guidance: float = 1.0, condition_noise: float = 0.0, selector_id: str | None = None) -> str:
-    # Guidance, embedding noise and selection join the key only when set, so points measured before they existed
+              dials: dict[str, float] | None = None, selector_id: str | None = None) -> str:
+    # The conditional dials and selection join the key only when set, so points measured before they existed
     # stay found.
-    extra = {k: v for k, v in (("guidance", guidance), ("condition_noise", condition_noise))
-             if v != {"guidance": 1.0, "condition_noise": 0.0}[k]}
+    extra = {k: v for k, v in (dials or {}).items() if v != DIALS[k][1]}
     if getattr(args, "select", 0):
         extra |= {"select": args.select, "selector": selector_id}
     return json.dumps({"generator": generator_id, "w": w, "strength": strength, "sampler": args.sampler, "steps": args.steps,
@@ -125,12 +137,13 @@ def conditioning(generator_dir: Path) -> str | None:
     return "class" if unet_config.get("num_class_embeds") else None
 
 
-def sampling_grid(generator_dir: Path, args: argparse.Namespace) -> list[tuple[float, float, float, float]]:
-    """The (w, strength, guidance, condition noise) points a generator is measured at."""
+def sampling_grid(generator_dir: Path, args: argparse.Namespace) -> list[tuple[float, float, dict[str, float]]]:
+    """The (w, strength, dials) points a generator is measured at: each dial of :data:`DIALS` swept where the
+    generator's conditioning takes it, at its default elsewhere."""
     kind = conditioning(generator_dir)
-    guidance = args.guidance if kind else [1.0]
-    noise = args.condition_noise if kind == "embedding" else [0.0]
-    return [(w, s, g, n) for w in args.weights for s in args.strengths for g in guidance for n in noise]
+    values = [[(key, v) for v in (getattr(args, key) if kind in takes else [default])]
+              for key, (_, default, _, takes) in DIALS.items()]
+    return [(w, s, dict(combo)) for w in args.weights for s in args.strengths for combo in itertools.product(*values)]
 
 
 def trained_on_candidates(candidates: np.ndarray, labels: np.ndarray, train, test, seeds: int) -> dict[str, Any]:
@@ -171,20 +184,23 @@ def keep_nearest(anchors: np.ndarray, candidates: np.ndarray, keep: int, embed) 
 
 
 def measure(generator_dir: str, w: float, strength: float, train, classifier, args: argparse.Namespace,
-            guidance: float = 1.0, condition_noise: float = 0.0, test=None, selector=None,
+            dials: dict[str, float] | None = None, test=None, selector=None,
             selector_id: str | None = None) -> dict[str, Any]:
     from synthpos.config import GenerateConfig
     from synthpos.evaluation.positives import PositivesStats
     from synthpos.generators.registry import build_generator
 
+    dials = {key: default for key, (_, default, _, _) in DIALS.items()} | (dials or {})
     settings = GenerateConfig(kind="clsp", candidates=args.select or args.candidates, batch_size=256,
                               clsp={"sampler": args.sampler, "num_steps": args.steps, "interpolation_weight": w,
-                                    "strength": strength, "clip_x0": args.clip_x0, "guidance_scale": guidance,
-                                    "condition_noise": condition_noise})
+                                    "strength": strength, "clip_x0": args.clip_x0,
+                                    **{DIALS[key][0]: value for key, value in dials.items()}})
     generator = build_generator("clsp", Path(generator_dir), settings, args.seed, torch.device("cpu"))
     anchors, labels = train.images[: args.anchors], train.labels[: args.anchors]
     start = time.perf_counter()
-    candidates = generator.generate(anchors, 0, labels)
+    with tempfile.TemporaryDirectory() as work:  # the neighbours neighbour_blend fits (the whole training split)
+        generator.prepare(train.images, train.labels, Path(work) / "store")  # labels: a class-conditional's check
+        candidates = generator.generate(anchors, 0, labels)
     seconds = time.perf_counter() - start
     selection = None
     if args.select:
@@ -202,7 +218,8 @@ def measure(generator_dir: str, w: float, strength: float, train, classifier, ar
     if args.cas_seeds:
         summary["trained_on_candidates"] = trained_on_candidates(candidates, labels, train, test, args.cas_seeds)
     return {"generator": generator_dir, "record": generator.record(), "w": w, "strength": strength,
-            "guidance": guidance, "condition_noise": condition_noise, "generate_s": round(seconds, 1),
+            **{key: value for key, value in dials.items() if key != "neighbour_blend" or value != 0.0},
+            "generate_s": round(seconds, 1),
             **({"selection": selection} if selection else {}), **summary}
 
 
@@ -215,8 +232,8 @@ def generator_series(points: list[dict[str, Any]]) -> dict[str, list[dict[str, A
     """
     by_weights: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for p in points:
-        g, n = p.get("guidance", 1.0), p.get("condition_noise", 0.0)
-        dials = "".join(f", {label} {v:g}" for label, v, default in (("guidance", g, 1.0), ("noise", n, 0.0)) if v != default)
+        dials = "".join(f", {label} {p.get(key, default):g}" for key, (_, default, label, _) in DIALS.items()
+                        if p.get(key, default) != default)
         if "selection" in p:
             chosen = p["selection"]
             dials += f", kept {chosen['kept']} of {chosen['made']}" + (
@@ -327,17 +344,18 @@ def main(argv: list[str] | None = None) -> int:
     for gen in args.generators:
         folder = resolve_generator_dir(Path(gen))
         gid = generator_id(folder)
-        for w, strength, guidance, noise in sampling_grid(folder, args):
-            key = point_key(gid, w, strength, args, guidance, noise, selector_id)
+        for w, strength, dials in sampling_grid(folder, args):
+            key = point_key(gid, w, strength, args, dials, selector_id)
             if key in done:
                 continue
             point = {"key": key, "command": command,
-                     **measure(gen, w, strength, train, classifier, args, guidance, noise, test, selector, selector_id)}
+                     **measure(gen, w, strength, train, classifier, args, dials, test, selector, selector_id)}
             results["points"] = [p for p in results["points"] if p["key"] != key] + [point]
             done.add(key)
             f, d, m = point["fidelity"], point["diversity"], point["memorisation"]
             kept = f" kept {args.candidates} of {args.select}" if args.select else ""
-            print(f"{gen} w={w} strength={strength} guidance={guidance} noise={noise}{kept}: fidelity {100 * f['fidelity']:.1f}%, pixel "
+            shown = " ".join(f"{k}={v:g}" for k, v in dials.items())
+            print(f"{gen} w={w} strength={strength} {shown}{kept}: fidelity {100 * f['fidelity']:.1f}%, pixel "
                   f"{d['pixel']['candidate_to_anchor']:.3f}, features {d['features']['candidate_to_anchor']:.3f}, "
                   f"nearer another training image {100 * m['closer_to_another_training_image']:.1f}%, "
                   f"nearer it than its anchor is {100 * m['nearer_to_another_training_image_than_its_anchor_is']:.1f}% "

@@ -108,6 +108,12 @@ def test_frontier_smoke(tmp_path):
     assert bench.point_key(key["generator"], key["w"], key["strength"], plain) != selected[0]["key"]
     with pytest.raises(SystemExit):
         bench.parse_args(["--select", "2", "--candidates", "2"])  # keeps as many as it makes
+    # The embedding-conditioned generator's neighbour blend: the pool's neighbours fitted, the dial in the record.
+    bench.main(["--smoke", "--out", str(tmp_path / "blend.json"), "--work", str(tmp_path / "work"), "--generators",
+                "builtin:fashion_mnist_conditioned", "--neighbour-blend", "0.5"])
+    blended = json.loads((tmp_path / "blend.json").read_text())["points"]
+    assert len(blended) == 2 and all(p["neighbour_blend"] == 0.5 and p["record"]["neighbour_blend"] == 0.5
+                                     and json.loads(p["key"])["neighbour_blend"] == 0.5 for p in blended)
     with pytest.raises(SystemExit):
         bench.parse_args(["--selector", "backbone.pt"])  # without --select
     assert all(p["selection"]["made"] == 3 and p["selection"]["kept"] == 2 and json.loads(p["key"])["select"] == 3
@@ -194,18 +200,24 @@ def test_frontier_grid_follows_the_generators_conditioning(tmp_path):
     """Guidance is swept only for conditional generators, embedding noise only for embedding-conditioned ones, and a
     point at the defaults keeps the key it had before those dials existed (so measured points are not redone)."""
     bench = load("frontier")
-    args = bench.parse_args(["--weights", "0.1", "--strengths", "1,0.7", "--guidance", "1,2", "--condition-noise", "0,0.2"])
+    args = bench.parse_args(["--weights", "0.1", "--strengths", "1,0.7", "--guidance", "1,2", "--condition-noise", "0,0.2",
+                             "--neighbour-blend", "0,0.3,0.6"])
     for name, unet_config in (("plain", {}), ("labels", {"num_class_embeds": 11}), ("embedding", {"class_embed_type": "identity"})):
         (tmp_path / name / "unet").mkdir(parents=True)
         (tmp_path / name / "unet" / "config.json").write_text(json.dumps(unet_config))
-    assert [(g, n) for _, _, g, n in bench.sampling_grid(tmp_path / "plain", args)] == [(1.0, 0.0)] * 2
-    assert {(g, n) for _, _, g, n in bench.sampling_grid(tmp_path / "labels", args)} == {(1.0, 0.0), (2.0, 0.0)}
-    assert len(bench.sampling_grid(tmp_path / "embedding", args)) == 2 * 2 * 2
+    def dials(name):
+        return [(d["guidance"], d["condition_noise"], d["neighbour_blend"]) for _, _, d in bench.sampling_grid(tmp_path / name, args)]
+
+    assert dials("plain") == [(1.0, 0.0, 0.0)] * 2
+    assert set(dials("labels")) == {(1.0, 0.0, 0.0), (2.0, 0.0, 0.0)}
+    assert len(dials("embedding")) == 2 * 2 * 2 * 3 and {b for _, _, b in dials("embedding")} == {0.0, 0.3, 0.6}
     old = json.dumps({"generator": "g", "w": 0.1, "strength": 1.0, "sampler": args.sampler, "steps": args.steps,
                       "clip_x0": args.clip_x0, "anchors": args.anchors, "candidates": args.candidates, "seed": args.seed},
                      sort_keys=True)
     assert bench.point_key("g", 0.1, 1.0, args) == old
-    assert bench.point_key("g", 0.1, 1.0, args, 2.0, 0.0) != old != bench.point_key("g", 0.1, 1.0, args, 1.0, 0.2)
+    assert bench.point_key("g", 0.1, 1.0, args, {"guidance": 1.0, "condition_noise": 0.0, "neighbour_blend": 0.0}) == old
+    keys = {bench.point_key("g", 0.1, 1.0, args, d) for d in ({"guidance": 2.0}, {"condition_noise": 0.2}, {"neighbour_blend": 0.3})}
+    assert old not in keys and len(keys) == 3
 
 
 def test_data_path_smoke(tmp_path):

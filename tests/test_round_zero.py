@@ -31,6 +31,7 @@ TINY = [
     "train_generator.warmup_steps=0", "train_generator.precision=fp32", "train_generator.condition.neighbour_prob=0.5",
     "train_generator.condition.neighbours=3", "generate.candidates=1", "generate.num_steps=2", "generate.shard_size=24",
     "generate.precision=fp32", "generate.guidance_scale=2.0", "generate.condition_noise=0.1",
+    "generate.clsp.neighbour_blend=0.3", "generate.clsp.neighbours=2",
 ]
 
 

@@ -6,6 +6,7 @@ interpolated bottleneck) and combines the predictions by hand.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -197,9 +198,81 @@ def test_condition_noise_gives_each_candidate_its_own_condition_and_stays_determ
     assert np.array_equal(shared.generate(images[:2], 7)[1:], shared.generate(images[1:2], 8))
 
 
-def test_condition_noise_needs_an_embedding_conditioned_generator(tmp_path: Path, tiny_unet) -> None:
+@pytest.mark.parametrize("dial", ["condition_noise", "neighbour_blend"])
+def test_embedding_dials_need_an_embedding_conditioned_generator(tmp_path: Path, tiny_unet, dial: str) -> None:
     from synthpos.generators.diffusion import build_noise_scheduler, save_pipeline
 
     save_pipeline(tiny_unet, build_noise_scheduler(TrainGeneratorConfig(num_train_timesteps=50)), tmp_path / "plain")
-    with pytest.raises(SynthposError, match="condition_noise"):
-        build_generator("clsp", tmp_path / "plain", _settings(condition_noise=0.1), seed=0, device="cpu")
+    with pytest.raises(SynthposError, match=f"generate.clsp.{dial}=0.1 needs an embedding-conditioned generator"):
+        build_generator("clsp", tmp_path / "plain", _settings(clsp={dial: 0.1}), seed=0, device="cpu")
+
+
+def _blending(model_dir: Path, blend: float, neighbours: int, **kw):
+    gen = build_generator("clsp", model_dir, _settings(clsp={"neighbour_blend": blend, "neighbours": neighbours, **kw}),
+                          seed=0, device="cpu")
+    with torch.no_grad():
+        for p in gen.condition.projection.parameters():
+            p.mul_(5.0)  # an untrained projection is too weak to show the condition
+    return gen
+
+
+def test_neighbour_blend_conditions_each_candidate_on_its_anchor_blended_with_a_neighbour(tmp_path: Path) -> None:
+    """Closed form: candidate c of anchor a is conditioned on normalise((1 - b) e_a + b e_n), n one of a's nearest
+    other images (brute-force cosine over the split), drawn per candidate; the same in any batch; no label read."""
+    images = _images()
+    model_dir = _train(tmp_path, images, _encoder(tmp_path))
+    gen = _blending(model_dir, 0.4, 3)
+    with pytest.raises(RuntimeError, match="call prepare"):
+        gen.generate(images[:2], 0)
+    gen.prepare(images, None, tmp_path / "store")
+    emb = gen.condition.embed(images)
+    sim = emb @ emb.T
+    np.fill_diagonal(sim, -np.inf)
+    near = np.argsort(-sim, axis=1)[:, :3]
+    rows = gen._conditions(None, torch.from_numpy(emb[7:9]), 0, 2, range(7, 9))
+    assert rows.shape == (4, gen.condition.projection.time_embed_dim)
+    picked = []
+    for row, anchor in zip(rows, [7, 7, 8, 8]):
+        blends = [emb[anchor] * 0.6 + emb[j] * 0.4 for j in near[anchor]]
+        options = gen.condition.project(torch.from_numpy(np.stack([b / np.linalg.norm(b) for b in blends])))
+        match = [j for j, option in zip(near[anchor], options) if torch.allclose(row, option, atol=1e-5)]
+        assert len(match) == 1, anchor
+        picked.append(match[0])
+    assert gen._conditions(None, torch.from_numpy(emb[8:9]), 0, 1, range(8, 9)).allclose(rows[2:])
+    # Drawn per candidate from its own stream: over the split, the ranks of the neighbours picked vary.
+    every = gen._conditions(None, torch.from_numpy(emb), 0, 24, range(24)).reshape(24, 2, -1)
+    ranks = np.array([[next(r for r, j in enumerate(near[a]) if torch.allclose(every[a, c], gen.condition.project(
+        torch.from_numpy((0.6 * emb[a] + 0.4 * emb[j])[None] / np.linalg.norm(0.6 * emb[a] + 0.4 * emb[j])))[0],
+        atol=1e-5)) for c in range(2)] for a in range(24)])
+    assert len(set(ranks[:, 0])) == 3 and (ranks[:, 0] != ranks[:, 1]).any()
+    # b = 1 with one neighbour: exactly the nearest image's own embedding.
+    whole = _blending(model_dir, 1.0, 1)
+    whole.prepare(images, None, tmp_path / "store1")
+    expected = whole.condition.project(torch.from_numpy(emb[near[[7, 7, 8, 8], 0]]))
+    assert torch.allclose(whole._conditions(None, torch.from_numpy(emb[7:9]), 0, 2, range(7, 9)), expected, atol=1e-5)
+    out = gen.generate(images[7:9], 7)
+    assert np.array_equal(out[1:], gen.generate(images[8:9], 8))
+    assert np.array_equal(out, gen.generate(images[7:9], 7, np.array([2, 0])))  # labels are not read
+    plain = build_generator("clsp", model_dir, _settings(), seed=0, device="cpu")
+    assert "neighbour_blend" not in plain.record()  # stores made before the dial stay current
+    assert gen.record()["neighbour_blend"] == 0.4 and gen.record()["neighbours"] == 3
+
+
+def test_neighbour_blend_keeps_its_neighbours_in_the_store_and_refuses_others(tmp_path: Path) -> None:
+    images = _images()
+    model_dir = _train(tmp_path, images, _encoder(tmp_path))
+    store = tmp_path / "store"
+    _blending(model_dir, 0.5, 3).prepare(images, None, store)
+    saved = json.loads((store / "condition_neighbours.json").read_text())
+    assert np.asarray(saved["neighbours"]).shape == (24, 3)
+    _blending(model_dir, 0.5, 3).prepare(images, None, store)  # the same settings read it back
+    with pytest.raises(SynthposError, match="another encoder, data or generate.clsp.neighbours"):
+        _blending(model_dir, 0.5, 4).prepare(images, None, store)
+    with pytest.raises(SynthposError, match="another encoder, data or generate.clsp.neighbours"):
+        _blending(model_dir, 0.5, 3).prepare(images[::-1].copy(), None, store)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "manifest.json").write_text("{}")
+    with pytest.raises(SynthposError, match="has no condition_neighbours.json"):
+        _blending(model_dir, 0.5, 3).prepare(images, None, tmp_path / "old")
+    with pytest.raises(SynthposError, match="neighbours=3 needs more than 3 training images, but the split has 3"):
+        _blending(model_dir, 0.5, 3).prepare(images[:3], None, tmp_path / "small")

@@ -46,11 +46,15 @@ from synthpos.precision import resolve_precision
 if TYPE_CHECKING:
     from synthpos.config import TrainGeneratorConfig
 
-__all__ = ["CONDITION_NOISE", "CLSPGenerator", "CLSPSettings", "generator_id"]
+__all__ = ["CONDITION_NOISE", "NEIGHBOUR_CHOICE", "CLSPGenerator", "CLSPSettings", "generator_id"]
 
 #: Candidate c's embedding noise is drawn from ``derive_seed(seed, anchor, CONDITION_NOISE + c)``: a stream no
 #: candidate's own draws (``c``) nor the shared re-noising (``SHARED_ANCHOR_NOISE``) use.
 CONDITION_NOISE = 2**33
+#: Candidate c's neighbour (``neighbour_blend``) is drawn from ``derive_seed(seed, anchor, NEIGHBOUR_CHOICE + c)``.
+NEIGHBOUR_CHOICE = 2**34
+#: In the store directory: the anchors' nearest neighbours that ``neighbour_blend`` reads, fitted once per store.
+NEIGHBOURS_FILE = "condition_neighbours.json"
 
 
 def generator_id(generator_dir: Path) -> str:
@@ -86,6 +90,11 @@ class CLSPSettings(BaseModel):
     condition_noise: float = Field(0.0, ge=0.0, description="Embedding-conditioned generators: Gaussian noise of this "
                                    "standard deviation on each candidate's L2-normalised embedding (then normalised "
                                    "again); 0 conditions every candidate on its anchor's own embedding.")
+    neighbour_blend: float = Field(0.0, ge=0.0, le=1.0, description="Embedding-conditioned generators: condition "
+                                   "each candidate on normalise((1 - b) e_anchor + b e_neighbour), the neighbour one of "
+                                   "the anchor's `neighbours` nearest images of the run's training split in the "
+                                   "encoder's embedding, drawn per candidate; 0: the anchor's own embedding.")
+    neighbours: int = Field(5, ge=1, description="How many nearest neighbours of an anchor neighbour_blend draws from.")
 
     @model_validator(mode="after")
     def _check_strength(self) -> CLSPSettings:
@@ -116,8 +125,8 @@ class CLSPGenerator(CandidateGenerator):
 
     trains_on_data = True  # stage 1 trains its DDPM on the run's data (unless generate.generator names one)
     settings = CLSPSettings
-    #: flat ``generate.<key>`` spellings from before the settings moved to ``generate.clsp``
-    moved = {key: key for key in CLSPSettings.model_fields}
+    #: flat ``generate.<key>`` spellings from before the settings moved to ``generate.clsp`` (keys added since have none)
+    moved = {key: key for key in CLSPSettings.model_fields if key not in ("neighbour_blend", "neighbours")}
 
     def __init__(self, generator_dir: Path, settings: CLSPSettings | None, seed: int, device: torch.device | str, *,
                  candidates: int, batch_size: int = 128, precision: str = "auto", channels_last: bool = True,
@@ -142,9 +151,11 @@ class CLSPGenerator(CandidateGenerator):
             )
         self.num_classes = num_classes(unet)
         self.condition = EmbeddingCondition.load(self.generator_dir) if embedding_conditioned(unet) else None
-        if self.condition is None and settings.condition_noise:
-            raise SynthposError(f"generate.clsp.condition_noise={settings.condition_noise} needs an embedding-conditioned "
-                                f"generator, but {self.generator_dir} is not; set generate.clsp.condition_noise=0")
+        for key in ("condition_noise", "neighbour_blend"):
+            if self.condition is None and getattr(settings, key):
+                raise SynthposError(f"generate.clsp.{key}={getattr(settings, key)} needs an embedding-conditioned "
+                                    f"generator, but {self.generator_dir} is not; set generate.clsp.{key}=0")
+        self._pool: tuple[np.ndarray, np.ndarray] | None = None  # neighbour_blend's (embeddings, neighbours), by prepare()
         if self.num_classes is None and self.condition is None and settings.guidance_scale != 1.0:
             raise SynthposError(
                 f"generate.clsp.guidance_scale={settings.guidance_scale} needs a conditional generator, but "
@@ -181,9 +192,49 @@ class CLSPGenerator(CandidateGenerator):
             )
 
     def prepare(self, images: np.ndarray, labels: np.ndarray | None, work_dir: Path) -> None:
-        """Nothing to fit; a class-conditional generator checks that every anchor has a label it knows."""
+        """A class-conditional generator checks that every anchor has a label it knows; with ``neighbour_blend`` the
+        anchors are embedded and each one's nearest others found (no labels), saved in the store directory.
+
+        Raises:
+            SynthposError: fewer anchors than ``neighbours + 1``; ``work_dir`` holds neighbours found with another
+                encoder, data or count, or a store without them.
+        """
         if self.num_classes is not None:
             self._check_labels(labels, len(images))
+        if self.condition is not None and self.settings.neighbour_blend > 0:
+            self._pool = self._fit_neighbours(images, Path(work_dir))
+
+    def _fit_neighbours(self, images: np.ndarray, work_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+        """Every anchor's embedding (N, D) and its ``neighbours`` nearest other anchors (N, k), by cosine."""
+        import json
+
+        from synthpos.atomic import publish_once
+        from synthpos.evaluation.features import images_digest
+        from synthpos.generators.embedding_condition import nearest_neighbours
+
+        k, n = self.settings.neighbours, len(images)
+        if n <= k:
+            raise SynthposError(f"generate.clsp.neighbours={k} needs more than {k} training images, but the split has "
+                                f"{n}; lower generate.clsp.neighbours or generate.clsp.neighbour_blend=0")
+        # Embedded in chunks, so a streamed split is decoded a chunk at a time.
+        embeddings = np.concatenate([self.condition.embed(np.asarray(images[i: i + 4096])) for i in range(0, n, 4096)])
+        made_with = {"encoder_sha256": self.condition.encoder_sha256, "neighbours": k, "images": images_digest(images)}
+        path = work_dir / NEIGHBOURS_FILE
+        if not path.is_file():
+            if (work_dir / "manifest.json").is_file():
+                # Shards may exist that were made with the lost neighbours; ties could be broken otherwise now.
+                raise SynthposError(f"store {work_dir} exists but has no {NEIGHBOURS_FILE} (made without neighbour_blend, "
+                                    "or the file was deleted); delete the store, or use another generate.store, to "
+                                    "generate it again")
+            work_dir.mkdir(parents=True, exist_ok=True)
+            near = nearest_neighbours(embeddings, k)
+            publish_once(path, json.dumps({"made_with": made_with, "neighbours": near.tolist()}))  # the first rank's
+        saved = json.loads(path.read_text())
+        if saved.get("made_with") != made_with:
+            raise SynthposError(f"{path} was found with another encoder, data or generate.clsp.neighbours "
+                                f"({saved.get('made_with')}); use another generate.store (or delete that store) to "
+                                "start again")
+        return embeddings, np.asarray(saved["neighbours"], dtype=np.int64)
 
     def record(self) -> dict[str, Any]:
         """What decides the bytes: weights, sampler and its settings, precision, seed.
@@ -206,6 +257,8 @@ class CLSPGenerator(CandidateGenerator):
             "share_anchor_noise": s.share_anchor_noise,
             "guidance_scale": s.guidance_scale if self.num_classes is not None or self.condition is not None else None,
             **({} if self.condition is None else {"condition_noise": s.condition_noise}),
+            **({} if self.condition is None or s.neighbour_blend == 0 else {"neighbour_blend": s.neighbour_blend,
+                                                                          "neighbours": s.neighbours}),
             "precision": self.precision,
             "seed": self.seed,
         } | ({} if s.strength == 1.0 else {"strength": s.strength}) | (
@@ -264,20 +317,32 @@ class CLSPGenerator(CandidateGenerator):
                     indices: range) -> torch.Tensor | None:
         """What the UNet is conditioned on for anchors ``begin:end``: projected embeddings, labels, or nothing.
 
-        With ``condition_noise`` the embedding of candidate c of anchor a gets Gaussian noise of that
-        standard deviation (from its own stream, ``derive_seed(seed, a, CONDITION_NOISE + c)``) and is
-        L2-normalised again: one condition per candidate (K rows per anchor) instead of one per anchor.
+        With ``neighbour_blend`` b, candidate c of anchor a (its index in the split) is conditioned on
+        ``normalise((1 - b) e_a + b e_n)``, n one of a's ``neighbours`` nearest anchors drawn from its own stream
+        (``derive_seed(seed, a, NEIGHBOUR_CHOICE + c)``). With ``condition_noise`` that embedding gets Gaussian
+        noise of that standard deviation (``derive_seed(seed, a, CONDITION_NOISE + c)``) and is L2-normalised
+        again. Either gives one condition per candidate (K rows per anchor) instead of one per anchor.
         """
         if embeddings is not None:
             chosen = embeddings[begin:end]
-            sigma = self.settings.condition_noise
-            if sigma > 0:
-                k = self.candidates
+            s, k = self.settings, self.candidates
+            if s.neighbour_blend > 0 or s.condition_noise > 0:
+                chosen = chosen.repeat_interleave(k, dim=0)
+            if s.neighbour_blend > 0:
+                if self._pool is None:
+                    raise RuntimeError("neighbour_blend needs the anchors' neighbours: call prepare(images, labels, "
+                                       "work_dir) first")
+                pool, near = self._pool
+                picks = [int(near[a, int(torch.randint(near.shape[1], (1,), generator=torch.Generator().manual_seed(
+                    derive_seed(self.seed, a, NEIGHBOUR_CHOICE + c))))]) for a in indices for c in range(k)]
+                chosen = F.normalize((1 - s.neighbour_blend) * chosen + s.neighbour_blend * torch.from_numpy(pool[picks]),
+                                     dim=1)
+            if s.condition_noise > 0:
                 noise = torch.stack([
                     torch.randn(chosen.shape[1], generator=torch.Generator().manual_seed(
                         derive_seed(self.seed, a, CONDITION_NOISE + c)))
                     for a in indices for c in range(k)])
-                chosen = F.normalize(chosen.repeat_interleave(k, dim=0) + sigma * noise, dim=1)
+                chosen = F.normalize(chosen + s.condition_noise * noise, dim=1)
             return self.condition.project(chosen)
         if labels is None or self.num_classes is None:
             return None
