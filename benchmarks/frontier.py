@@ -294,9 +294,14 @@ def plot(points: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylabel("fidelity (% of candidates keeping the anchor's class)")
         ax.grid(alpha=0.3)
     axes[0].axhline(80, color="red", linewidth=0.8)
-    axes[1].legend(fontsize=7, loc="lower left")
+    # The legend below both panels, in columns, the figure taller by its rows: many series stay readable.
+    handles, labels = axes[1].get_legend_handles_labels()
+    columns = 3 if len(labels) > 8 else 2
+    legend_in = 0.2 + 0.16 * -(-len(labels) // columns)
+    fig.set_size_inches(12, 4.8 + legend_in)
+    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=7, frameon=False)
     fig.suptitle("CLSP positives: fidelity against distance to the anchor (numbers: strength)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, legend_in / (4.8 + legend_in), 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
