@@ -33,6 +33,28 @@ def test_a_check_makes_and_judges_the_generators_positives(tmp_path: Path, monke
     assert check.history() == [json.loads(json.dumps(result))]
 
 
+@pytest.mark.skipif(not (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(), reason="dataset-fashion-mnist not installed")
+def test_a_check_prepares_the_generator_as_generation_does(tmp_path: Path, monkeypatch) -> None:
+    """A setting that fits something from the data first (the neighbour blend's neighbours) works in a check too."""
+    torch.manual_seed(0)
+    judge = Classifier(1, 10, 4, 28).eval()
+    monkeypatch.setattr(generator_check, "fidelity_classifier", lambda *args: (judge, {"test_top1": 0.1}))
+    real_load = generator_check.load_dataset
+
+    def first_200(data, split):  # the check reads the whole split: 200 images keep the neighbour search short
+        dataset = real_load(data, split)
+        dataset.images, dataset.labels = dataset.images[:200], dataset.labels[:200]
+        return dataset
+
+    monkeypatch.setattr(generator_check, "load_dataset", first_200)
+    config = load_config(None, [f"run_dir={tmp_path}", "train_generator.check.anchors=4",
+                                "generate.clsp.num_steps=2", "generate.precision=fp32", "generate.clsp.neighbour_blend=0.5",
+                                "generate.clsp.neighbours=2"])
+    result = generator_check.GeneratorCheck(config, tmp_path / "checks.jsonl")(
+        Path("builtin:fashion_mnist_conditioned"), step=3)
+    assert result["anchors"] == 4 and result["sampling"]["neighbour_blend"] == 0.5
+
+
 def test_a_check_line_cut_short_by_a_kill_is_cut_off_so_the_check_is_made_again(tmp_path) -> None:
     from synthpos.errors import SynthposError
     from synthpos.evaluation.generator_check import GeneratorCheck

@@ -13,6 +13,7 @@ check is one JSON line in ``<generator>/checks.jsonl``; :func:`should_stop` read
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ from synthpos.errors import SynthposError
 from synthpos.evaluation.positives import PositivesStats
 from synthpos.evaluation.store_diagnostics import fidelity_classifier
 from synthpos.registry import GENERATORS
+
+#: The sampling dials of a conditional generator that a check line records when its generator's record has them.
+CONDITION_DIALS = ("guidance_scale", "condition_noise", "neighbour_blend", "neighbours")
 
 __all__ = ["GeneratorCheck", "floors_met", "should_stop"]
 
@@ -110,7 +114,10 @@ class GeneratorCheck:
         # generators import evaluation, never the other way round.
         generator = GENERATORS.get(self.settings.kind).from_config(model_dir, self.settings, self.config.seed, default_device())
         generator.check_images(anchors)
-        candidates = generator.generate(anchors, 0, labels)
+        with tempfile.TemporaryDirectory() as work:  # what prepare() fits (neighbours, a noise fit) is the check's alone
+            generator.prepare(self.train.images, self.train.labels, Path(work) / "store")
+            candidates = generator.generate(anchors, 0, labels)
+        made_with = generator.record()
         stats = PositivesStats(self.train.mean, self.train.std, self.classifier, train_images=self.train.images)
         stats.add(anchors, candidates, labels, np.arange(n))
         summary = stats.summary(self.train.images[:2000], None if self.train.labels is None else self.train.labels[:2000])
@@ -120,7 +127,8 @@ class GeneratorCheck:
             "fidelity": None if summary["fidelity"] is None else summary["fidelity"]["fidelity"],
             "check_s": None,
             "sampling": {k: getattr(self.settings, k) for k in
-                         ("sampler", "num_steps", "interpolation_weight", "strength", "clip_x0", "eta", "share_anchor_noise")},
+                         ("sampler", "num_steps", "interpolation_weight", "strength", "clip_x0", "eta", "share_anchor_noise")}
+            | {k: v for k, v in made_with.items() if k in CONDITION_DIALS and v is not None},  # a conditional's dials
             **{k: summary[k] for k in ("anchors", "candidates", "diversity", "memorisation")},
             "classifier_test_top1": (self.classifier_info or {}).get("test_top1"),
         }
