@@ -79,8 +79,9 @@ _SKIPPED = _LOCATIONS | {"published",  # decides nothing (test_published_numbers
 _SPEED_ONLY = {"shard_size", "num_threads", "channels_last", "batch_size", "compile", "checkpoint_every", "checkpoint_every_minutes", "verify_store",
                "checkpoint_every_epochs", "knn_every_epochs", "knn_subset",
                "loggers"}  # loggers: where the curves are written, not what is trained
-# Settings the DDIM sampler of an unconditional CLSP generator does not read.
-_GENERATE_UNUSED = ("generate.unclip.",)
+# Settings the DDIM sampler of an unconditional CLSP generator does not read (the neighbour count is read only with
+# a neighbour blend, which needs an embedding-conditioned generator; the blend itself is an error for this one).
+_GENERATE_UNUSED = ("generate.unclip.", "generate.clsp.neighbours")
 
 
 def _decided_by(key: str) -> str | None:
